@@ -1,0 +1,7 @@
+"""decflow: nightly re-clustering of a growing table with Deep Embedded Clustering."""
+
+__version__ = "0.1.0"
+
+from .estimator import DeepEmbeddedClustering, DegenerateClusterWarning  # noqa: E402
+
+__all__ = ["DeepEmbeddedClustering", "DegenerateClusterWarning", "__version__"]

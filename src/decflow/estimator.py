@@ -1,0 +1,438 @@
+"""``DeepEmbeddedClustering``: a scikit-learn estimator in front of the DEC/IDEC maths."""
+
+import json
+import math
+import os
+import tempfile
+import time
+import warnings
+from numbers import Integral
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from . import __version__
+from .callbacks import dispatch
+from .initialization import kmeans_init, manifold_init
+from .nn import Autoencoder, ClusteringLayer
+from .training import encode, fit_dec, pretrain_autoencoder
+
+_FORMAT = "decflow.dec/1"
+_INIT_CHOICES = ("manifold", "k-means")
+# Target updates that follow the initial partition before DEC self-training takes over, so
+# the embedding first becomes compact around it.
+_ANCHOR_UPDATES = 5
+
+
+class DegenerateClusterWarning(UserWarning):
+    """A cluster is empty or much smaller than asked for."""
+
+
+class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
+    """Deep Embedded Clustering (DEC) with the IDEC reconstruction term.
+
+    A denoising autoencoder d-500-500-2000-10 is pretrained on X, centroids are initialised
+    in its embedding, then encoder and centroids are fine-tuned together by minimising
+    KL(P || Q) between the Student-t soft assignment Q and its sharpened target P
+    (+ ``gamma`` * reconstruction loss; ``gamma=0`` is plain DEC).
+
+    Parameters
+    ----------
+    n_clusters : int, default=8
+        Number of clusters (>= 2).
+    n_components : int, default=10
+        Size of the embedding z.
+    hidden : tuple of int, default=(500, 500, 2000)
+        Encoder hidden widths; the decoder mirrors them.
+    alpha : float, default=1.0
+        Degrees of freedom of the Student-t kernel.
+    gamma : float, default=0.1
+        Weight of the reconstruction loss during fine-tuning (IDEC); 0 gives plain DEC.
+    pretrain_epochs : int or "auto", default="auto"
+        Autoencoder pretraining epochs. "auto" targets about ``pretrain_steps`` optimiser steps,
+        clipped to 50..500 epochs, so small tables get enough updates and large ones stay bounded.
+    pretrain_steps : int, default=6000
+        Step budget used by ``pretrain_epochs="auto"``.
+    pretrain_optimizer : {"adamw"}, default="adamw"
+        Optimiser for pretraining (AdamW with a cosine learning-rate schedule).
+    pretrain_lr : float, default=1e-3
+    input_dropout : float, default=0.2
+        Input corruption during pretraining (denoising autoencoder).
+    finetune_lr : float, default=1e-4
+        Adam learning rate for fine-tuning.
+    update_interval : int or None, default=None
+        Optimiser steps between target-distribution updates; None means one pass over X.
+    tol : float, default=0.001
+        Stop when fewer than this fraction of labels change between target updates.
+    max_iter : int or "auto", default="auto"
+        Maximum fine-tuning optimiser steps; "auto" is 30 passes over X, clipped to 500..20000.
+    batch_size : int, default=256
+    init : {"manifold", "k-means"} or array of shape (n_clusters, n_components), default="manifold"
+        "manifold": Gaussian mixture on a UMAP graph embedding of z (N2D), whose posteriors are
+        the first fine-tuning target. "k-means": k-means on z (the DEC paper). An array gives
+        the centroids directly (for example from a distributed k-means) and skips both.
+    n_init : int, default=10
+        Restarts of the k-means / Gaussian mixture initialisation.
+    input_scaling : {"global", "none"}, default="global"
+        "global" centres each feature and divides all by one common scale, keeping the relative
+        scale of features (pixels, precomputed embeddings); "none" uses X as given.
+    min_cluster_size : float, default=0.1
+        A cluster smaller than this fraction of n_samples / n_clusters counts as degenerate:
+        re-seeded after initialisation, reported by a ``DegenerateClusterWarning`` afterwards.
+    device : {"auto", "cpu", "cuda", ...}, default="auto"
+        "auto" uses CUDA when present (bf16 mixed precision, data kept on the GPU when it fits).
+    random_state : int or None, default=None
+        Seed for weights, shuffling and initialisation; on CPU a fixed seed gives identical labels.
+    callbacks : list of decflow.callbacks.Callback, default=None
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray (n_clusters, n_components)
+    labels_ : ndarray (n_samples,)
+    n_iter_ : int
+        Fine-tuning optimiser steps taken.
+    autoencoder_ : decflow.nn.Autoencoder
+    history_ : dict
+        ``pretrain_loss`` (one value per epoch) and ``finetune`` (one dict per target update:
+        ``kl``, ``reconstruction``, ``delta_label``, ``step``).
+    timings_ : dict
+        Wall seconds per phase: ``pretrain``, ``init``, ``finetune``.
+    degenerate_clusters_ : dict
+        Cluster id -> size for clusters left empty or tiny at the end of fitting.
+    n_features_in_ : int
+    """
+
+    def __init__(self, n_clusters=8, *, n_components=10, hidden=(500, 500, 2000), alpha=1.0,
+                 gamma=0.1, pretrain_epochs="auto", pretrain_steps=6000,
+                 pretrain_optimizer="adamw", pretrain_lr=1e-3, input_dropout=0.2,
+                 finetune_lr=1e-4, update_interval=None, tol=0.001, max_iter="auto",
+                 batch_size=256, init="manifold", n_init=10, input_scaling="global",
+                 min_cluster_size=0.1, device="auto", random_state=None, callbacks=None):
+        self.n_clusters = n_clusters
+        self.n_components = n_components
+        self.hidden = hidden
+        self.alpha = alpha
+        self.gamma = gamma
+        self.pretrain_epochs = pretrain_epochs
+        self.pretrain_steps = pretrain_steps
+        self.pretrain_optimizer = pretrain_optimizer
+        self.pretrain_lr = pretrain_lr
+        self.input_dropout = input_dropout
+        self.finetune_lr = finetune_lr
+        self.update_interval = update_interval
+        self.tol = tol
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.init = init
+        self.n_init = n_init
+        self.input_scaling = input_scaling
+        self.min_cluster_size = min_cluster_size
+        self.device = device
+        self.random_state = random_state
+        self.callbacks = callbacks
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, X, y=None):
+        """Pretrain, initialise and fine-tune on X of shape (n_samples, n_features)."""
+        X = _check_array(X, "X")
+        self._check_params(X)
+        device = _resolve_device(self.device)
+        seed = self.random_state if self.random_state is not None else int(
+            np.random.SeedSequence().generate_state(1)[0] >> 1)
+        n, d = X.shape
+        self.n_features_in_ = d
+        self._fit_scaler(X)
+        Xt = self._to_tensor(X, device)
+        generator = torch.Generator().manual_seed(seed)
+        fork_devices = [device.index or 0] if device.type == "cuda" else []
+        self.timings_ = {}
+        with torch.random.fork_rng(devices=fork_devices):
+            torch.manual_seed(seed)
+            self.autoencoder_ = Autoencoder(d, list(self.hidden), self.n_components,
+                                            self.input_dropout).to(device)
+            t0 = time.perf_counter()
+            epochs = self._pretrain_epochs(n)
+            pretrain_loss = pretrain_autoencoder(
+                self.autoencoder_, Xt, epochs=epochs, batch_size=self.batch_size,
+                lr=self.pretrain_lr, weight_decay=0.0, device=device, generator=generator,
+                callbacks=self.callbacks)
+            self.timings_["pretrain"] = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            Z = encode(self.autoencoder_, Xt, device).cpu().numpy()
+            centers, target = self._initial_centers(Z, seed)
+            centers = self._reseed_degenerate(Z, centers)
+            self.timings_["init"] = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            self._clustering = ClusteringLayer(torch.from_numpy(centers), self.alpha).to(device)
+            steps_per_epoch = math.ceil(n / self.batch_size)
+            result = fit_dec(
+                self.autoencoder_, self._clustering, Xt, gamma=self.gamma,
+                update_interval=self.update_interval or steps_per_epoch, tol=self.tol,
+                max_iter=self._max_iter(steps_per_epoch), batch_size=self.batch_size,
+                lr=self.finetune_lr, device=device, generator=generator,
+                initial_target=None if target is None else torch.from_numpy(target),
+                anchor_updates=0 if target is None else _ANCHOR_UPDATES,
+                callbacks=self.callbacks)
+            self.timings_["finetune"] = time.perf_counter() - t0
+        self.autoencoder_.eval()
+        self.cluster_centers_ = self._clustering.centers.detach().cpu().numpy().copy()
+        self.labels_ = result.labels.numpy().astype(np.int64)
+        self.n_iter_ = result.n_iter
+        self.converged_ = result.converged
+        self.history_ = {"pretrain_loss": pretrain_loss, "finetune": result.history}
+        self._report_degenerate(self.labels_)
+        return self
+
+    def fit_predict(self, X, y=None):
+        """Fit and return the training labels (n_samples,)."""
+        return self.fit(X).labels_
+
+    # --------------------------------------------------------------- inference
+    def transform(self, X):
+        """Embedding z of shape (n_samples, n_components)."""
+        return self._embed(X).cpu().numpy()
+
+    def predict_proba(self, X):
+        """Soft assignment q of shape (n_samples, n_clusters); rows sum to 1."""
+        z = self._embed(X)
+        with torch.no_grad():
+            return self._clustering(z).cpu().numpy()
+
+    def predict(self, X):
+        """Cluster id (argmax q) for each row, shape (n_samples,)."""
+        return self.predict_proba(X).argmax(axis=1)
+
+    def score_samples(self, X):
+        """(cluster id, confidence = max q, distance to the assigned centroid in z) per row."""
+        z = self._embed(X)
+        with torch.no_grad():
+            q = self._clustering(z)
+            conf, ids = q.max(dim=1)
+            dist = (z - self._clustering.centers[ids]).norm(dim=1)
+        return ids.cpu().numpy(), conf.cpu().numpy(), dist.cpu().numpy()
+
+    # ------------------------------------------------------------- persistence
+    def save(self, path) -> Path:
+        """Write settings, scaler, weights and centroids to one safetensors file (atomically).
+
+        Nothing is pickled: tensors go in the safetensors body, settings as JSON metadata.
+        """
+        from safetensors.torch import save_file
+
+        check_is_fitted(self, "cluster_centers_")
+        path = Path(path)
+        tensors = {f"autoencoder.{k}": v.detach().cpu().contiguous()
+                   for k, v in self.autoencoder_.state_dict().items()}
+        tensors["cluster_centers"] = torch.from_numpy(self.cluster_centers_).contiguous()
+        tensors["scaler.mean"] = torch.from_numpy(self.scaler_mean_).contiguous()
+        tensors["labels"] = torch.from_numpy(self.labels_).contiguous()
+        settings = {k: v for k, v in self.get_params().items() if k != "callbacks"}
+        if isinstance(settings["init"], np.ndarray):
+            settings["init"] = settings["init"].tolist()
+        meta = {
+            "format": _FORMAT,
+            "decflow_version": __version__,
+            "settings": json.dumps(settings),
+            "fitted": json.dumps({
+                "n_features_in_": self.n_features_in_, "scaler_scale_": self.scaler_scale_,
+                "n_iter_": self.n_iter_, "converged_": self.converged_,
+                "history_": self.history_, "timings_": self.timings_,
+                "degenerate_clusters_": {str(k): v for k, v in self.degenerate_clusters_.items()},
+            }),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=meta)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path, device="cpu") -> "DeepEmbeddedClustering":
+        """Rebuild a fitted estimator written by ``save``; predictions are identical."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != _FORMAT:
+                raise ValueError(f"{path} is not a decflow model file "
+                                 f"(format {meta.get('format')!r}, expected {_FORMAT!r})")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        settings = json.loads(meta["settings"])
+        if isinstance(settings.get("init"), list):
+            settings["init"] = np.asarray(settings["init"], dtype=np.float32)
+        settings["hidden"] = tuple(settings["hidden"])
+        settings["device"] = device
+        est = cls(**settings)
+        fitted = json.loads(meta["fitted"])
+        dev = _resolve_device(device)
+        est.n_features_in_ = fitted["n_features_in_"]
+        est.scaler_scale_ = fitted["scaler_scale_"]
+        est.scaler_mean_ = tensors["scaler.mean"].numpy()
+        est.n_iter_ = fitted["n_iter_"]
+        est.converged_ = fitted["converged_"]
+        est.history_ = fitted["history_"]
+        est.timings_ = fitted["timings_"]
+        est.degenerate_clusters_ = {int(k): v for k, v in fitted["degenerate_clusters_"].items()}
+        est.autoencoder_ = Autoencoder(est.n_features_in_, list(est.hidden), est.n_components,
+                                       est.input_dropout)
+        est.autoencoder_.load_state_dict({k.removeprefix("autoencoder."): v
+                                          for k, v in tensors.items()
+                                          if k.startswith("autoencoder.")})
+        est.autoencoder_.to(dev).eval()
+        est.cluster_centers_ = tensors["cluster_centers"].numpy()
+        est.labels_ = tensors["labels"].numpy()
+        est._clustering = ClusteringLayer(tensors["cluster_centers"], est.alpha).to(dev)
+        return est
+
+    # ----------------------------------------------------------------- helpers
+    def _check_params(self, X):
+        k = self.n_clusters
+        if not isinstance(k, Integral) or isinstance(k, bool) or k < 2:
+            raise ValueError(f"n_clusters={k!r} must be an integer >= 2")
+        if X.shape[0] < k:
+            raise ValueError(f"n_samples={X.shape[0]} should be >= n_clusters={k}")
+        if isinstance(self.init, str):
+            if self.init not in _INIT_CHOICES:
+                raise ValueError(f"init={self.init!r} must be one of {_INIT_CHOICES} "
+                                 "or an array of centroids")
+        else:
+            init = np.asarray(self.init)
+            if init.shape != (k, self.n_components):
+                raise ValueError(f"init has shape {init.shape}, expected "
+                                 f"(n_clusters, n_components)=({k}, {self.n_components})")
+            if not np.isfinite(init).all():
+                raise ValueError("init contains NaN or infinite values")
+        if not (0 < self.tol < 1):
+            raise ValueError(f"tol={self.tol!r} must be in (0, 1)")
+        if self.gamma < 0:
+            raise ValueError(f"gamma={self.gamma!r} must be >= 0")
+        if self.alpha <= 0:
+            raise ValueError(f"alpha={self.alpha!r} must be > 0")
+        if self.input_scaling not in ("global", "none"):
+            raise ValueError(f"input_scaling={self.input_scaling!r} must be 'global' or 'none'")
+        if self.pretrain_optimizer != "adamw":
+            raise ValueError(f"pretrain_optimizer={self.pretrain_optimizer!r}: only 'adamw' "
+                             "is supported")
+        for name in ("batch_size", "n_init", "n_components"):
+            value = getattr(self, name)
+            if not isinstance(value, Integral) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+
+    def _pretrain_epochs(self, n: int) -> int:
+        if self.pretrain_epochs == "auto":
+            steps_per_epoch = math.ceil(n / self.batch_size)
+            return int(np.clip(round(self.pretrain_steps / steps_per_epoch), 50, 500))
+        return int(self.pretrain_epochs)
+
+    def _max_iter(self, steps_per_epoch: int) -> int:
+        if self.max_iter == "auto":
+            return int(np.clip(30 * steps_per_epoch, 500, 20000))
+        return int(self.max_iter)
+
+    def _initial_centers(self, Z, seed):
+        if not isinstance(self.init, str):
+            return np.asarray(self.init, dtype=np.float32), None
+        if self.init == "k-means":
+            return kmeans_init(Z, self.n_clusters, self.n_init, seed), None
+        return manifold_init(Z, self.n_clusters, self.n_init, seed)
+
+    def _min_size(self, n: int) -> float:
+        return self.min_cluster_size * n / self.n_clusters
+
+    def _reseed_degenerate(self, Z, centers):
+        """Move centroids of empty/tiny clusters onto the points farthest from their centroid
+        (as k-means does for empty clusters), then report any that stay degenerate."""
+        d2 = ((Z[:, None, :] - centers[None]) ** 2).sum(-1)
+        labels = d2.argmin(1)
+        sizes = np.bincount(labels, minlength=self.n_clusters)
+        bad = np.flatnonzero(sizes < self._min_size(len(Z)))
+        if len(bad) == 0:
+            return centers
+        far = np.argsort(-d2[np.arange(len(Z)), labels])
+        centers = centers.copy()
+        for j, row in zip(bad, far):
+            centers[j] = Z[row]
+        warnings.warn(f"re-seeded degenerate clusters after initialisation: "
+                      f"{ {int(j): int(sizes[j]) for j in bad} } (cluster id: size)",
+                      DegenerateClusterWarning, stacklevel=3)
+        return centers
+
+    def _report_degenerate(self, labels):
+        sizes = np.bincount(labels, minlength=self.n_clusters)
+        bad = np.flatnonzero(sizes < self._min_size(len(labels)))
+        self.degenerate_clusters_ = {int(j): int(sizes[j]) for j in bad}
+        if bad.size:
+            n_empty = int((sizes == 0).sum())
+            warnings.warn(
+                f"{len(bad)} of {self.n_clusters} clusters are degenerate after fine-tuning "
+                f"({n_empty} empty); sizes by cluster id: {self.degenerate_clusters_}",
+                DegenerateClusterWarning, stacklevel=3)
+
+    def _fit_scaler(self, X):
+        if self.input_scaling == "global":
+            self.scaler_mean_ = X.mean(axis=0).astype(np.float32)
+            scale = float(np.sqrt(((X - self.scaler_mean_) ** 2).mean()))
+            self.scaler_scale_ = scale if scale > 0 else 1.0
+        else:
+            self.scaler_mean_ = np.zeros(X.shape[1], dtype=np.float32)
+            self.scaler_scale_ = 1.0
+
+    def _to_tensor(self, X, device):
+        Xs = (X - self.scaler_mean_) / np.float32(self.scaler_scale_)
+        t = torch.from_numpy(np.ascontiguousarray(Xs, dtype=np.float32))
+        # Keep the training set on the GPU when it takes under a quarter of free memory.
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            if t.numel() * 4 < free // 4:
+                return t.to(device)
+            return t.pin_memory()
+        return t
+
+    def _embed(self, X) -> torch.Tensor:
+        check_is_fitted(self, "cluster_centers_")
+        X = _check_array(X, "X")
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} features, but DeepEmbeddedClustering is "
+                             f"expecting {self.n_features_in_} features as input")
+        device = next(self.autoencoder_.parameters()).device
+        return encode(self.autoencoder_, self._to_tensor(X, device), device)
+
+
+def _check_array(X, name: str) -> np.ndarray:
+    """Validate at the edge: 2-D, numeric, finite, non-empty; returns float32."""
+    try:
+        X = np.asarray(X, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be numeric: {exc}") from None
+    if X.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {X.shape}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"{name} is empty: shape {X.shape}")
+    finite = np.isfinite(X)
+    if not finite.all():
+        bad_rows = np.flatnonzero(~finite.all(axis=1))
+        bad_cols = np.flatnonzero(~finite.all(axis=0))
+        kind = "NaN" if np.isnan(X).any() else "infinity"
+        raise ValueError(
+            f"{name} contains {kind} or non-finite values in {len(bad_rows)} of {X.shape[0]} "
+            f"rows (first rows {bad_rows[:5].tolist()}; columns {bad_cols[:10].tolist()})")
+    return X
+
+
+def _resolve_device(device) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for but CUDA is not available")
+    return dev

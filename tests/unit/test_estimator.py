@@ -1,0 +1,145 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import FAST
+from decflow import DeepEmbeddedClustering, DegenerateClusterWarning
+from decflow.metrics import cluster_accuracy
+
+
+@pytest.fixture(scope="module")
+def fitted(blobs):
+    X, _ = blobs
+    return DeepEmbeddedClustering(4, random_state=0, **FAST).fit(X)
+
+
+def test_fit_sets_attributes_and_finds_blobs(fitted, blobs):
+    X, y = blobs
+    assert fitted.cluster_centers_.shape == (4, 4)
+    assert fitted.labels_.shape == (len(X),)
+    assert fitted.n_iter_ > 0
+    assert len(fitted.history_["pretrain_loss"]) == 15
+    assert fitted.history_["pretrain_loss"][-1] < fitted.history_["pretrain_loss"][0]
+    assert {"kl", "reconstruction", "delta_label"} <= set(fitted.history_["finetune"][0])
+    assert set(fitted.timings_) == {"pretrain", "init", "finetune"}
+    assert cluster_accuracy(y, fitted.labels_) > 0.95
+
+
+def test_predict_matches_fit_labels_and_outputs(fitted, blobs):
+    X, _ = blobs
+    pred = fitted.predict(X)
+    # labels_ come from the same final model: identical up to relabelling (here exactly)
+    assert cluster_accuracy(fitted.labels_, pred) == 1.0
+    q = fitted.predict_proba(X)
+    np.testing.assert_allclose(q.sum(1), 1.0, rtol=1e-5)
+    assert fitted.transform(X).shape == (len(X), 4)
+    ids, conf, dist = fitted.score_samples(X)
+    np.testing.assert_array_equal(ids, pred)
+    np.testing.assert_allclose(conf, q.max(1), rtol=1e-6)
+    assert (dist >= 0).all()
+
+
+@pytest.mark.parametrize("init", ["k-means", "manifold"])
+def test_fit_predict_equals_fit_then_predict(blobs, init):
+    X, _ = blobs
+    a = DeepEmbeddedClustering(4, init=init, random_state=3, **FAST)
+    labels = a.fit_predict(X)
+    assert cluster_accuracy(labels, a.predict(X)) == 1.0
+
+
+def test_determinism_with_random_state(blobs):
+    X, _ = blobs
+    kw = dict(FAST, init="k-means")
+    a = DeepEmbeddedClustering(4, random_state=7, **kw).fit(X)
+    b = DeepEmbeddedClustering(4, random_state=7, **kw).fit(X)
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+
+
+def test_init_array_skips_internal_kmeans(blobs, monkeypatch):
+    import decflow.estimator as estimator_module
+
+    X, _ = blobs
+    ref = DeepEmbeddedClustering(4, init="k-means", random_state=0, **FAST).fit(X)
+    init = ref.cluster_centers_ + 0.01
+
+    def fail(*args, **kwargs):
+        raise AssertionError("internal initialisation must not run when init is an array")
+
+    monkeypatch.setattr(estimator_module, "kmeans_init", fail)
+    monkeypatch.setattr(estimator_module, "manifold_init", fail)
+    # same seed -> same pretrained embedding; one fine-tuning step barely moves the centroids
+    est = DeepEmbeddedClustering(4, init=init, random_state=0, **dict(FAST, max_iter=1))
+    est.fit(X)
+    assert np.abs(est.cluster_centers_ - init).max() < 0.01
+
+
+def test_save_load_round_trip(fitted, blobs, tmp_path):
+    X, _ = blobs
+    path = fitted.save(tmp_path / "model.safetensors")
+    loaded = DeepEmbeddedClustering.load(path)
+    np.testing.assert_array_equal(loaded.predict(X), fitted.predict(X))
+    np.testing.assert_array_equal(loaded.predict_proba(X), fitted.predict_proba(X))
+    assert loaded.get_params()["n_clusters"] == 4
+    assert loaded.history_ == fitted.history_
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_load_rejects_foreign_file(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    p = tmp_path / "x.safetensors"
+    save_file({"a": torch.zeros(1)}, str(p))
+    with pytest.raises(ValueError, match="not a decflow model file"):
+        DeepEmbeddedClustering.load(p)
+
+
+@pytest.mark.parametrize("kwargs, X_fn, message", [
+    ({"n_clusters": 1}, lambda X: X, "n_clusters=1 must be an integer >= 2"),
+    ({"n_clusters": 4}, lambda X: X[:3], "n_samples=3 should be >= n_clusters=4"),
+    ({"n_clusters": 4}, lambda X: np.where(np.arange(X.size).reshape(X.shape) == 13, np.nan, X),
+     r"X contains NaN .* in 1 of 240 rows \(first rows \[1\]; columns \[1\]\)"),
+    ({"n_clusters": 4}, lambda X: np.where(np.arange(X.size).reshape(X.shape) == 0, np.inf, X),
+     "X contains infinity"),
+    ({"n_clusters": 4}, lambda X: X[:, 0], "X must be 2-D"),
+    ({"n_clusters": 4, "init": "random"}, lambda X: X, "init='random' must be one of"),
+    ({"n_clusters": 4, "init": np.zeros((3, 4))}, lambda X: X, r"init has shape \(3, 4\)"),
+])
+def test_bad_input_at_fit(blobs, kwargs, X_fn, message):
+    X, _ = blobs
+    params = dict(FAST, **kwargs)
+    with pytest.raises(ValueError, match=message):
+        DeepEmbeddedClustering(**params).fit(X_fn(X.copy()))
+
+
+def test_wrong_dimensionality_at_predict(fitted, blobs):
+    X, _ = blobs
+    with pytest.raises(ValueError, match="X has 11 features, but DeepEmbeddedClustering is "
+                                         "expecting 12 features"):
+        fitted.predict(X[:, :11])
+
+
+def test_degenerate_clusters_are_reported(blobs):
+    X, _ = blobs
+    # 12 clusters on 4 blobs with a high floor: some clusters must end up tiny or empty
+    est = DeepEmbeddedClustering(12, init="k-means", random_state=0, min_cluster_size=0.9,
+                                 **FAST)
+    with pytest.warns(DegenerateClusterWarning, match="cluster id"):
+        est.fit(X)
+    assert est.degenerate_clusters_
+    assert all(size < 0.9 * len(X) / 12 for size in est.degenerate_clusters_.values())
+
+
+def test_library_never_imports_prefect():
+    src = Path(__file__).resolve().parents[2] / "src" / "decflow"
+    offenders = [str(p) for p in src.rglob("*.py")
+                 if any(line.strip().startswith(("import prefect", "from prefect"))
+                        for line in p.read_text().splitlines())]
+    assert offenders == []
+    code = ("import sys, decflow, decflow.estimator, decflow.training, decflow.metrics; "
+            "sys.exit(1 if any(m.split('.')[0] == 'prefect' for m in sys.modules) else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
