@@ -80,7 +80,9 @@ def test_init_array_skips_internal_kmeans(blobs, monkeypatch):
 def test_save_load_round_trip(fitted, blobs, tmp_path):
     X, _ = blobs
     path = fitted.save(tmp_path / "model.safetensors")
-    loaded = DeepEmbeddedClustering.load(path)
+    # same device as the fit: CUDA predicts under bf16 autocast, the CPU in float32
+    device = str(next(fitted.autoencoder_.parameters()).device)
+    loaded = DeepEmbeddedClustering.load(path, device=device)
     np.testing.assert_array_equal(loaded.predict(X), fitted.predict(X))
     np.testing.assert_array_equal(loaded.predict_proba(X), fitted.predict_proba(X))
     assert loaded.get_params()["n_clusters"] == 4
