@@ -8,17 +8,22 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 	# CPU build of torch first, so the project's range does not pull a multi-GB CUDA build.
 	$(BIN)/pip install -q "torch==2.13.0"
+
+# Reinstalls when pyproject.toml changes, so an existing .venv picks up new dependencies.
+$(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e ".[test,bench]"
+	touch $@
 
 .PHONY: venv demo test bench
-venv: $(BIN)/python
+venv: $(VENV)/.installed
 
-demo: $(BIN)/python
-	$(BIN)/python benchmarks/quality.py --datasets digits --seeds 0 --methods decflow,kmeans --out .decflow/demo_quality
+demo: $(VENV)/.installed
+	$(BIN)/decflow demo
 
-test: $(BIN)/python
+test: $(VENV)/.installed
 	MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false \
+		GX_ANALYTICS_ENABLED=false PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120 \
 		$(BIN)/python -m pytest tests
 
-bench: $(BIN)/python
+bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/quality.py

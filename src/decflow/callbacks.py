@@ -32,6 +32,42 @@ class PrintProgress(Callback):
             print(f"[{phase}] {epoch}: {values}", flush=True)
 
 
+class ProgressBar(Callback):
+    """A rich progress bar per phase (pretraining epochs; fine-tuning steps up to max_iter)."""
+
+    def __init__(self):
+        self._progress = None
+        self._task = None
+
+    def on_phase_begin(self, phase, info):
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn)
+
+        total = info.get("epochs") if phase == "pretrain" else info.get("max_iter")
+        self._progress = Progress(TextColumn(f"[bold]{phase:<9}"), BarColumn(),
+                                  MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                                  TimeElapsedColumn(), transient=False)
+        self._progress.start()
+        self._task = self._progress.add_task(phase, total=total, info="")
+
+    def on_epoch_end(self, phase, epoch, logs):
+        if self._progress is None:
+            return
+        info = " ".join(f"{k}={v:.4g}" for k, v in logs.items() if k != "step")
+        if phase == "pretrain":
+            self._progress.update(self._task, completed=epoch, info=info)
+        else:
+            self._progress.update(self._task, completed=logs.get("step", 0), info=info)
+
+    def on_phase_end(self, phase, logs):
+        if self._progress is not None:
+            if phase == "finetune":  # converged early: show where it stopped
+                self._progress.update(self._task, total=logs.get("n_iter"),
+                                      completed=logs.get("n_iter"))
+            self._progress.stop()
+            self._progress = None
+
+
 def dispatch(callbacks, hook: str, *args) -> None:
     """Call ``hook`` on every callback that has it."""
     for cb in callbacks or ():

@@ -137,34 +137,97 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
     # ------------------------------------------------------------------ fitting
     def fit(self, X, y=None):
         """Pretrain, initialise and fine-tune on X of shape (n_samples, n_features)."""
+        self.pretrain(X)
+        return self.fine_tune(X)
+
+    def pretrain(self, X, warm_start=None, epochs=None):
+        """Phase 1: fit the input scaler and pretrain the autoencoder on X.
+
+        Args:
+            X: (n_samples, n_features).
+            warm_start: optional autoencoder ``state_dict`` (e.g. the current champion's) of
+                the same architecture to start from instead of random weights.
+            epochs: pretraining epochs (default: ``pretrain_epochs``; resolves "auto").
+
+        Returns:
+            self, with ``autoencoder_``, ``history_["pretrain_loss"]``, ``timings_["pretrain"]``.
+        """
         X = _check_array(X, "X")
         self._check_params(X)
         device = _resolve_device(self.device)
-        seed = self.random_state if self.random_state is not None else int(
+        self._seed = self.random_state if self.random_state is not None else int(
             np.random.SeedSequence().generate_state(1)[0] >> 1)
         n, d = X.shape
         self.n_features_in_ = d
         self._fit_scaler(X)
         Xt = self._to_tensor(X, device)
-        generator = torch.Generator().manual_seed(seed)
-        fork_devices = [device.index or 0] if device.type == "cuda" else []
+        self._generator = torch.Generator().manual_seed(self._seed)
         self.timings_ = {}
-        with torch.random.fork_rng(devices=fork_devices):
-            torch.manual_seed(seed)
+        with torch.random.fork_rng(devices=_fork_devices(device)):
+            torch.manual_seed(self._seed)
             self.autoencoder_ = Autoencoder(d, list(self.hidden), self.n_components,
                                             self.input_dropout).to(device)
+            if warm_start is not None:
+                try:
+                    self.autoencoder_.load_state_dict(warm_start)
+                except RuntimeError as exc:
+                    raise ValueError(f"warm_start weights do not fit this architecture "
+                                     f"(d={d}, hidden={list(self.hidden)}, "
+                                     f"n_components={self.n_components}): {exc}") from None
             t0 = time.perf_counter()
-            epochs = self._pretrain_epochs(n)
             pretrain_loss = pretrain_autoencoder(
-                self.autoencoder_, Xt, epochs=epochs, batch_size=self.batch_size,
-                lr=self.pretrain_lr, weight_decay=0.0, device=device, generator=generator,
+                self.autoencoder_, Xt, epochs=self._pretrain_epochs(n) if epochs is None
+                else int(epochs), batch_size=self.batch_size, lr=self.pretrain_lr,
+                weight_decay=0.0, device=device, generator=self._generator,
                 callbacks=self.callbacks)
             self.timings_["pretrain"] = time.perf_counter() - t0
+            # fine_tune continues this random stream, so fit == pretrain + fine_tune exactly.
+            self._rng_state = (torch.get_rng_state(), torch.cuda.get_rng_state(device)
+                               if device.type == "cuda" else None)
+        self.autoencoder_.eval()
+        self.history_ = {"pretrain_loss": pretrain_loss, "finetune": []}
+        return self
 
+    def fine_tune(self, X, init=None, target=None):
+        """Phases 2-3: initialise centroids (unless given) and run DEC/IDEC self-training.
+
+        Args:
+            X: (n_samples, n_features), the rows ``pretrain`` saw.
+            init: optional (n_clusters, n_components) centroids in z; overrides ``self.init``
+                (this is how an external, e.g. Dask, initialisation plugs in).
+            target: optional (n_samples, n_clusters) soft assignment used as the target for
+                the first target updates (e.g. mixture posteriors from the initialisation).
+
+        Returns:
+            self, fitted.
+        """
+        if not hasattr(self, "_rng_state"):
+            raise ValueError("fine_tune needs a pretrained autoencoder: call pretrain(X) first")
+        X = _check_array(X, "X")
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} features, but pretrain saw "
+                             f"{self.n_features_in_}")
+        device = next(self.autoencoder_.parameters()).device
+        n = len(X)
+        Xt = self._to_tensor(X, device)
+        seed = self._seed
+        with torch.random.fork_rng(devices=_fork_devices(device)):
+            cpu_state, cuda_state = self._rng_state
+            torch.set_rng_state(cpu_state)
+            if cuda_state is not None:
+                torch.cuda.set_rng_state(cuda_state, device)
             t0 = time.perf_counter()
-            Z = encode(self.autoencoder_, Xt, device).cpu().numpy()
-            centers, target = self._initial_centers(Z, seed)
-            centers = self._reseed_degenerate(Z, centers)
+            if init is not None:
+                centers = _check_centers(init, self.n_clusters, self.n_components)
+            else:
+                Z = encode(self.autoencoder_, Xt, device).cpu().numpy()
+                centers, target = self._initial_centers(Z, seed)
+                centers = self._reseed_degenerate(Z, centers)
+            if target is not None:
+                target = np.asarray(target, dtype=np.float32)
+                if target.shape != (n, self.n_clusters):
+                    raise ValueError(f"target has shape {target.shape}, expected "
+                                     f"{(n, self.n_clusters)}")
             self.timings_["init"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
@@ -174,7 +237,7 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
                 self.autoencoder_, self._clustering, Xt, gamma=self.gamma,
                 update_interval=self.update_interval or steps_per_epoch, tol=self.tol,
                 max_iter=self._max_iter(steps_per_epoch), batch_size=self.batch_size,
-                lr=self.finetune_lr, device=device, generator=generator,
+                lr=self.finetune_lr, device=device, generator=self._generator,
                 initial_target=None if target is None else torch.from_numpy(target),
                 anchor_updates=0 if target is None else _ANCHOR_UPDATES,
                 callbacks=self.callbacks)
@@ -184,8 +247,29 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         self.labels_ = result.labels.numpy().astype(np.int64)
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged
-        self.history_ = {"pretrain_loss": pretrain_loss, "finetune": result.history}
+        self.history_["finetune"] = result.history
         self._report_degenerate(self.labels_)
+        return self
+
+    def permute_clusters(self, order) -> "DeepEmbeddedClustering":
+        """Renumber clusters in place: new cluster ``j`` is old cluster ``order[j]``.
+
+        Used to keep cluster ids stable across retrainings; predictions are unchanged up to
+        this relabelling.
+        """
+        check_is_fitted(self, "cluster_centers_")
+        order = np.asarray(order, dtype=np.int64)
+        if sorted(order.tolist()) != list(range(self.n_clusters)):
+            raise ValueError(f"order must be a permutation of 0..{self.n_clusters - 1}, "
+                             f"got {order.tolist()}")
+        inverse = np.argsort(order)
+        self.cluster_centers_ = self.cluster_centers_[order].copy()
+        self.labels_ = inverse[self.labels_]
+        with torch.no_grad():
+            self._clustering.centers.copy_(self._clustering.centers[torch.from_numpy(order)]
+                                           .clone())
+        self.degenerate_clusters_ = {int(inverse[j]): v
+                                     for j, v in self.degenerate_clusters_.items()}
         return self
 
     def fit_predict(self, X, y=None):
@@ -199,6 +283,7 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def predict_proba(self, X):
         """Soft assignment q of shape (n_samples, n_clusters); rows sum to 1."""
+        check_is_fitted(self, "cluster_centers_")
         z = self._embed(X)
         with torch.no_grad():
             return self._clustering(z).cpu().numpy()
@@ -209,6 +294,7 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def score_samples(self, X):
         """(cluster id, confidence = max q, distance to the assigned centroid in z) per row."""
+        check_is_fitted(self, "cluster_centers_")
         z = self._embed(X)
         with torch.no_grad():
             q = self._clustering(z)
@@ -399,7 +485,7 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         return t
 
     def _embed(self, X) -> torch.Tensor:
-        check_is_fitted(self, "cluster_centers_")
+        check_is_fitted(self, "autoencoder_")  # transform works after pretrain alone
         X = _check_array(X, "X")
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {X.shape[1]} features, but DeepEmbeddedClustering is "
@@ -427,6 +513,20 @@ def _check_array(X, name: str) -> np.ndarray:
             f"{name} contains {kind} or non-finite values in {len(bad_rows)} of {X.shape[0]} "
             f"rows (first rows {bad_rows[:5].tolist()}; columns {bad_cols[:10].tolist()})")
     return X
+
+
+def _check_centers(init, n_clusters: int, n_components: int) -> np.ndarray:
+    centers = np.asarray(init, dtype=np.float32)
+    if centers.shape != (n_clusters, n_components):
+        raise ValueError(f"init has shape {centers.shape}, expected (n_clusters, n_components)"
+                         f" = {(n_clusters, n_components)}")
+    if not np.isfinite(centers).all():
+        raise ValueError("init contains NaN or infinite centroid coordinates")
+    return centers.copy()
+
+
+def _fork_devices(device: torch.device) -> list[int]:
+    return [device.index or 0] if device.type == "cuda" else []
 
 
 def _resolve_device(device) -> torch.device:

@@ -145,3 +145,40 @@ def test_library_never_imports_prefect():
     code = ("import sys, decflow, decflow.estimator, decflow.training, decflow.metrics; "
             "sys.exit(1 if any(m.split('.')[0] == 'prefect' for m in sys.modules) else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_fit_equals_pretrain_then_fine_tune(blobs):
+    X, _ = blobs
+    a = DeepEmbeddedClustering(4, random_state=0, **FAST).fit(X)
+    b = DeepEmbeddedClustering(4, random_state=0, **FAST).pretrain(X).fine_tune(X)
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+
+
+def test_fine_tune_before_pretrain_is_an_error(blobs):
+    with pytest.raises(ValueError, match="call pretrain"):
+        DeepEmbeddedClustering(4, **FAST).fine_tune(blobs[0])
+
+
+def test_warm_start_reuses_weights(blobs):
+    X, _ = blobs
+    a = DeepEmbeddedClustering(4, random_state=0, **FAST).fit(X)
+    b = DeepEmbeddedClustering(4, random_state=1, **FAST).pretrain(
+        X, warm_start=a.autoencoder_.state_dict(), epochs=0)
+    np.testing.assert_allclose(b.transform(X), a.transform(X), rtol=1e-5, atol=1e-5)
+    wrong = dict(FAST, n_components=3)
+    with pytest.raises(ValueError, match="warm_start weights do not fit"):
+        DeepEmbeddedClustering(4, **wrong).pretrain(X, warm_start=a.autoencoder_.state_dict())
+
+
+def test_permute_clusters_relabels_consistently(blobs):
+    X, _ = blobs
+    est = DeepEmbeddedClustering(4, random_state=0, **FAST).fit(X)
+    before = est.predict(X)
+    order = np.array([2, 0, 3, 1])
+    est.permute_clusters(order)
+    # new id j is old id order[j]
+    np.testing.assert_array_equal(order[est.predict(X)], before)
+    np.testing.assert_array_equal(order[est.labels_], before)
+    with pytest.raises(ValueError, match="permutation"):
+        est.permute_clusters([0, 0, 1, 2])

@@ -1,0 +1,183 @@
+"""The `decflow` command line: demo, run, validate, score, ui."""
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Nightly re-clustering of a growing table with Deep Embedded Clustering.")
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", exists=True, dir_okay=False,
+                                         help="Pipeline config (YAML). DECFLOW_<SECTION>__<KEY> "
+                                              "environment variables override its values.")]
+HomeOpt = Annotated[Path, typer.Option(help="Directory for the embedded stores (MLflow sqlite "
+                                            "database and artifacts, Prefect database, labels).")]
+
+
+def _date(value: Optional[str], name: str) -> Optional[dt.date]:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint=name)
+
+
+def _environment(home: Path | None = None) -> None:
+    """Quiet, local defaults before Prefect/MLflow are imported (users' settings win)."""
+    for key, value in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
+                       ("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "1"),
+                       ("GX_ANALYTICS_ENABLED", "false"),
+                       # a loaded laptop can take longer than the 20 s default
+                       ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")):
+        os.environ.setdefault(key, value)
+    if home is not None and "PREFECT_API_URL" not in os.environ:
+        # Prefect's ephemeral mode keeps its database beside the demo's other stores.
+        (home / "prefect").mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("PREFECT_HOME", str((home / "prefect").resolve()))
+
+
+def _load(config: Path, overrides: dict | None = None):
+    from decflow.config import load_config
+
+    try:
+        return load_config(config, overrides)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--config")
+
+
+def _report(result: dict, config) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="recluster", show_header=False)
+    table.add_row("run date", result["run_date"])
+    table.add_row("labels", f"{result['labels']['path']} ({result['labels']['rows']} rows, "
+                            f"model version {result['labels']['model_version']})")
+    table.add_row("MLflow run", f"{result['run_id']} in {config.tracking_uri()} "
+                                f"(experiment {config.registry.experiment!r})")
+    table.add_row("registered model", f"{config.registry.model_name} version "
+                                      f"{result['model_version']} (challenger); champion is "
+                                      f"version {result['champion_version']}")
+    for key in ("acc", "nmi", "ari", "silhouette", "mean_confidence",
+                "smallest_cluster_share"):
+        if key in result["metrics"]:
+            table.add_row(key, f"{result['metrics'][key]:.4f}")
+    console.print(table)
+
+
+@app.command()
+def demo(home: HomeOpt = Path(".decflow"),
+         run_date: Annotated[Optional[str], typer.Option(
+             help="Last of the 3 demo dates and the run date (default: yesterday).")] = None,
+         pretrain_epochs: Annotated[Optional[int], typer.Option(
+             help="Override pretraining epochs (default: the shipped 'auto' budget).")] = None):
+    """Write scikit-learn's digits as a 3-day source table under HOME and run `recluster` on it
+    with embedded MLflow (sqlite), Prefect (ephemeral) and Dask (LocalCluster)."""
+    _environment(home)
+    from decflow.demo import demo_config, write_demo_source
+    from flows.recluster import recluster, yesterday
+
+    day = _date(run_date, "--run-date") or yesterday()
+    config = demo_config(str(home))
+    if pretrain_epochs is not None:
+        config = config.model_copy(update={"train": config.train.model_copy(
+            update={"pretrain_epochs": pretrain_epochs})})
+    dates = write_demo_source(config.source.uri, day)
+    typer.echo(f"demo source: {config.source.uri} (partitions {dates[0]} .. {dates[-1]})")
+    _report(recluster(config=config, run_date=day, progress=sys.stderr.isatty()), config)
+
+
+@app.command()
+def run(config: ConfigOpt,
+        run_date: Annotated[Optional[str], typer.Option(
+            help="Date to label; the training window ends here (default: yesterday).")] = None):
+    """Run the nightly `recluster` flow once: validate, train, register, write labels."""
+    _environment()
+    from flows.recluster import recluster
+
+    cfg = _load(config)
+    _report(recluster(config=cfg, run_date=_date(run_date, "--run-date"),
+                      progress=sys.stderr.isatty()), cfg)
+
+
+@app.command()
+def validate(config: ConfigOpt,
+             date: Annotated[Optional[str], typer.Option(
+                 help="Partition to check (default: yesterday).")] = None,
+             window: Annotated[bool, typer.Option(
+                 help="Check the whole training window ending at --date instead of one "
+                      "partition.")] = False):
+    """Run the data checks only; exit code 1 when an expectation fails."""
+    _environment()
+    from decflow import storage, validation
+    from flows.recluster import yesterday
+
+    cfg = _load(config)
+    day = _date(date, "--date") or yesterday()
+    frame, lineage = storage.load_window(cfg.source, day, None if window else 1)
+    report = validation.validate_frame(frame, cfg.source, cfg.features, cfg.validation)
+    typer.echo(f"{lineage.n_rows} rows from partitions {lineage.partitions or 'none'}"
+               + (f" (missing: {lineage.missing_partitions})" if lineage.missing_partitions
+                  else ""))
+    typer.echo(report.summary())
+    raise typer.Exit(0 if report.success else 1)
+
+
+@app.command()
+def score(config: ConfigOpt,
+          date: Annotated[str, typer.Option(help="Partition to label (YYYY-MM-DD).")],
+          model_version: Annotated[Optional[str], typer.Option(
+              help="Registered version number or alias to score with (default: champion).")]
+          = None):
+    """Label one partition with a registered model (write-back only, no training)."""
+    _environment()
+    from flows.score import score as score_flow
+
+    cfg = _load(config)
+    out = score_flow(config=cfg, run_date=_date(date, "--date"), model=model_version or
+                     "champion")
+    typer.echo(f"wrote {out['rows']} labels to {out['path']} with model version "
+               f"{out['model_version']}")
+
+
+@app.command()
+def ui(home: HomeOpt = Path(".decflow"),
+       mlflow_port: Annotated[int, typer.Option(help="MLflow UI port (loopback).")] = 5000,
+       prefect_port: Annotated[int, typer.Option(help="Prefect UI port (loopback).")] = 4200):
+    """Serve the MLflow UI and the Prefect UI on 127.0.0.1 against HOME's stores (Ctrl-C stops)."""
+    _environment(home)
+    from decflow.config import PipelineConfig
+
+    cfg = PipelineConfig(home=str(home))
+    env = dict(os.environ)
+    bin_dir = Path(sys.executable).parent
+    procs = [
+        subprocess.Popen([str(bin_dir / "mlflow"), "server", "--host", "127.0.0.1", "--port",
+                          str(mlflow_port), "--backend-store-uri", cfg.tracking_uri(),
+                          "--default-artifact-root", cfg.artifact_location()], env=env),
+        subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1",
+                          "--port", str(prefect_port)], env=env),
+    ]
+    typer.echo(f"MLflow UI:  http://127.0.0.1:{mlflow_port}\n"
+               f"Prefect UI: http://127.0.0.1:{prefect_port}  (Ctrl-C stops both)")
+    try:
+        for p in procs:
+            p.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    app()

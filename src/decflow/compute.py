@@ -1,0 +1,54 @@
+"""Where distributed work runs: a Dask client for an existing scheduler or an embedded LocalCluster."""
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import distributed
+
+from .config import ComputeConfig
+
+
+@contextmanager
+def dask_client(compute: ComputeConfig, *, timeout: float = 15.0) -> Iterator[distributed.Client]:
+    """A Dask client, closed (with its embedded cluster, if any) on exit.
+
+    ``compute.dask_address`` set: connect to that scheduler. Otherwise start an embedded
+    ``LocalCluster(n_workers, threads_per_worker, processes)`` on loopback with the dashboard
+    disabled. The client becomes the default Dask scheduler inside the ``with`` block.
+
+    Args:
+        compute: the compute section of the pipeline config.
+        timeout: seconds to wait for the scheduler before giving up.
+
+    Raises:
+        ConnectionError: the scheduler at ``compute.dask_address`` could not be reached
+            (the message names the address).
+    """
+    if compute.dask_address:
+        address = compute.dask_address
+        try:
+            client = distributed.Client(address, timeout=timeout)
+        except Exception as exc:  # OSError, TimeoutError, bad scheme (ValueError), garbage replies
+            raise ConnectionError(
+                f"could not connect to the Dask scheduler at compute.dask_address={address!r} "
+                f"within {timeout:g} s: {type(exc).__name__}: {exc}") from exc
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+
+    # Worker processes talk over loopback TCP; threads (processes=False) use the in-process
+    # transport, which opens no port at all. silence_logs applies only while the cluster lives:
+    # start/stop chatter stays out of flow logs, real errors still show.
+    network = {"host": "127.0.0.1"} if compute.processes else {}
+    with distributed.LocalCluster(
+        n_workers=compute.n_workers,
+        threads_per_worker=compute.threads_per_worker,
+        processes=compute.processes,
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+        **network,
+    ) as cluster, distributed.Client(cluster, timeout=timeout) as client:
+        yield client

@@ -1,0 +1,241 @@
+"""Pipeline configuration: one pydantic model, ``PipelineConfig``, with a frozen section per layer.
+
+Precedence: a YAML file < environment variables ``DECFLOW_<SECTION>__<FIELD>`` (values parsed as
+YAML, e.g. ``DECFLOW_MODEL__N_CLUSTERS=12``) < explicit overrides (CLI flags). Unknown keys are
+errors everywhere. Nothing here touches the file system until a function is called.
+"""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ENV_PREFIX = "DECFLOW_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SourceConfig(_Section):
+    """Where the rows come from: a hive-partitioned Parquet dataset (local path or fsspec URI)."""
+
+    uri: str = ".decflow/demo/source"  # dataset root holding <date_column>=YYYY-MM-DD/ folders
+    date_column: str = "ds"  # hive partition key
+    id_column: str = "id"  # entity id: present, not null, unique within the window
+    label_column: str | None = None  # ground truth, used only for evaluation
+    window_days: int = Field(default=3, ge=1)  # training window: run date and the days before
+
+
+class FeaturesConfig(_Section):
+    """Feature columns by kind and how each kind is encoded."""
+
+    numeric: list[str] = []  # impute (median) + standardise
+    categorical: list[str] = []  # one-hot, with an "unknown" bucket for unseen values
+    vector: dict[str, int] = {}  # fixed-length list<float> column -> declared length
+    text: list[str] = []  # TF-IDF + truncated SVD (no model download)
+    bounds: dict[str, tuple[float | None, float | None]] = {}  # numeric column -> (min, max)
+    scale_vectors: bool = False  # standardise vector elements (off: pixels/embeddings as is)
+    max_categories: int = Field(default=50, ge=1)  # most frequent kept, the rest -> unknown
+    text_components: int = Field(default=32, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self):
+        cols = self.columns()
+        dup = sorted({c for c in cols if cols.count(c) > 1})
+        if dup:
+            raise ValueError(f"feature columns declared under more than one kind: {dup}")
+        if not cols:
+            raise ValueError("no feature columns declared (numeric, categorical, vector or text)")
+        unknown = sorted(set(self.bounds) - set(self.numeric))
+        if unknown:
+            raise ValueError(f"bounds given for columns that are not numeric features: {unknown}")
+        bad = {c: n for c, n in self.vector.items() if n < 1}
+        if bad:
+            raise ValueError(f"vector lengths must be >= 1, got {bad}")
+        return self
+
+    def columns(self) -> list[str]:
+        return [*self.numeric, *self.categorical, *self.vector, *self.text]
+
+
+class ValidationConfig(_Section):
+    """Data checks run before any training or scoring."""
+
+    min_rows: int = Field(default=100, ge=1)
+    suite_path: str | None = None  # optional extra GX ExpectationSuite (JSON)
+    sample_size: int = Field(default=5, ge=1)  # bad values quoted per failed expectation
+
+
+class ModelConfig(_Section):
+    """The DEC model (see ``decflow.DeepEmbeddedClustering``)."""
+
+    n_clusters: int = Field(default=10, ge=2)
+    n_components: int = Field(default=10, ge=1)
+    hidden: list[int] = [500, 500, 2000]
+    alpha: float = Field(default=1.0, gt=0)
+    gamma: float = Field(default=0.1, ge=0)  # IDEC reconstruction weight; 0 = plain DEC
+    input_dropout: float = Field(default=0.2, ge=0, lt=1)
+    init: Literal["manifold", "k-means"] = "manifold"
+    min_cluster_size: float = Field(default=0.1, ge=0)  # fraction of n/k below which a cluster is degenerate
+
+
+class TrainConfig(_Section):
+    """Optimisation settings."""
+
+    pretrain_epochs: int | Literal["auto"] = "auto"
+    pretrain_steps: int = Field(default=6000, ge=1)
+    pretrain_lr: float = Field(default=1e-3, gt=0)
+    warm_start: bool = True  # start from the champion's autoencoder when the schema matches
+    warm_start_epochs: int | Literal["auto"] = "auto"  # "auto": a quarter of a full pretraining
+    finetune_lr: float = Field(default=1e-4, gt=0)
+    update_interval: int | None = None  # steps between target updates (None: one pass)
+    tol: float = Field(default=0.001, ge=0)
+    max_iter: int | Literal["auto"] = "auto"
+    batch_size: int = Field(default=256, ge=1)
+    max_train_rows: int = Field(default=200_000, ge=1)  # training sample bound; scoring uses all
+    device: str = "auto"
+    random_state: int | None = 0
+
+
+class KMeansConfig(_Section):
+    """Centroid initialisation over Dask (k-means|| seeding, Lloyd iterations partition-wise)."""
+
+    n_init: int = Field(default=10, ge=1)
+    max_iter: int = Field(default=300, ge=1)
+    tol: float = Field(default=1e-4, ge=0)
+    oversampling_factor: float = Field(default=2.0, gt=0)
+    init_rounds: int = Field(default=5, ge=1)
+    chunk_rows: int = Field(default=50_000, ge=1)  # rows per Dask partition
+
+
+class RegistryConfig(_Section):
+    """MLflow tracking and model registry."""
+
+    tracking_uri: str | None = None  # None: sqlite:///<home>/mlflow.db
+    artifact_location: str | None = None  # None: <home>/mlartifacts
+    experiment: str = "decflow"
+    model_name: str = "decflow"
+
+
+class LabelsConfig(_Section):
+    """Label write-back dataset."""
+
+    uri: str | None = None  # None: <home>/labels
+
+
+class ComputeConfig(_Section):
+    """Where distributed work runs."""
+
+    dask_address: str | None = None  # None: an embedded LocalCluster
+    n_workers: int = Field(default=2, ge=1)
+    threads_per_worker: int = Field(default=1, ge=1)
+    processes: bool = True
+
+
+class PipelineConfig(_Section):
+    """The whole pipeline; flows take it as their parameter."""
+
+    home: str = ".decflow"
+    source: SourceConfig = SourceConfig()
+    features: FeaturesConfig = FeaturesConfig(vector={"pixels": 64})
+    validation: ValidationConfig = ValidationConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    kmeans: KMeansConfig = KMeansConfig()
+    registry: RegistryConfig = RegistryConfig()
+    labels: LabelsConfig = LabelsConfig()
+    compute: ComputeConfig = ComputeConfig()
+
+    @model_validator(mode="after")
+    def _check(self):
+        taken = {self.source.id_column, self.source.date_column}
+        if self.source.label_column:
+            taken.add(self.source.label_column)
+        clash = sorted(taken & set(self.features.columns()))
+        if clash:
+            raise ValueError(f"id/date/label columns cannot also be features: {clash}")
+        return self
+
+    # Resolved locations (embedded defaults live under `home`).
+    def tracking_uri(self) -> str:
+        if self.registry.tracking_uri:
+            return self.registry.tracking_uri
+        return f"sqlite:///{Path(self.home).resolve() / 'mlflow.db'}"
+
+    def artifact_location(self) -> str:
+        if self.registry.artifact_location:
+            return self.registry.artifact_location
+        return (Path(self.home).resolve() / "mlartifacts").as_uri()
+
+    def labels_uri(self) -> str:
+        return self.labels.uri or str(Path(self.home) / "labels")
+
+    def flatten(self) -> dict[str, str]:
+        """``{"model.n_clusters": "10", ...}`` for MLflow params."""
+        return {k: json.dumps(v) if not isinstance(v, str) else v
+                for k, v in _flatten(self.model_dump(mode="json")).items()}
+
+    def digest(self) -> str:
+        """Short hash of everything that affects the model (home and locations excluded)."""
+        keep = self.model_dump(mode="json", exclude={"home", "registry", "labels", "compute"})
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        # Sections are flattened; data maps (vector lengths, bounds) stay one JSON value.
+        if isinstance(v, dict) and k not in ("vector", "bounds"):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _set_path(d: dict, path: list[str], value) -> None:
+    for p in path[:-1]:
+        d = d.setdefault(p, {})
+    d[path[-1]] = value
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None,
+                env: dict[str, str] | None = None) -> PipelineConfig:
+    """Build a ``PipelineConfig`` from a YAML file, ``DECFLOW_`` environment variables and overrides.
+
+    Args:
+        path: YAML file (top-level keys are the sections); None uses the embedded defaults.
+        overrides: dotted keys, e.g. ``{"model.n_clusters": 12}``; applied last.
+        env: environment to read (default ``os.environ``).
+
+    Raises:
+        ValueError: unreadable file, unknown keys or invalid values (pydantic names each one).
+    """
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"config file not found: {p}")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {p} must hold a mapping of sections, "
+                             f"got {type(loaded).__name__}")
+        data = loaded
+    for key, raw in sorted((env if env is not None else os.environ).items()):
+        name = key[len(ENV_PREFIX):].lower()
+        if key.startswith(ENV_PREFIX) and name:
+            _set_path(data, name.split("__"), yaml.safe_load(raw))
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_path(data, key.split("."), value)
+    return PipelineConfig.model_validate(data)
+
+
+def dump_config(config: PipelineConfig) -> str:
+    """YAML text of a config (round-trips through ``load_config``)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

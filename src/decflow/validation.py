@@ -1,0 +1,645 @@
+"""Data validation with Great Expectations (GX 1.x), run before any training or scoring.
+
+``build_suite`` turns the config into a GX ``ExpectationSuite``; ``validate_frame`` runs it on a
+pandas DataFrame in an ephemeral GX context and returns a ``ValidationReport`` whose failures
+name the expectation, the column, what was found and a few offending rows; ``check`` raises
+``DataValidationError`` carrying that report.
+
+What the config-derived suite checks, in this order:
+
+- the table holds at least ``validation.min_rows`` rows;
+- the id column exists, has no nulls and no duplicates;
+- every declared feature column exists and holds values of its kind. Types are checked per
+  value, not per dtype, so object columns work and pandas 3 ``str``/``category`` dtypes are
+  understood (GX 1.24's ``expect_column_values_to_be_in_type_list`` matches neither):
+
+  - numeric: int or float values (bool is rejected: declare flags as categorical); no nulls
+    (NaN counts as null), no ±inf, and within ``features.bounds[col]`` when given;
+  - categorical: str, int or bool values, also as a ``category`` dtype; floats are rejected
+    (continuous values, and 1 vs 1.0 would become two categories); nulls allowed (they go to
+    the encoder's unknown bucket);
+  - text: str values; nulls allowed;
+  - vector: no nulls; each value a list, tuple or 1-d array of length ``features.vector[col]``
+    whose elements are finite numbers;
+
+- then the expectations of the optional user suite ``validation.suite_path`` (the JSON written
+  by ``ExpectationSuite.to_json_dict()``).
+
+GX has no expectation for a value's type kind, a list's length or its elements, so
+``validate_frame`` derives helper columns on a copy of the frame (``<col>__type``,
+``<col>__length``, ``<col>__nonfinite``) and checks those with standard expectations; reports
+always name the original column. In the copy GX sees, a vector column holds its per-row kind
+instead of the arrays (see ``_prepare_frame``), so user expectations on a vector column can
+only test nullness. Checks on a column that is missing, or whose values have the
+wrong type, are not evaluated: the one failed existence/type check says how many were skipped.
+
+GX is imported lazily (it takes seconds) and its context is created once, on first use.
+"""
+
+import json
+import math
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from decflow.config import FeaturesConfig, SourceConfig, ValidationConfig
+
+if TYPE_CHECKING:
+    import great_expectations as gx
+
+META_KEY = "decflow"  # expectation meta: {"decflow": {"column": original column, "check": ...}}
+_ORDER_KEY = "decflow_order"  # added to run copies only, to put GX's results back in suite order
+
+# Per-value kinds (see `_value_kind`) each feature kind accepts, and how messages describe them.
+ALLOWED_KINDS = {
+    "numeric": ["float", "int"],
+    "categorical": ["bool", "int", "str"],
+    "text": ["str"],
+    "vector": ["list"],
+}
+_KIND_WORDS = {
+    "numeric": "numbers (int or float)",
+    "categorical": "strings, integers or booleans",
+    "text": "strings",
+    "vector": "lists or arrays of floats",
+}
+_STRUCTURAL = ("row_count", "exists", "type")
+
+
+@dataclass(frozen=True)
+class ExpectationResult:
+    """Outcome of one expectation, in words.
+
+    ``sample`` holds up to ``validation.sample_size`` offending rows as JSON-serialisable values:
+    ``{"<id column>": id, "value": v}`` for scalar columns (``{"row": i, ...}`` when the id is
+    unavailable), ``{"<id column>": id, "length": n}`` for vector lengths, duplicated id values
+    for the uniqueness check; empty on success.
+    """
+
+    expectation: str  # GX expectation type, e.g. "expect_column_values_to_not_be_null"
+    column: str | None  # the frame's column (never a derived helper column); None: table-level
+    success: bool
+    details: str
+    sample: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """All expectation results for one frame."""
+
+    success: bool
+    n_rows: int
+    results: list[ExpectationResult]  # every expectation evaluated, in suite order
+
+    def failures(self) -> list[ExpectationResult]:
+        return [r for r in self.results if not r.success]
+
+    def summary(self) -> str:
+        """One line per failed expectation, or a single line saying everything passed."""
+        failed = self.failures()
+        if not failed:
+            return f"all {len(self.results)} expectations passed on {self.n_rows} rows"
+        lines = []
+        for r in failed:
+            where = f" on column '{r.column}'" if r.column is not None else ""
+            sample = f"; sample: {json.dumps(r.sample)}" if r.sample else ""
+            lines.append(f"{r.expectation}{where}: {r.details}{sample}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form (e.g. an MLflow artifact)."""
+        return {
+            "success": self.success,
+            "n_rows": self.n_rows,
+            "n_expectations": len(self.results),
+            "n_failed": len(self.failures()),
+            "results": [asdict(r) for r in self.results],
+        }
+
+    def to_markdown(self) -> str:
+        """A heading line and a table with one row per expectation (e.g. a Prefect artifact)."""
+        verdict = "passed" if self.success else "FAILED"
+        lines = [
+            f"**Data validation {verdict}**: {len(self.failures())} of {len(self.results)} "
+            f"expectations failed on {self.n_rows} rows",
+            "",
+            "| expectation | column | result | details |",
+            "|---|---|---|---|",
+        ]
+        for r in self.results:
+            details = r.details + (f"; sample: {json.dumps(r.sample)}" if r.sample else "")
+            cells = [r.expectation, r.column or "", "passed" if r.success else "**FAILED**", details]
+            lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+        return "\n".join(lines)
+
+
+class DataValidationError(ValueError):
+    """Raised by ``check`` when a frame fails validation; ``.report`` holds every result."""
+
+    def __init__(self, report: ValidationReport):
+        self.report = report
+        n_failed = len(report.failures())
+        super().__init__(
+            f"data validation failed: {n_failed} of {len(report.results)} expectations failed "
+            f"on {report.n_rows} rows:\n{report.summary()}"
+        )
+
+    def __reduce__(self):  # picklable across processes (Prefect, Dask)
+        return (type(self), (self.report,))
+
+
+def build_suite(source: SourceConfig, features: FeaturesConfig,
+                validation: ValidationConfig) -> "gx.ExpectationSuite":
+    """The expectation suite the config implies, plus the user suite at ``validation.suite_path``.
+
+    Expectations on vectors and on value types refer to helper columns (``<col>__type``,
+    ``<col>__length``, ``<col>__nonfinite``) that ``validate_frame`` derives; each expectation's
+    ``meta["decflow"]`` names the original column and the check.
+
+    Raises:
+        ValueError: the user suite file is missing, unreadable, not JSON or not a suite.
+    """
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    def meta(column: str | None, check: str, **extra) -> dict:
+        return {META_KEY: {"column": column, "check": check, **extra}}
+
+    id_col = source.id_column
+    exps = [
+        gxe.ExpectTableRowCountToBeBetween(min_value=validation.min_rows, max_value=None,
+                                           meta=meta(None, "row_count")),
+        gxe.ExpectColumnToExist(column=id_col, meta=meta(id_col, "exists", kind="id")),
+        gxe.ExpectColumnValuesToNotBeNull(column=id_col, meta=meta(id_col, "not_null", kind="id")),
+        gxe.ExpectColumnValuesToBeUnique(column=id_col, meta=meta(id_col, "unique", kind="id")),
+    ]
+    for col, kind in _feature_kinds(features).items():
+        exps += [
+            gxe.ExpectColumnToExist(column=col, meta=meta(col, "exists", kind=kind)),
+            gxe.ExpectColumnValuesToBeInSet(column=_helper(col, "type"),
+                                            value_set=ALLOWED_KINDS[kind],
+                                            meta=meta(col, "type", kind=kind)),
+        ]
+        if kind == "numeric":
+            exps += [
+                gxe.ExpectColumnValuesToNotBeNull(column=col, meta=meta(col, "not_null", kind=kind)),
+                gxe.ExpectColumnValuesToNotBeInSet(column=col, value_set=[math.inf, -math.inf],
+                                                   meta=meta(col, "finite", kind=kind)),
+            ]
+            lo, hi = features.bounds.get(col, (None, None))
+            if lo is not None or hi is not None:
+                exps.append(gxe.ExpectColumnValuesToBeBetween(
+                    column=col, min_value=lo, max_value=hi,
+                    meta=meta(col, "bounds", kind=kind, min=lo, max=hi)))
+        elif kind == "vector":
+            n = features.vector[col]
+            exps += [
+                gxe.ExpectColumnValuesToNotBeNull(column=col, meta=meta(col, "not_null", kind=kind)),
+                gxe.ExpectColumnValuesToBeInSet(column=_helper(col, "length"), value_set=[n],
+                                                meta=meta(col, "length", kind=kind, length=n)),
+                gxe.ExpectColumnValuesToBeInSet(column=_helper(col, "nonfinite"), value_set=[0],
+                                                meta=meta(col, "elements", kind=kind)),
+            ]
+    if validation.suite_path:
+        exps += _load_user_expectations(validation.suite_path)
+    # The constructor keeps every expectation (add_expectation would drop "equalish" repeats).
+    return gx.ExpectationSuite(name="decflow", expectations=exps)
+
+
+def validate_frame(df: pd.DataFrame, source: SourceConfig, features: FeaturesConfig,
+                   validation: ValidationConfig) -> ValidationReport:
+    """Run the suite from ``build_suite`` on ``df``; never raises for bad data (see ``check``).
+
+    Args:
+        df: rows to validate, shape (n_rows, n_columns); not modified.
+
+    Returns:
+        ValidationReport with one result per evaluated expectation, in suite order.
+
+    Raises:
+        ValueError: ``df`` is not a DataFrame, has duplicate column names, or the user suite
+            file is unusable.
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise ValueError(f"df must be a pandas DataFrame, got {type(df).__name__}")
+    dup = sorted({str(c) for c in df.columns[df.columns.duplicated()]})
+    if dup:
+        raise ValueError(f"frame has duplicate column names: {dup}")
+
+    expectations = list(build_suite(source, features, validation).expectations)
+    frame, data = _prepare_frame(df, features)
+    ctx = _Context(frame, data, source.id_column, validation, len(df))
+    specs = [_spec(e) for e in expectations]
+    present = set(frame.columns)
+    results: dict[int, ExpectationResult] = {}
+
+    # Phase 1: row count, existence and value types; later checks depend on their outcome.
+    phase1 = [i for i, s in enumerate(specs)
+              if s["check"] in ("row_count", "exists")
+              or (s["check"] == "type" and s["column"] in present)]
+    for i, r in zip(phase1, _run(frame, [expectations[i] for i in phase1])):
+        results[i] = _describe(specs[i], r, ctx)
+    blocked = {s["column"] for i, s in enumerate(specs)
+               if i in results and s["check"] in ("exists", "type") and not results[i].success}
+    blocked |= {s["column"] for s in specs
+                if s["check"] != "user" and s["column"] is not None and s["column"] not in present}
+
+    # Phase 2: values, on columns that exist and hold the right kind of values.
+    phase2, skipped = [], {}
+    for i, s in enumerate(specs):
+        if i in results:
+            continue
+        if s["column"] in blocked:
+            skipped[s["column"]] = skipped.get(s["column"], 0) + 1
+        elif s["check"] == "user" and s["column"] is not None and s["column"] not in present:
+            results[i] = ExpectationResult(s["type"], s["column"], False,
+                                           f"column '{s['column']}' is missing", [])
+        else:
+            phase2.append(i)
+    for i, r in zip(phase2, _run(frame, [expectations[i] for i in phase2])):
+        results[i] = _describe(specs[i], r, ctx)
+
+    # The failed existence/type check says what it blocked, so a missing column is reported once.
+    for i, s in enumerate(specs):
+        res = results.get(i)
+        n_skipped = skipped.pop(s["column"], 0) if res is not None and not res.success \
+            and s["check"] in ("exists", "type") else 0
+        if n_skipped:
+            results[i] = ExpectationResult(
+                res.expectation, res.column, False,
+                f"{res.details}; {n_skipped} dependent check(s) on it not evaluated", res.sample)
+
+    ordered = [results[i] for i in sorted(results)]
+    return ValidationReport(success=all(r.success for r in ordered), n_rows=len(df),
+                            results=ordered)
+
+
+def check(report: ValidationReport) -> ValidationReport:
+    """Return ``report`` if it passed, else raise ``DataValidationError`` naming each failure."""
+    if not report.success:
+        raise DataValidationError(report)
+    return report
+
+
+# --- GX plumbing ----------------------------------------------------------------------------------
+
+_LOCK = threading.Lock()  # GX's pandas engine keeps per-datasource state; validate one at a time
+_BATCH_DEFINITION = None
+
+
+def _batch_definition():
+    """The cached whole-dataframe batch definition of an ephemeral context (call under _LOCK)."""
+    global _BATCH_DEFINITION
+    if _BATCH_DEFINITION is None:
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import (
+            DataContextConfig,
+            InMemoryStoreBackendDefaults,
+            ProgressBarsConfig,
+        )
+
+        # No analytics calls from a nightly job, and no tqdm bars per metric in the logs.
+        config = DataContextConfig(
+            store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+            analytics_enabled=False,
+            progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False),
+        )
+        context = gx.get_context(mode="ephemeral", project_config=config)
+        asset = context.data_sources.add_pandas("decflow").add_dataframe_asset("frame")
+        _BATCH_DEFINITION = asset.add_batch_definition_whole_dataframe("whole")
+    return _BATCH_DEFINITION
+
+
+def _run(frame: pd.DataFrame, expectations: list) -> list:
+    """GX validation results for ``expectations`` on ``frame``, in the order given."""
+    if not expectations:
+        return []
+    import great_expectations as gx
+    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+
+    tagged = []
+    for i, e in enumerate(expectations):
+        conf = e.configuration.to_json_dict()
+        conf.pop("id", None)
+        conf["meta"] = {**(conf.get("meta") or {}), _ORDER_KEY: i}
+        tagged.append(ExpectationConfiguration(**conf))
+    suite = gx.ExpectationSuite(name="decflow_run", expectations=tagged)
+    with _LOCK:
+        batch = _batch_definition().get_batch(batch_parameters={"dataframe": frame})
+        # COMPLETE: unexpected_index_list gives row positions, from which samples are drawn.
+        outcome = batch.validate(suite, result_format="COMPLETE")
+    ordered: list = [None] * len(expectations)
+    for r in outcome.results:  # GX does not keep suite order (errored expectations come first)
+        ordered[r.expectation_config.meta[_ORDER_KEY]] = r
+    return ordered
+
+
+def _load_user_expectations(path: str) -> list:
+    """Expectations from a suite JSON file, each tagged as a user check."""
+    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except OSError as e:
+        raise ValueError(f"cannot read expectation suite file {p}: {e.strerror or e}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"expectation suite file {p} is not valid JSON: {e}") from e
+    if not isinstance(data, dict) or not isinstance(data.get("expectations"), list):
+        raise ValueError(f"expectation suite file {p} must hold a JSON object with an "
+                         f"'expectations' list (as written by ExpectationSuite.to_json_dict())")
+    out = []
+    for i, conf in enumerate(data["expectations"]):
+        try:
+            conf = {k: v for k, v in dict(conf).items() if k != "id"}  # ids bind to a saved suite
+            conf["meta"] = {**(conf.get("meta") or {}),
+                            META_KEY: {"column": (conf.get("kwargs") or {}).get("column"),
+                                       "check": "user", "source": str(p)}}
+            out.append(ExpectationConfiguration(**conf).to_domain_obj())
+        except Exception as e:  # GX raises unrelated types: not found, pydantic, TypeError
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"expectation #{i} in suite file {p} is invalid: {first}") from e
+    return out
+
+
+# --- helper columns -------------------------------------------------------------------------------
+
+def _feature_kinds(features: FeaturesConfig) -> dict[str, str]:
+    return {**{c: "numeric" for c in features.numeric},
+            **{c: "categorical" for c in features.categorical},
+            **{c: "vector" for c in features.vector},
+            **{c: "text" for c in features.text}}
+
+
+def _helper(column: str, what: str) -> str:
+    return f"{column}__{what}"
+
+
+def _prepare_frame(df: pd.DataFrame, features: FeaturesConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The frame GX validates, and ``df`` with a RangeIndex (for samples).
+
+    Both have a RangeIndex, so GX's unexpected indices are row positions. The GX frame adds the
+    helper columns and replaces each vector column by its per-row kind (same nulls): GX hashes
+    every batch it loads and falls back to pickling the whole frame when a column holds
+    unhashable arrays, which for 10k x 64 vectors cost more than the validation itself.
+    """
+    data = df.reset_index(drop=True)
+    helpers, stand_ins = {}, {}
+    for col, kind in _feature_kinds(features).items():
+        if col not in data.columns:
+            continue
+        helpers[_helper(col, "type")] = _value_kinds(data[col])
+        if kind == "vector":
+            stand_ins[col] = helpers[_helper(col, "type")]
+            helpers[_helper(col, "length")], helpers[_helper(col, "nonfinite")] = \
+                _vector_stats(data[col])
+    return data.assign(**stand_ins, **helpers), data
+
+
+def _value_kind(v: Any) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return "bool"
+    if isinstance(v, (int, np.integer)):
+        return "int"
+    if isinstance(v, (float, np.floating)):
+        return "float"
+    if isinstance(v, str):
+        return "str"
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return "list"
+    return type(v).__name__
+
+
+def _dtype_kind(dtype) -> str | None:
+    """The kind every non-null value of ``dtype`` has, or None when values must be looked at."""
+    if pd.api.types.is_bool_dtype(dtype):
+        return "bool"
+    if pd.api.types.is_integer_dtype(dtype):
+        return "int"
+    if pd.api.types.is_float_dtype(dtype):
+        return "float"
+    if isinstance(dtype, pd.StringDtype):
+        return "str"
+    return None
+
+
+def _value_kinds(s: pd.Series) -> pd.Series:
+    """Per-row value kind ("int", "float", "bool", "str", "list" or a type name); None if null."""
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        cats = _value_kinds(pd.Series(s.dtype.categories)).to_numpy(dtype=object)
+        codes = s.cat.codes.to_numpy()
+        out = np.full(len(s), None, dtype=object)
+        out[codes >= 0] = cats[codes[codes >= 0]]
+        return pd.Series(out, index=s.index, dtype=object)
+    kind = _dtype_kind(s.dtype)
+    if kind is not None:
+        out = np.full(len(s), kind, dtype=object)
+    else:
+        out = np.empty(len(s), dtype=object)
+        out[:] = [_value_kind(v) for v in s.to_numpy(dtype=object)]
+    out[s.isna().to_numpy()] = None
+    return pd.Series(out, index=s.index, dtype=object)
+
+
+def _vector_stats(s: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Per-row list length and count of non-finite/non-numeric elements; <NA> for non-lists."""
+    n = len(s)
+    lengths = np.zeros(n, dtype=np.int64)
+    bad = np.zeros(n, dtype=np.int64)
+    missing = np.ones(n, dtype=bool)
+    for i, v in enumerate(s.to_numpy(dtype=object)):
+        if isinstance(v, (list, tuple, np.ndarray)):
+            lengths[i], bad[i], missing[i] = len(v), _n_bad_elements(v), False
+    return (pd.Series(pd.arrays.IntegerArray(lengths, missing.copy()), index=s.index),
+            pd.Series(pd.arrays.IntegerArray(bad, missing), index=s.index))
+
+
+def _n_bad_elements(v) -> int:
+    """How many elements of one vector are not finite real numbers (nested counts as bad)."""
+    try:
+        a = np.asarray(v)
+    except ValueError:  # ragged nesting
+        return len(v)
+    if a.ndim != 1:
+        return len(v)
+    if a.dtype.kind in "biuf":
+        return int(a.size - np.count_nonzero(np.isfinite(a)))
+    if a.dtype.kind == "O":
+        return sum(1 for x in a if isinstance(x, (bool, np.bool_, str))
+                   or not isinstance(x, (int, float, np.number)) or not math.isfinite(x))
+    return int(a.size)  # strings, dates, ...
+
+
+# --- describing results ---------------------------------------------------------------------------
+
+@dataclass
+class _Context:
+    """What result descriptions need besides the GX result."""
+
+    frame: pd.DataFrame  # what GX validates (helper columns, vector stand-ins)
+    data: pd.DataFrame  # the caller's frame with a RangeIndex
+    id_column: str
+    validation: ValidationConfig
+    n_rows: int
+
+
+def _spec(expectation) -> dict:
+    conf = expectation.configuration
+    tag = (conf.meta or {}).get(META_KEY) or {}
+    return {"type": conf.type, "kwargs": conf.kwargs, "check": tag.get("check", "user"),
+            "column": tag.get("column", conf.kwargs.get("column")), "meta": tag}
+
+
+def _describe(spec: dict, r, ctx: _Context) -> ExpectationResult:
+    """Turn one GX ExpectationValidationResult into words and a sample of offending rows."""
+    if r is None:  # GX dropped the expectation (it logs invalid configurations and moves on)
+        return ExpectationResult(spec["type"], spec["column"], False, "not evaluated by GX", [])
+    res = r.result or {}
+    col, check, tag = spec["column"], spec["check"], spec["meta"]
+    k = res.get("unexpected_count") or 0
+    total = res.get("element_count", ctx.n_rows)
+    size = ctx.validation.sample_size
+    error = _exception_message(r.exception_info)
+    if error:
+        return ExpectationResult(spec["type"], col, False, f"could not be evaluated: {error}", [])
+
+    sample: list = []
+    if check == "row_count":
+        found = res.get("observed_value", ctx.n_rows)
+        details = (f"found {found} rows, expected at least {ctx.validation.min_rows} "
+                   f"(validation.min_rows)")
+    elif check == "exists":
+        if r.success:
+            details = "present"
+        else:
+            found = [str(c) for c in ctx.data.columns]
+            shown = ", ".join(found[:20]) + (", ..." if len(found) > 20 else "")
+            details = f"column '{col}' is missing (frame has: {shown})"
+    elif check == "type":
+        dtype = ctx.data[col].dtype
+        if r.success:
+            details = f"all values are {_KIND_WORDS[tag['kind']]} (dtype {dtype})"
+        else:
+            kinds = sorted({str(x) for x in res.get("unexpected_list", [])})
+            details = (f"expected {_KIND_WORDS[tag['kind']]}, found {', '.join(kinds)} in {k} of "
+                       f"{total} rows (dtype {dtype})")
+            sample = _row_sample(ctx, res, col, size)
+    elif check == "not_null":
+        what = "have a null id" if tag.get("kind") == "id" else (
+            "are null or NaN" if tag.get("kind") == "numeric" else "are null")
+        details = f"{k} of {total} rows {what}" if k else "no nulls"
+        sample = _row_sample(ctx, res, col, size, value=tag.get("kind") == "numeric")
+    elif check == "unique":
+        dups = _dedupe(res.get("unexpected_list", []))
+        details = (f"{k} rows share {len(dups)} duplicated id value(s), e.g. "
+                   f"{json.dumps([_jsonable(d) for d in dups[:size]])}") if k else "all unique"
+        sample = [_jsonable(d) for d in dups[:size]]
+    elif check == "finite":
+        details = f"{k} of {total} values are infinite" if k else "no infinite values"
+        sample = _row_sample(ctx, res, col, size)
+    elif check == "bounds":
+        rng = f"[{_fmt(tag.get('min'), '-inf')}, {_fmt(tag.get('max'), 'inf')}]"
+        details = f"{k} of {total} values are outside {rng}" if k else f"all within {rng}"
+        sample = _row_sample(ctx, res, col, size)
+    elif check == "length":
+        n = tag["length"]
+        found = sorted({int(x) for x in res.get("unexpected_list", [])})
+        details = (f"expected list length {n}, found lengths {found} in {k} of {total} rows"
+                   if k else f"all of length {n}")
+        sample = _row_sample(ctx, res, col, size, key="length",
+                             values=ctx.frame[_helper(col, "length")])
+    elif check == "elements":
+        details = (f"{k} of {total} vectors hold NaN, infinite or non-numeric elements"
+                   if k else "all elements finite")
+        sample = _row_sample(ctx, res, col, size, key="non_finite_elements",
+                             values=ctx.frame[_helper(col, "nonfinite")])
+    else:  # user expectations: whatever GX reports
+        details, sample = _describe_generic(res, k, total, r.success, size)
+    return ExpectationResult(spec["type"], col, bool(r.success), details,
+                             [] if r.success else sample)
+
+
+def _describe_generic(res: dict, k: int, total, success: bool, size: int) -> tuple[str, list]:
+    if "unexpected_count" in res:
+        sample = [_jsonable(v) for v in (res.get("partial_unexpected_list") or [])[:size]]
+        return (f"{k} of {total} rows unexpected" if k else f"all {total} rows as expected"), sample
+    if "observed_value" in res:
+        return f"observed {_jsonable(res['observed_value'])}", []
+    return ("passed" if success else "failed"), []
+
+
+def _row_sample(ctx: _Context, res: dict, col: str, size: int, *, value: bool = True,
+                key: str = "value", values: pd.Series | None = None) -> list:
+    """Up to ``size`` offending rows as ``{id column: id, key: value}`` (``row`` if no id)."""
+    positions = res.get("unexpected_index_list") or []
+    data = ctx.data
+    has_id = ctx.id_column in data.columns
+    src = values if values is not None else data[col]
+    out = []
+    for pos in positions[:size]:
+        pos = int(pos)
+        ident = data[ctx.id_column].iloc[pos] if has_id else None
+        row = {ctx.id_column: _jsonable(ident)} if has_id and not _is_null(ident) else {"row": pos}
+        if value:
+            row[key] = _jsonable(src.iloc[pos])
+        out.append(row)
+    return out
+
+
+def _exception_message(info) -> str | None:
+    """The first exception message in GX's exception_info (flat, or keyed by metric id)."""
+    if not isinstance(info, dict):
+        return None
+    if info.get("raised_exception"):
+        return str(info.get("exception_message") or "error").strip().splitlines()[0]
+    for v in info.values():
+        msg = _exception_message(v)
+        if msg:
+            return msg
+    return None
+
+
+def _dedupe(values: list) -> list:
+    seen, out = set(), []
+    for v in values:
+        key = repr(v)
+        if key not in seen:
+            seen.add(key)
+            out.append(v)
+    return out
+
+
+def _is_null(v) -> bool:
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):  # arrays
+        return False
+
+
+def _jsonable(v: Any) -> Any:
+    """A JSON-safe, short rendering of one cell (non-finite floats as "nan"/"inf"/"-inf")."""
+    if v is None or v is pd.NA or v is pd.NaT:
+        return None
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v) if math.isfinite(v) else str(float(v))
+    if isinstance(v, (list, tuple, np.ndarray)):
+        items = [_jsonable(x) for x in list(v)[:8]]
+        return items + ["..."] if len(v) > 8 else items
+    text = v if isinstance(v, str) else str(v)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _fmt(x, open_end: str) -> str:
+    return open_end if x is None else f"{x:g}"
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")

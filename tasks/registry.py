@@ -1,0 +1,57 @@
+"""Model logging, registration and champion lookup."""
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from decflow import tracking
+from decflow.config import PipelineConfig
+from decflow.features import FeatureEncoder
+from decflow.storage import Lineage
+from decflow.validation import ValidationReport
+
+from .data import lineage_tags
+
+
+@task(name="load_champion", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def load_champion(config: PipelineConfig, ref: str = tracking.CHAMPION):
+    """The registered model behind ``ref`` as (version, DecflowModel) or (None, None)."""
+    uri, name = config.tracking_uri(), config.registry.model_name
+    version = tracking.get_version(uri, name, ref)
+    if version is None:
+        return None, None
+    return version, tracking.load_scorer(uri, name, str(version.version)).unwrap_python_model()
+
+
+@task(name="champion_weights", cache_policy=NO_CACHE)
+def champion_weights(champion, encoder: FeatureEncoder, config: PipelineConfig) -> dict | None:
+    """Autoencoder weights of the champion when its feature schema and architecture match."""
+    if champion is None or not config.train.warm_start:
+        return None
+    old = champion.estimator
+    same_arch = (list(old.hidden) == list(config.model.hidden)
+                 and old.n_components == config.model.n_components)
+    if champion.encoder.schema_digest() != encoder.schema_digest() or not same_arch:
+        return None
+    return {k: v.clone() for k, v in old.autoencoder_.state_dict().items()}
+
+
+@task(name="register_model", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def register_model(est, encoder: FeatureEncoder, frame: pd.DataFrame, lineage: Lineage,
+                   report: ValidationReport, metrics: dict[str, float], config: PipelineConfig,
+                   run_id: str, run_date: str) -> str:
+    """Log the pyfunc model and register it as a new version with alias challenger.
+
+    Returns:
+        The new version number (as text).
+    """
+    uri = config.tracking_uri()
+    example = frame[encoder.features.columns()].head(5)
+    model_uri = tracking.log_model(run_id, uri, est, encoder, example)
+    tags = {**lineage_tags(lineage), "data.run_date": run_date,
+            "config_digest": config.digest(), "validation.success": str(report.success),
+            "validation.n_expectations": str(len(report.results)),
+            **{f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()}}
+    version = tracking.register_model(uri, model_uri, config.registry.model_name,
+                                      run_id=run_id, tags=tags)
+    return str(version.version)

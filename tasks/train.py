@@ -1,0 +1,131 @@
+"""Feature embedding, pretraining, Dask centroid initialisation, DEC fine-tuning, evaluation."""
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from decflow import DeepEmbeddedClustering, evaluation
+from decflow.callbacks import ProgressBar
+from decflow.compute import dask_client
+from decflow.config import PipelineConfig
+from decflow.dask_kmeans import kmeans_dask
+from decflow.features import FeatureEncoder
+from decflow.initialization import gmm_refine, manifold_view
+from decflow.tracking import MlflowCallback
+
+from .tracking import client, log_figure, log_metrics
+
+
+def _estimator(config: PipelineConfig, callbacks) -> DeepEmbeddedClustering:
+    m, t = config.model, config.train
+    return DeepEmbeddedClustering(
+        m.n_clusters, n_components=m.n_components, hidden=tuple(m.hidden), alpha=m.alpha,
+        gamma=m.gamma, input_dropout=m.input_dropout, init=m.init,
+        min_cluster_size=m.min_cluster_size, pretrain_epochs=t.pretrain_epochs,
+        pretrain_steps=t.pretrain_steps, pretrain_lr=t.pretrain_lr, finetune_lr=t.finetune_lr,
+        update_interval=t.update_interval, tol=t.tol, max_iter=t.max_iter,
+        batch_size=t.batch_size, n_init=config.kmeans.n_init, device=t.device,
+        random_state=t.random_state, callbacks=callbacks)
+
+
+def _callbacks(config: PipelineConfig, run_id: str, progress: bool) -> list:
+    cbs = [MlflowCallback(client(config), run_id)]
+    return cbs + [ProgressBar()] if progress else cbs
+
+
+@task(name="sample_training_rows", cache_policy=NO_CACHE)
+def sample_training_rows(frame: pd.DataFrame, config: PipelineConfig) -> pd.DataFrame:
+    """Bound the training set: a uniform sample of at most train.max_train_rows rows."""
+    n = config.train.max_train_rows
+    if len(frame) <= n:
+        return frame
+    return frame.sample(n=n, random_state=config.train.random_state).sort_index()
+
+
+@task(name="embed_features", cache_policy=NO_CACHE)
+def embed_features(frame: pd.DataFrame, config: PipelineConfig
+                   ) -> tuple[FeatureEncoder, np.ndarray]:
+    """Fit the feature encoder on the training rows and embed them."""
+    encoder = FeatureEncoder(config.features)
+    return encoder, encoder.fit_transform(frame)
+
+
+@task(name="pretrain_autoencoder", cache_policy=NO_CACHE)
+def pretrain_autoencoder(X: np.ndarray, config: PipelineConfig, run_id: str,
+                         warm_start: dict | None = None, progress: bool = False
+                         ) -> DeepEmbeddedClustering:
+    """Pretrain the autoencoder (warm start from the champion's weights when given)."""
+    est = _estimator(config, _callbacks(config, run_id, progress))
+    epochs = None
+    if warm_start is not None:
+        t = config.train
+        full = est._pretrain_epochs(len(X))
+        epochs = max(1, full // 4) if t.warm_start_epochs == "auto" else t.warm_start_epochs
+    est.pretrain(X, warm_start=warm_start, epochs=epochs)
+    tags = {"pretrain.warm_start": str(warm_start is not None),
+            "pretrain.epochs": str(len(est.history_["pretrain_loss"]))}
+    client(config).set_tag(run_id, "decflow.warm_start", tags["pretrain.warm_start"])
+    log_metrics(config, run_id, {"seconds_pretrain": est.timings_["pretrain"]})
+    return est
+
+
+@task(name="init_centroids", cache_policy=NO_CACHE)
+def init_centroids(est: DeepEmbeddedClustering, X: np.ndarray, config: PipelineConfig,
+                   run_id: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """k-means over Dask on the embedding (or on its UMAP view, refined by a Gaussian mixture).
+
+    Returns:
+        (k, n_components) centroids in z and, for the manifold init, (n, k) posteriors used as
+        the first fine-tuning targets.
+    """
+    import time
+
+    t0 = time.perf_counter()
+    k, seed = config.model.n_clusters, config.train.random_state
+    Z = est.transform(X)
+    space = manifold_view(Z, k, seed) if config.model.init == "manifold" else Z
+    with dask_client(config.compute) as dask:
+        km = kmeans_dask(space, k, client=dask, random_state=seed,
+                         **config.kmeans.model_dump())
+    if config.model.init == "manifold":
+        centers, target = gmm_refine(space, Z, k, means_init=km.cluster_centers,
+                                     random_state=seed)
+    else:
+        centers, target = km.cluster_centers, None
+    log_metrics(config, run_id, {"kmeans_inertia": km.inertia, "kmeans_n_iter": km.n_iter,
+                                 "seconds_init": time.perf_counter() - t0})
+    return centers, target
+
+
+@task(name="fit_dec", cache_policy=NO_CACHE)
+def fit_dec(est: DeepEmbeddedClustering, X: np.ndarray, centers: np.ndarray,
+            target: np.ndarray | None, config: PipelineConfig, run_id: str
+            ) -> DeepEmbeddedClustering:
+    """DEC/IDEC self-training from the given centroids (GPU when present)."""
+    est.fine_tune(X, init=centers, target=target)
+    log_metrics(config, run_id, {"seconds_finetune": est.timings_["finetune"],
+                                 "n_iter": est.n_iter_, "converged": float(est.converged_)})
+    return est
+
+
+@task(name="evaluate_model", cache_policy=NO_CACHE)
+def evaluate_model(est: DeepEmbeddedClustering, X: np.ndarray, frame: pd.DataFrame,
+                   config: PipelineConfig, run_id: str) -> dict[str, float]:
+    """Unsupervised metrics (and ACC/NMI/ARI with a label column), plots, a summary artifact."""
+    Z = est.transform(X)
+    ids, conf, _ = est.score_samples(X)
+    label_col = config.source.label_column
+    y = frame[label_col].to_numpy() if label_col and label_col in frame else None
+    metrics = evaluation.evaluate(Z, ids, conf, config.model.n_clusters, history=est.history_,
+                                  y_true=y, random_state=config.train.random_state or 0)
+    log_metrics(config, run_id, metrics)
+    for name, fig in (("training_curves", evaluation.plot_training_curves(est.history_)),
+                      ("cluster_sizes", evaluation.plot_cluster_sizes(ids, config.model.n_clusters)),
+                      ("embedding_2d", evaluation.plot_projection(Z, ids))):
+        log_figure(config, run_id, fig, f"plots/{name}.png")
+    rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in metrics.items())
+    create_markdown_artifact(key="recluster-metrics", description="Model quality",
+                             markdown=f"| metric | value |\n|---|---|\n{rows}\n")
+    return metrics

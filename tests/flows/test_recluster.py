@@ -1,0 +1,177 @@
+"""The recluster flow end to end: real sqlite MLflow store, real Dask LocalCluster, Prefect harness."""
+
+import os
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from mlflow import MlflowClient
+
+from conftest import DAYS, RUN_DATE, tiny_config, write_source
+from decflow import storage
+from decflow.tracking import as_model_input
+from decflow.validation import DataValidationError
+from flows.recluster import recluster
+
+LABEL_SCHEMA = {"id": "int64", "cluster_id": "int32", "confidence": "float", "distance": "float",
+                "model_name": "string", "model_version": "string", "run_id": "string",
+                "labeled_at": "timestamp[us, tz=UTC]"}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """One successful run; later tests inspect it, rerun it, and try bad data against it."""
+    home = tmp_path_factory.mktemp("home")
+    source = str(home / "source")
+    write_source(source)
+    config = tiny_config(home, source)
+    result = recluster(config=config, run_date=RUN_DATE)
+    return config, result
+
+
+def _client(config):
+    return MlflowClient(config.tracking_uri(), registry_uri=config.tracking_uri())
+
+
+def _snapshot(config):
+    """Everything a failed run must leave alone: label files and the registry."""
+    files = {}
+    root = config.labels_uri()
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            p = os.path.join(dirpath, n)
+            files[p] = (os.path.getsize(p), os.path.getmtime(p))
+    client = _client(config)
+    versions = sorted((v.version, tuple(sorted(v.aliases)) if hasattr(v, "aliases") else ())
+                      for v in client.search_model_versions(f"name='{config.registry.model_name}'"))
+    aliases = client.get_registered_model(config.registry.model_name).aliases
+    return files, versions, dict(aliases)
+
+
+def test_labels_partition_has_one_row_per_source_row_with_the_schema(pipeline):
+    config, result = pipeline
+    source, _ = storage.load_window(config.source, RUN_DATE, 1)
+    path = os.path.join(config.labels_uri(), f"ds={RUN_DATE}", "part-0.parquet")
+    table = pq.read_table(path)
+    assert {f.name: str(f.type) for f in table.schema} == LABEL_SCHEMA
+    labels = table.to_pandas()
+    assert len(labels) == len(source) == 90
+    assert sorted(labels["id"]) == sorted(source["id"])
+    assert labels["model_version"].unique().tolist() == ["1"]
+    assert labels["run_id"].unique().tolist() == [result["run_id"]]
+    assert ((labels["confidence"] > 0) & (labels["confidence"] <= 1)).all()
+    # Only the run date is labelled.
+    assert os.listdir(config.labels_uri()) == [f"ds={RUN_DATE}"]
+
+
+def test_registered_version_has_both_aliases_and_the_run_is_tracked(pipeline):
+    config, result = pipeline
+    client = _client(config)
+    mv = client.get_model_version_by_alias("tiny", "champion")
+    assert str(mv.version) == "1"
+    assert str(client.get_model_version_by_alias("tiny", "challenger").version) == "1"
+    assert mv.run_id == result["run_id"]
+    assert mv.tags["data.n_rows"] == "270" and mv.tags["validation.success"] == "True"
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.n_clusters"] == "4"
+    assert {"acc", "silhouette", "mean_confidence", "smallest_cluster_share", "kl"} <= \
+        set(run.data.metrics)
+    assert len(client.get_metric_history(result["run_id"], "pretrain_loss")) == 10
+    artifacts = {a.path for a in client.list_artifacts(result["run_id"], "plots")}
+    assert {"plots/training_curves.png", "plots/cluster_sizes.png",
+            "plots/embedding_2d.png"} <= artifacts
+    assert result["metrics"]["acc"] > 0.9  # four well-separated blobs
+
+
+def test_champion_pyfunc_reproduces_the_written_labels(pipeline, monkeypatch):
+    config, _ = pipeline
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", config.tracking_uri())
+    model = mlflow.pyfunc.load_model("models:/tiny@champion")
+    source, _ = storage.load_window(config.source, RUN_DATE, 1)
+    features = source[config.features.columns()]
+    predicted = model.predict(features)
+    labels = storage.read_partition(config.labels_uri(), "ds", RUN_DATE)
+    merged = source[["id"]].assign(expected=predicted["cluster_id"].to_numpy()).merge(labels)
+    assert len(merged) == len(source)
+    np.testing.assert_array_equal(merged["expected"], merged["cluster_id"])
+
+
+def test_rerun_replaces_labels_and_keeps_the_champion(pipeline):
+    config, _ = pipeline
+    second = recluster(config=config, run_date=RUN_DATE)
+    labels = storage.read_dataset(config.labels_uri(), "ds")
+    assert len(labels) == 90 and labels["id"].is_unique
+    assert second["model_version"] == "2"
+    client = _client(config)
+    assert str(client.get_model_version_by_alias("tiny", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("tiny", "challenger").version) == "2"
+    assert labels["model_version"].unique().tolist() == ["1"]  # written with the champion
+    # The second run warm-started from the champion's autoencoder (same feature schema).
+    assert client.get_run(second["run_id"]).data.tags["decflow.warm_start"] == "True"
+
+
+def _missing_column(day, cols):
+    cols.pop("x")
+    return cols
+
+
+def _nan_numeric(day, cols):
+    if day == RUN_DATE:
+        cols["x"][3] = np.nan
+    return cols
+
+
+def _duplicate_ids(day, cols):
+    if day == RUN_DATE:
+        cols["id"][5] = cols["id"][6]
+    return cols
+
+
+def _wrong_vector_length(day, cols):
+    if day == RUN_DATE:
+        cols["emb"][7] = cols["emb"][7][:5]
+    return cols
+
+
+def _empty_partition(day, cols):
+    if day == RUN_DATE:
+        cols = {k: v[:0] for k, v in cols.items()}
+    return cols
+
+
+@pytest.mark.parametrize("mutate, window, expected", [
+    (_missing_column, 3, r"expect_column_to_exist on column 'x'"),
+    (_nan_numeric, 3, r"expect_column_values_to_not_be_null on column 'x'"),
+    (_duplicate_ids, 3, r"expect_column_values_to_be_unique on column 'id'"),
+    (_wrong_vector_length, 3, r"column 'emb'.*length 8.*5"),
+    (_empty_partition, 1, r"found 0 rows, expected at least 20"),
+], ids=["missing-column", "nan-numeric", "duplicate-ids", "wrong-vector-length",
+        "empty-partition"])
+def test_bad_input_fails_at_validation_and_changes_nothing(pipeline, tmp_path, mutate, window,
+                                                           expected):
+    config, _ = pipeline
+    bad_source = str(tmp_path / "bad")
+    write_source(bad_source, mutate=mutate)
+    bad = config.model_copy(update={"source": config.source.model_copy(
+        update={"uri": bad_source, "window_days": window})})
+    before = _snapshot(config)
+    with pytest.raises(DataValidationError, match=expected):
+        recluster(config=bad, run_date=RUN_DATE)
+    assert _snapshot(config) == before
+    failed = _client(config).search_runs(
+        [_client(config).get_experiment_by_name("decflow").experiment_id],
+        order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert failed.info.status == "FAILED"
+    assert "data validation failed" in failed.data.tags["decflow.error"]
+
+
+def test_flow_validates_its_config_parameter():
+    params = recluster.validate_parameters({"config": {"model": {"n_clusters": 5}},
+                                            "run_date": "2026-11-21"})
+    assert params["config"].model.n_clusters == 5
+    assert str(params["run_date"]) == "2026-11-21"
+    with pytest.raises(Exception, match="n_clusterz"):
+        recluster.validate_parameters({"config": {"model": {"n_clusterz": 5}}})

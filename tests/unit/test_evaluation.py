@@ -1,0 +1,93 @@
+import math
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from decflow.evaluation import (cluster_sizes, evaluate, plot_cluster_sizes, plot_projection,
+                                plot_training_curves)
+
+HISTORY = {"pretrain_loss": [1.0, 0.5, 0.25],
+           "finetune": [{"update": 1, "step": 10, "kl": 0.3, "reconstruction": 0.2,
+                         "delta_label": 0.05},
+                        {"update": 2, "step": 20, "kl": 0.1, "reconstruction": 0.15,
+                         "delta_label": 0.0005}]}
+
+
+@pytest.fixture
+def tiny():
+    """Three clusters of sizes 5, 3, 2 (cluster 3 of k=4 empty), well separated on a line."""
+    labels = np.array([0] * 5 + [1] * 3 + [2] * 2)
+    Z = np.c_[labels * 10.0 + np.linspace(0, 0.5, 10), np.zeros(10)]
+    confidence = np.linspace(0.5, 1.0, 10)
+    return Z, labels, confidence
+
+
+def test_cluster_sizes_lists_every_id(tiny):
+    assert cluster_sizes(tiny[1], 4) == {0: 5, 1: 3, 2: 2, 3: 0}
+
+
+def test_metrics_on_hand_made_example(tiny):
+    Z, labels, conf = tiny
+    m = evaluate(Z, labels, conf, n_clusters=3)
+    assert set(m) == {"silhouette", "n_clusters_found", "smallest_cluster_share",
+                      "smallest_cluster_ratio", "largest_cluster_share", "size_entropy",
+                      "mean_confidence"}
+    assert all(type(v) is float for v in m.values())
+    assert m["n_clusters_found"] == 3.0
+    assert m["smallest_cluster_share"] == pytest.approx(0.2)
+    assert m["smallest_cluster_ratio"] == pytest.approx(0.6)
+    assert m["largest_cluster_share"] == pytest.approx(0.5)
+    p = np.array([0.5, 0.3, 0.2])
+    assert m["size_entropy"] == pytest.approx(-(p * np.log(p)).sum() / np.log(3))
+    assert m["mean_confidence"] == pytest.approx(0.75)
+    assert m["silhouette"] > 0.9
+
+    m4 = evaluate(Z, labels, conf, n_clusters=4)  # an empty cluster
+    assert m4["n_clusters_found"] == 3.0 and m4["smallest_cluster_share"] == 0.0
+
+
+def test_history_and_ground_truth_add_metrics(tiny):
+    Z, labels, conf = tiny
+    y_true = (labels + 1) % 3  # a relabelling: perfect scores
+    m = evaluate(Z, labels, conf, 3, history=HISTORY, y_true=y_true)
+    assert m["final_pretrain_loss"] == 0.25
+    assert m["final_kl"] == 0.1 and m["final_reconstruction"] == 0.15
+    assert m["final_delta_label"] == 0.0005 and m["n_target_updates"] == 2.0
+    assert (m["acc"], m["nmi"], m["ari"]) == (1.0, 1.0, 1.0)
+
+    empty = evaluate(Z, labels, conf, 3, history={"pretrain_loss": [], "finetune": []})
+    assert empty["n_target_updates"] == 0.0 and math.isnan(empty["final_kl"])
+
+
+def test_single_cluster_gives_nan_silhouette():
+    m = evaluate(np.zeros((4, 2)), np.zeros(4, dtype=int), np.ones(4), 2)
+    assert math.isnan(m["silhouette"]) and m["smallest_cluster_ratio"] == 0.0
+
+
+def test_bad_inputs_are_named(tiny):
+    Z, labels, conf = tiny
+    with pytest.raises(ValueError, match=r"0\.\.1 \(n_clusters=2\), got values in 0\.\.2"):
+        evaluate(Z, labels, conf, 2)
+    with pytest.raises(ValueError, match="same rows"):
+        evaluate(Z[:5], labels, conf, 3)
+    with pytest.raises(ValueError, match="y_true has 2 rows"):
+        evaluate(Z, labels, conf, 3, y_true=[0, 1])
+
+
+def test_plots_return_figures_that_save(tiny, tmp_path):
+    Z, labels, _ = tiny
+    rng = np.random.default_rng(0)
+    figs = {
+        "curves": plot_training_curves(HISTORY),
+        "curves_empty": plot_training_curves({"pretrain_loss": [1.0], "finetune": []}),
+        "sizes": plot_cluster_sizes(labels, 4),
+        "projection": plot_projection(Z, labels, sample_size=6),
+        "projection_1d": plot_projection(Z[:, :1], labels),
+        "projection_many": plot_projection(rng.normal(size=(300, 5)), rng.integers(0, 25, 300)),
+    }
+    for name, fig in figs.items():
+        assert isinstance(fig, Figure)
+        path = tmp_path / f"{name}.png"
+        fig.savefig(path, dpi=50)
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
