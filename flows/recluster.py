@@ -17,7 +17,7 @@ def yesterday() -> dt.date:
     return dt.date.today() - dt.timedelta(days=1)
 
 
-@flow(name="recluster", log_prints=True)
+@flow(name="recluster")
 def recluster(config: PipelineConfig = PipelineConfig(), run_date: dt.date | None = None,
               progress: bool = False) -> dict:
     """Retrain on the window ending at run_date, register the model, write run_date's labels."""

@@ -10,7 +10,7 @@ from tasks.labels import score_partition, write_labels
 from tasks.registry import load_champion
 
 
-@flow(name="score", log_prints=True)
+@flow(name="score")
 def score(config: PipelineConfig, run_date: dt.date, model: str = "champion") -> dict:
     """Validate run_date's partition, score it with `model` (alias or version), write labels."""
     frame, _ = load_window(config.source, run_date, 1)

@@ -20,6 +20,8 @@ from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 
+from .compute import one_blas_thread
+
 # Distances per sub-block inside a task: 96 KiB stays in cache and under glibc's mmap threshold
 # (Dask's nanny sets MALLOC_TRIM_THRESHOLD_, which pins that threshold at 128 KiB; larger
 # temporaries are then mmapped and unmapped on every sub-block, three times slower).
@@ -64,7 +66,7 @@ def kmeans_dask(X, n_clusters: int, *, client: distributed.Client, n_init: int =
 
     Args:
         X: (n, d) numpy array or dask array; cast to float32 and split into row partitions of
-            at most ``chunk_rows`` rows.
+            at most ``chunk_rows`` rows (a dask array of unknown chunk lengths keeps its own).
         n_clusters: k.
         client: the Dask client whose cluster does the work.
         n_init: independent restarts; the one with the lowest inertia wins.
@@ -91,7 +93,7 @@ def kmeans_dask(X, n_clusters: int, *, client: distributed.Client, n_init: int =
     X = _check_array(X)
     if not np.isnan(X.shape[0]) and X.shape[0] < n_clusters:
         raise ValueError(f"n_samples={X.shape[0]} should be >= n_clusters={n_clusters}")
-    seed = int(check_random_state(random_state).randint(2**31 - 1))
+    seed = _seed_from(random_state)
 
     parts = _describe(client, _partition_rows(X, client, chunk_rows))
     if parts.n_samples < n_clusters:  # dask arrays of unknown length are only checked here
@@ -144,6 +146,13 @@ def _check_positive(**values) -> None:
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name}={value!r} should be an integer >= 1")
+
+
+def _seed_from(random_state) -> int:
+    """One integer seed from which every random draw of a run is derived."""
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(2**31 - 1))
+    return int(check_random_state(random_state).randint(2**31 - 1))
 
 
 def _check_array(X):
@@ -231,11 +240,11 @@ def _share(client: distributed.Client, obj):
 
 
 def _tree_reduce(client: distributed.Client, futures, combine, **kwargs):
-    """Combine partition summaries on the cluster, ``_FANIN`` at a time; returns the result."""
-    while len(futures) > 1:
+    """Combine partition summaries ``_FANIN`` at a time on the cluster, the last few here."""
+    while len(futures) > _FANIN:
         futures = [client.submit(combine, *futures[i:i + _FANIN], **kwargs)
                    for i in range(0, len(futures), _FANIN)]
-    return futures[0].result()
+    return combine(*client.gather(futures), **kwargs)
 
 
 def _fetch_rows(client: distributed.Client, parts: _Partitions, idx: np.ndarray) -> np.ndarray:
@@ -263,11 +272,12 @@ def _partial_distances(X: np.ndarray, C: np.ndarray):
     xb = X[start:start+b] as float64, x2 (b,) its squared norms, and D (m, b) =
     ||c||² - 2 c·x for the centres C (m, d): the squared distance less ||x||², which does not
     change the nearest centre, so it is added only to the minimum. Sub-blocks hold about
-    ``_BLOCK_ELEMS`` distances, small enough to stay in cache.
+    ``_BLOCK_ELEMS`` distances, small enough to stay in cache (at least 32 rows, so that many
+    centres do not turn this into a Python loop over single rows).
     """
     C2 = -2.0 * C
     c2 = np.einsum("ij,ij->i", C, C)[:, None]
-    step = max(1, _BLOCK_ELEMS // max(len(C), 1))
+    step = max(32, _BLOCK_ELEMS // max(len(C), 1))
     for start in range(0, len(X), step):
         xb = X[start:start + step].astype(np.float64)
         D = C2 @ xb.T
@@ -308,6 +318,7 @@ def _estep(X: np.ndarray, centers: np.ndarray, with_sums: bool = True):
     return labels, d2, None if sums is None else sums.reshape(R, k, d)
 
 
+@one_blas_thread
 def _predict_block(X: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, int]:
     n_bad = int((~np.isfinite(X).all(axis=1)).sum())
     labels, _, _ = _estep(X, centers[None], with_sums=False)
@@ -351,6 +362,7 @@ def _init_kmeans_parallel(client, parts: _Partitions, k: int, R: int, oversampli
     return centers
 
 
+@one_blas_thread
 def _seed_min_d2(X: np.ndarray, prev: np.ndarray | None, new: list[np.ndarray]) -> np.ndarray:
     """(n, R) squared distance to the nearest candidate, updated with restart r's new ones."""
     R = len(new)
@@ -377,6 +389,7 @@ def _seed_sample(X: np.ndarray, mind2: np.ndarray, p: int, phi: np.ndarray, l: f
     return [X[keep[:, r]].astype(np.float64) for r in range(mind2.shape[1])]
 
 
+@one_blas_thread
 def _seed_weights(X: np.ndarray, cands: list[np.ndarray]) -> list[np.ndarray]:
     """Per restart, how many rows of the partition are nearest to each candidate."""
     sizes = [len(c) for c in cands]
@@ -434,6 +447,7 @@ def _lloyd(client, parts: _Partitions, centers: np.ndarray, max_iter: int, tol_a
     return centers, inertia, n_iter
 
 
+@one_blas_thread
 def _lloyd_block(X: np.ndarray, centers: np.ndarray, n_far: int):
     """One E-step on a partition for R restarts.
 

@@ -151,3 +151,12 @@ def test_bad_address_fails_fast_and_names_it():
         with dask_client(ComputeConfig(dask_address=address), timeout=1):
             pass
     assert time.monotonic() - start < 10
+
+
+def test_blas_threads_restored_after_tasks(client, blobs):
+    from threadpoolctl import threadpool_info
+
+    before = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    predict_dask(blobs[0], blobs[0][:3], client=client, chunk_rows=50)
+    after = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    assert after == before

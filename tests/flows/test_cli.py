@@ -1,0 +1,87 @@
+"""The `decflow` command line (typer) against real stores."""
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import RUN_DATE, tiny_config, write_source
+from decflow import storage
+from decflow.config import dump_config, load_config
+from flows.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+def test_help_lists_every_command_and_explains_options():
+    out = runner.invoke(app, ["--help"])
+    assert out.exit_code == 0
+    for cmd in ("demo", "run", "validate", "score", "ui"):
+        assert cmd in out.output
+    sub = runner.invoke(app, ["score", "--help"])
+    assert "--model-version" in sub.output and "--date" in sub.output
+
+
+def test_example_config_loads():
+    config = load_config(ROOT / "deployments" / "config.example.yaml")
+    assert config.model.n_clusters == 12
+    assert config.features.vector == {"profile_embedding": 32}
+
+
+def test_unknown_config_key_is_an_error(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  n_clusterz: 3\n")
+    out = runner.invoke(app, ["validate", "--config", str(path)])
+    assert out.exit_code == 2
+    assert "n_clusterz" in out.output
+
+
+def test_bad_date_is_a_parameter_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(tiny_config(tmp_path, str(tmp_path / "src"))))
+    out = runner.invoke(app, ["validate", "--config", str(path), "--date", "21/11/2026"])
+    assert out.exit_code == 2 and "YYYY-MM-DD" in out.output
+
+
+def test_validate_reports_failures_with_exit_code_1(tmp_path):
+    source = str(tmp_path / "src")
+
+    def nan(day, cols):
+        cols["x"][0] = float("nan")
+        return cols
+
+    write_source(source, mutate=nan)
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(tiny_config(tmp_path, source)))
+    out = runner.invoke(app, ["validate", "--config", str(path), "--date", str(RUN_DATE)])
+    assert out.exit_code == 1
+    assert "expect_column_values_to_not_be_null on column 'x'" in out.output
+    good = tmp_path / "good"
+    write_source(str(good))
+    path.write_text(dump_config(tiny_config(tmp_path, str(good))))
+    out = runner.invoke(app, ["validate", "--config", str(path), "--date", str(RUN_DATE),
+                              "--window"])
+    assert out.exit_code == 0, out.output
+    assert "270 rows" in out.output and "passed" in out.output
+
+
+def test_run_then_score_with_a_chosen_version(tmp_path):
+    source = str(tmp_path / "src")
+    write_source(source)
+    config = tiny_config(tmp_path / "home", source, train={"pretrain_epochs": 3})
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(config))
+    out = runner.invoke(app, ["run", "--config", str(path), "--run-date", str(RUN_DATE)])
+    assert out.exit_code == 0, out.output
+    assert "labels" in out.output and "champion" in out.output
+    day = "2026-11-20"
+    out = runner.invoke(app, ["score", "--config", str(path), "--date", day,
+                              "--model-version", "1"])
+    assert out.exit_code == 0, repr(out.exception)
+    labels = storage.read_partition(config.labels_uri(), "ds", day)
+    assert len(labels) == 90 and set(labels["model_version"]) == {"1"}
+    out = runner.invoke(app, ["score", "--config", str(path), "--date", day,
+                              "--model-version", "7"])
+    assert out.exit_code != 0
+    assert "no version or alias '7'" in str(out.exception) + out.output
