@@ -122,6 +122,24 @@ class RegistryConfig(_Section):
     model_name: str = "decflow"
 
 
+class PromotionConfig(_Section):
+    """Champion/challenger gates, evaluated on the same reference rows for both models."""
+
+    auto_promote: bool = True  # the nightly flow runs the gate and promotes a passing challenger
+    reference_rows: int = Field(default=5000, ge=10)  # sample of the run's window used to compare
+    min_cluster_ratio: float = Field(default=0.5, ge=0)  # smallest share >= ratio * 1/k; no empty
+    max_silhouette_drop: float = Field(default=0.05, ge=0)  # challenger >= champion - margin
+    max_confidence_drop: float = Field(default=0.05, ge=0)
+    max_supervised_drop: float = Field(default=0.02, ge=0)  # ACC/NMI margin (label column only)
+    min_agreement_ari: float | None = None  # optional floor on ARI vs the champion's labels
+
+
+class BackfillConfig(_Section):
+    """Backfill runs over past dates."""
+
+    concurrency: int = Field(default=4, ge=1)  # partitions scored at the same time
+
+
 class LabelsConfig(_Section):
     """Label write-back dataset."""
 
@@ -149,6 +167,8 @@ class PipelineConfig(_Section):
     kmeans: KMeansConfig = KMeansConfig()
     registry: RegistryConfig = RegistryConfig()
     labels: LabelsConfig = LabelsConfig()
+    promotion: PromotionConfig = PromotionConfig()
+    backfill: BackfillConfig = BackfillConfig()
     compute: ComputeConfig = ComputeConfig()
 
     @model_validator(mode="after")
@@ -182,7 +202,8 @@ class PipelineConfig(_Section):
 
     def digest(self) -> str:
         """Short hash of everything that affects the model (home and locations excluded)."""
-        keep = self.model_dump(mode="json", exclude={"home", "registry", "labels", "compute"})
+        keep = self.model_dump(mode="json", exclude={"home", "registry", "labels", "compute",
+                                                     "promotion", "backfill"})
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 
 
