@@ -43,7 +43,9 @@ def dask_client(compute: ComputeConfig, *, timeout: float = 15.0) -> Iterator[di
         return
 
     # Worker processes talk over loopback TCP; threads (processes=False) use the in-process
-    # transport, which opens no port at all. silence_logs applies only while the cluster lives:
+    # transport. The scheduler still serves /health and /metrics over HTTP even without the
+    # dashboard, by default on :8787, which warns when another cluster holds that port: give it
+    # a free loopback port instead. silence_logs applies only while the cluster lives:
     # start/stop chatter stays out of flow logs, real errors still show.
     network = {"host": "127.0.0.1"} if compute.processes else {}
     with distributed.LocalCluster(
@@ -51,6 +53,7 @@ def dask_client(compute: ComputeConfig, *, timeout: float = 15.0) -> Iterator[di
         threads_per_worker=compute.threads_per_worker,
         processes=compute.processes,
         dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
         silence_logs=logging.ERROR,
         **network,
     ) as cluster, distributed.Client(cluster, timeout=timeout) as client:
