@@ -1,5 +1,7 @@
 """Model logging, registration and champion lookup."""
 
+import json
+
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -39,8 +41,10 @@ def champion_weights(champion, encoder: FeatureEncoder, config: PipelineConfig) 
 @task(name="register_model", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def register_model(est, encoder: FeatureEncoder, frame: pd.DataFrame, lineage: Lineage,
                    report: ValidationReport, metrics: dict[str, float], config: PipelineConfig,
-                   run_id: str, run_date: str) -> str:
+                   run_id: str, run_date: str, alignment: dict | None = None) -> str:
     """Log the pyfunc model and register it as a new version with alias challenger.
+
+    ``alignment`` (from ``align_cluster_ids``) adds the cluster-id mapping and label churn.
 
     Returns:
         The new version number (as text).
@@ -52,6 +56,11 @@ def register_model(est, encoder: FeatureEncoder, frame: pd.DataFrame, lineage: L
             "config_digest": config.digest(), "validation.success": str(report.success),
             "validation.n_expectations": str(len(report.results)),
             **{f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()}}
+    if alignment is not None:
+        tags.update({"alignment.reference_version": alignment["reference_version"],
+                     "alignment.mapping": json.dumps(alignment["mapping"])[:4000],
+                     "metric.label_churn": f"{alignment['label_churn']:.6g}",
+                     "metric.label_churn_unaligned": f"{alignment['label_churn_unaligned']:.6g}"})
     version = tracking.register_model(uri, model_uri, config.registry.model_name,
                                       run_id=run_id, tags=tags)
     return str(version.version)

@@ -11,6 +11,4 @@ def blobs():
     X = centers[y] + rng.normal(size=(len(y), 12))
     return X.astype(np.float32), y
 
-
-FAST = dict(n_components=4, hidden=(32, 32), pretrain_epochs=15, max_iter=60, n_init=2,
-            batch_size=64)
+from testkit import FAST  # noqa: F401  (re-exported for older imports)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import RUN_DATE, tiny_config, write_source
+from flowkit import RUN_DATE, tiny_config, write_source
 from decflow import storage
 from decflow.config import dump_config, load_config
 from flows.cli import app

@@ -1,5 +1,6 @@
 """The recluster flow end to end: real sqlite MLflow store, real Dask LocalCluster, Prefect harness."""
 
+import json
 import os
 
 import mlflow
@@ -9,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
-from conftest import DAYS, RUN_DATE, tiny_config, write_source
+from flowkit import DAYS, RUN_DATE, tiny_config, write_source
 from decflow import storage
 from decflow.tracking import as_model_input
 from decflow.validation import DataValidationError
@@ -99,18 +100,32 @@ def test_champion_pyfunc_reproduces_the_written_labels(pipeline, monkeypatch):
     np.testing.assert_array_equal(merged["expected"], merged["cluster_id"])
 
 
-def test_rerun_replaces_labels_and_keeps_the_champion(pipeline):
-    config, _ = pipeline
+def test_rerun_replaces_labels_gates_the_challenger_and_keeps_cluster_ids(pipeline):
+    config, first = pipeline
+    assert first["promotion"]["decision"] == "already_champion"  # the first version ever
     second = recluster(config=config, run_date=RUN_DATE)
     labels = storage.read_dataset(config.labels_uri(), "ds")
     assert len(labels) == 90 and labels["id"].is_unique
     assert second["model_version"] == "2"
     client = _client(config)
-    assert str(client.get_model_version_by_alias("tiny", "champion").version) == "1"
+    v2 = client.get_model_version("tiny", "2")
+    # The nightly gate ran on version 2 and the aliases follow its decision.
+    decision = v2.tags["promotion.decision"]
+    assert decision == second["promotion"]["decision"] in ("promote", "reject")
+    champion = "2" if decision == "promote" else "1"
+    assert str(client.get_model_version_by_alias("tiny", "champion").version) == champion
     assert str(client.get_model_version_by_alias("tiny", "challenger").version) == "2"
-    assert labels["model_version"].unique().tolist() == ["1"]  # written with the champion
+    if decision == "promote":
+        assert str(client.get_model_version_by_alias("tiny", "previous").version) == "1"
+    assert labels["model_version"].unique().tolist() == [champion]  # written with the champion
     # The second run warm-started from the champion's autoencoder (same feature schema).
-    assert client.get_run(second["run_id"]).data.tags["decflow.warm_start"] == "True"
+    run = client.get_run(second["run_id"])
+    assert run.data.tags["decflow.warm_start"] == "True"
+    # Cluster ids carried over from version 1: few rows changed id, and the mapping is kept.
+    assert run.data.metrics["label_churn"] < 0.1
+    assert run.data.metrics["label_churn"] <= run.data.metrics["label_churn_unaligned"]
+    assert v2.tags["alignment.reference_version"] == "1"
+    assert sorted(json.loads(v2.tags["alignment.mapping"]).values()) == [0, 1, 2, 3]
 
 
 def _missing_column(day, cols):

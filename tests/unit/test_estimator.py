@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import FAST
+from testkit import FAST
 from decflow import DeepEmbeddedClustering, DegenerateClusterWarning
 from decflow.metrics import cluster_accuracy
 

@@ -1,0 +1,46 @@
+"""Champion/challenger promotion and rollback: a table of contents over tasks/promotion.py."""
+
+import datetime as dt
+
+import pandas as pd
+from prefect import flow
+
+from decflow.config import PipelineConfig
+from decflow.promotion import PromotionDecision
+from decflow.tracking import CHAMPION
+from tasks.promotion import (apply_decision, compare_models, find_version, load_model,
+                             load_reference_rows, record_decision, rollback_champion)
+
+
+def gate_candidate(config: PipelineConfig, candidate: str, reference: pd.DataFrame
+                   ) -> PromotionDecision:
+    """Evaluate every gate on the reference rows, record the decision, then move aliases.
+
+    Shared by `promote` and the nightly `recluster`; call it inside a flow.
+    """
+    version, challenger = load_model(config, candidate)
+    champion_version, champion = load_model(config, CHAMPION)
+    decision = compare_models(config, version, challenger, champion_version, champion,
+                              reference)
+    record_decision(config, decision)
+    apply_decision(config, decision)
+    return decision
+
+
+@flow(name="promote")
+def promote(config: PipelineConfig, candidate: str = "challenger",
+            run_date: dt.date | None = None) -> dict:
+    """Gate a candidate (alias or version) against the champion; promote it if every gate passes.
+
+    The reference rows are run_date's partition, or by default the candidate's training window.
+    """
+    version = find_version(config, candidate)
+    reference = load_reference_rows(config, version, run_date)
+    decision = gate_candidate(config, str(version.version), reference)
+    return decision.to_dict()
+
+
+@flow(name="rollback")
+def rollback(config: PipelineConfig) -> dict:
+    """The previous champion serves again; the demoted one becomes `previous`."""
+    return rollback_champion(config)

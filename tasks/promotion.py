@@ -1,0 +1,138 @@
+"""Promotion gate, alias moves, rollback and stable cluster ids."""
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from decflow import alignment, promotion, registry, storage, tracking
+from decflow.config import PipelineConfig
+
+from .tracking import client, log_dict, log_metrics
+
+
+@task(name="find_version", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def find_version(config: PipelineConfig, ref: str):
+    """The ModelVersion behind an alias or version number; ValueError when there is none."""
+    version = tracking.get_version(config.tracking_uri(), config.registry.model_name, ref)
+    if version is None:
+        raise ValueError(f"model {config.registry.model_name!r} has no version or alias "
+                         f"{ref!r} in {config.tracking_uri()}")
+    return version
+
+
+@task(name="load_model", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def load_model(config: PipelineConfig, ref: str):
+    """(ModelVersion, (FeatureEncoder, DeepEmbeddedClustering)) behind ref, or (None, None)."""
+    uri, name = config.tracking_uri(), config.registry.model_name
+    version = tracking.get_version(uri, name, ref)
+    if version is None:
+        return None, None
+    return version, tracking.load_components(uri, name, str(version.version))
+
+
+@task(name="sample_reference_rows", cache_policy=NO_CACHE)
+def sample_reference_rows(frame: pd.DataFrame, config: PipelineConfig) -> pd.DataFrame:
+    """At most promotion.reference_rows rows of the run's window, for both models."""
+    return promotion.reference_sample(frame, config.promotion.reference_rows,
+                                      config.train.random_state or 0)
+
+
+@task(name="load_reference_rows", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def load_reference_rows(config: PipelineConfig, version, run_date: dt.date | None = None
+                        ) -> pd.DataFrame:
+    """A sample of run_date's partition, or by default of the window the candidate trained on."""
+    if run_date is None:
+        trained = version.tags.get("data.run_date")
+        if not trained:
+            raise ValueError(f"version {version.version} has no data.run_date tag: give the "
+                             f"date whose partition to compare on")
+        frame, _ = storage.load_window(config.source, storage.parse_date(trained))
+    else:
+        frame, _ = storage.load_window(config.source, run_date, 1)
+    if len(frame) == 0:
+        day = run_date or version.tags.get("data.run_date")
+        raise ValueError(f"no source rows to compare on for {day} in {config.source.uri}")
+    return promotion.reference_sample(frame, config.promotion.reference_rows,
+                                      config.train.random_state or 0)
+
+
+@task(name="compare_models", cache_policy=NO_CACHE)
+def compare_models(config: PipelineConfig, candidate, challenger, champion_version, champion,
+                   reference: pd.DataFrame) -> promotion.PromotionDecision:
+    """Score the reference rows with both models and evaluate every gate (nothing moves)."""
+    success = candidate.tags.get("validation.success")
+    return promotion.compare_models(
+        challenger, champion, reference, config.promotion,
+        label_column=config.source.label_column,
+        validation_success=None if success is None else success == "True",
+        candidate_version=str(candidate.version),
+        champion_version=None if champion_version is None else str(champion_version.version),
+        random_state=config.train.random_state or 0)
+
+
+@task(name="record_decision", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def record_decision(config: PipelineConfig, decision: promotion.PromotionDecision) -> None:
+    """The decision and each gate as tags on the candidate version, and a Prefect artifact."""
+    registry.set_version_tags(config.tracking_uri(), config.registry.model_name,
+                              decision.candidate, decision.to_tags(),
+                              replace_prefix=promotion.GATE_TAG_PREFIX)
+    create_markdown_artifact(key="promotion-decision", markdown=decision.to_markdown(),
+                             description=f"{config.registry.model_name}: {decision.summary()}")
+
+
+@task(name="apply_decision", cache_policy=NO_CACHE)
+def apply_decision(config: PipelineConfig, decision: promotion.PromotionDecision
+                   ) -> dict[str, str]:
+    """Move champion/previous when the decision is to promote; returns the aliases after."""
+    uri, name = config.tracking_uri(), config.registry.model_name
+    if not decision.promote:
+        return registry.aliases(uri, name)
+    return registry.promote_version(uri, name, decision.candidate,
+                                    expected_champion=decision.champion)
+
+
+@task(name="rollback_champion", cache_policy=NO_CACHE)
+def rollback_champion(config: PipelineConfig) -> dict[str, str]:
+    """champion <- previous, previous <- the demoted champion; tags both versions."""
+    uri, name = config.tracking_uri(), config.registry.model_name
+    moved = registry.rollback_champion(uri, name)
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    registry.set_version_tags(uri, name, moved["demoted"], {"promotion.rolled_back_at": now})
+    registry.set_version_tags(uri, name, moved["restored"], {"promotion.restored_at": now})
+    create_markdown_artifact(
+        key="promotion-rollback", description=f"{name}: rollback",
+        markdown=f"### Rollback of {name}\n\nchampion: version {moved['restored']} (restored)"
+                 f"\n\nprevious: version {moved['demoted']} (demoted), at {now}\n")
+    return moved
+
+
+@task(name="align_cluster_ids", cache_policy=NO_CACHE)
+def align_cluster_ids(est, X: np.ndarray, frame: pd.DataFrame, champion_version, champion,
+                      config: PipelineConfig, run_id: str) -> dict | None:
+    """Renumber the new model's clusters after the champion's labels of the training rows.
+
+    Returns:
+        The alignment summary (mapping, kept ids, label churn before/after, reference
+        version), or None when there is no champion or it cannot score these rows.
+    """
+    if champion is None:
+        client(config).set_tag(run_id, "alignment.reference_version", "none")
+        return None
+    missing = promotion.missing_columns(champion.encoder, frame)
+    if missing:
+        client(config).set_tag(run_id, "alignment.skipped",
+                               f"champion needs columns the rows lack: {missing}")
+        return None
+    reference = tracking.score_frame(champion.encoder, champion.estimator, frame)["cluster_id"]
+    result = alignment.align_clusters(est, X, reference.to_numpy(),
+                                      champion.estimator.n_clusters)
+    summary = {"reference_version": str(champion_version.version), **result.to_dict()}
+    log_metrics(config, run_id, {"label_churn": result.label_churn,
+                                 "label_churn_unaligned": result.label_churn_unaligned})
+    log_dict(config, run_id, summary, "alignment/cluster_ids.json")
+    client(config).set_tag(run_id, "alignment.reference_version", summary["reference_version"])
+    return summary

@@ -1,0 +1,219 @@
+"""Promotion gate, alias moves and rollback end to end: real sqlite MLflow store, Prefect harness.
+
+One registry goes through a story (the module fixture), then each test checks one part of it:
+a collapsed model is the first version (champion by default); the nightly run's good model is
+gated and promoted over it; rollback restores the collapsed one; a failure injected in the middle
+of the gates moves nothing; the good model is promoted again by hand; a second collapsed
+challenger is rejected with the failing gate named.
+"""
+
+import datetime as dt
+import warnings
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from flowkit import RUN_DATE, tiny_config, write_source
+from decflow import DeepEmbeddedClustering, promotion, storage, tracking
+from decflow.config import dump_config
+from decflow.features import FeatureEncoder
+from flows.cli import app
+from flows.promote import promote, rollback
+from flows.recluster import recluster
+
+NAME = "tiny"
+
+
+def _client(config):
+    return MlflowClient(config.tracking_uri(), registry_uri=config.tracking_uri())
+
+
+def aliases(config) -> dict[str, str]:
+    return {k: str(v) for k, v in _client(config).get_registered_model(NAME).aliases.items()}
+
+
+def version_tags(config, version) -> dict[str, str]:
+    return dict(_client(config).get_model_version(NAME, str(version)).tags)
+
+
+def log_collapsed_model(config) -> tuple[str, str]:
+    """A model whose centroids all coincide: every row lands in cluster 0 (a collapse)."""
+    frame, _ = storage.load_window(config.source, RUN_DATE)
+    encoder = FeatureEncoder(config.features)
+    X = encoder.fit_transform(frame)
+    m = config.model
+    est = DeepEmbeddedClustering(m.n_clusters, n_components=m.n_components,
+                                 hidden=tuple(m.hidden), pretrain_epochs=10, max_iter=2,
+                                 random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # DegenerateClusterWarning: that is the point
+        est.pretrain(X).fine_tune(X, init=np.zeros((m.n_clusters, m.n_components)))
+    assert set(est.labels_) == {0}
+    uri = config.tracking_uri()
+    exp = tracking.ensure_experiment(uri, config.registry.experiment, config.artifact_location())
+    run_id = _client(config).create_run(exp, run_name="collapsed").info.run_id
+    model_uri = tracking.log_model(run_id, uri, est, encoder, frame.head(5))
+    _client(config).set_terminated(run_id)
+    return run_id, model_uri
+
+
+def register_collapsed(config, run_id, model_uri) -> str:
+    tags = {"validation.success": "True", "data.run_date": RUN_DATE.isoformat()}
+    return str(tracking.register_model(config.tracking_uri(), model_uri, NAME, run_id=run_id,
+                                       tags=tags).version)
+
+
+def _boom(*args, **kwargs):
+    raise RuntimeError("injected failure between gates")
+
+
+@pytest.fixture(scope="module")
+def story(tmp_path_factory):
+    home = tmp_path_factory.mktemp("promote")
+    source = str(home / "source")
+    write_source(source)
+    config = tiny_config(home, source)
+    out = {"config": config}
+
+    run_id, model_uri = log_collapsed_model(config)
+    out["v_collapsed"] = register_collapsed(config, run_id, model_uri)
+    out["first"] = promote(config=config)
+    out["first_aliases"] = aliases(config)
+
+    out["nightly"] = recluster(config=config, run_date=RUN_DATE)
+    out["nightly_aliases"] = aliases(config)
+    out["nightly_labels"] = storage.read_partition(config.labels_uri(), "ds", RUN_DATE)
+    out["nightly_tags"] = version_tags(config, out["nightly"]["model_version"])
+
+    out["rollback"] = rollback(config=config)
+    out["rollback_aliases"] = aliases(config)
+
+    good = out["nightly"]["model_version"]
+    tags_before = version_tags(config, good)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(promotion, "_agreement_gate", _boom)
+        with pytest.raises(RuntimeError, match="injected failure") as err:
+            promote(config=config, candidate=good)
+    out["injected_error"] = err.value
+    out["injected_aliases"] = aliases(config)
+    out["injected_tags"] = (tags_before, version_tags(config, good))
+
+    out["manual"] = promote(config=config, candidate=good, run_date=RUN_DATE)
+    out["manual_aliases"] = aliases(config)
+
+    out["v_bad"] = register_collapsed(config, run_id, model_uri)
+    out["bad"] = promote(config=config)
+    out["bad_aliases"] = aliases(config)
+    return out
+
+
+def test_first_version_is_champion_and_trivially_kept(story):
+    config, first = story["config"], story["first"]
+    assert story["v_collapsed"] == "1"
+    assert first["decision"] == "already_champion" and not first["promote"]
+    assert story["first_aliases"] == {"champion": "1", "challenger": "1"}
+    assert version_tags(config, 1)["promotion.gate.already_champion"].startswith("pass")
+
+
+def test_nightly_run_promotes_a_better_challenger_and_labels_with_it(story):
+    nightly = story["nightly"]
+    good = nightly["model_version"]
+    assert good == "2"
+    assert nightly["promotion"]["decision"] == "promote"
+    assert story["nightly_aliases"] == {"champion": "2", "challenger": "2", "previous": "1"}
+    assert nightly["champion_version"] == "2"
+    assert story["nightly_labels"]["model_version"].unique().tolist() == ["2"]
+    tags = story["nightly_tags"]  # the manual promotion below evaluates version 2 again
+    assert tags["promotion.decision"] == "promote"
+    assert tags["promotion.champion_version"] == "1"
+    assert tags["promotion.failed_gates"] == "none"
+    assert int(tags["promotion.reference_rows"]) == 270  # the whole (tiny) window
+    for gate in ("validation", "cluster_sizes", "silhouette", "confidence", "agreement_ari",
+                 "acc", "nmi"):
+        assert tags[f"promotion.gate.{gate}"].startswith("pass value="), gate
+    # Aligned to the collapsed champion (everything in its cluster 0): ids still a permutation.
+    assert sorted(nightly["alignment"]["mapping"].values()) == [0, 1, 2, 3]
+    assert nightly["alignment"]["reference_version"] == "1"
+
+
+def test_rollback_restores_the_previous_champion(story):
+    assert story["rollback"] == {"restored": "1", "demoted": "2"}
+    assert story["rollback_aliases"] == {"champion": "1", "challenger": "2", "previous": "2"}
+    tags = version_tags(story["config"], 2)
+    assert "promotion.rolled_back_at" in tags
+
+
+def test_failure_during_gate_evaluation_moves_no_alias_and_records_nothing(story):
+    assert "injected failure" in str(story["injected_error"])
+    assert story["injected_aliases"] == story["rollback_aliases"]
+    before, after = story["injected_tags"]
+    assert after["promotion.evaluated_at"] == before["promotion.evaluated_at"]
+    assert after == before
+
+
+def test_a_passing_candidate_is_promoted_by_hand(story):
+    manual = story["manual"]
+    assert manual["decision"] == "promote" and manual["candidate"] == "2"
+    assert manual["champion"] == "1"
+    assert story["manual_aliases"] == {"champion": "2", "challenger": "2", "previous": "1"}
+    assert manual["n_rows"] == 90  # --date: that partition only
+
+
+def test_collapsed_challenger_is_rejected_with_the_failing_gate_named(story):
+    config, bad = story["config"], story["bad"]
+    assert story["v_bad"] == "3"
+    assert bad["decision"] == "reject" and not bad["promote"]
+    failed = {g["name"] for g in bad["gates"] if not g["passed"]}
+    assert {"cluster_sizes", "silhouette", "acc", "nmi"} <= failed
+    assert "validation" not in failed
+    assert story["bad_aliases"] == {"champion": "2", "challenger": "3", "previous": "1"}
+    tags = version_tags(config, 3)
+    assert tags["promotion.decision"] == "reject"
+    assert tags["promotion.gate.cluster_sizes"].startswith("fail value=0 threshold=0.125")
+    assert "cluster_sizes" in tags["promotion.failed_gates"].split(",")
+    assert tags["promotion.summary"].startswith("version 3 rejected, champion 2 stays")
+    artifact = _latest_artifact("promotion-decision")
+    assert "| cluster_sizes | **fail** |" in artifact
+
+
+def _latest_artifact(key: str) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            sort=ArtifactSort.CREATED_DESC, limit=1)
+    return found[0].data
+
+
+def test_cli_rollback_and_promote(story, tmp_path):
+    config = story["config"]
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(config))
+    runner = CliRunner()
+    out = runner.invoke(app, ["rollback", "--config", str(path)])
+    assert out.exit_code == 0, out.output
+    assert "champion is version 1" in out.output
+    assert aliases(config)["champion"] == "1"
+    out = runner.invoke(app, ["promote", "--config", str(path), "--candidate", "2",
+                              "--date", RUN_DATE.isoformat()])
+    assert out.exit_code == 0, out.output
+    assert "promoted over champion 1" in out.output
+    out = runner.invoke(app, ["promote", "--config", str(path)])  # the collapsed challenger
+    assert out.exit_code == 1
+    assert "cluster_sizes" in out.output and "rejected" in out.output
+    assert aliases(config) == {"champion": "2", "challenger": "3", "previous": "1"}
+    out = runner.invoke(app, ["promote", "--config", str(path), "--candidate", "9"])
+    assert out.exit_code == 2 and "no version or alias '9'" in out.output
+
+
+def test_flows_validate_their_parameters():
+    params = promote.validate_parameters({"config": {}, "candidate": "3",
+                                          "run_date": "2026-11-21"})
+    assert params["run_date"] == dt.date(2026, 11, 21)
+    with pytest.raises(Exception, match="n_clusterz"):
+        rollback.validate_parameters({"config": {"model": {"n_clusterz": 5}}})
