@@ -1,4 +1,4 @@
-"""The `decflow` command line: demo, run, validate, score, ui."""
+"""The `decflow` command line: demo, run, validate, score, promote, rollback, backfill, serve, ui."""
 
 import datetime as dt
 import os
@@ -177,6 +177,95 @@ def ui(home: HomeOpt = Path(".decflow"),
             p.terminate()
         for p in procs:
             p.wait(timeout=30)
+
+
+@app.command()
+def serve(config: Annotated[Optional[Path], typer.Option(
+              "--config", "-c", exists=True, dir_okay=False,
+              help="Pipeline config (YAML) that every deployment passes as its `config` "
+                   "parameter (default: the embedded defaults). Read once, at start.")] = None,
+          timezone: Annotated[Optional[str], typer.Option(
+              help="IANA time zone of the nightly schedule, e.g. Europe/Berlin "
+                   "(default: UTC).")] = None,
+          cron: Annotated[Optional[str], typer.Option(
+              help="Nightly schedule as a cron string (default: '0 2 * * *', 02:00).")] = None):
+    """Serve the `recluster/nightly`, `backfill/on-demand` and `promote/on-demand` deployments
+    from this process (Prefect's serve(), no work pool); Ctrl-C stops. Needs a Prefect server,
+    whose scheduler creates the nightly runs: PREFECT_API_URL, e.g. from `decflow ui`."""
+    _environment()
+    from prefect import serve as serve_deployments
+    from prefect.settings import get_current_settings
+
+    from flows.deployments import build_deployments
+
+    if not get_current_settings().api.url:
+        typer.echo("decflow serve needs a Prefect server (an ephemeral one has no scheduler): "
+                   "start one with `decflow ui` or `prefect server start`, then set "
+                   "PREFECT_API_URL=http://127.0.0.1:4200/api", err=True)
+        raise typer.Exit(2)
+    try:
+        deployments = build_deployments(_load(config), cron=cron, timezone=timezone)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc))
+    serve_deployments(*deployments)
+
+
+@app.command()
+def promote(config: ConfigOpt,
+            candidate: Annotated[str, typer.Option(
+                help="Registered version number or alias to gate (default: challenger).")]
+            = "challenger",
+            date: Annotated[Optional[str], typer.Option(
+                help="Compare both models on this partition (YYYY-MM-DD) instead of the "
+                     "window the candidate was trained on.")] = None):
+    """Gate a candidate against the champion on the same rows; promote it when every gate
+    passes (champion <- candidate, previous <- old champion). Exit code 1 when rejected."""
+    _environment()
+    from rich.console import Console
+    from rich.table import Table
+
+    from decflow.tracking import get_version
+    from flows.promote import promote as promote_flow
+
+    cfg = _load(config)
+    day = _date(date, "--date")
+    if get_version(cfg.tracking_uri(), cfg.registry.model_name, candidate) is None:
+        raise typer.BadParameter(f"model {cfg.registry.model_name!r} has no version or alias "
+                                 f"{candidate!r} in {cfg.tracking_uri()}",
+                                 param_hint="--candidate")
+    out = promote_flow(config=cfg, candidate=candidate, run_date=day)
+    table = Table(title=f"promotion of {cfg.registry.model_name} version {out['candidate']}")
+    for col in ("gate", "result", "value", "threshold", "detail"):
+        table.add_column(col)
+    for g in out["gates"]:
+        table.add_row(g["name"], "pass" if g["passed"] else "FAIL", _cell(g["value"]),
+                      _cell(g["threshold"]), g["detail"])
+    console = Console(width=160)
+    console.print(table)
+    console.print(out["summary"])
+    raise typer.Exit(1 if out["decision"] == "reject" else 0)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+@app.command()
+def rollback(config: ConfigOpt):
+    """Swap champion and previous: the previous champion serves labels again."""
+    _environment()
+    from flows.promote import rollback as rollback_flow
+
+    cfg = _load(config)
+    try:
+        out = rollback_flow(config=cfg)
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{cfg.registry.model_name}: champion is version {out['restored']} again; "
+               f"version {out['demoted']} is now 'previous'")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@ import datetime as dt
 from prefect import flow
 
 from decflow.config import PipelineConfig
+from flows.promote import gate_candidate
 from tasks.data import load_window, validate_features
 from tasks.labels import score_partition, write_labels
+from tasks.promotion import align_cluster_ids, sample_reference_rows
 from tasks.registry import champion_weights, load_champion, register_model
 from tasks.tracking import tracked_run
 from tasks.train import (embed_features, evaluate_model, fit_dec, init_centroids,
@@ -17,11 +19,42 @@ def yesterday() -> dt.date:
     return dt.date.today() - dt.timedelta(days=1)
 
 
+def default_run_date() -> dt.date:
+    """The night a run labels: the day before its scheduled start, in its schedule's time zone.
+
+    Inside a flow run this reads the run's scheduled start time, not the wall clock, so a late or
+    queued nightly run still labels its own night (the 02:00 run of day D labels D-1). The zone is
+    that of the deployment's schedule; runs without one use the local zone. Outside a flow run:
+    the local date minus one day.
+    """
+    from prefect.runtime import deployment, flow_run
+
+    if flow_run.id is None:
+        return yesterday()
+    zone = _schedule_zone(deployment.id)
+    return flow_run.scheduled_start_time.astimezone(zone).date() - dt.timedelta(days=1)
+
+
+def _schedule_zone(deployment_id: str | None):
+    """ZoneInfo of the deployment's schedule (active ones first); None: no deployment/schedule."""
+    from zoneinfo import ZoneInfo
+
+    from prefect import get_client
+
+    if deployment_id is None:
+        return None
+    with get_client(sync_client=True) as client:
+        schedules = client.read_deployment(deployment_id).schedules
+    zones = [s.schedule.timezone for s in sorted(schedules, key=lambda s: not s.active)
+             if getattr(s.schedule, "timezone", None)]
+    return ZoneInfo(zones[0]) if zones else None
+
+
 @flow(name="recluster")
 def recluster(config: PipelineConfig = PipelineConfig(), run_date: dt.date | None = None,
               progress: bool = False) -> dict:
-    """Retrain on the window ending at run_date, register the model, write run_date's labels."""
-    run_date = run_date or yesterday()
+    """Retrain on the window ending at run_date, register and gate the model, write labels."""
+    run_date = run_date or default_run_date()
     day = run_date.isoformat()
     with tracked_run(config, f"recluster-{day}", {"decflow.flow": "recluster",
                                                   "decflow.run_date": day}) as run_id:
@@ -29,18 +62,23 @@ def recluster(config: PipelineConfig = PipelineConfig(), run_date: dt.date | Non
         report = validate_features(frame, config, run_id)
         train = sample_training_rows(frame, config)
         encoder, X = embed_features(train, config)
-        _, champion = load_champion(config)
+        old_version, champion = load_champion(config)
         warm = champion_weights(champion, encoder, config)
         model = pretrain_autoencoder(X, config, run_id, warm, progress)
         centers, target = init_centroids(model, X, config, run_id)
         model = fit_dec(model, X, centers, target, config, run_id)
+        alignment = align_cluster_ids(model, X, train, old_version, champion, config, run_id)
         metrics = evaluate_model(model, X, train, config, run_id)
         version = register_model(model, encoder, frame, lineage, report, metrics, config,
-                                 run_id, day)
+                                 run_id, day, alignment)
+        decision = None
+        if config.promotion.auto_promote:
+            decision = gate_candidate(config, version, sample_reference_rows(frame, config))
         champion_version, champion = load_champion(config)
         today, _ = load_window(config.source, run_date, 1)
         scores = score_partition(today, champion)
         written = write_labels(today, scores, champion_version, config, run_date)
     return {"run_id": run_id, "run_date": day, "model_version": version,
             "champion_version": str(champion_version.version), "metrics": metrics,
+            "alignment": alignment, "promotion": decision.to_dict() if decision else None,
             "labels": written}
