@@ -268,5 +268,38 @@ def rollback(config: ConfigOpt):
                f"version {out['demoted']} is now 'previous'")
 
 
+@app.command()
+def backfill(config: ConfigOpt,
+             start: Annotated[str, typer.Option(help="First date partition (YYYY-MM-DD).")],
+             end: Annotated[str, typer.Option(help="Last date partition, inclusive.")],
+             model: Annotated[str, typer.Option(
+                 help="Model to score with: champion, challenger, previous or a version "
+                      "number.")] = "champion",
+             force: Annotated[bool, typer.Option(
+                 help="Relabel partitions already labelled by the same model version.")] = False,
+             retrain: Annotated[bool, typer.Option(
+                 help="Run the full recluster flow for each date, in order, instead of "
+                      "scoring with one model.")] = False):
+    """Label a range of date partitions (concurrency: backfill.concurrency); resumable.
+
+    Partitions already labelled by the same model version are skipped unless --force; a failed
+    partition does not stop the others and is reported with its cause (exit code 1)."""
+    _environment()
+    from flows.backfill import BackfillFailed, backfill as backfill_flow
+
+    cfg = _load(config)
+    d1, d2 = _date(start, "--start"), _date(end, "--end")
+    if d2 < d1:
+        raise typer.BadParameter(f"--end {d2} is before --start {d1}", param_hint="--end")
+    try:
+        rows = backfill_flow(config=cfg, start=d1, end=d2, model=model, force=force,
+                             retrain=retrain)
+    except BackfillFailed as exc:
+        typer.echo(str(exc))
+        raise typer.Exit(1)
+    for r in rows:
+        typer.echo(f"{r['date']}  {r['status']:<9} {r['rows']:>7} rows  {r['detail']}")
+
+
 if __name__ == "__main__":
     app()
