@@ -2,6 +2,7 @@
 
 import datetime as dt
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -165,6 +166,10 @@ def ui(home: HomeOpt = Path(".decflow"),
         subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1",
                           "--port", str(prefect_port)], env=env),
     ]
+    def _stop(signum, frame):  # `kill`/service managers stop both servers too, not only Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
     typer.echo(f"MLflow UI:  http://127.0.0.1:{mlflow_port}\n"
                f"Prefect UI: http://127.0.0.1:{prefect_port}  (Ctrl-C stops both)")
     try:
