@@ -290,12 +290,19 @@ def backfill(config: ConfigOpt,
     Partitions already labelled by the same model version are skipped unless --force; a failed
     partition does not stop the others and is reported with its cause (exit code 1)."""
     _environment()
+    from decflow.tracking import get_version
     from flows.backfill import BackfillFailed, backfill as backfill_flow
 
     cfg = _load(config)
     d1, d2 = _date(start, "--start"), _date(end, "--end")
     if d2 < d1:
         raise typer.BadParameter(f"--end {d2} is before --start {d1}", param_hint="--end")
+    if retrain and (model != "champion" or force):
+        raise typer.BadParameter("--retrain trains a new model for each date and always runs; "
+                                 "--model and --force do not apply", param_hint="--retrain")
+    if not retrain and get_version(cfg.tracking_uri(), cfg.registry.model_name, model) is None:
+        raise typer.BadParameter(f"model {cfg.registry.model_name!r} has no version or alias "
+                                 f"{model!r} in {cfg.tracking_uri()}", param_hint="--model")
     try:
         rows = backfill_flow(config=cfg, start=d1, end=d2, model=model, force=force,
                              retrain=retrain)
@@ -303,7 +310,8 @@ def backfill(config: ConfigOpt,
         typer.echo(str(exc))
         raise typer.Exit(1)
     for r in rows:
-        typer.echo(f"{r['date']}  {r['status']:<9} {r['rows']:>7} rows  {r['detail']}")
+        typer.echo(f"{r['date']}  {r['status']:<9} {r['rows']:>7} rows  {r['seconds']:>7.2f} s  "
+                   f"{r['detail']}")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
 import datetime as dt
 import time
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from decflow import storage, validation
 from decflow.config import PipelineConfig
@@ -48,6 +49,24 @@ def backfill_partition(config: PipelineConfig, day: dt.date, version, model,
     return row
 
 
+def backfill_partitions(config: PipelineConfig, days: list[dt.date], version, model,
+                        force: bool = False) -> list[dict]:
+    """Run ``backfill_partition`` for each day, at most ``config.backfill.concurrency`` at once.
+
+    A bounded thread pool (not waves): a slow partition holds one slot, not the next batch. The
+    model is shared; its network is in eval mode, so inference from several threads is safe.
+
+    Returns:
+        One summary row per day, in the order of ``days``.
+    """
+    with ThreadPoolTaskRunner(max_workers=config.backfill.concurrency) as runner:
+        futures = [runner.submit(backfill_partition,
+                                 {"config": config, "day": day, "version": version,
+                                  "model": model, "force": force})
+                   for day in days]
+        return [f.result() for f in futures]
+
+
 @task(name="publish_backfill_summary", cache_policy=NO_CACHE)
 def publish_backfill_summary(rows: list[dict]) -> str:
     """A table artifact (date, rows, status, seconds, detail); returns the text summary."""
@@ -59,4 +78,6 @@ def publish_backfill_summary(rows: list[dict]) -> str:
     lines = [f"{r['date']}  {r['status']:<9} {r['rows']:>7} rows  {r['seconds']:>7.2f} s  "
              f"{r['detail']}" for r in rows]
     head = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    return f"backfill of {len(rows)} partitions: {head}\n" + "\n".join(lines)
+    summary = f"backfill of {len(rows)} partitions: {head}\n" + "\n".join(lines)
+    get_run_logger().info(summary)
+    return summary

@@ -191,9 +191,13 @@ def write_partition(uri: str, date_column: str, day, table: pa.Table) -> str:
     for stale in os.listdir(part):
         # temporaries of crashed writers (an hour old: a live writer is never that slow)
         p = os.path.join(part, stale)
-        if stale.startswith(".") and stale.endswith(".tmp") and \
-                dt.datetime.now().timestamp() - os.path.getmtime(p) > 3600:
-            os.unlink(p)
+        if not (stale.startswith(".") and stale.endswith(".tmp")):
+            continue
+        try:
+            if dt.datetime.now().timestamp() - os.path.getmtime(p) > 3600:
+                os.unlink(p)
+        except FileNotFoundError:  # a concurrent writer renamed or removed it meanwhile
+            pass
     tmp = f"{part}/.{PART_FILE}.{uuid.uuid4().hex}.tmp"
     try:
         pq.write_table(table, tmp)

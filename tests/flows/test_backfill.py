@@ -1,28 +1,38 @@
-"""Backfill: per-partition validate -> score -> write; resumable, idempotent, concurrent-safe."""
+"""Backfill: per-partition validate -> score -> write; resumable, idempotent, concurrent-safe.
+
+One training run for the whole module, made by the retrain mode itself (module fixture). Each
+test starts from a clean source (the corrupt partition is corrupted and repaired inside the tests
+that need it) and, where it matters, from an empty labels dataset, so tests run in any order.
+"""
 
 import datetime as dt
 import os
+import shutil
 import threading
+import time
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+import tasks.backfill
 from decflow import storage
 from decflow.config import dump_config
+from decflow.tracking import get_version
 from flowkit import RUN_DATE, make_rows, tiny_config
 from flows.backfill import BackfillFailed, backfill
 from flows.cli import app
-from flows.recluster import recluster
 
 DAYS5 = [RUN_DATE - dt.timedelta(days=i) for i in range(4, -1, -1)]
-CORRUPT = DAYS5[1]  # outside the training window (the last 3 days)
+CORRUPT = DAYS5[1]  # outside the training window of RUN_DATE (the last 3 days)
+LATER = RUN_DATE + dt.timedelta(days=1)  # no source partition
+NULL_X = "expect_column_values_to_not_be_null on column 'x'"
 
 
-def _write_day(uri, i, day, corrupt=False):
-    import pyarrow as pa
-
+def _write_day(uri: str, day: dt.date, corrupt: bool = False) -> None:
+    i = DAYS5.index(day)
     cols = make_rows(60, i * 60, seed=i)
     if corrupt:
         cols["x"][4] = np.nan
@@ -31,24 +41,27 @@ def _write_day(uri, i, day, corrupt=False):
     storage.write_partition(uri, "ds", day, pa.table(arrays))
 
 
+def _clear_labels(config) -> None:
+    shutil.rmtree(config.labels_uri(), ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    """Retrain mode over DAYS5[2]..LATER with CORRUPT corrupt: DAYS5[2] and DAYS5[3] have it in
+    their window and fail validation before training, RUN_DATE trains (version 1, champion),
+    LATER is missing. Then the source is repaired."""
     home = tmp_path_factory.mktemp("bf")
     source = str(home / "source")
-    for i, day in enumerate(DAYS5):
-        _write_day(source, i, day, corrupt=day == CORRUPT)
+    for day in DAYS5:
+        _write_day(source, day, corrupt=day == CORRUPT)
     config = tiny_config(home, source, backfill={"concurrency": 2})
-    recluster(config=config, run_date=RUN_DATE)
-    # start the backfill tests from an empty labels dataset
-    for root, dirs, files in os.walk(config.labels_uri(), topdown=False):
-        for f in files:
-            os.unlink(os.path.join(root, f))
-        for d in dirs:
-            os.rmdir(os.path.join(root, d))
-    return config
+    with pytest.raises(BackfillFailed) as err:
+        backfill(config=config, start=DAYS5[2], end=LATER, retrain=True)
+    _write_day(source, CORRUPT)
+    return config, err.value.rows
 
 
-def _files(config):
+def _files(config) -> dict[str, int]:
     out = {}
     for root, _, files in os.walk(config.labels_uri()):
         for f in files:
@@ -57,40 +70,108 @@ def _files(config):
     return out
 
 
-def _check_consistent(config, days):
+def _check_consistent(config, days) -> None:
+    """One row per source row, unique ids, one model version per partition, no temporaries."""
     labels = storage.read_dataset(config.labels_uri(), "ds")
     for day in days:
         part = labels[labels["ds"] == day.isoformat()]
         source, _ = storage.load_window(config.source, day, 1)
         assert len(part) == len(source) and part["id"].is_unique
+        assert set(part["id"]) == set(source["id"])
         assert part["model_version"].nunique() == 1
     leftovers = [p for p in _files(config) if os.path.basename(p).startswith(".")]
     assert leftovers == []
 
 
-def test_backfill_labels_good_partitions_and_reports_the_corrupt_one(trained):
-    config = trained
-    with pytest.raises(BackfillFailed) as err:
-        backfill(config=config, start=DAYS5[0], end=DAYS5[-1])
-    rows = {r["date"]: r for r in err.value.rows}
-    assert [r["status"] for r in err.value.rows].count("labelled") == 4
-    bad = rows[CORRUPT.isoformat()]
-    assert bad["status"] == "failed"
-    assert "expect_column_values_to_not_be_null on column 'x'" in bad["detail"]
-    assert CORRUPT.isoformat() in str(err.value)
-    assert storage.read_partition(config.labels_uri(), "ds", CORRUPT) is None
-    _check_consistent(config, [d for d in DAYS5 if d != CORRUPT])
+def _latest_artifact(key: str) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
-    # rerun: the 4 are skipped (files untouched), the corrupt one is retried and fails again
-    before = _files(config)
-    with pytest.raises(BackfillFailed) as err:
-        backfill(config=config, start=DAYS5[0], end=DAYS5[-1])
-    statuses = {r["date"]: r["status"] for r in err.value.rows}
-    assert sorted(statuses.values()) == ["failed"] + ["skipped"] * 4
-    assert _files(config) == before
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            sort=ArtifactSort.CREATED_DESC, limit=1)
+    return found[0].data
+
+
+def _task_run_names(flow_run_id, n: int, timeout: float = 30.0) -> list[str]:
+    """Names of the flow run's task runs (the server records them from events, a bit later)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[flow_run_id])))
+        names = sorted(r.name for r in runs if r.name.startswith("backfill_partition"))
+        if len(names) >= n or time.monotonic() > deadline:
+            return names
+        time.sleep(0.5)
+
+
+def test_retrain_mode_runs_the_nightly_flow_per_date(trained):
+    config, rows = trained
+    assert [(r["date"], r["status"]) for r in rows] == [
+        (DAYS5[2].isoformat(), "failed"), (DAYS5[3].isoformat(), "failed"),
+        (RUN_DATE.isoformat(), "labelled"), (LATER.isoformat(), "missing")]
+    assert NULL_X in rows[0]["detail"] and NULL_X in rows[1]["detail"]
+    assert "retrained: version 1 registered" in rows[2]["detail"] and rows[2]["rows"] == 60
+    assert get_version(config.tracking_uri(), "tiny", "champion").version == 1
+
+
+def test_backfill_labels_good_partitions_and_reports_the_corrupt_one(trained, monkeypatch):
+    config, _ = trained
+    _clear_labels(config)
+    _write_day(config.source.uri, CORRUPT, corrupt=True)
+    # a slow model call makes the partitions overlap, so the concurrency bound is observable
+    active, peak, lock = [0], [0], threading.Lock()
+    score_frame = tasks.backfill.score_frame
+
+    def slow_score(*args):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.3)
+        try:
+            return score_frame(*args)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(tasks.backfill, "score_frame", slow_score)
+            state = backfill(config=config, start=DAYS5[0], end=DAYS5[-1], return_state=True)
+        assert state.is_failed()
+        assert peak[0] == config.backfill.concurrency == 2
+        assert _task_run_names(state.state_details.flow_run_id, 5) == \
+            [f"backfill_partition-{d}" for d in DAYS5]
+        err = state.result(raise_on_failure=False)
+        assert isinstance(err, BackfillFailed)
+        rows = {r["date"]: r for r in err.rows}
+        assert [r["status"] for r in err.rows].count("labelled") == 4
+        bad = rows[CORRUPT.isoformat()]
+        assert bad["status"] == "failed" and NULL_X in bad["detail"]
+        assert CORRUPT.isoformat() in str(err) and NULL_X in str(err)
+        artifact = _latest_artifact("backfill-summary")
+        assert CORRUPT.isoformat() in artifact and "failed" in artifact and NULL_X in artifact
+        assert storage.read_partition(config.labels_uri(), "ds", CORRUPT) is None
+        _check_consistent(config, [d for d in DAYS5 if d != CORRUPT])
+
+        # rerun: the 4 are skipped (files untouched), the corrupt one is retried and fails again
+        before = _files(config)
+        with pytest.raises(BackfillFailed) as again:
+            backfill(config=config, start=DAYS5[0], end=DAYS5[-1])
+        statuses = {r["date"]: r["status"] for r in again.value.rows}
+        assert statuses[CORRUPT.isoformat()] == "failed"
+        assert sorted(statuses.values()) == ["failed"] + ["skipped"] * 4
+        assert _files(config) == before
+    finally:
+        _write_day(config.source.uri, CORRUPT)
 
     # once the source is fixed, the rerun labels only that partition
-    _write_day(config.source.uri, 1, CORRUPT)
     rows = backfill(config=config, start=DAYS5[0], end=DAYS5[-1])
     assert {r["date"]: r["status"] for r in rows}[CORRUPT.isoformat()] == "labelled"
     assert [r["status"] for r in rows].count("skipped") == 4
@@ -106,56 +187,109 @@ def test_backfill_labels_good_partitions_and_reports_the_corrupt_one(trained):
 
 
 def test_missing_partition_is_reported_not_fatal(trained):
-    config = trained
-    later = RUN_DATE + dt.timedelta(days=1)
-    rows = backfill(config=config, start=RUN_DATE, end=later)
-    by_date = {r["date"]: r for r in rows}
-    assert by_date[later.isoformat()]["status"] == "missing"
+    config, _ = trained
+    state = backfill(config=config, start=RUN_DATE, end=LATER, return_state=True)
+    assert state.is_completed()
+    by_date = {r["date"]: r for r in state.result()}
+    assert by_date[LATER.isoformat()]["status"] == "missing"
     assert by_date[RUN_DATE.isoformat()]["status"] in ("labelled", "skipped")
+    assert storage.read_partition(config.labels_uri(), "ds", LATER) is None
 
 
-def test_two_concurrent_backfills_leave_one_consistent_copy(trained):
-    config = trained
-    errors = []
+def test_two_concurrent_backfills_leave_one_consistent_copy(trained, monkeypatch):
+    """Backfill A holds its writers until backfill B writes too, so the overlapping partitions
+    are written by both at once. (B starts once A runs: the test harness's SQLite server answers
+    flow runs created in the same instant with 503 and the client backs off, which would
+    serialise the two runs.)"""
+    from prefect.runtime import flow_run
 
-    def run(start, end):
+    config, _ = trained
+    first_run, a_writing, b_writing = [], threading.Event(), threading.Event()
+    active, peak, lock = [0], [0], threading.Lock()
+    write_partition = storage.write_partition
+
+    def contended_write(*args, **kwargs):
+        with lock:
+            first_run[:] = first_run or [flow_run.id]
+            is_a = first_run[0] == flow_run.id
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        (a_writing if is_a else b_writing).set()
+        if is_a:
+            b_writing.wait(timeout=60)
         try:
-            backfill(config=config, start=start, end=end, force=True)
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+            return write_partition(*args, **kwargs)
+        finally:
+            with lock:
+                active[0] -= 1
 
-    threads = [threading.Thread(target=run, args=(DAYS5[0], DAYS5[3])),
-               threading.Thread(target=run, args=(DAYS5[1], DAYS5[4]))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    monkeypatch.setattr(storage, "write_partition", contended_write)
+    errors, results = [], {}
+
+    def run(name, start, end):
+        try:
+            results[name] = backfill(config=config, start=start, end=end, force=True)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+            a_writing.set()
+
+    a = threading.Thread(target=run, args=("A", DAYS5[0], DAYS5[3]))
+    b = threading.Thread(target=run, args=("B", DAYS5[1], DAYS5[4]))
+    a.start()
+    a_writing.wait(timeout=60)
+    b.start()
+    a.join()
+    b.join()
     assert errors == []
-    files = [p for p in _files(config)]
-    assert sorted(os.path.basename(os.path.dirname(p)) for p in files) == \
-        sorted(f"ds={d}" for d in DAYS5)
+    assert peak[0] >= 3  # A's two writers and at least one of B's at the same time
+    assert [r["status"] for r in results["A"] + results["B"]] == ["labelled"] * 8
+    files = list(_files(config))
+    assert sorted(os.path.relpath(p, config.labels_uri()) for p in files) == \
+        sorted(f"ds={d}/part-0.parquet" for d in DAYS5)
     for p in files:
         pq.read_table(p)  # every file complete and readable
     _check_consistent(config, DAYS5)
 
 
 def test_cli_backfill(trained, tmp_path):
+    config, _ = trained
     path = tmp_path / "c.yaml"
-    path.write_text(dump_config(trained))
+    path.write_text(dump_config(config))
     runner = CliRunner()
-    out = runner.invoke(app, ["backfill", "--config", str(path), "--start", str(DAYS5[3]),
-                              "--end", str(DAYS5[4])])
+    out = runner.invoke(app, ["backfill", "--help"])
+    assert out.exit_code == 0
+    for option in ("--start", "--end", "--model", "--force", "--retrain"):
+        assert option in out.output
+
+    base = ["backfill", "--config", str(path)]
+    out = runner.invoke(app, base + ["--start", str(DAYS5[3]), "--end", str(DAYS5[4]),
+                                     "--model", "1", "--force"])
     assert out.exit_code == 0, repr(out.exception)
-    assert "skipped" in out.output or "labelled" in out.output
-    out = runner.invoke(app, ["backfill", "--config", str(path), "--start", str(DAYS5[4]),
-                              "--end", str(DAYS5[3])])
-    assert out.exit_code == 2 and "before --start" in out.output
+    assert out.output.count("labelled") == 2 and str(DAYS5[3]) in out.output
+
+    _write_day(config.source.uri, CORRUPT, corrupt=True)
+    try:
+        out = runner.invoke(app, base + ["--start", str(CORRUPT), "--end", str(CORRUPT),
+                                     "--force"])
+    finally:
+        _write_day(config.source.uri, CORRUPT)
+    assert out.exit_code == 1 and "1 failed" in out.output and NULL_X in out.output
+
+    for args, message in (
+            (["--start", str(DAYS5[4]), "--end", str(DAYS5[3])], "before --start"),
+            (["--start", "2026-11-32", "--end", str(DAYS5[3])], "is not a date"),
+            (["--start", str(DAYS5[3]), "--end", str(DAYS5[4]), "--model", "9"],
+             "no version or alias '9'"),
+            (["--start", str(DAYS5[3]), "--end", str(DAYS5[4]), "--retrain", "--force"],
+             "do not apply")):
+        out = runner.invoke(app, base + args)
+        assert out.exit_code == 2 and message in out.output, out.output
 
 
-def test_retrain_mode_runs_the_nightly_flow_per_date(trained):
-    config = trained
-    later = RUN_DATE + dt.timedelta(days=1)
-    rows = backfill(config=config, start=RUN_DATE, end=later, retrain=True)
-    assert [r["status"] for r in rows] == ["retrained", "missing"]
-    labels = storage.read_partition(config.labels_uri(), "ds", RUN_DATE)
-    assert labels["id"].is_unique and len(labels) == 60
+def test_backfill_validates_its_parameters():
+    params = backfill.validate_parameters({"config": {}, "start": "2026-11-17",
+                                           "end": "2026-11-21", "force": "true"})
+    assert params["start"] == dt.date(2026, 11, 17) and params["force"] is True
+    with pytest.raises(Exception, match="n_clusterz"):
+        backfill.validate_parameters({"config": {"model": {"n_clusterz": 5}},
+                                      "start": "2026-11-17", "end": "2026-11-21"})
