@@ -10,7 +10,7 @@ from decflow.config import PipelineConfig
 from decflow.tracking import CHAMPION
 from flows.recluster import recluster
 from tasks.backfill import backfill_partitions, publish_backfill_summary
-from tasks.registry import load_champion
+from tasks.registry import load_model
 
 
 class BackfillFailed(RuntimeError):
@@ -41,7 +41,7 @@ def backfill(config: PipelineConfig, start: dt.date, end: dt.date, model: str = 
                              f"model={model!r} and force={force} do not apply")
         rows = [retrain_day(config, day) for day in days]
     else:
-        version, scorer = load_champion(config, model)
+        version, scorer = load_model(config, model)
         if version is None:
             raise ValueError(f"model {config.registry.model_name!r} has no version or alias "
                              f"{model!r} in {config.tracking_uri()}")

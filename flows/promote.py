@@ -8,8 +8,9 @@ from prefect import flow
 from decflow.config import PipelineConfig
 from decflow.promotion import PromotionDecision
 from decflow.tracking import CHAMPION
-from tasks.promotion import (apply_decision, compare_models, find_version, load_model,
+from tasks.promotion import (apply_decision, compare_models, find_version,
                              load_reference_rows, record_decision, rollback_champion)
+from tasks.registry import load_model
 
 
 def gate_candidate(config: PipelineConfig, candidate: str, reference: pd.DataFrame

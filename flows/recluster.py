@@ -9,7 +9,7 @@ from flows.promote import gate_candidate
 from tasks.data import load_window, validate_features
 from tasks.labels import score_partition, write_labels
 from tasks.promotion import align_cluster_ids, sample_reference_rows
-from tasks.registry import champion_weights, load_champion, register_model
+from tasks.registry import champion_weights, load_model, register_model
 from tasks.tracking import tracked_run
 from tasks.train import (embed_features, evaluate_model, fit_dec, init_centroids,
                          pretrain_autoencoder, sample_training_rows)
@@ -62,7 +62,7 @@ def recluster(config: PipelineConfig = PipelineConfig(), run_date: dt.date | Non
         report = validate_features(frame, config, run_id)
         train = sample_training_rows(frame, config)
         encoder, X = embed_features(train, config)
-        old_version, champion = load_champion(config)
+        old_version, champion = load_model(config)
         warm = champion_weights(champion, encoder, config)
         model = pretrain_autoencoder(X, config, run_id, warm, progress)
         centers, target = init_centroids(model, X, config, run_id)
@@ -74,7 +74,7 @@ def recluster(config: PipelineConfig = PipelineConfig(), run_date: dt.date | Non
         decision = None
         if config.promotion.auto_promote:
             decision = gate_candidate(config, version, sample_reference_rows(frame, config))
-        champion_version, champion = load_champion(config)
+        champion_version, champion = load_model(config)
         today, _ = load_window(config.source, run_date, 1)
         scores = score_partition(today, champion)
         written = write_labels(today, scores, champion_version, config, run_date)

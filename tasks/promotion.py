@@ -24,16 +24,6 @@ def find_version(config: PipelineConfig, ref: str):
     return version
 
 
-@task(name="load_model", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def load_model(config: PipelineConfig, ref: str):
-    """(ModelVersion, (FeatureEncoder, DeepEmbeddedClustering)) behind ref, or (None, None)."""
-    uri, name = config.tracking_uri(), config.registry.model_name
-    version = tracking.get_version(uri, name, ref)
-    if version is None:
-        return None, None
-    return version, tracking.load_components(uri, name, str(version.version))
-
-
 @task(name="sample_reference_rows", cache_policy=NO_CACHE)
 def sample_reference_rows(frame: pd.DataFrame, config: PipelineConfig) -> pd.DataFrame:
     """At most promotion.reference_rows rows of the run's window, for both models."""

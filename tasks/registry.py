@@ -15,14 +15,15 @@ from decflow.validation import ValidationReport
 from .data import lineage_tags
 
 
-@task(name="load_champion", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def load_champion(config: PipelineConfig, ref: str = tracking.CHAMPION):
-    """The registered model behind ``ref`` as (version, DecflowModel) or (None, None)."""
+@task(name="load_model", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def load_model(config: PipelineConfig, ref: str = tracking.CHAMPION):
+    """(ModelVersion, LoadedModel(encoder, estimator)) behind an alias or version number, or
+    (None, None) when there is none."""
     uri, name = config.tracking_uri(), config.registry.model_name
     version = tracking.get_version(uri, name, ref)
     if version is None:
         return None, None
-    return version, tracking.load_scorer(uri, name, str(version.version)).unwrap_python_model()
+    return version, tracking.load_components(uri, name, str(version.version))
 
 
 @task(name="champion_weights", cache_policy=NO_CACHE)

@@ -3,10 +3,9 @@
 import contextlib
 import datetime as dt
 import os
-import tempfile
 
 from mlflow import MlflowClient
-from mlflow.entities import RunStatus
+from mlflow.entities import Metric, Param, RunStatus
 
 from decflow import __version__
 from decflow.config import PipelineConfig, dump_config
@@ -33,7 +32,6 @@ def tracked_run(config: PipelineConfig, run_name: str, tags: dict[str, str] | No
     try:
         params = config.flatten()
         items = list(params.items())
-        from mlflow.entities import Param
         for i in range(0, len(items), 100):
             mlflow.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in items[i:i + 100]])
         log_text(config, run_id, dump_config(config), "config.yaml")
@@ -55,7 +53,6 @@ def log_dict(config: PipelineConfig, run_id: str, data: dict, path: str) -> None
 
 def log_metrics(config: PipelineConfig, run_id: str, metrics: dict[str, float],
                 step: int = 0) -> None:
-    from mlflow.entities import Metric
     now = int(dt.datetime.now().timestamp() * 1000)
     client(config).log_batch(run_id, metrics=[Metric(k, float(v), now, step)
                                               for k, v in metrics.items()])

@@ -11,4 +11,3 @@ def blobs():
     X = centers[y] + rng.normal(size=(len(y), 12))
     return X.astype(np.float32), y
 
-from testkit import FAST  # noqa: F401  (re-exported for older imports)

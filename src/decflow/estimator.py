@@ -15,7 +15,6 @@ from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from . import __version__
-from .callbacks import dispatch
 from .initialization import kmeans_init, manifold_init
 from .nn import Autoencoder, ClusteringLayer
 from .training import encode, fit_dec, pretrain_autoencoder

@@ -21,6 +21,7 @@ import time
 import warnings
 from importlib.metadata import PackageNotFoundError, version as _dist_version
 from pathlib import Path
+from typing import NamedTuple
 
 import mlflow
 import mlflow.artifacts
@@ -357,7 +358,15 @@ def load_scorer(tracking_uri: str, model_name: str, ref: str) -> mlflow.pyfunc.P
     return mlflow.pyfunc.load_model(_download_version(tracking_uri, model_name, ref))
 
 
-def load_components(tracking_uri: str, model_name: str, ref: str, device: str = "cpu"):
+class LoadedModel(NamedTuple):
+    """A registered version's fitted parts (unpacks as ``encoder, estimator``)."""
+
+    encoder: FeatureEncoder
+    estimator: DeepEmbeddedClustering
+
+
+def load_components(tracking_uri: str, model_name: str, ref: str, device: str = "cpu"
+                    ) -> LoadedModel:
     """The fitted ``(FeatureEncoder, DeepEmbeddedClustering)`` of a registered version.
 
     For ``score_frame`` on many partitions (both objects reload from their files on workers)
@@ -368,8 +377,9 @@ def load_components(tracking_uri: str, model_name: str, ref: str, device: str = 
     """
     with tempfile.TemporaryDirectory(prefix="decflow-load-") as tmp:
         local = Path(_download_version(tracking_uri, model_name, ref, "artifacts", dst_path=tmp))
-        return (FeatureEncoder.load(local / "encoder.json"),
-                DeepEmbeddedClustering.load(local / "estimator.safetensors", device=device))
+        return LoadedModel(FeatureEncoder.load(local / "encoder.json"),
+                           DeepEmbeddedClustering.load(local / "estimator.safetensors",
+                                                       device=device))
 
 
 def _download_version(tracking_uri: str, model_name: str, ref: str, subpath: str = "",

@@ -2,8 +2,6 @@ import os
 
 import pytest
 
-from flowkit import DAYS, RUN_DATE, make_rows, tiny_config, write_source  # noqa: F401
-
 
 @pytest.fixture(scope="session", autouse=True)
 def prefect_harness():

@@ -59,3 +59,16 @@ def tiny_config(home, source_uri: str, **sections) -> PipelineConfig:
     for key, value in sections.items():
         data[key] = {**data.get(key, {}), **value}
     return PipelineConfig.model_validate(data)
+
+
+def latest_artifact(key: str) -> str:
+    """Data of the newest Prefect artifact with this key (from the test server)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            sort=ArtifactSort.CREATED_DESC, limit=1)
+    return found[0].data

@@ -21,7 +21,7 @@ import tasks.backfill
 from decflow import storage
 from decflow.config import dump_config
 from decflow.tracking import get_version
-from flowkit import RUN_DATE, make_rows, tiny_config
+from flowkit import RUN_DATE, latest_artifact, make_rows, tiny_config
 from flows.backfill import BackfillFailed, backfill
 from flows.cli import app
 
@@ -82,17 +82,6 @@ def _check_consistent(config, days) -> None:
     leftovers = [p for p in _files(config) if os.path.basename(p).startswith(".")]
     assert leftovers == []
 
-
-def _latest_artifact(key: str) -> str:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from prefect.client.schemas.sorting import ArtifactSort
-
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-            sort=ArtifactSort.CREATED_DESC, limit=1)
-    return found[0].data
 
 
 def _task_run_names(flow_run_id, n: int, timeout: float = 30.0) -> list[str]:
@@ -155,7 +144,7 @@ def test_backfill_labels_good_partitions_and_reports_the_corrupt_one(trained, mo
         bad = rows[CORRUPT.isoformat()]
         assert bad["status"] == "failed" and NULL_X in bad["detail"]
         assert CORRUPT.isoformat() in str(err) and NULL_X in str(err)
-        artifact = _latest_artifact("backfill-summary")
+        artifact = latest_artifact("backfill-summary")
         assert CORRUPT.isoformat() in artifact and "failed" in artifact and NULL_X in artifact
         assert storage.read_partition(config.labels_uri(), "ds", CORRUPT) is None
         _check_consistent(config, [d for d in DAYS5 if d != CORRUPT])

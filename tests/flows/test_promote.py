@@ -15,7 +15,7 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from flowkit import RUN_DATE, tiny_config, write_source
+from flowkit import RUN_DATE, latest_artifact, tiny_config, write_source
 from decflow import DeepEmbeddedClustering, promotion, storage, tracking
 from decflow.config import dump_config
 from decflow.features import FeatureEncoder
@@ -174,20 +174,9 @@ def test_collapsed_challenger_is_rejected_with_the_failing_gate_named(story):
     assert tags["promotion.gate.cluster_sizes"].startswith("fail value=0 threshold=0.125")
     assert "cluster_sizes" in tags["promotion.failed_gates"].split(",")
     assert tags["promotion.summary"].startswith("version 3 rejected, champion 2 stays")
-    artifact = _latest_artifact("promotion-decision")
+    artifact = latest_artifact("promotion-decision")
     assert "| cluster_sizes | **fail** |" in artifact
 
-
-def _latest_artifact(key: str) -> str:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from prefect.client.schemas.sorting import ArtifactSort
-
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-            sort=ArtifactSort.CREATED_DESC, limit=1)
-    return found[0].data
 
 
 def test_cli_rollback_and_promote(story, tmp_path):

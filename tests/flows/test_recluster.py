@@ -5,14 +5,12 @@ import os
 
 import mlflow
 import numpy as np
-import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
-from flowkit import DAYS, RUN_DATE, tiny_config, write_source
+from flowkit import RUN_DATE, tiny_config, write_source
 from decflow import storage
-from decflow.tracking import as_model_input
 from decflow.validation import DataValidationError
 from flows.recluster import recluster
 
