@@ -117,13 +117,16 @@ def validate(config: ConfigOpt,
                       "partition.")] = False):
     """Run the data checks only; exit code 1 when an expectation fails."""
     _environment()
-    from decflow import storage, validation
+    from decflow import scoring, storage
+    from decflow.compute import dask_client
     from flows.recluster import yesterday
 
     cfg = _load(config)
     day = _date(date, "--date") or yesterday()
-    frame, lineage = storage.load_window(cfg.source, day, None if window else 1)
-    report = validation.validate_frame(frame, cfg.source, cfg.features, cfg.validation)
+    scan = storage.scan_window(cfg.source, day, None if window else 1)
+    lineage = scan.lineage
+    with dask_client(cfg.compute) as client:
+        report = scoring.validate_scan(client, scan, cfg)
     typer.echo(f"{lineage.n_rows} rows from partitions {lineage.partitions or 'none'}"
                + (f" (missing: {lineage.missing_partitions})" if lineage.missing_partitions
                   else ""))
@@ -285,7 +288,7 @@ def backfill(config: ConfigOpt,
              retrain: Annotated[bool, typer.Option(
                  help="Run the full recluster flow for each date, in order, instead of "
                       "scoring with one model.")] = False):
-    """Label a range of date partitions (concurrency: backfill.concurrency); resumable.
+    """Label a range of date partitions on the Dask cluster (compute); resumable.
 
     Partitions already labelled by the same model version are skipped unless --force; a failed
     partition does not stop the others and is reported with its cause (exit code 1)."""
@@ -312,6 +315,52 @@ def backfill(config: ConfigOpt,
     for r in rows:
         typer.echo(f"{r['date']}  {r['status']:<9} {r['rows']:>7} rows  {r['seconds']:>7.2f} s  "
                    f"{r['detail']}")
+
+
+@app.command()
+def generate(rows: Annotated[int, typer.Option(
+                 min=1, help="Rows in all, split evenly over the dates.")],
+             days: Annotated[int, typer.Option(
+                 min=1, help="Number of consecutive daily partitions.")],
+             out: Annotated[str, typer.Option(
+                 help="Dataset root to write: a local path or a pyarrow URI (s3://...). "
+                      "Existing partitions of the same dates are replaced.")],
+             end_date: Annotated[Optional[str], typer.Option(
+                 help="Last date (YYYY-MM-DD; default: yesterday).")] = None,
+             clusters: Annotated[int, typer.Option(
+                 min=2, help="Clusters in the mixture (model.n_clusters of --config-out).")] = 10,
+             seed: Annotated[int, typer.Option(
+                 min=0, help="Seed: the same seed and sizes give the same rows.")] = 0,
+             rows_per_group: Annotated[int, typer.Option(
+                 min=1, help="Rows per Parquet row group, the unit generated and written at "
+                             "a time (bounds memory).")] = 100_000,
+             config_out: Annotated[Optional[Path], typer.Option(
+                 dir_okay=False, help="Also write a pipeline config (YAML) for the table, so "
+                                      "that `decflow run -c PATH` runs on it.")] = None):
+    """Write a synthetic source table: a known mixture of clusters (4 numeric, 2 categorical
+    and a 56-length vector feature, the true cluster in `cluster`), partitioned by date."""
+    from decflow.config import dump_config
+    from decflow.synthetic import generate_source, synthetic_config
+
+    if rows < days:
+        raise typer.BadParameter(f"--rows {rows} is fewer than --days {days}: every partition "
+                                 "needs at least one row", param_hint="--rows")
+    day = _date(end_date, "--end-date") or dt.date.today() - dt.timedelta(days=1)
+    parts = generate_source(out, rows=rows, days=days, end_date=day, n_clusters=clusters,
+                            seed=seed, rows_per_group=rows_per_group)
+    for p in parts:
+        typer.echo(f"{p.path}  {p.rows} rows")
+    typer.echo(f"wrote {rows} rows in {len(parts)} partitions ({parts[0].day} .. "
+               f"{parts[-1].day}) to {out}")
+    if config_out is not None:
+        # the table's absolute location, so the config works from any directory; the home
+        # (stores) stays the usual ./.decflow of wherever `decflow run` is started
+        uri = out if "://" in out else str(Path(out).resolve())
+        config = synthetic_config(uri, n_clusters=clusters, window_days=days)
+        config_out.parent.mkdir(parents=True, exist_ok=True)
+        config_out.write_text(dump_config(config))
+        typer.echo(f"wrote config {config_out} (source {uri}, window {days} days, "
+                   f"{clusters} clusters)")
 
 
 if __name__ == "__main__":

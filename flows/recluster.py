@@ -6,8 +6,8 @@ from prefect import flow
 
 from decflow.config import PipelineConfig
 from flows.promote import gate_candidate
-from tasks.data import load_window, validate_features
-from tasks.labels import score_partition, write_labels
+from tasks.data import scan_window, validate_features
+from tasks.labels import label_partition
 from tasks.promotion import align_cluster_ids, sample_reference_rows
 from tasks.registry import champion_weights, load_model, register_model
 from tasks.tracking import tracked_run
@@ -58,9 +58,9 @@ def recluster(config: PipelineConfig = PipelineConfig(), run_date: dt.date | Non
     day = run_date.isoformat()
     with tracked_run(config, f"recluster-{day}", {"decflow.flow": "recluster",
                                                   "decflow.run_date": day}) as run_id:
-        frame, lineage = load_window(config.source, run_date)
-        report = validate_features(frame, config, run_id)
-        train = sample_training_rows(frame, config)
+        window = scan_window(config.source, run_date)
+        report = validate_features(window, config, run_id)
+        train = sample_training_rows(window, config)
         encoder, X = embed_features(train, config)
         old_version, champion = load_model(config)
         warm = champion_weights(champion, encoder, config)
@@ -69,15 +69,14 @@ def recluster(config: PipelineConfig = PipelineConfig(), run_date: dt.date | Non
         model = fit_dec(model, X, centers, target, config, run_id)
         alignment = align_cluster_ids(model, X, train, old_version, champion, config, run_id)
         metrics = evaluate_model(model, X, train, config, run_id)
-        version = register_model(model, encoder, frame, lineage, report, metrics, config,
+        version = register_model(model, encoder, train, window.lineage, report, metrics, config,
                                  run_id, day, alignment)
         decision = None
         if config.promotion.auto_promote:
-            decision = gate_candidate(config, version, sample_reference_rows(frame, config))
+            decision = gate_candidate(config, version, sample_reference_rows(train, config))
         champion_version, champion = load_model(config)
-        today, _ = load_window(config.source, run_date, 1)
-        scores = score_partition(today, champion)
-        written = write_labels(today, scores, champion_version, config, run_date)
+        today = scan_window(config.source, run_date, 1)
+        written = label_partition(today, champion_version, champion, config, run_id)
     return {"run_id": run_id, "run_date": day, "model_version": version,
             "champion_version": str(champion_version.version), "metrics": metrics,
             "alignment": alignment, "promotion": decision.to_dict() if decision else None,

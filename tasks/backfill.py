@@ -1,4 +1,4 @@
-"""One partition of a backfill: validate, score with a fixed model, write labels."""
+"""Backfill partitions: validate, score with a fixed model and write labels on the Dask cluster."""
 
 import datetime as dt
 import time
@@ -6,65 +6,66 @@ import time
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.task_runners import ThreadPoolTaskRunner
 
-from decflow import storage, validation
+from decflow import scoring, storage, validation
+from decflow.compute import dask_client
 from decflow.config import PipelineConfig
-from decflow.tracking import score_frame
+
+from .labels import labels_spec
 
 
-@task(name="backfill_partition", task_run_name="backfill_partition-{day}", cache_policy=NO_CACHE)
-def backfill_partition(config: PipelineConfig, day: dt.date, version, model,
-                       force: bool = False) -> dict:
-    """Label ``day``; never raises: the outcome (labelled/skipped/missing/failed) is returned."""
-    t0 = time.perf_counter()
+def _planned(config: PipelineConfig, day: dt.date, version, force: bool) -> dict:
+    """A day's summary row: missing or skipped already, or empty status when it must run."""
     row = {"date": day.isoformat(), "rows": 0, "status": "", "seconds": 0.0, "detail": ""}
-    src, labels_uri = config.source, config.labels_uri()
-    try:
-        if day not in storage.list_partitions(src.uri, src.date_column):
-            row.update(status="missing", detail=f"no source partition {src.date_column}={day}")
-            return row
-        existing = storage.read_partition(labels_uri, src.date_column, day)
-        if (existing is not None and not force and len(existing)
-                and set(existing["model_version"]) == {str(version.version)}
-                and set(existing["model_name"]) == {config.registry.model_name}):
-            row.update(status="skipped", rows=len(existing),
-                       detail=f"already labelled by version {version.version}")
-            return row
-        frame, _ = storage.load_window(src, day, 1)
-        report = validation.validate_frame(frame, src, config.features, config.validation)
-        validation.check(report)
-        scores = score_frame(model.encoder, model.estimator, frame)
-        table = storage.labels_table(
-            frame[src.id_column], scores["cluster_id"], scores["confidence"],
-            scores["distance"], id_column=src.id_column, model_name=config.registry.model_name,
-            model_version=str(version.version), run_id=version.run_id or "")
-        storage.write_partition(labels_uri, src.date_column, day, table)
-        row.update(status="labelled", rows=table.num_rows,
-                   detail=f"model version {version.version}")
-    except Exception as exc:  # reported per partition; the flow fails after all have run
-        row.update(status="failed", detail=f"{type(exc).__name__}: {exc}")
-    finally:
-        row["seconds"] = round(time.perf_counter() - t0, 3)
+    src = config.source
+    if day not in storage.list_partitions(src.uri, src.date_column):
+        row.update(status="missing", detail=f"no source partition {src.date_column}={day}")
+        return row
+    existing = storage.labels_versions(config.labels_uri(), src.date_column, day)
+    if (existing is not None and not force and existing.n_rows
+            and existing.model_versions == {str(version.version)}
+            and existing.model_names == {config.registry.model_name}):
+        row.update(status="skipped", rows=existing.n_rows,
+                   detail=f"already labelled by version {version.version}")
     return row
 
 
+@task(name="backfill_partitions", cache_policy=NO_CACHE)
 def backfill_partitions(config: PipelineConfig, days: list[dt.date], version, model,
                         force: bool = False) -> list[dict]:
-    """Run ``backfill_partition`` for each day, at most ``config.backfill.concurrency`` at once.
+    """Validate and label each day on the Dask cluster; a failed day does not stop the others.
 
-    A bounded thread pool (not waves): a slow partition holds one slot, not the next batch. The
-    model is shared; its network is in eval mode, so inference from several threads is safe.
+    Concurrency is the cluster's: the row-group chunks of every partition to label share one
+    queue over all worker threads, and the model is sent to each worker once.
 
     Returns:
-        One summary row per day, in the order of ``days``.
+        One summary row per day (labelled/skipped/missing/failed), in the order of ``days``.
     """
-    with ThreadPoolTaskRunner(max_workers=config.backfill.concurrency) as runner:
-        futures = [runner.submit(backfill_partition,
-                                 {"config": config, "day": day, "version": version,
-                                  "model": model, "force": force})
-                   for day in days]
-        return [f.result() for f in futures]
+    rows = [_planned(config, day, version, force) for day in days]
+    todo = [r for r in rows if not r["status"]]
+    if not todo:
+        return rows
+    scans = [storage.scan_window(config.source, dt.date.fromisoformat(r["date"]), 1)
+             for r in todo]
+    t0 = time.perf_counter()
+    with dask_client(config.compute) as client:
+        payload = scoring.scatter_model(client, model.encoder, model.estimator)
+        outcomes = scoring.label_partitions(client, scans, config, payload,
+                                            labels_spec(config, version))
+        for row, out in zip(todo, outcomes):
+            row["seconds"] = round(time.perf_counter() - t0, 3)  # since the previous one
+            t0 = time.perf_counter()
+            if out.error is not None:
+                row.update(status="failed", detail=f"{type(out.error).__name__}: {out.error}")
+            elif not out.report.success:
+                err = validation.DataValidationError(out.report)
+                row.update(status="failed", detail=f"{type(err).__name__}: {err}")
+            else:
+                row.update(status="labelled", rows=out.rows_written,
+                           detail=f"model version {version.version}")
+            get_run_logger().info("%s %s: %s rows, %s", row["date"], row["status"], row["rows"],
+                                  row["detail"])
+    return rows
 
 
 @task(name="publish_backfill_summary", cache_policy=NO_CACHE)

@@ -1,29 +1,34 @@
-"""Scoring and label write-back."""
+"""Scoring and label write-back, partition-wise on the Dask cluster."""
 
-import pandas as pd
+import datetime as dt
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from decflow import storage
+from decflow import scoring, validation
+from decflow.compute import dask_client
 from decflow.config import PipelineConfig
-from decflow.tracking import score_frame
+from decflow.storage import WindowScan
+
+from .data import publish_validation
 
 
-@task(name="score_partition", cache_policy=NO_CACHE)
-def score_partition(frame: pd.DataFrame, model) -> pd.DataFrame:
-    """cluster_id / confidence / distance for each row, with the model's encoder and network."""
-    return score_frame(model.encoder, model.estimator, frame)
+def labels_spec(config: PipelineConfig, version) -> scoring.LabelsSpec:
+    return scoring.LabelsSpec(config.registry.model_name, str(version.version),
+                              version.run_id or "", dt.datetime.now(dt.timezone.utc),
+                              config.train.device)
 
 
-@task(name="write_labels", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def write_labels(frame: pd.DataFrame, scores: pd.DataFrame, version, config: PipelineConfig,
-                 run_date) -> dict:
-    """Replace the run date's labels partition atomically (one row per source row)."""
-    id_col = config.source.id_column
-    table = storage.labels_table(
-        frame[id_col], scores["cluster_id"], scores["confidence"], scores["distance"],
-        id_column=id_col, model_name=config.registry.model_name,
-        model_version=str(version.version), run_id=version.run_id or "")
-    path = storage.write_partition(config.labels_uri(), config.source.date_column, run_date,
-                                   table)
-    return {"path": path, "rows": table.num_rows, "model_version": str(version.version)}
+@task(name="label_partition", cache_policy=NO_CACHE)
+def label_partition(scan: WindowScan, version, model, config: PipelineConfig,
+                    run_id: str | None = None) -> dict:
+    """Validate every row of one partition and replace its labels atomically (one row per
+    source row), chunk-wise on the cluster; nothing is written when a row fails validation."""
+    with dask_client(config.compute) as client:
+        payload = scoring.scatter_model(client, model.encoder, model.estimator)
+        outcome = scoring.label_partition(client, scan, config, payload,
+                                          labels_spec(config, version))
+    publish_validation(outcome.report, config, run_id, key="labels-validation")
+    validation.check(outcome.report)
+    return {"path": outcome.path, "rows": outcome.rows_written,
+            "model_version": str(version.version)}

@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from decflow import alignment, promotion, registry, storage, tracking
 from decflow.config import PipelineConfig
+from decflow.scoring import source_columns
 
 from .tracking import client, log_dict, log_metrics
 
@@ -40,14 +41,15 @@ def load_reference_rows(config: PipelineConfig, version, run_date: dt.date | Non
         if not trained:
             raise ValueError(f"version {version.version} has no data.run_date tag: give the "
                              f"date whose partition to compare on")
-        frame, _ = storage.load_window(config.source, storage.parse_date(trained))
+        scan = storage.scan_window(config.source, storage.parse_date(trained))
     else:
-        frame, _ = storage.load_window(config.source, run_date, 1)
-    if len(frame) == 0:
+        scan = storage.scan_window(config.source, run_date, 1)
+    if scan.n_rows == 0:
         day = run_date or version.tags.get("data.run_date")
         raise ValueError(f"no source rows to compare on for {day} in {config.source.uri}")
-    return promotion.reference_sample(frame, config.promotion.reference_rows,
-                                      config.train.random_state or 0)
+    return storage.sample_window(scan, config.promotion.reference_rows,
+                                 source_columns(config.source, config.features),
+                                 config.train.random_state or 0)
 
 
 @task(name="compare_models", cache_policy=NO_CACHE)

@@ -6,13 +6,15 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from decflow import DeepEmbeddedClustering, evaluation
+from decflow import DeepEmbeddedClustering, evaluation, storage
 from decflow.callbacks import ProgressBar
 from decflow.compute import dask_client
 from decflow.config import PipelineConfig
 from decflow.dask_kmeans import kmeans_dask
 from decflow.features import FeatureEncoder
 from decflow.initialization import gmm_refine, manifold_view
+from decflow.scoring import source_columns
+from decflow.storage import WindowScan
 from decflow.tracking import MlflowCallback
 
 from .tracking import client, log_figure, log_metrics
@@ -35,13 +37,13 @@ def _callbacks(config: PipelineConfig, run_id: str, progress: bool) -> list:
     return cbs + [ProgressBar()] if progress else cbs
 
 
-@task(name="sample_training_rows", cache_policy=NO_CACHE)
-def sample_training_rows(frame: pd.DataFrame, config: PipelineConfig) -> pd.DataFrame:
-    """Bound the training set: a uniform sample of at most train.max_train_rows rows."""
-    n = config.train.max_train_rows
-    if len(frame) <= n:
-        return frame
-    return frame.sample(n=n, random_state=config.train.random_state).sort_index()
+@task(name="sample_training_rows", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def sample_training_rows(window: WindowScan, config: PipelineConfig) -> pd.DataFrame:
+    """Bound the training set: a uniform sample of at most train.max_train_rows rows of the
+    window, spread over its partitions by their row counts, read row group by row group."""
+    return storage.sample_window(window, config.train.max_train_rows,
+                                 source_columns(config.source, config.features),
+                                 config.train.random_state)
 
 
 @task(name="embed_features", cache_policy=NO_CACHE)

@@ -55,6 +55,7 @@ def dask_client(compute: ComputeConfig, *, timeout: float = 15.0) -> Iterator[di
         dashboard_address=None,
         scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
         silence_logs=logging.ERROR,
+        **({"memory_limit": compute.memory_limit} if compute.memory_limit else {}),
         **network,
     ) as cluster, distributed.Client(cluster, timeout=timeout) as client:
         yield client

@@ -135,9 +135,7 @@ class PromotionConfig(_Section):
 
 
 class BackfillConfig(_Section):
-    """Backfill runs over past dates."""
-
-    concurrency: int = Field(default=4, ge=1)  # partitions scored at the same time
+    """Backfill runs over past dates (their concurrency is the Dask cluster's: compute)."""
 
 
 class LabelsConfig(_Section):
@@ -150,9 +148,12 @@ class ComputeConfig(_Section):
     """Where distributed work runs."""
 
     dask_address: str | None = None  # None: an embedded LocalCluster
-    n_workers: int = Field(default=2, ge=1)
-    threads_per_worker: int = Field(default=1, ge=1)
-    processes: bool = True
+    n_workers: int = Field(default=2, ge=1)  # embedded cluster only
+    threads_per_worker: int = Field(default=1, ge=1)  # embedded cluster only
+    processes: bool = True  # embedded cluster only
+    memory_limit: str | None = None  # per embedded worker, e.g. "2GiB" (None: Dask's default)
+    chunk_rows: int = Field(default=200_000, ge=1)  # rows per Dask task (whole row groups)
+    batch_rows: int = Field(default=65_536, ge=1)  # rows decoded, validated, scored at a time
 
 
 class PipelineConfig(_Section):

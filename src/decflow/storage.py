@@ -7,7 +7,14 @@ Write-back contract (DESIGN.md §4): one file per partition, ``part-0.parquet``.
 written under a hidden temporary name in the same directory and renamed over the old file, so a
 reader sees either the old or the new partition, never a mix; a crash leaves the old file and a
 hidden temporary that readers ignore (pyarrow skips names starting with "." or "_") and the next
-write removes. On object stores a single PUT is atomic, so the file is written in place.
+write removes. The file is streamed in row groups (``PartitionWriter``), so a partition of any
+size is written in bounded memory. On object stores the finished temporary object is moved
+into place (a copy of a complete object: readers see it whole or not at all).
+
+Reading (DESIGN.md §7): ``scan_window`` describes a window from Parquet footers alone;
+``sample_window`` draws the training sample row group by row group; ``WindowScan.chunks`` cuts
+the window into row-group chunks that Dask workers read with ``read_chunk``. Only the columns
+the config names are read.
 """
 
 import datetime as dt
@@ -15,11 +22,13 @@ import hashlib
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -89,19 +98,78 @@ def list_partitions(uri: str, date_column: str) -> list[dt.date]:
     return sorted(out)
 
 
-def load_window(source: SourceConfig, run_date, window_days: int | None = None,
-                columns: list[str] | None = None) -> tuple[pd.DataFrame, Lineage]:
-    """Rows of the ``window_days`` partitions ending at ``run_date``.
+@dataclass(frozen=True)
+class SourceFile:
+    """One Parquet file of a window, described from its footer only (no rows read)."""
 
-    Missing partitions inside the window are skipped and reported in the lineage; a window with
-    no partition at all gives an empty frame (validation then reports the row count). Columns the
-    files lack are left out, not invented, so validation can name them.
+    path: str  # path inside the dataset's file system
+    day: str  # partition date, YYYY-MM-DD
+    group_rows: tuple[int, ...]  # rows per row group
 
-    Args:
-        columns: columns to read (default: all); the date column is always kept.
+    @property
+    def n_rows(self) -> int:
+        return sum(self.group_rows)
 
-    Returns:
-        (frame with a ``<date_column>`` string column, lineage).
+
+@dataclass(frozen=True)
+class Chunk:
+    """Consecutive row groups of one file: the unit of partition-wise work on Dask."""
+
+    source_uri: str  # dataset root (resolves the file system on the worker)
+    path: str
+    day: str
+    row_groups: tuple[int, ...]
+    n_rows: int
+    first_row: int  # position of the chunk's first row in its file
+
+
+@dataclass(frozen=True)
+class WindowScan:
+    """The files of a window and their row counts, from Parquet footers; holds no rows."""
+
+    source_uri: str
+    date_column: str
+    files: list[SourceFile]
+    lineage: Lineage
+
+    @property
+    def n_rows(self) -> int:
+        return self.lineage.n_rows
+
+    def rows_per_partition(self) -> dict[str, int]:
+        out = {d: 0 for d in self.lineage.partitions}
+        for f in self.files:
+            out[f.day] += f.n_rows
+        return out
+
+    def chunks(self, chunk_rows: int) -> list["Chunk"]:
+        """Whole row groups of one file each, about ``chunk_rows`` rows (at least one group).
+
+        A row group larger than ``chunk_rows`` is its own chunk; readers still decode it in
+        batches (``read_chunk``), so memory follows the batch size, not the group size.
+        """
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows={chunk_rows} should be >= 1")
+        out = []
+        for f in self.files:
+            groups, rows, first, pos = [], 0, 0, 0
+            for g, n in enumerate(f.group_rows):
+                if groups and rows + n > chunk_rows:
+                    out.append(Chunk(self.source_uri, f.path, f.day, tuple(groups), rows, first))
+                    groups, rows, first = [], 0, pos
+                groups.append(g)
+                rows += n
+                pos += n
+            if groups and rows:
+                out.append(Chunk(self.source_uri, f.path, f.day, tuple(groups), rows, first))
+        return out
+
+
+def scan_window(source: SourceConfig, run_date, window_days: int | None = None) -> WindowScan:
+    """Describe the ``window_days`` partitions ending at ``run_date`` from file footers alone.
+
+    Missing partitions inside the window are reported in the lineage; files whose names start
+    with "." or "_" (temporaries, markers) are ignored, as pyarrow's dataset discovery does.
 
     Raises:
         ValueError: the source dataset does not exist.
@@ -113,39 +181,133 @@ def load_window(source: SourceConfig, run_date, window_days: int | None = None,
     present = set(list_partitions(source.uri, source.date_column))
     days = [d for d in window if d in present]
     missing = [d.isoformat() for d in window if d not in present]
-    files = []
+    files, columns, h = [], [], hashlib.sha256()
     for d in days:
         sel = pafs.FileSelector(partition_dir(root, source.date_column, d), recursive=True)
-        files += sorted(f.path for f in fs.get_file_info(sel)
-                        if f.type == pafs.FileType.File and f.path.endswith(".parquet")
-                        and not os.path.basename(f.path).startswith((".", "_")))
-    if not files:
-        frame = pd.DataFrame({c: pd.Series(dtype="object") for c in (columns or [])})
-        frame[source.date_column] = pd.Series(dtype="object")
-        return frame, Lineage(source.uri, [d.isoformat() for d in days], missing, 0,
-                              _digest(fs, []), list(frame.columns))
-    dataset = ds.dataset(files, filesystem=fs, format="parquet",
-                         partitioning=ds.HivePartitioning.discover(infer_dictionary=False),
-                         partition_base_dir=root)
-    names = dataset.schema.names
-    wanted = [c for c in (columns or names) if c in names and c != source.date_column]
-    table = dataset.to_table(columns=wanted + [source.date_column])
-    frame = table.to_pandas()
-    frame[source.date_column] = frame[source.date_column].astype(str).str[:10]
-    return frame, Lineage(source.uri, [d.isoformat() for d in days], missing, len(frame),
-                          _digest(fs, files), list(frame.columns))
-
-
-def _digest(fs: pafs.FileSystem, files: list[str]) -> str:
-    h = hashlib.sha256()
-    for path in files:
-        info = fs.get_file_info(path)
-        with fs.open_input_file(path) as f:
-            meta = pq.ParquetFile(f).metadata
+        paths = sorted(f.path for f in fs.get_file_info(sel)
+                       if f.type == pafs.FileType.File and f.path.endswith(".parquet")
+                       and not os.path.basename(f.path).startswith((".", "_")))
+        for path in paths:
+            info = fs.get_file_info(path)
+            with fs.open_input_file(path) as fh:
+                meta = pq.ParquetFile(fh).metadata
+            groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+            files.append(SourceFile(path, d.isoformat(), groups))
+            columns = columns or list(meta.schema.to_arrow_schema().names)
             h.update(json.dumps([os.path.basename(os.path.dirname(path)),
                                  os.path.basename(path), info.size, meta.num_rows,
                                  meta.num_row_groups, str(meta.schema)]).encode())
-    return h.hexdigest()[:16]
+    n = sum(f.n_rows for f in files)
+    lineage = Lineage(source.uri, [d.isoformat() for d in days], missing, n,
+                      h.hexdigest()[:16], [*columns, source.date_column] if files else [])
+    return WindowScan(source.uri, source.date_column, files, lineage)
+
+
+def read_chunk(chunk: Chunk, date_column: str, columns: list[str] | None = None,
+               batch_rows: int = 65_536) -> Iterator[pd.DataFrame]:
+    """The rows of ``chunk`` as frames of at most ``batch_rows`` rows, in file order.
+
+    Only ``columns`` that the file has are read (all when None); a string column
+    ``<date_column>`` holds the partition date. Each frame's index is the rows' positions in
+    their file, so messages can point at a row.
+    """
+    fs, _ = _fs(chunk.source_uri)
+    with fs.open_input_file(chunk.path) as fh:
+        pf = pq.ParquetFile(fh)
+        names = pf.schema_arrow.names
+        wanted = None if columns is None else [c for c in columns if c in names
+                                               and c != date_column]
+        start = chunk.first_row
+        for batch in pf.iter_batches(batch_size=batch_rows, row_groups=list(chunk.row_groups),
+                                     columns=wanted, use_threads=False):
+            frame = batch.to_pandas()
+            frame.index = pd.RangeIndex(start, start + len(frame))
+            start += len(frame)
+            frame[date_column] = chunk.day
+            yield frame
+
+
+def sample_window(scan: WindowScan, n: int, columns: list[str] | None = None,
+                  random_state: int | None = 0) -> pd.DataFrame:
+    """A uniform sample of at most ``n`` rows of the window, without reading the window.
+
+    Rows are spread over partitions in proportion to their row counts (largest remainders),
+    drawn uniformly within each file, and read row group by row group: memory holds the sample
+    and one row group's wanted columns, whatever the window's size. Every row when the window
+    has at most ``n``.
+
+    Returns:
+        The sampled rows (plus the ``<date_column>`` string column), in window order, with a
+        fresh RangeIndex.
+    """
+    rng = np.random.default_rng(random_state)
+    total = scan.n_rows
+    files = [f for f in scan.files if f.n_rows]
+    if not files:
+        return _empty_frame(columns, scan.date_column)
+    sizes = np.array([f.n_rows for f in files])
+    if total <= n:
+        take = sizes
+    else:
+        quota = sizes * (n / total)
+        take = np.floor(quota).astype(np.int64)
+        rest = n - int(take.sum())
+        take[np.argsort(-(quota - take), kind="stable")[:rest]] += 1
+    frames = []
+    fs, _ = _fs(scan.source_uri)
+    for f, k in zip(files, take):
+        if k == 0:
+            continue
+        rows = np.sort(rng.choice(f.n_rows, size=int(k), replace=False)) if k < f.n_rows \
+            else np.arange(f.n_rows)
+        bounds = np.concatenate([[0], np.cumsum(f.group_rows)])
+        with fs.open_input_file(f.path) as fh:
+            pf = pq.ParquetFile(fh)
+            names = pf.schema_arrow.names
+            wanted = None if columns is None else [c for c in columns if c in names
+                                                   and c != scan.date_column]
+            for g in np.unique(np.searchsorted(bounds, rows, side="right") - 1):
+                local = rows[(rows >= bounds[g]) & (rows < bounds[g + 1])] - bounds[g]
+                table = pf.read_row_group(int(g), columns=wanted, use_threads=False)
+                frames.append(table.take(pa.array(local)).to_pandas())
+                frames[-1][scan.date_column] = f.day
+    frame = pd.concat(frames, ignore_index=True)
+    return frame
+
+
+def _empty_frame(columns: list[str] | None, date_column: str) -> pd.DataFrame:
+    frame = pd.DataFrame({c: pd.Series(dtype="object") for c in (columns or [])})
+    frame[date_column] = pd.Series(dtype="object")
+    return frame
+
+
+def load_window(source: SourceConfig, run_date, window_days: int | None = None,
+                columns: list[str] | None = None) -> tuple[pd.DataFrame, Lineage]:
+    """Rows of the ``window_days`` partitions ending at ``run_date``, in one frame.
+
+    For small windows, tests and notebooks; the flows never call it on a window (they use
+    ``scan_window`` with ``sample_window`` or chunk-wise work on Dask). Missing partitions
+    inside the window are skipped and reported in the lineage; a window with no partition at
+    all gives an empty frame. Columns the files lack are left out, not invented, so
+    validation can name them.
+
+    Args:
+        columns: columns to read (default: all); the date column is always kept.
+
+    Returns:
+        (frame with a ``<date_column>`` string column, lineage).
+
+    Raises:
+        ValueError: the source dataset does not exist.
+    """
+    scan = scan_window(source, run_date, window_days)
+    if not scan.files:
+        frame = _empty_frame(columns, source.date_column)
+        return frame, scan.lineage
+    frames = [frame for chunk in scan.chunks(1 << 62)
+              for frame in read_chunk(chunk, source.date_column, columns, 1 << 30)]
+    frame = pd.concat(frames, ignore_index=True)
+    return frame, scan.lineage
 
 
 LABEL_COLUMNS = ("cluster_id", "confidence", "distance", "model_name", "model_version", "run_id",
@@ -181,15 +343,73 @@ def write_partition(uri: str, date_column: str, day, table: pa.Table) -> str:
     """
     if date_column in table.column_names:
         table = table.drop_columns([date_column])
-    fs, root = _fs(uri)
-    part = partition_dir(root, date_column, day)
-    fs.create_dir(part, recursive=True)
-    final = f"{part}/{PART_FILE}"
-    if not isinstance(fs, pafs.LocalFileSystem):
-        pq.write_table(table, final, filesystem=fs)
-        return final
+    with PartitionWriter(uri, date_column, day, table.schema) as writer:
+        writer.write(table)
+    return writer.path
+
+
+class PartitionWriter:
+    """Stream one partition's file in row groups, then put it in place atomically.
+
+    ``with PartitionWriter(uri, "ds", day, schema) as w: w.write(table)`` writes row groups to
+    a hidden temporary file in the partition directory (readers skip names starting with ".")
+    and, when the block ends without an error, renames it over ``part-0.parquet``: a reader
+    sees the old partition or the new one, never a mix, and memory holds one written table at
+    a time (``schema`` None: the first table's). On an error, or when nothing was written, the
+    temporary is removed and the old partition stays. Locally the
+    rename is atomic (``rename(2)``); on object stores it is a server-side copy of a complete
+    object, which readers also see whole or not at all.
+    """
+
+    def __init__(self, uri: str, date_column: str, day, schema: pa.Schema | None = None):
+        self.fs, root = _fs(uri)
+        self.dir = partition_dir(root, date_column, day)
+        self.path = f"{self.dir}/{PART_FILE}"
+        self.schema = schema
+        self.rows = 0
+        self._tmp = f"{self.dir}/.{PART_FILE}.{uuid.uuid4().hex}.tmp"
+        self._writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> "PartitionWriter":
+        self._made_dir = self.fs.get_file_info(self.dir).type == pafs.FileType.NotFound
+        self.fs.create_dir(self.dir, recursive=True)
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            _remove_stale_temporaries(self.dir)
+        return self
+
+    def write(self, table: pa.Table) -> None:
+        """Append ``table`` as one or more row groups (cast to the writer's schema)."""
+        if self._writer is None:
+            self.schema = self.schema or table.schema
+            self._writer = pq.ParquetWriter(self._tmp, self.schema, filesystem=self.fs)
+        self._writer.write_table(table.cast(self.schema))
+        self.rows += table.num_rows
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if self._writer is not None:
+                self._writer.close()
+            if exc_type is None and self._writer is not None:
+                if isinstance(self.fs, pafs.LocalFileSystem):
+                    with open(self._tmp, "rb") as f:
+                        os.fsync(f.fileno())
+                    os.replace(self._tmp, self.path)
+                else:
+                    self.fs.move(self._tmp, self.path)
+        finally:
+            if self.fs.get_file_info(self._tmp).type != pafs.FileType.NotFound:
+                self.fs.delete_file(self._tmp)
+            if self._made_dir and self.fs.get_file_info(self.path).type == \
+                    pafs.FileType.NotFound:
+                try:  # nothing was put in place: leave no empty partition behind
+                    self.fs.delete_dir(self.dir)
+                except OSError:  # a concurrent writer's files are in it
+                    pass
+
+
+def _remove_stale_temporaries(part: str) -> None:
+    """Delete temporaries of crashed writers (an hour old: a live writer is never that slow)."""
     for stale in os.listdir(part):
-        # temporaries of crashed writers (an hour old: a live writer is never that slow)
         p = os.path.join(part, stale)
         if not (stale.startswith(".") and stale.endswith(".tmp")):
             continue
@@ -198,16 +418,6 @@ def write_partition(uri: str, date_column: str, day, table: pa.Table) -> str:
                 os.unlink(p)
         except FileNotFoundError:  # a concurrent writer renamed or removed it meanwhile
             pass
-    tmp = f"{part}/.{PART_FILE}.{uuid.uuid4().hex}.tmp"
-    try:
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return final
 
 
 def read_partition(uri: str, date_column: str, day) -> pd.DataFrame | None:
@@ -217,6 +427,30 @@ def read_partition(uri: str, date_column: str, day) -> pd.DataFrame | None:
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return None
     return pq.read_table(path, filesystem=fs).to_pandas()
+
+
+@dataclass(frozen=True)
+class LabelsVersions:
+    """Who labelled a partition, from its ``model_name``/``model_version`` columns alone."""
+
+    n_rows: int
+    model_names: set[str]
+    model_versions: set[str]
+
+
+def labels_versions(uri: str, date_column: str, day) -> LabelsVersions | None:
+    """The models behind a labels partition (None when absent), reading two columns."""
+    fs, root = _fs(uri)
+    path = f"{partition_dir(root, date_column, day)}/{PART_FILE}"
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return None
+    names, versions, n = set(), set(), 0
+    with fs.open_input_file(path) as fh:
+        for batch in pq.ParquetFile(fh).iter_batches(columns=["model_name", "model_version"]):
+            n += batch.num_rows
+            names |= set(pa.compute.unique(batch.column(0)).to_pylist())
+            versions |= set(pa.compute.unique(batch.column(1)).to_pylist())
+    return LabelsVersions(n, names, versions)
 
 
 def read_dataset(uri: str, date_column: str) -> pd.DataFrame:

@@ -36,6 +36,7 @@ wrong type, are not evaluated: the one failed existence/type check says how many
 GX is imported lazily (it takes seconds) and its context is created once, on first use.
 """
 
+import functools
 import json
 import math
 import threading
@@ -85,6 +86,7 @@ class ExpectationResult:
     success: bool
     details: str
     sample: list = field(default_factory=list)
+    partitions: list[str] = field(default_factory=list)  # partitions with offending rows
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,9 @@ class ValidationReport:
         lines = []
         for r in failed:
             where = f" on column '{r.column}'" if r.column is not None else ""
+            if r.partitions:
+                shown = ", ".join(r.partitions[:10]) + (", ..." if len(r.partitions) > 10 else "")
+                where += f" in partition(s) {shown}"
             sample = f"; sample: {json.dumps(r.sample)}" if r.sample else ""
             lines.append(f"{r.expectation}{where}: {r.details}{sample}")
         return "\n".join(lines)
@@ -214,11 +219,120 @@ def validate_frame(df: pd.DataFrame, source: SourceConfig, features: FeaturesCon
                    validation: ValidationConfig) -> ValidationReport:
     """Run the suite from ``build_suite`` on ``df``; never raises for bad data (see ``check``).
 
+    The in-memory form of ``validate_batch`` + ``merge_batches``: ``df`` is one batch.
+
     Args:
         df: rows to validate, shape (n_rows, n_columns); not modified.
 
     Returns:
         ValidationReport with one result per evaluated expectation, in suite order.
+
+    Raises:
+        ValueError: ``df`` is not a DataFrame, has duplicate column names, or the user suite
+            file is unusable.
+    """
+    batch = validate_batch(df, source, features, validation)
+    dups = None
+    if source.id_column in df.columns:
+        dups = find_duplicates([(df[source.id_column].to_numpy(dtype=object), None)],
+                               validation.sample_size)
+    return merge_batches([batch], dups, source, features, validation)
+
+
+@dataclass
+class _Partial:
+    """One expectation's outcome on one batch, in a form that adds up over batches."""
+
+    success: bool
+    unexpected: int = 0
+    elements: int = 0
+    values: list = field(default_factory=list)  # distinct unexpected values (kinds, lengths)
+    sample: list = field(default_factory=list)  # offending rows, at most sample_size
+    partitions: list = field(default_factory=list)
+    error: str | None = None
+    observed: Any = None
+    has_count: bool = False  # GX reported unexpected_count (user expectations)
+    skipped: int = 0  # dependent checks not evaluated because this one failed
+    dtype: str = ""
+
+    def add(self, other: "_Partial", size: int) -> "_Partial":
+        return _Partial(
+            success=self.success and other.success,
+            unexpected=self.unexpected + other.unexpected,
+            elements=self.elements + other.elements,
+            values=_dedupe(self.values + other.values)[:64],
+            sample=(self.sample + other.sample)[:size],
+            partitions=_dedupe(self.partitions + other.partitions),
+            error=self.error or other.error,
+            observed=self.observed if not self.success or other.success else other.observed,
+            has_count=self.has_count or other.has_count,
+            skipped=max(self.skipped, other.skipped),
+            dtype=", ".join(_dedupe([d for d in (self.dtype, other.dtype) if d])))
+
+
+@dataclass(frozen=True)
+class BatchValidation:
+    """The suite's outcome on one batch of rows: small, picklable, added up by ``merge_batches``.
+
+    Table-wide checks (row count, id uniqueness) are not in it: ``merge_batches`` evaluates
+    them over all batches.
+    """
+
+    n_rows: int
+    partials: dict  # suite index -> _Partial; absent: not evaluated on this batch
+    columns: list[str]  # the batch's columns (for "missing column" messages)
+
+    @property
+    def ok(self) -> bool:
+        """No per-row expectation failed on this batch."""
+        return all(p.success for p in self.partials.values())
+
+
+@dataclass(frozen=True)
+class Duplicates:
+    """Ids that occur more than once across every batch (exact)."""
+
+    n_rows: int  # rows whose id is shared with another row
+    n_values: int  # distinct duplicated ids
+    sample: list  # up to sample_size duplicated ids
+    partitions: list[str]  # partitions holding a duplicated id
+
+
+def find_duplicates(parts: list[tuple[np.ndarray, np.ndarray | None]], sample_size: int,
+                    partition_names: list[str] | None = None) -> Duplicates:
+    """Exact duplicate ids over ``parts`` (ids, partition codes or None); nulls are ignored.
+
+    Over Dask, ids are first split by hash into buckets so each call sees one bucket of the
+    whole window (see ``decflow.scoring``); here they only need to fit one process.
+    """
+    ids = pd.Series(np.concatenate([p for p, _ in parts]) if parts else [], dtype=object)
+    codes = (np.concatenate([c if c is not None else np.full(len(p), -1)
+                             for p, c in parts]) if parts else np.empty(0, np.int64))
+    keep = ~ids.isna().to_numpy()
+    ids, codes = ids[keep].reset_index(drop=True), codes[keep]
+    dup = ids.duplicated(keep=False).to_numpy()
+    values = _dedupe([_jsonable(v) for v in ids[dup].head(100 * sample_size).tolist()])
+    names = partition_names or []
+    return Duplicates(int(dup.sum()), int(ids[dup].nunique()), values[:sample_size],
+                      sorted({names[c] for c in np.unique(codes[dup]) if 0 <= c < len(names)}))
+
+
+def merge_duplicates(parts: list[Duplicates], sample_size: int) -> Duplicates:
+    """Add up ``Duplicates`` of disjoint id buckets."""
+    return Duplicates(sum(p.n_rows for p in parts), sum(p.n_values for p in parts),
+                      [v for p in parts for v in p.sample][:sample_size],
+                      sorted({d for p in parts for d in p.partitions}))
+
+
+def validate_batch(df: pd.DataFrame, source: SourceConfig, features: FeaturesConfig,
+                   validation: ValidationConfig, partition: str | None = None,
+                   first_row: int = 0) -> BatchValidation:
+    """Every per-row expectation of the suite on one batch of rows.
+
+    Args:
+        df: the batch, (n_rows, n_columns); not modified.
+        partition: the batch's partition (e.g. ``ds=2026-11-24``), named in samples.
+        first_row: position of the batch's first row in its file, for rows without an id.
 
     Raises:
         ValueError: ``df`` is not a DataFrame, has duplicate column names, or the user suite
@@ -230,51 +344,85 @@ def validate_frame(df: pd.DataFrame, source: SourceConfig, features: FeaturesCon
     if dup:
         raise ValueError(f"frame has duplicate column names: {dup}")
 
-    expectations = list(build_suite(source, features, validation).expectations)
+    expectations = _suite(source, features, validation)
     frame, data = _prepare_frame(df, features)
-    ctx = _Context(frame, data, source.id_column, validation, len(df))
+    ctx = _Context(frame, data, source.id_column, validation, len(df), partition, first_row)
     specs = [_spec(e) for e in expectations]
     present = set(frame.columns)
-    results: dict[int, ExpectationResult] = {}
+    partials: dict[int, _Partial] = {}
+    table_wide = {i for i, s in enumerate(specs) if s["check"] in ("row_count", "unique")}
 
-    # Phase 1: row count, existence and value types; later checks depend on their outcome.
+    # Phase 1: existence and value types; later checks depend on their outcome.
     phase1 = [i for i, s in enumerate(specs)
-              if s["check"] in ("row_count", "exists")
-              or (s["check"] == "type" and s["column"] in present)]
+              if s["check"] == "exists" or (s["check"] == "type" and s["column"] in present)]
     for i, r in zip(phase1, _run(frame, [expectations[i] for i in phase1])):
-        results[i] = _describe(specs[i], r, ctx)
+        partials[i] = _partial(specs[i], r, ctx)
     blocked = {s["column"] for i, s in enumerate(specs)
-               if i in results and s["check"] in ("exists", "type") and not results[i].success}
+               if i in partials and s["check"] in ("exists", "type") and not partials[i].success}
     blocked |= {s["column"] for s in specs
                 if s["check"] != "user" and s["column"] is not None and s["column"] not in present}
 
     # Phase 2: values, on columns that exist and hold the right kind of values.
     phase2, skipped = [], {}
     for i, s in enumerate(specs):
-        if i in results:
+        if i in partials or s["check"] == "row_count":
             continue
         if s["column"] in blocked:
             skipped[s["column"]] = skipped.get(s["column"], 0) + 1
+        elif i in table_wide:
+            partials[i] = _Partial(success=True)  # evaluated by merge_batches
         elif s["check"] == "user" and s["column"] is not None and s["column"] not in present:
-            results[i] = ExpectationResult(s["type"], s["column"], False,
-                                           f"column '{s['column']}' is missing", [])
+            partials[i] = _Partial(success=False, error=f"column '{s['column']}' is missing",
+                                   partitions=[partition] if partition else [])
         else:
             phase2.append(i)
     for i, r in zip(phase2, _run(frame, [expectations[i] for i in phase2])):
-        results[i] = _describe(specs[i], r, ctx)
+        partials[i] = _partial(specs[i], r, ctx)
 
     # The failed existence/type check says what it blocked, so a missing column is reported once.
     for i, s in enumerate(specs):
-        res = results.get(i)
-        n_skipped = skipped.pop(s["column"], 0) if res is not None and not res.success \
-            and s["check"] in ("exists", "type") else 0
-        if n_skipped:
-            results[i] = ExpectationResult(
-                res.expectation, res.column, False,
-                f"{res.details}; {n_skipped} dependent check(s) on it not evaluated", res.sample)
+        p = partials.get(i)
+        if p is not None and not p.success and s["check"] in ("exists", "type"):
+            p.skipped = skipped.pop(s["column"], 0)
+    return BatchValidation(len(df), partials, [str(c) for c in data.columns])
 
+
+def merge_batches(batches: list[BatchValidation], duplicates: Duplicates | None,
+                  source: SourceConfig, features: FeaturesConfig,
+                  validation: ValidationConfig) -> ValidationReport:
+    """One report for all batches: counts add up, samples fill up to ``sample_size``.
+
+    The row count is checked on the total; id uniqueness on ``duplicates`` (exact, from
+    ``find_duplicates`` over every batch's ids; None when the id column is missing). A user
+    expectation on an aggregate (a column's max, mean, ...) is checked on each batch and
+    passes when it passes on every batch.
+    """
+    expectations = _suite(source, features, validation)
+    specs = [_spec(e) for e in expectations]
+    size = validation.sample_size
+    n_rows = sum(b.n_rows for b in batches)
+    merged: dict[int, _Partial] = {}
+    for b in batches:
+        for i, p in b.partials.items():
+            merged[i] = merged[i].add(p, size) if i in merged else p
+    columns = batches[0].columns if batches else []
+    results = {}
+    for i, spec in enumerate(specs):
+        if spec["check"] == "row_count":
+            ok = n_rows >= validation.min_rows
+            results[i] = ExpectationResult(
+                spec["type"], None, ok, f"found {n_rows} rows, expected at least "
+                                        f"{validation.min_rows} (validation.min_rows)")
+        elif spec["check"] == "unique" and i in merged and duplicates is not None:
+            d = duplicates
+            details = (f"{d.n_rows} rows share {d.n_values} duplicated id value(s), e.g. "
+                       f"{json.dumps(d.sample)}") if d.n_rows else "all unique"
+            results[i] = ExpectationResult(spec["type"], spec["column"], not d.n_rows, details,
+                                           d.sample, d.partitions)
+        elif i in merged:
+            results[i] = _words(spec, merged[i], n_rows, validation, columns)
     ordered = [results[i] for i in sorted(results)]
-    return ValidationReport(success=all(r.success for r in ordered), n_rows=len(df),
+    return ValidationReport(success=all(r.success for r in ordered), n_rows=n_rows,
                             results=ordered)
 
 
@@ -478,13 +626,28 @@ def _n_bad_elements(v) -> int:
 
 @dataclass
 class _Context:
-    """What result descriptions need besides the GX result."""
+    """What a batch's result descriptions need besides the GX result."""
 
     frame: pd.DataFrame  # what GX validates (helper columns, vector stand-ins)
     data: pd.DataFrame  # the caller's frame with a RangeIndex
     id_column: str
     validation: ValidationConfig
     n_rows: int
+    partition: str | None = None
+    first_row: int = 0
+
+
+def _suite(source: SourceConfig, features: FeaturesConfig, validation: ValidationConfig) -> list:
+    """The suite's expectations, built once per process and config (batches share it)."""
+    return _suite_cached(source.model_dump_json(), features.model_dump_json(),
+                         validation.model_dump_json())
+
+
+@functools.lru_cache(maxsize=8)
+def _suite_cached(source: str, features: str, validation: str) -> list:
+    return list(build_suite(SourceConfig.model_validate_json(source),
+                            FeaturesConfig.model_validate_json(features),
+                            ValidationConfig.model_validate_json(validation)).expectations)
 
 
 def _spec(expectation) -> dict:
@@ -494,82 +657,89 @@ def _spec(expectation) -> dict:
             "column": tag.get("column", conf.kwargs.get("column")), "meta": tag}
 
 
-def _describe(spec: dict, r, ctx: _Context) -> ExpectationResult:
-    """Turn one GX ExpectationValidationResult into words and a sample of offending rows."""
+def _partial(spec: dict, r, ctx: _Context) -> _Partial:
+    """One GX ExpectationValidationResult on a batch, as counts and a sample of offending rows."""
+    where = [ctx.partition] if ctx.partition else []
     if r is None:  # GX dropped the expectation (it logs invalid configurations and moves on)
-        return ExpectationResult(spec["type"], spec["column"], False, "not evaluated by GX", [])
+        return _Partial(success=False, error="not evaluated by GX", partitions=where)
     res = r.result or {}
-    col, check, tag = spec["column"], spec["check"], spec["meta"]
-    k = res.get("unexpected_count") or 0
-    total = res.get("element_count", ctx.n_rows)
-    size = ctx.validation.sample_size
     error = _exception_message(r.exception_info)
     if error:
-        return ExpectationResult(spec["type"], col, False, f"could not be evaluated: {error}", [])
+        return _Partial(success=False, error=f"could not be evaluated: {error}", partitions=where)
+    col, check, tag = spec["column"], spec["check"], spec["meta"]
+    size = ctx.validation.sample_size
+    p = _Partial(success=bool(r.success), unexpected=res.get("unexpected_count") or 0,
+                 elements=res.get("element_count", ctx.n_rows),
+                 partitions=[] if r.success else where)
+    if check == "type":
+        p.dtype = str(ctx.data[col].dtype)
+        p.values = sorted({str(x) for x in res.get("unexpected_list", [])})
+        p.sample = _row_sample(ctx, res, col, size)
+    elif check == "not_null":
+        p.sample = _row_sample(ctx, res, col, size, value=tag.get("kind") == "numeric")
+    elif check in ("finite", "bounds"):
+        p.sample = _row_sample(ctx, res, col, size)
+    elif check == "length":
+        p.values = sorted({int(x) for x in res.get("unexpected_list", [])})
+        p.sample = _row_sample(ctx, res, col, size, key="length",
+                               values=ctx.frame[_helper(col, "length")])
+    elif check == "elements":
+        p.sample = _row_sample(ctx, res, col, size, key="non_finite_elements",
+                               values=ctx.frame[_helper(col, "nonfinite")])
+    elif check == "user":
+        p.has_count = "unexpected_count" in res
+        p.sample = [_jsonable(v) for v in (res.get("partial_unexpected_list") or [])[:size]]
+        p.observed = _jsonable(res["observed_value"]) if "observed_value" in res else None
+    if r.success:
+        p.sample = []
+    return p
 
-    sample: list = []
-    if check == "row_count":
-        found = res.get("observed_value", ctx.n_rows)
-        details = (f"found {found} rows, expected at least {ctx.validation.min_rows} "
-                   f"(validation.min_rows)")
-    elif check == "exists":
-        if r.success:
+
+def _words(spec: dict, p: _Partial, n_rows: int, validation: ValidationConfig,
+           columns: list[str]) -> ExpectationResult:
+    """An expectation's merged outcome in words."""
+    col, check, tag = spec["column"], spec["check"], spec["meta"]
+    k, total = p.unexpected, p.elements
+    if p.error:
+        return ExpectationResult(spec["type"], col, False, p.error, [], p.partitions)
+    if check == "exists":
+        if p.success:
             details = "present"
         else:
-            found = [str(c) for c in ctx.data.columns]
-            shown = ", ".join(found[:20]) + (", ..." if len(found) > 20 else "")
+            shown = ", ".join(columns[:20]) + (", ..." if len(columns) > 20 else "")
             details = f"column '{col}' is missing (frame has: {shown})"
     elif check == "type":
-        dtype = ctx.data[col].dtype
-        if r.success:
-            details = f"all values are {_KIND_WORDS[tag['kind']]} (dtype {dtype})"
+        if p.success:
+            details = f"all values are {_KIND_WORDS[tag['kind']]} (dtype {p.dtype})"
         else:
-            kinds = sorted({str(x) for x in res.get("unexpected_list", [])})
-            details = (f"expected {_KIND_WORDS[tag['kind']]}, found {', '.join(kinds)} in {k} of "
-                       f"{total} rows (dtype {dtype})")
-            sample = _row_sample(ctx, res, col, size)
+            details = (f"expected {_KIND_WORDS[tag['kind']]}, found {', '.join(p.values)} in "
+                       f"{k} of {total} rows (dtype {p.dtype})")
     elif check == "not_null":
         what = "have a null id" if tag.get("kind") == "id" else (
             "are null or NaN" if tag.get("kind") == "numeric" else "are null")
         details = f"{k} of {total} rows {what}" if k else "no nulls"
-        sample = _row_sample(ctx, res, col, size, value=tag.get("kind") == "numeric")
-    elif check == "unique":
-        dups = _dedupe(res.get("unexpected_list", []))
-        details = (f"{k} rows share {len(dups)} duplicated id value(s), e.g. "
-                   f"{json.dumps([_jsonable(d) for d in dups[:size]])}") if k else "all unique"
-        sample = [_jsonable(d) for d in dups[:size]]
     elif check == "finite":
         details = f"{k} of {total} values are infinite" if k else "no infinite values"
-        sample = _row_sample(ctx, res, col, size)
     elif check == "bounds":
         rng = f"[{_fmt(tag.get('min'), '-inf')}, {_fmt(tag.get('max'), 'inf')}]"
         details = f"{k} of {total} values are outside {rng}" if k else f"all within {rng}"
-        sample = _row_sample(ctx, res, col, size)
     elif check == "length":
         n = tag["length"]
-        found = sorted({int(x) for x in res.get("unexpected_list", [])})
-        details = (f"expected list length {n}, found lengths {found} in {k} of {total} rows"
+        details = (f"expected list length {n}, found lengths {p.values} in {k} of {total} rows"
                    if k else f"all of length {n}")
-        sample = _row_sample(ctx, res, col, size, key="length",
-                             values=ctx.frame[_helper(col, "length")])
     elif check == "elements":
         details = (f"{k} of {total} vectors hold NaN, infinite or non-numeric elements"
                    if k else "all elements finite")
-        sample = _row_sample(ctx, res, col, size, key="non_finite_elements",
-                             values=ctx.frame[_helper(col, "nonfinite")])
-    else:  # user expectations: whatever GX reports
-        details, sample = _describe_generic(res, k, total, r.success, size)
-    return ExpectationResult(spec["type"], col, bool(r.success), details,
-                             [] if r.success else sample)
-
-
-def _describe_generic(res: dict, k: int, total, success: bool, size: int) -> tuple[str, list]:
-    if "unexpected_count" in res:
-        sample = [_jsonable(v) for v in (res.get("partial_unexpected_list") or [])[:size]]
-        return (f"{k} of {total} rows unexpected" if k else f"all {total} rows as expected"), sample
-    if "observed_value" in res:
-        return f"observed {_jsonable(res['observed_value'])}", []
-    return ("passed" if success else "failed"), []
+    elif p.has_count:  # user expectations: whatever GX reports
+        details = f"{k} of {total} rows unexpected" if k else f"all {total} rows as expected"
+    elif p.observed is not None:
+        details = f"observed {p.observed}"
+    else:
+        details = "passed" if p.success else "failed"
+    if p.skipped and not p.success:
+        details += f"; {p.skipped} dependent check(s) on it not evaluated"
+    return ExpectationResult(spec["type"], col, p.success, details,
+                             [] if p.success else p.sample, p.partitions)
 
 
 def _row_sample(ctx: _Context, res: dict, col: str, size: int, *, value: bool = True,
@@ -583,7 +753,10 @@ def _row_sample(ctx: _Context, res: dict, col: str, size: int, *, value: bool = 
     for pos in positions[:size]:
         pos = int(pos)
         ident = data[ctx.id_column].iloc[pos] if has_id else None
-        row = {ctx.id_column: _jsonable(ident)} if has_id and not _is_null(ident) else {"row": pos}
+        row = {ctx.id_column: _jsonable(ident)} if has_id and not _is_null(ident) \
+            else {"row": ctx.first_row + pos}
+        if ctx.partition:
+            row = {"partition": ctx.partition, **row}
         if value:
             row[key] = _jsonable(src.iloc[pos])
         out.append(row)

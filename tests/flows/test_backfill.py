@@ -9,7 +9,6 @@ import datetime as dt
 import os
 import shutil
 import threading
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -17,8 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-import tasks.backfill
-from decflow import storage
+from decflow import scoring, storage
 from decflow.config import dump_config
 from decflow.tracking import get_version
 from flowkit import RUN_DATE, latest_artifact, make_rows, tiny_config
@@ -54,11 +52,25 @@ def trained(tmp_path_factory):
     source = str(home / "source")
     for day in DAYS5:
         _write_day(source, day, corrupt=day == CORRUPT)
-    config = tiny_config(home, source, backfill={"concurrency": 2})
+    config = tiny_config(home, source)
     with pytest.raises(BackfillFailed) as err:
         backfill(config=config, start=DAYS5[2], end=LATER, retrain=True)
     _write_day(source, CORRUPT)
     return config, err.value.rows
+
+
+_MEET: dict = {}  # state of `_rendezvous` (tasks are pickled by reference, even in-process)
+_MEET_LOCK = threading.Lock()
+
+
+def _rendezvous(*args, **kwargs):
+    """``scoring.process_chunk``, but the first two calls wait for each other."""
+    with _MEET_LOCK:
+        _MEET["calls"] += 1
+        first = _MEET["calls"] <= 2
+    if first:
+        _MEET["barrier"].wait()
+    return _MEET["process_chunk"](*args, **kwargs)
 
 
 def _files(config) -> dict[str, int]:
@@ -84,22 +96,6 @@ def _check_consistent(config, days) -> None:
 
 
 
-def _task_run_names(flow_run_id, n: int, timeout: float = 30.0) -> list[str]:
-    """Names of the flow run's task runs (the server records them from events, a bit later)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    deadline = time.monotonic() + timeout
-    while True:
-        with get_client(sync_client=True) as client:
-            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
-                id=FlowRunFilterId(any_=[flow_run_id])))
-        names = sorted(r.name for r in runs if r.name.startswith("backfill_partition"))
-        if len(names) >= n or time.monotonic() > deadline:
-            return names
-        time.sleep(0.5)
-
-
 def test_retrain_mode_runs_the_nightly_flow_per_date(trained):
     config, rows = trained
     assert [(r["date"], r["status"]) for r in rows] == [
@@ -114,29 +110,18 @@ def test_backfill_labels_good_partitions_and_reports_the_corrupt_one(trained, mo
     config, _ = trained
     _clear_labels(config)
     _write_day(config.source.uri, CORRUPT, corrupt=True)
-    # a slow model call makes the partitions overlap, so the concurrency bound is observable
-    active, peak, lock = [0], [0], threading.Lock()
-    score_frame = tasks.backfill.score_frame
-
-    def slow_score(*args):
-        with lock:
-            active[0] += 1
-            peak[0] = max(peak[0], active[0])
-        time.sleep(0.3)
-        try:
-            return score_frame(*args)
-        finally:
-            with lock:
-                active[0] -= 1
+    # The first two chunk tasks wait for each other: the backfill only gets past them if the
+    # cluster runs two partitions' chunks at the same time (the in-process cluster has two
+    # threads; each 60-row partition is one chunk), not one partition after the other.
+    meet = threading.Barrier(2, timeout=60)
+    _MEET.update(barrier=meet, calls=0, process_chunk=scoring.process_chunk)
 
     try:
         with monkeypatch.context() as m:
-            m.setattr(tasks.backfill, "score_frame", slow_score)
+            m.setattr(scoring, "process_chunk", _rendezvous)
             state = backfill(config=config, start=DAYS5[0], end=DAYS5[-1], return_state=True)
         assert state.is_failed()
-        assert peak[0] == config.backfill.concurrency == 2
-        assert _task_run_names(state.state_details.flow_run_id, 5) == \
-            [f"backfill_partition-{d}" for d in DAYS5]
+        assert not meet.broken and _MEET["calls"] == 5
         err = state.result(raise_on_failure=False)
         assert isinstance(err, BackfillFailed)
         rows = {r["date"]: r for r in err.rows}
@@ -186,18 +171,18 @@ def test_missing_partition_is_reported_not_fatal(trained):
 
 
 def test_two_concurrent_backfills_leave_one_consistent_copy(trained, monkeypatch):
-    """Backfill A holds its writers until backfill B writes too, so the overlapping partitions
-    are written by both at once. (B starts once A runs: the test harness's SQLite server answers
-    flow runs created in the same instant with 503 and the client backs off, which would
-    serialise the two runs.)"""
+    """Backfill A holds its first labels write until backfill B writes too, so the overlapping
+    partitions are written by both at once. (B starts once A runs: the test harness's SQLite
+    server answers flow runs created in the same instant with 503 and the client backs off,
+    which would serialise the two runs.)"""
     from prefect.runtime import flow_run
 
     config, _ = trained
     first_run, a_writing, b_writing = [], threading.Event(), threading.Event()
     active, peak, lock = [0], [0], threading.Lock()
-    write_partition = storage.write_partition
+    write = storage.PartitionWriter.write
 
-    def contended_write(*args, **kwargs):
+    def contended_write(self, table):
         with lock:
             first_run[:] = first_run or [flow_run.id]
             is_a = first_run[0] == flow_run.id
@@ -207,12 +192,12 @@ def test_two_concurrent_backfills_leave_one_consistent_copy(trained, monkeypatch
         if is_a:
             b_writing.wait(timeout=60)
         try:
-            return write_partition(*args, **kwargs)
+            return write(self, table)
         finally:
             with lock:
                 active[0] -= 1
 
-    monkeypatch.setattr(storage, "write_partition", contended_write)
+    monkeypatch.setattr(storage.PartitionWriter, "write", contended_write)
     errors, results = [], {}
 
     def run(name, start, end):
@@ -230,7 +215,7 @@ def test_two_concurrent_backfills_leave_one_consistent_copy(trained, monkeypatch
     a.join()
     b.join()
     assert errors == []
-    assert peak[0] >= 3  # A's two writers and at least one of B's at the same time
+    assert peak[0] >= 2 and b_writing.is_set()  # A's writer held open while B's writes
     assert [r["status"] for r in results["A"] + results["B"]] == ["labelled"] * 8
     files = list(_files(config))
     assert sorted(os.path.relpath(p, config.labels_uri()) for p in files) == \

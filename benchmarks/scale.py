@@ -1,0 +1,719 @@
+"""Scale benchmark: Dask k-means against scikit-learn, scoring against a bare forward pass, and
+memory and wall time of the CLI as the table grows.
+
+Parts (``--parts``, comma list; all by default):
+
+  kmeans     ``kmeans_dask`` on a 2-worker LocalCluster vs ``sklearn.cluster.KMeans`` on the same
+             N x 10 float32 mixture (same k, n_init, max_iter, tol; sklearn limited to as many
+             threads as the cluster has): inertia and wall ratios. Then a huge point, dask only,
+             on workers whose memory limit is below the size of the data: completes? peak RSS
+             of every process. The dask data is generated on the workers, never in this process.
+  forward    the "physical limit": decflow's encoder + soft assignment over rows in memory in
+             one process (``forward_rows_per_s``), rows/s.
+  score      ``decflow score`` as a subprocess on the last partition of a small and a large
+             synthetic table (``decflow.synthetic``), with the model the small recluster run
+             registered: rows/s against the forward pass on the same rows, peak RSS per process.
+  recluster  ``decflow run`` as a subprocess at both sizes: wall time large/small, peak RSS.
+
+RSS of a subprocess and all its descendants is sampled every 0.2 s. Every score/recluster run
+uses the config of ``pipeline_config`` (the one place to adjust settings; ``--set`` adds
+overrides). Writes JSON + Markdown to benchmarks/results/scale.{json,md}.
+
+    python benchmarks/scale.py                     # everything, full sizes (about an hour)
+    python benchmarks/scale.py --quick             # smoke test, tiny sizes
+    python benchmarks/scale.py --parts kmeans --kmeans-rows 2000000 --kmeans-huge-rows 0
+    python benchmarks/scale.py --parts score,recluster --set compute.memory_limit=1.5GiB
+"""
+
+import argparse
+import datetime as dt
+import json
+import logging
+import operator
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from importlib.metadata import PackageNotFoundError, version as _dist_version
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+GiB = 2**30
+END_DATE = dt.date(2026, 11, 21)  # last partition of the generated tables (fixed: reproducible)
+PARTS = ("kmeans", "forward", "score", "recluster")
+
+# Defaults: the full benchmark and --quick. An option given on the command line wins over both.
+FULL = {"rows_small": 1_000_000, "rows_large": 5_000_000, "days": 10,
+        "rows_per_group": 100_000, "kmeans_rows": 10_000_000, "kmeans_huge_rows": 50_000_000,
+        "kmeans_chunk_rows": 250_000, "kmeans_max_iter": 300, "forward_rows": 500_000,
+        "max_train_rows": 20_000, "pretrain_epochs": 5, "finetune_max_iter": 500}
+QUICK = {"rows_small": 20_000, "rows_large": 60_000, "days": 10, "rows_per_group": 2_000,
+         "kmeans_rows": 200_000, "kmeans_huge_rows": 1_000_000, "kmeans_chunk_rows": 50_000,
+         "kmeans_max_iter": 100, "forward_rows": 20_000, "max_train_rows": 2_000,
+         "pretrain_epochs": 1, "finetune_max_iter": 50}
+
+
+# --- forward pass baseline ------------------------------------------------------------------------
+
+def forward_rows_per_s(model, X, *, batch_size: int = 4096, device: str = "cpu") -> float:
+    """Rows per second of a bare forward pass: scaling, encoder, soft assignment, argmax.
+
+    What ``DeepEmbeddedClustering.score_samples`` computes (cluster id, confidence, distance),
+    without input checks, feature encoding, I/O or any framework: the limit scoring can reach
+    in one process.
+
+    Args:
+        model: a fitted ``DeepEmbeddedClustering`` (used on its own device) or the path of its
+            ``save`` file (loaded on ``device``).
+        X: (n, d) encoded rows (``FeatureEncoder.transform``), held in memory.
+        batch_size: rows per forward call.
+        device: where a model file is loaded ("cpu", "cuda", ...).
+
+    Returns:
+        n / seconds (after one warm-up batch).
+    """
+    import torch
+
+    from decflow.estimator import DeepEmbeddedClustering
+    from decflow.losses import soft_assignment
+
+    est = (DeepEmbeddedClustering.load(model, device=device)
+           if isinstance(model, (str, os.PathLike)) else model)
+    encoder = est.autoencoder_.encoder.eval()
+    dev = next(encoder.parameters()).device
+    centers = torch.as_tensor(est.cluster_centers_, dtype=torch.float32, device=dev)
+    mean = torch.as_tensor(est.scaler_mean_, dtype=torch.float32, device=dev)
+    scale = float(est.scaler_scale_)
+    Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+
+    def run(rows):
+        for start in range(0, len(rows), batch_size):
+            z = encoder((rows[start:start + batch_size].to(dev) - mean) / scale)
+            conf, ids = soft_assignment(z, centers, est.alpha).max(dim=1)
+            dist = (z - centers[ids]).norm(dim=1)
+            ids.cpu(), conf.cpu(), dist.cpu()  # results leave the device, as in scoring
+
+    with torch.inference_mode():
+        run(Xt[:batch_size])
+        t0 = time.perf_counter()
+        run(Xt)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return len(Xt) / (time.perf_counter() - t0)
+
+
+# --- memory sampling ------------------------------------------------------------------------------
+
+class RssSampler:
+    """Peak RSS of a process and all its descendants, sampled every ``interval`` seconds."""
+
+    def __init__(self, pid: int, interval: float = 0.2):
+        import psutil
+
+        self._psutil = psutil
+        self.root = psutil.Process(pid)
+        self.interval = interval
+        self.peaks: dict[int, dict] = {}  # pid -> {"role", "cmd", "peak_bytes"}
+        self.peak_sum = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> "RssSampler":
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def sample(self) -> None:
+        ps = self._psutil
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except ps.Error:  # the root exited
+            return
+        total = 0
+        for p in procs:
+            try:
+                rss = p.memory_info().rss
+            except ps.Error:  # exited between listing and reading
+                continue
+            total += rss
+            entry = self.peaks.setdefault(p.pid, {"role": "", "cmd": "", "peak_bytes": 0})
+            entry["peak_bytes"] = max(entry["peak_bytes"], rss)
+            if not entry["cmd"]:  # empty while a process starts: read again next time
+                try:
+                    entry["cmd"] = " ".join(p.cmdline())[:160]
+                except ps.Error:
+                    pass
+                entry["role"] = _role(entry["cmd"], p.pid == self.root.pid)
+        self.peak_sum = max(self.peak_sum, total)
+
+    def summary(self) -> dict:
+        procs = sorted(self.peaks.items(), key=lambda kv: -kv[1]["peak_bytes"])
+        return {"peak_max_process_bytes": max((p["peak_bytes"] for _, p in procs), default=0),
+                "peak_sum_bytes": self.peak_sum, "n_processes": len(procs),
+                "processes": [{"pid": pid, **p} for pid, p in procs]}
+
+
+def _role(cmd: str, root: bool) -> str:
+    if root:
+        return "main"
+    for needle, role in (("spawn_main", "multiprocessing child (Dask worker)"),
+                         ("resource_tracker", "multiprocessing resource tracker"),
+                         ("uvicorn", "Prefect server (ephemeral)")):
+        if needle in cmd:
+            return role
+    return "other"
+
+
+def run_measured(cmd: list[str], log: Path, env: dict) -> dict:
+    """Run ``cmd``, sampling its process tree's RSS; output goes to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print("$", shlex.join(cmd), flush=True)
+    with open(log, "w") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        with RssSampler(proc.pid) as rss:
+            rc = proc.wait()
+        wall = time.perf_counter() - t0
+    text = log.read_text()
+    print(f"  exit {rc} after {wall:.1f} s; peak RSS max per process "
+          f"{rss.summary()['peak_max_process_bytes'] / GiB:.2f} GiB (log {log})", flush=True)
+    return {"cmd": shlex.join(cmd), "returncode": rc, "wall_s": wall, "log": str(log),
+            "output_tail": text[-3000:], **rss.summary()}
+
+
+# --- results --------------------------------------------------------------------------------------
+
+class Results:
+    """Result rows: figure, value, target (a bound on the ratio), ratio, machine, pass/miss."""
+
+    def __init__(self, machine: str):
+        self.machine = machine
+        self.rows: list[dict] = []
+        self.details: dict = {}
+        self.errors: list[str] = []
+
+    def add(self, figure: str, value: float | None, unit: str, *, ratio: float | None = None,
+            op: str | None = None, bound: float | None = None, passed: bool | None = None,
+            target: str | None = None, detail: str = "") -> None:
+        if op is not None and ratio is not None:
+            passed = bool(_OPS[op](ratio, bound))
+        if op is not None:
+            target = f"ratio {op} {bound:g}"
+        self.rows.append({"figure": figure, "value": value, "unit": unit, "ratio": ratio,
+                          "target": target, "passed": passed, "machine": self.machine,
+                          "detail": detail})
+        print(f"  {figure}: {_fmt(value, unit)}"
+              + (f", ratio {ratio:.3f}" if ratio is not None else "")
+              + (f" ({target}: {'pass' if passed else 'MISS'})" if target else ""), flush=True)
+
+    def error(self, part: str, message: str) -> None:
+        self.errors.append(f"{part}: {message}")
+        self.add(f"{part} failed", None, "", passed=False, target="completes", detail=message)
+
+
+_OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
+
+
+def _fmt(value, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "GiB":
+        return f"{value:.2f} GiB"
+    if unit == "rows/s":
+        return f"{value:,.0f} rows/s"
+    if unit == "s":
+        return f"{value:.1f} s"
+    return f"{value:.4g} {unit}".strip()
+
+
+# --- part a: k-means ------------------------------------------------------------------------------
+
+def _mixture_block(n_total: int, chunk_rows: int, d: int, k: int, seed: int,
+                   block_id=None) -> np.ndarray:
+    """Rows of block ``block_id`` of an (n_total, d) float32 mixture of k Gaussians."""
+    i = block_id[0]
+    n = min(chunk_rows, n_total - i * chunk_rows)
+    centers = np.random.default_rng([seed, 0]).normal(scale=3.0, size=(k, d))
+    rng = np.random.default_rng([seed, 1, i])
+    y = rng.integers(k, size=n)
+    return (centers[y] + rng.standard_normal((n, d))).astype(np.float32)
+
+
+def mixture_array(n: int, d: int, k: int, chunk_rows: int, seed: int):
+    """A dask array (n, d) float32 whose blocks are drawn on the workers that compute them."""
+    import dask.array as da
+
+    rows = tuple(min(chunk_rows, n - s) for s in range(0, n, chunk_rows))
+    return da.map_blocks(_mixture_block, chunks=(rows, (d,)), dtype=np.float32,
+                         meta=np.empty((0, d), np.float32), n_total=n, chunk_rows=chunk_rows,
+                         d=d, k=k, seed=seed)
+
+
+def bench_kmeans(args, res: Results) -> None:
+    import distributed
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    from decflow.compute import dask_client
+    from decflow.config import ComputeConfig
+    from decflow.dask_kmeans import kmeans_dask
+
+    d, k, seed = args.kmeans_dims, args.kmeans_clusters, args.seed
+    km = {"n_init": args.kmeans_n_init, "max_iter": args.kmeans_max_iter, "tol": args.kmeans_tol}
+    out = res.details["kmeans"] = {"dims": d, "clusters": k, **km,
+                                   "workers": args.workers, "threads_per_worker": 1}
+
+    # The huge point first, while this process is small (its RSS is part of the tree).
+    if args.kmeans_huge_rows:
+        n = args.kmeans_huge_rows
+        data_bytes = n * d * 4
+        print(f"k-means, dask only: {n:,} x {d} float32 ({data_bytes / GiB:.2f} GiB), "
+              f"{args.workers} workers with memory_limit={args.kmeans_memory_limit}", flush=True)
+        scratch = Path(args.workdir) / "dask-scratch"
+        scratch.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        try:
+            with distributed.LocalCluster(
+                    n_workers=args.workers, threads_per_worker=1, processes=True,
+                    memory_limit=args.kmeans_memory_limit, host="127.0.0.1",
+                    dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                    local_directory=str(scratch), silence_logs=logging.ERROR) as cluster, \
+                    distributed.Client(cluster) as client, RssSampler(os.getpid()) as rss:
+                r = kmeans_dask(mixture_array(n, d, k, args.kmeans_chunk_rows, seed), k,
+                                client=client, chunk_rows=args.kmeans_chunk_rows,
+                                random_state=seed, **km)
+                wall = time.perf_counter() - t0
+            mem = rss.summary()
+            out["huge"] = {"rows": n, "data_bytes": data_bytes, "wall_s": wall,
+                           "memory_limit": args.kmeans_memory_limit, "inertia": r.inertia,
+                           "n_iter": r.n_iter, **mem}
+            res.add(f"k-means {n:,} x {d}, dask only (workers limited to "
+                    f"{args.kmeans_memory_limit}): completes, wall incl. generation", wall, "s",
+                    passed=True, target="completes")
+            res.add(f"k-means {n:,} x {d}: peak RSS max per process / data size",
+                    mem["peak_max_process_bytes"] / GiB, "GiB",
+                    ratio=mem["peak_max_process_bytes"] / data_bytes, op="<", bound=1.0,
+                    detail=f"peak sum of {mem['n_processes']} processes "
+                           f"{mem['peak_sum_bytes'] / GiB:.2f} GiB")
+        except Exception as exc:  # report and go on with the other points
+            res.error("k-means huge point", f"{type(exc).__name__}: {exc}")
+
+    n = args.kmeans_rows
+    print(f"k-means, dask vs sklearn: {n:,} x {d} float32", flush=True)
+    with dask_client(ComputeConfig(n_workers=args.workers, threads_per_worker=1)) as client:
+        X = client.persist(mixture_array(n, d, k, args.kmeans_chunk_rows, seed))
+        distributed.wait(X)
+        t0 = time.perf_counter()
+        r = kmeans_dask(X, k, client=client, chunk_rows=args.kmeans_chunk_rows,
+                        random_state=seed, **km)
+        dask_s = time.perf_counter() - t0
+        Xn = X.compute()  # the same rows, for sklearn
+        del X
+    threads = args.sklearn_threads or os.cpu_count()
+    with threadpool_limits(limits=threads):
+        t0 = time.perf_counter()
+        sk = KMeans(k, random_state=seed, **km).fit(Xn)
+        sk_s = time.perf_counter() - t0
+    del Xn
+    out["compare"] = {"rows": n, "dask": {"wall_s": dask_s, "inertia": r.inertia,
+                                          "n_iter": r.n_iter, "inertias": r.inertias},
+                      "sklearn": {"wall_s": sk_s, "inertia": float(sk.inertia_),
+                                  "n_iter": int(sk.n_iter_), "threads": threads}}
+    res.add(f"k-means {n:,} x {d} inertia, dask / sklearn", r.inertia, "",
+            ratio=r.inertia / sk.inertia_, op="<=", bound=1.01,
+            detail=f"sklearn {sk.inertia_:.6g}")
+    res.add(f"k-means {n:,} x {d} wall, dask ({args.workers} workers x 1 thread) / sklearn "
+            f"({threads} threads)", dask_s, "s", ratio=dask_s / sk_s, op="<=", bound=2.0,
+            detail=f"sklearn {sk_s:.1f} s")
+
+
+# --- part b: forward pass -------------------------------------------------------------------------
+
+def bench_forward(args, res: Results) -> None:
+    """Forward pass on one synthetic partition with a quickly fitted model (weights do not
+    change the speed; the architecture is the pipeline's default)."""
+    import pyarrow.parquet as pq
+
+    from decflow.estimator import DeepEmbeddedClustering
+    from decflow.features import FeatureEncoder
+    from decflow.synthetic import generate_source, synthetic_config
+
+    n = args.forward_rows
+    uri = str(Path(args.workdir) / "forward" / "source")
+    parts = generate_source(uri, rows=n, days=1, end_date=END_DATE, n_clusters=args.clusters,
+                            rows_per_group=args.rows_per_group, seed=args.seed)
+    frame = pq.read_table(parts[0].path).to_pandas()
+    config = synthetic_config(uri, n_clusters=args.clusters)
+    X = FeatureEncoder(config.features).fit_transform(frame)
+    del frame
+    m = config.model
+    est = DeepEmbeddedClustering(m.n_clusters, n_components=m.n_components,
+                                 hidden=tuple(m.hidden), pretrain_epochs=1, max_iter=20,
+                                 init="k-means", n_init=1, device=_device(args),
+                                 random_state=0).fit(X[:2000])
+    rps = forward_rows_per_s(est, X, batch_size=args.batch_size)
+    info = _torch_info(est)
+    res.details["forward"] = {"rows": n, "features": int(X.shape[1]), "rows_per_s": rps,
+                              "batch_size": args.batch_size, **info}
+    res.add(f"forward pass, {n:,} x {X.shape[1]} rows in memory, one process "
+            f"({info['device']}, {info['torch_threads']} torch threads)", rps, "rows/s")
+
+
+def _device(args) -> str:
+    import torch
+
+    if args.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return args.device
+
+
+def _torch_info(est) -> dict:
+    import torch
+
+    return {"device": str(next(est.autoencoder_.parameters()).device),
+            "torch_threads": torch.get_num_threads()}
+
+
+# --- parts c: score and recluster through the CLI -------------------------------------------------
+
+def pipeline_config(args, source_uri: str, labels_uri: str):
+    """The config of every score/recluster run: the one place to adjust settings.
+
+    Both sizes share one home, so one MLflow store (the small run's model scores both tables);
+    labels go to a folder per size. Training is bounded (``max_train_rows``, fixed budgets, no
+    warm start) so that it costs the same at every size.
+    """
+    import yaml
+
+    from decflow.config import PipelineConfig
+    from decflow.synthetic import synthetic_config
+
+    config = synthetic_config(
+        source_uri, home=str(Path(args.workdir) / "home"), n_clusters=args.clusters,
+        window_days=args.days,
+        registry={"model_name": "scale"},
+        labels={"uri": labels_uri},
+        train={"max_train_rows": args.max_train_rows, "pretrain_epochs": args.pretrain_epochs,
+               "max_iter": args.finetune_max_iter, "warm_start": False,
+               "device": args.device},
+        compute={"n_workers": args.workers, "threads_per_worker": 1},
+    )
+    data = config.model_dump(mode="json")
+    for item in args.set:
+        key, _, raw = item.partition("=")
+        node = data
+        *path, last = key.split(".")
+        for p in path:
+            node = node.setdefault(p, {})
+        node[last] = yaml.safe_load(raw)
+    return PipelineConfig.model_validate(data)
+
+
+def _source(args, size: str, rows: int) -> dict:
+    """Generate (or reuse, when the same settings made it) the ``size`` table."""
+    from decflow.synthetic import generate_source
+
+    base = Path(args.workdir) / "sources"
+    uri = str(base / size)
+    spec = {"rows": rows, "days": args.days, "end_date": END_DATE.isoformat(),
+            "n_clusters": args.clusters, "rows_per_group": args.rows_per_group,
+            "seed": args.seed}
+    marker = base / f"{size}.json"
+    if not (marker.exists() and json.loads(marker.read_text()) == spec):
+        marker.unlink(missing_ok=True)
+        shutil.rmtree(uri, ignore_errors=True)
+        t0 = time.perf_counter()
+        generate_source(uri, **{**spec, "end_date": END_DATE})
+        print(f"generated {rows:,} rows in {args.days} partitions at {uri} "
+              f"({time.perf_counter() - t0:.1f} s)", flush=True)
+        marker.write_text(json.dumps(spec))
+    part = Path(uri) / f"ds={END_DATE.isoformat()}" / "part-0.parquet"
+    import pyarrow.parquet as pq
+
+    return {"uri": uri, "rows": rows, "partition": str(part),
+            "partition_rows": pq.ParquetFile(part).metadata.num_rows}
+
+
+def _cli_env(args) -> dict:
+    env = dict(os.environ)
+    for key, value in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
+                       ("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "1"),
+                       ("GX_ANALYTICS_ENABLED", "false"),
+                       ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")):
+        env.setdefault(key, value)
+    env["PREFECT_HOME"] = str(Path(args.workdir) / "home" / "prefect")
+    return env
+
+
+def bench_pipeline(args, res: Results, parts: list[str]) -> None:
+    """recluster small (registers the model) -> score small, large -> recluster large."""
+    from decflow.config import dump_config
+    from decflow.tracking import get_version, load_components
+
+    work = Path(args.workdir)
+    shutil.rmtree(work / "home", ignore_errors=True)  # a fresh registry, labels and Prefect db
+    (work / "home" / "prefect").mkdir(parents=True)
+    decflow = str(Path(sys.executable).with_name("decflow"))
+    env = _cli_env(args)
+    sizes = {"small": args.rows_small, "large": args.rows_large}
+    runs = res.details.setdefault("runs", {})
+    srcs, cfgs = {}, {}
+    for size, rows in sizes.items():
+        srcs[size] = _source(args, size, rows)
+        config = pipeline_config(args, srcs[size]["uri"], str(work / "home" / f"labels-{size}"))
+        cfgs[size] = work / f"config-{size}.yaml"
+        cfgs[size].write_text(dump_config(config))
+    res.details["sources"] = srcs
+    day = END_DATE.isoformat()
+
+    def recluster(size):
+        r = runs[f"recluster-{size}"] = run_measured(
+            [decflow, "run", "-c", str(cfgs[size]), "--run-date", day],
+            work / "logs" / f"recluster-{size}.log", env)
+        if r["returncode"]:
+            res.error(f"recluster ({size})", f"exit {r['returncode']}; see {r['log']}")
+        return r
+
+    small = recluster("small")
+    if small["returncode"]:
+        return
+    tracking_uri = f"sqlite:///{(work / 'home' / 'mlflow.db').resolve()}"
+    mv = (get_version(tracking_uri, "scale", "champion")
+          or get_version(tracking_uri, "scale", "challenger"))
+    version = str(mv.version)
+    res.details["model_version"] = version
+
+    if "score" in parts:
+        encoder, est = load_components(tracking_uri, "scale", version, device=_device(args))
+        for size in sizes:
+            r = runs[f"score-{size}"] = run_measured(
+                [decflow, "score", "-c", str(cfgs[size]), "--date", day,
+                 "--model-version", version], work / "logs" / f"score-{size}.log", env)
+            if r["returncode"]:
+                res.error(f"score ({size})", f"exit {r['returncode']}; see {r['log']}")
+                continue
+            n = srcs[size]["partition_rows"]
+            m = re.search(r"wrote (\d+) labels", r["output_tail"])
+            r["labels_written"] = int(m.group(1)) if m else None
+            import pyarrow.parquet as pq
+
+            X = encoder.transform(pq.read_table(srcs[size]["partition"]).to_pandas())
+            fwd = r["forward_rows_per_s"] = forward_rows_per_s(est, X,
+                                                               batch_size=args.batch_size)
+            del X
+            rps = r["rows_per_s"] = n / r["wall_s"]
+            res.add(f"score + write-back rows/s (subprocess wall) / forward pass, {n:,} rows "
+                    f"({size})", rps, "rows/s", ratio=rps / fwd, op=">=", bound=0.70,
+                    detail=f"forward {fwd:,.0f} rows/s; wall {r['wall_s']:.1f} s; "
+                           f"labels written {r['labels_written']}")
+        _memory_rows(res, runs, "score")
+
+    if "recluster" in parts:
+        large = recluster("large")
+        if not large["returncode"]:
+            res.add("recluster wall, large / small", large["wall_s"], "s",
+                    ratio=large["wall_s"] / small["wall_s"], op="<=", bound=1.5,
+                    detail=f"small {small['wall_s']:.1f} s; {args.rows_small:,} vs "
+                           f"{args.rows_large:,} rows, max_train_rows {args.max_train_rows:,}")
+            _memory_rows(res, runs, "recluster")
+
+
+def _memory_rows(res: Results, runs: dict, kind: str) -> None:
+    small, large = runs.get(f"{kind}-small"), runs.get(f"{kind}-large")
+    if not (small and large) or small["returncode"] or large["returncode"]:
+        return
+    s, lg = small["peak_max_process_bytes"], large["peak_max_process_bytes"]
+    res.add(f"{kind} peak RSS, max per process (large) / 2 GiB", lg / GiB, "GiB",
+            ratio=lg / (2 * GiB), op="<=", bound=1.0,
+            detail=f"sum over {large['n_processes']} processes "
+                   f"{large['peak_sum_bytes'] / GiB:.2f} GiB")
+    res.add(f"{kind} peak RSS, max per process, large / small", lg / GiB, "GiB",
+            ratio=lg / s, op="<=", bound=1.25, detail=f"small {s / GiB:.2f} GiB")
+
+
+# --- machine, output ------------------------------------------------------------------------------
+
+def machine_info() -> dict:
+    def proc_field(path, key):
+        try:
+            for line in Path(path).read_text().splitlines():
+                if line.startswith(key):
+                    return line.split(":", 1)[1].strip()
+        except OSError:
+            return None
+        return None
+
+    mem = proc_field("/proc/meminfo", "MemTotal")
+    ram = int(mem.split()[0]) * 1024 / GiB if mem else None
+    try:
+        torch_version = _dist_version("torch")
+    except PackageNotFoundError:
+        torch_version = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                    cwd=ROOT, capture_output=True, text=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = None, None
+    return {"cpu": proc_field("/proc/cpuinfo", "model name") or platform.processor(),
+            "cores": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)),
+            "ram_gib": round(ram, 1) if ram else None, "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch_version,
+            "git_commit": commit, "git_dirty": dirty}
+
+
+def to_markdown(out: dict) -> str:
+    m = out["machine"]
+    lines = [f"# Scale benchmark ({out['date_utc']})", "",
+             f"- machine: {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), "
+             f"{m['ram_gib']} GiB RAM; {m['platform']}",
+             f"- python {m['python']}, torch {m['torch']}, commit {m['git_commit']}"
+             + (" (uncommitted changes)" if m["git_dirty"] else ""),
+             f"- command: `{out['command']}`", "",
+             "| figure | value | target | ratio | machine | result |",
+             "|---|---|---|---|---|---|"]
+    for r in out["rows"]:
+        result = "info" if r["passed"] is None else ("pass" if r["passed"] else "**miss**")
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.3f}"
+        detail = f" ({r['detail']})" if r["detail"] else ""
+        lines.append(f"| {r['figure']}{detail} | {_fmt(r['value'], r['unit'])} | "
+                     f"{r['target'] or '-'} | {ratio} | {r['machine']} | {result} |")
+    runs = out["details"].get("runs", {})
+    if runs:
+        lines += ["", "Peak RSS per process (largest five per run):", "",
+                  "| run | wall s | peak sum GiB | process (command lines in the JSON) "
+                  "| peak GiB |", "|---|---|---|---|---|"]
+        for name, r in runs.items():
+            for i, p in enumerate(r["processes"][:5]):
+                head = (f"| {name} | {r['wall_s']:.1f} | {r['peak_sum_bytes'] / GiB:.2f} "
+                        if i == 0 else "| | | ")
+                lines.append(f"{head}| {p['role']} | {p['peak_bytes'] / GiB:.2f} |")
+    if out["errors"]:
+        lines += ["", "Errors:", ""] + [f"- {e}" for e in out["errors"]]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {PARTS}")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the script")
+    ap.add_argument("--workdir", default="/tmp/decflow-scale",
+                    help="sources, the pipeline's home (MLflow, labels, Prefect), logs")
+    ap.add_argument("--out", default=None,
+                    help="output path without suffix, .json and .md are written (default: "
+                         "benchmarks/results/scale; with --quick: WORKDIR/scale-quick)")
+    size = ap.add_argument_group("sizes (defaults: full benchmark, or tiny with --quick)")
+    for name, help_ in (("rows_small", "rows of the small table"),
+                        ("rows_large", "rows of the large table"),
+                        ("days", "partitions of each table"),
+                        ("rows_per_group", "Parquet row group size of the generated tables"),
+                        ("kmeans_rows", "rows of the dask vs sklearn comparison"),
+                        ("kmeans_huge_rows", "rows of the dask-only point (0: skip)"),
+                        ("kmeans_chunk_rows", "rows per dask partition"),
+                        ("kmeans_max_iter", "Lloyd iterations at most (both)"),
+                        ("forward_rows", "rows of the standalone forward part"),
+                        ("max_train_rows", "train.max_train_rows of the recluster runs"),
+                        ("pretrain_epochs", "train.pretrain_epochs of the recluster runs"),
+                        ("finetune_max_iter", "train.max_iter of the recluster runs")):
+        size.add_argument("--" + name.replace("_", "-"), type=int, default=None,
+                          help=f"{help_} (default {FULL[name]:,}; quick {QUICK[name]:,})")
+    ap.add_argument("--kmeans-dims", type=int, default=10)
+    ap.add_argument("--kmeans-clusters", type=int, default=10)
+    ap.add_argument("--kmeans-n-init", type=int, default=3)
+    ap.add_argument("--kmeans-tol", type=float, default=1e-4)
+    ap.add_argument("--kmeans-memory-limit", default="1.5GiB",
+                    help="memory_limit of each worker at the huge point")
+    ap.add_argument("--workers", type=int, default=2,
+                    help="Dask workers (1 thread each) for k-means and the pipeline runs")
+    ap.add_argument("--sklearn-threads", type=int, default=None,
+                    help="threads of sklearn's KMeans (default: --workers, the same cores; "
+                         "0: all cores)")
+    ap.add_argument("--clusters", type=int, default=10, help="clusters of the synthetic tables")
+    ap.add_argument("--batch-size", type=int, default=4096, help="rows per forward call")
+    ap.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="extra config override for the pipeline runs (YAML value), repeatable")
+    args = ap.parse_args(argv)
+    defaults = QUICK if args.quick else FULL
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.out is None:
+        args.out = str(Path(args.workdir) / "scale-quick" if args.quick
+                       else HERE / "results" / "scale")
+    if args.sklearn_threads is None:
+        args.sklearn_threads = args.workers
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        ap.error(f"unknown parts {unknown}; choose from {PARTS}")
+    if args.rows_small < args.days or args.rows_large < args.days:
+        ap.error(f"--rows-small and --rows-large must be at least --days {args.days}")
+    args.parts = parts
+    return args
+
+
+def _guarded(name: str, bench, *args) -> None:
+    """Run one part; a failure is reported as a row and the other parts still run."""
+    res = args[1]
+    try:
+        bench(*args)
+    except Exception as exc:
+        traceback.print_exc()
+        res.error(name, f"{type(exc).__name__}: {exc}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    machine = machine_info()
+    res = Results(f"{machine['cpu']} ({machine['cores']} cores, {machine['ram_gib']} GiB)")
+    command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv)
+    print(f"scale benchmark: {', '.join(args.parts)}{' (quick)' if args.quick else ''}; "
+          f"work dir {args.workdir}", flush=True)
+    t0 = time.perf_counter()
+    steps = [("kmeans", bench_kmeans), ("forward", bench_forward)]
+    for name, bench in steps:
+        if name in args.parts:
+            _guarded(name, bench, args, res)
+    if "score" in args.parts or "recluster" in args.parts:
+        _guarded("score/recluster", bench_pipeline, args, res, args.parts)
+    settings = {k: v for k, v in vars(args).items()}
+    out = {"date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "command": command, "machine": machine, "settings": settings,
+           "seconds": time.perf_counter() - t0, "rows": res.rows, "details": res.details,
+           "errors": res.errors}
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".json").write_text(json.dumps(out, indent=2, default=str))
+    md = to_markdown(out)
+    path.with_suffix(".md").write_text(md)
+    print(md)
+    return 1 if res.errors else 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT / "src"))
+    sys.exit(main())

@@ -1,0 +1,366 @@
+"""Partition-wise work over Dask: validate every row and score + write labels in bounded memory.
+
+Each partition of the source is cut into row-group chunks (``storage.WindowScan.chunks``). One
+task per chunk reads the chunk's wanted columns in batches on a worker, runs the expectation
+suite on each batch (``validation.validate_batch``) and, when scoring, encodes, embeds and
+scores the batch with the model and builds its labels rows. The client keeps only small
+things: the batch reports, added up into one ``ValidationReport``, and the labels tables,
+streamed one chunk at a time into the partition's file (``storage.PartitionWriter``), which
+replaces the old partition only when the whole partition passed validation. At most
+``2 x (worker threads)`` chunks are in flight, so neither the workers nor the client hold a
+partition.
+
+Id uniqueness stays exact across a whole window: each chunk task also splits its ids by hash
+into buckets; one task per bucket then finds the duplicates among the ids of every chunk.
+
+The model travels once per worker: its files are scattered to every worker as bytes
+(``ModelPayload``) and each worker process rebuilds it once, on its own device (CUDA when
+present and ``device`` allows), keeping it in a per-process cache keyed by the payload.
+"""
+
+import datetime as dt
+import hashlib
+import tempfile
+import threading
+import zlib
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import distributed
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from . import storage, validation
+from .compute import one_blas_thread
+from .config import FeaturesConfig, PipelineConfig, SourceConfig, ValidationConfig
+from .estimator import DeepEmbeddedClustering
+from .features import FeatureEncoder
+from .storage import Chunk, WindowScan
+
+_BUCKET_ROWS = 2_000_000  # ids per uniqueness bucket (about 16-50 MB in one task)
+
+
+@dataclass(frozen=True)
+class ModelPayload:
+    """A fitted encoder + estimator as file bytes, shipped to each worker once."""
+
+    key: str  # content hash: the per-worker cache key
+    encoder: bytes  # FeatureEncoder.save JSON
+    estimator: bytes  # DeepEmbeddedClustering.save safetensors
+
+    @classmethod
+    def from_model(cls, encoder: FeatureEncoder, estimator: DeepEmbeddedClustering
+                   ) -> "ModelPayload":
+        with tempfile.TemporaryDirectory(prefix="decflow-payload-") as tmp:
+            enc = encoder.save(Path(tmp) / "encoder.json").read_bytes()
+            est = estimator.save(Path(tmp) / "estimator.safetensors").read_bytes()
+        key = hashlib.sha256(enc + est).hexdigest()[:16]
+        return cls(key, enc, est)
+
+
+_MODELS: dict[tuple[str, str], tuple[FeatureEncoder, DeepEmbeddedClustering]] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def worker_model(payload: ModelPayload, device: str = "auto"
+                 ) -> tuple[FeatureEncoder, DeepEmbeddedClustering]:
+    """The payload's model, built once per process and device (later calls hit the cache)."""
+    with _MODELS_LOCK:
+        model = _MODELS.get((payload.key, device))
+        if model is None:
+            with tempfile.TemporaryDirectory(prefix="decflow-model-") as tmp:
+                (Path(tmp) / "encoder.json").write_bytes(payload.encoder)
+                (Path(tmp) / "estimator.safetensors").write_bytes(payload.estimator)
+                model = (FeatureEncoder.load(Path(tmp) / "encoder.json"),
+                         DeepEmbeddedClustering.load(Path(tmp) / "estimator.safetensors",
+                                                     device=device))
+            if len(_MODELS) >= 4:  # a long-lived worker serves a few models at most at once
+                _MODELS.pop(next(iter(_MODELS)))
+            _MODELS[(payload.key, device)] = model
+        return model
+
+
+@dataclass(frozen=True)
+class LabelsSpec:
+    """What each labels row carries besides its scores (DESIGN.md §4)."""
+
+    model_name: str
+    model_version: str
+    run_id: str
+    labeled_at: dt.datetime
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a chunk task needs besides its chunk and the model (small, picklable)."""
+
+    source: SourceConfig
+    features: FeaturesConfig
+    validation: ValidationConfig
+    columns: list[str]  # columns to read: id, features, label
+    batch_rows: int
+    n_buckets: int
+    labels: LabelsSpec | None = None  # None: validate only
+
+
+@dataclass
+class ChunkResult:
+    batches: list[validation.BatchValidation]
+    labels: pa.Table | None
+    buckets: list[np.ndarray] = field(default_factory=list)  # ids by hash bucket
+
+
+def source_columns(source: SourceConfig, features: FeaturesConfig) -> list[str]:
+    """The columns a run reads: id, features and (when set) the label column."""
+    cols = [source.id_column, *features.columns()]
+    return cols + [source.label_column] if source.label_column else cols
+
+
+def partition_name(date_column: str, day: str) -> str:
+    return f"{date_column}={day}"
+
+
+@one_blas_thread
+def process_chunk(chunk: Chunk, plan: Plan, payload: ModelPayload | None = None
+                  ) -> ChunkResult:
+    """Validate (and score) one chunk batch by batch; runs on a worker."""
+    src = plan.source
+    name = partition_name(src.date_column, chunk.day)
+    batches, tables, ids = [], [], []
+    model = worker_model(payload, plan.labels.device) if payload is not None else None
+    for frame in storage.read_chunk(chunk, src.date_column, plan.columns, plan.batch_rows):
+        batches.append(validation.validate_batch(frame, src, plan.features, plan.validation,
+                                                 partition=name, first_row=int(frame.index[0])
+                                                 if len(frame) else 0))
+        if src.id_column in frame.columns:
+            ids.append(frame[src.id_column].to_numpy())
+        if model is not None and batches[-1].ok:
+            tables.append(score_table(frame, model, plan))
+    labels = None
+    if model is not None and all(b.ok for b in batches):
+        labels = pa.concat_tables(tables) if tables else None
+    return ChunkResult(batches, labels, _bucket_ids(ids, plan.n_buckets))
+
+
+def score_table(frame: pd.DataFrame, model, plan: Plan) -> pa.Table:
+    """Labels rows (DESIGN.md §4) of a validated frame."""
+    from .tracking import score_frame
+
+    encoder, estimator = model
+    scores = score_frame(encoder, estimator, frame)
+    spec = plan.labels
+    return storage.labels_table(frame[plan.source.id_column], scores["cluster_id"],
+                                scores["confidence"], scores["distance"],
+                                id_column=plan.source.id_column, model_name=spec.model_name,
+                                model_version=spec.model_version, run_id=spec.run_id,
+                                labeled_at=spec.labeled_at)
+
+
+def _bucket_ids(ids: list[np.ndarray], n_buckets: int) -> list[np.ndarray]:
+    if not ids:
+        return []
+    values = np.concatenate(ids)
+    if n_buckets == 1:
+        return [values]
+    if values.dtype.kind in "iu":
+        h = (values.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(33)
+    else:
+        h = np.fromiter((zlib.crc32(repr(v).encode()) for v in values), np.uint64, len(values))
+    which = (h % np.uint64(n_buckets)).astype(np.int64)
+    return [values[which == b] for b in range(n_buckets)]
+
+
+def _pick(result: ChunkResult, what: str):
+    return getattr(result, what)
+
+
+def _pick_bucket(result: ChunkResult, b: int) -> np.ndarray | None:
+    return result.buckets[b] if result.buckets else None
+
+
+def _bucket_duplicates(codes: list[int], names: list[str], sample_size: int,
+                       *parts: np.ndarray | None) -> validation.Duplicates:
+    pieces = [(p.astype(object), np.full(len(p), c)) for p, c in zip(parts, codes)
+              if p is not None]
+    return validation.find_duplicates(pieces, sample_size, names)
+
+
+@dataclass
+class PartitionOutcome:
+    """What ``run_partitions`` did to one scan (a partition, or a whole window)."""
+
+    day: str
+    report: validation.ValidationReport | None = None  # None when ``error`` is set
+    rows_written: int = 0
+    path: str | None = None
+    error: BaseException | None = None  # a chunk task failed (unreadable file, ...)
+
+
+@dataclass
+class _Pending:
+    """A scan's state while its chunks run."""
+
+    scan: WindowScan
+    remaining: int
+    batches: list = field(default_factory=list)
+    buckets: list = field(default_factory=list)  # per bucket: futures of each chunk's ids
+    codes: list = field(default_factory=list)  # partition index of each chunk
+    writer: storage.PartitionWriter | None = None
+    error: BaseException | None = None
+
+
+def run_partitions(client: distributed.Client, scans: list[WindowScan], plans: list[Plan], *,
+                   payload: distributed.Future | None = None, labels_uri: str | None = None,
+                   chunk_rows: int = 100_000, in_flight: int | None = None
+                   ) -> Iterator[PartitionOutcome]:
+    """Validate every row of each scan and, with a model, label it; one outcome per scan.
+
+    Chunks of all scans form one queue with at most ``in_flight`` (default: twice the cluster's
+    threads) running, so small partitions keep every worker busy too. With ``payload`` (a
+    scattered ``ModelPayload``) and ``labels_uri`` each scan must be one partition: its labels
+    file is written chunk by chunk as results arrive and put in place only when every
+    expectation passed on every row and no task failed; otherwise the old labels stay.
+
+    Yields:
+        ``PartitionOutcome`` per scan, in order, as soon as its last chunk is in.
+    """
+    scoring = payload is not None
+    if scoring and any(len(s.lineage.partitions) != 1 for s in scans):
+        raise ValueError("labels are written per partition; got scans over "
+                         f"{[s.lineage.partitions for s in scans]}")
+    limit = in_flight or max(2, 2 * sum(client.nthreads().values()))
+    args = (payload,) if scoring else ()
+    states = [_Pending(s, 0, buckets=[[] for _ in range(p.n_buckets)])
+              for s, p in zip(scans, plans)]
+    jobs = []
+    for i, scan in enumerate(scans):
+        chunks = scan.chunks(chunk_rows)
+        states[i].remaining = len(chunks)
+        jobs += [(i, c) for c in chunks] or [(i, None)]
+
+    def submit(i: int, c: Chunk | None):
+        st, plan = states[i], plans[i]
+        if c is None:
+            return i, None, None
+        fut = client.submit(process_chunk, c, plan, *args, pure=False)
+        for b in range(plan.n_buckets):
+            st.buckets[b].append(client.submit(_pick_bucket, fut, b, pure=False))
+        st.codes.append(st.scan.lineage.partitions.index(c.day))
+        return (i, client.submit(_pick, fut, "batches", pure=False),
+                client.submit(_pick, fut, "labels", pure=False) if scoring else None)
+
+    pending, todo = deque(), iter(jobs)
+    for job in todo:
+        pending.append(submit(*job))
+        if len(pending) >= limit:
+            break
+    while pending:
+        i, fb, fl = pending.popleft()
+        nxt = next(todo, None)
+        if nxt is not None:
+            pending.append(submit(*nxt))
+        st = states[i]
+        if fb is not None:
+            st.remaining -= 1
+            if st.error is None:
+                try:
+                    st.batches.extend(fb.result())
+                    table = fl.result() if fl is not None else None
+                    if table is not None and all(b.ok for b in st.batches):
+                        if st.writer is None:
+                            st.writer = storage.PartitionWriter(
+                                labels_uri, st.scan.date_column, st.scan.lineage.partitions[0])
+                            st.writer.__enter__()
+                        st.writer.write(table)
+                except Exception as exc:  # the task's or the writer's; reported per scan
+                    st.error = exc
+        if st.remaining <= 0:
+            yield _finish(client, st, plans[i])
+
+
+def _finish(client: distributed.Client, st: _Pending, plan: Plan) -> PartitionOutcome:
+    day = st.scan.lineage.partitions[0] if st.scan.lineage.partitions else ""
+    out = PartitionOutcome(day)
+    try:
+        if st.error is None:
+            out.report = _report(client, st, plan)
+    except Exception as exc:
+        st.error = exc
+    out.error = st.error
+    writer, st.writer = st.writer, None
+    if writer is not None:
+        if out.error is None and out.report.success:
+            writer.__exit__(None, None, None)
+            out.rows_written, out.path = writer.rows, writer.path
+        else:
+            writer.__exit__(_Invalid, _Invalid(), None)  # drops the temporary file
+    return out
+
+
+def _report(client: distributed.Client, st: _Pending, plan: Plan) -> validation.ValidationReport:
+    names = [partition_name(st.scan.date_column, d) for d in st.scan.lineage.partitions]
+    dups = None
+    if any(plan.source.id_column in b.columns for b in st.batches):
+        parts = [client.submit(_bucket_duplicates, st.codes, names, plan.validation.sample_size,
+                               *futs, pure=False) for futs in st.buckets]
+        dups = validation.merge_duplicates(client.gather(parts), plan.validation.sample_size)
+    return validation.merge_batches(st.batches, dups, plan.source, plan.features,
+                                    plan.validation)
+
+
+class _Invalid(Exception):
+    """Aborts a labels write (the temporary file is dropped)."""
+
+
+def run_partition(client: distributed.Client, scan: WindowScan, plan: Plan, **kwargs
+                  ) -> PartitionOutcome:
+    """``run_partitions`` for one scan; a failed chunk task raises here."""
+    out = next(run_partitions(client, [scan], [plan], **kwargs))
+    if out.error is not None:
+        raise out.error
+    return out
+
+
+def bucket_count(n_rows: int) -> int:
+    return max(1, -(-n_rows // _BUCKET_ROWS))
+
+
+def make_plan(config: PipelineConfig, n_rows: int, labels: LabelsSpec | None = None) -> Plan:
+    """The chunk tasks' plan for a scan of ``n_rows`` rows under ``config``."""
+    return Plan(config.source, config.features, config.validation,
+                source_columns(config.source, config.features), config.compute.batch_rows,
+                bucket_count(n_rows), labels)
+
+
+def validate_scan(client: distributed.Client, scan: WindowScan, config: PipelineConfig
+                  ) -> validation.ValidationReport:
+    """Every expectation on every row of ``scan`` (a window), chunk-wise on the cluster."""
+    return run_partition(client, scan, make_plan(config, scan.n_rows),
+                         chunk_rows=config.compute.chunk_rows).report
+
+
+def scatter_model(client: distributed.Client, encoder: FeatureEncoder,
+                  estimator: DeepEmbeddedClustering) -> distributed.Future:
+    """Send the model to every worker once; tasks take the returned future."""
+    return client.scatter(ModelPayload.from_model(encoder, estimator), broadcast=True,
+                          hash=False)
+
+
+def label_partition(client: distributed.Client, scan: WindowScan, config: PipelineConfig,
+                    payload: distributed.Future, spec: LabelsSpec) -> PartitionOutcome:
+    """Validate and label one partition on the cluster (see ``run_partitions``)."""
+    return run_partition(client, scan, make_plan(config, scan.n_rows, spec), payload=payload,
+                         labels_uri=config.labels_uri(), chunk_rows=config.compute.chunk_rows)
+
+
+def label_partitions(client: distributed.Client, scans: list[WindowScan],
+                     config: PipelineConfig, payload: distributed.Future, spec: LabelsSpec
+                     ) -> Iterator[PartitionOutcome]:
+    """Validate and label several partitions, their chunks sharing the cluster."""
+    return run_partitions(client, scans, [make_plan(config, s.n_rows, spec) for s in scans],
+                          payload=payload, labels_uri=config.labels_uri(),
+                          chunk_rows=config.compute.chunk_rows)

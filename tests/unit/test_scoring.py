@@ -1,0 +1,238 @@
+"""Partition-wise validation and scoring over Dask: same labels as in process, bounded reads,
+every row validated, labels replaced old-or-new at several row groups per partition."""
+
+import datetime as dt
+import os
+import threading
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from decflow import DeepEmbeddedClustering, scoring, storage
+from decflow.compute import dask_client
+from decflow.config import PipelineConfig
+from decflow.features import FeatureEncoder
+from decflow.tracking import score_frame
+from decflow.validation import DataValidationError, check
+from testkit import FAST
+
+DAYS = [dt.date(2026, 11, 20) + dt.timedelta(days=i) for i in range(3)]
+ROWS, GROUP = 600, 50  # per partition; rows per row group
+
+
+def _write_source(root, days=DAYS, bad=None) -> None:
+    """Three blobs in (x, y) plus a 3-vector; ``bad=(day, row)`` puts a NaN in x there."""
+    rng = np.random.default_rng(0)
+    for i, day in enumerate(days):
+        centre = np.repeat([[0.0, 0.0], [6.0, 0.0], [0.0, 6.0]], ROWS // 3, axis=0)
+        xy = centre + rng.normal(size=(ROWS, 2))
+        if bad is not None and bad[0] == day:
+            xy[bad[1], 0] = np.nan
+        vec = pa.FixedSizeListArray.from_arrays(
+            pa.array(rng.normal(size=ROWS * 3).astype(np.float32)), 3).cast(
+            pa.list_(pa.float32()))
+        table = pa.table({"id": np.arange(ROWS) + i * ROWS, "x": xy[:, 0], "y": xy[:, 1],
+                          "v": vec, "unused": np.zeros(ROWS)})
+        part = root / f"ds={day}"
+        part.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, part / "part-0.parquet", row_group_size=GROUP)
+
+
+def _config(tmp_path, **compute) -> PipelineConfig:
+    return PipelineConfig.model_validate({
+        "home": str(tmp_path / "home"),
+        "source": {"uri": str(tmp_path / "source"), "window_days": 3},
+        "features": {"numeric": ["x", "y"], "vector": {"v": 3}},
+        "validation": {"min_rows": 10},
+        "compute": {"n_workers": 1, "threads_per_worker": 2, "processes": False,
+                    "chunk_rows": 120, "batch_rows": 40, **compute}})
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fit")
+    _write_source(root / "source")
+    config = _config(root)
+    scan = storage.scan_window(config.source, DAYS[-1])
+    train = storage.sample_window(scan, 900, scoring.source_columns(config.source,
+                                                                    config.features))
+    encoder = FeatureEncoder(config.features)
+    est = DeepEmbeddedClustering(3, **FAST).fit(encoder.fit_transform(train))
+    return encoder, est
+
+
+def _spec() -> scoring.LabelsSpec:
+    return scoring.LabelsSpec("m", "7", "run", dt.datetime(2026, 11, 25, tzinfo=dt.timezone.utc))
+
+
+def _label(config, model, day) -> scoring.PartitionOutcome:
+    scan = storage.scan_window(config.source, day, 1)
+    with dask_client(config.compute) as client:
+        payload = scoring.scatter_model(client, *model)
+        return scoring.label_partition(client, scan, config, payload, _spec())
+
+
+def test_sample_window_is_proportional_and_reads_only_named_columns(tmp_path):
+    _write_source(tmp_path / "source")
+    (tmp_path / "source" / f"ds={DAYS[0]}" / "part-0.parquet").unlink()
+    pq.write_table(pa.table({"id": np.arange(200) + 10_000, "x": np.zeros(200),
+                             "y": np.zeros(200), "v": [[0.0] * 3] * 200}),
+                   tmp_path / "source" / f"ds={DAYS[0]}" / "part-0.parquet", row_group_size=GROUP)
+    config = _config(tmp_path)
+    scan = storage.scan_window(config.source, DAYS[-1])
+    assert scan.rows_per_partition() == {str(DAYS[0]): 200, str(DAYS[1]): ROWS,
+                                         str(DAYS[2]): ROWS}
+    sample = storage.sample_window(scan, 140, ["id", "x", "y", "v"], random_state=1)
+    assert sample["ds"].value_counts().to_dict() == {str(DAYS[1]): 60, str(DAYS[2]): 60,
+                                                     str(DAYS[0]): 20}
+    assert "unused" not in sample and sample["id"].is_unique and len(sample) == 140
+    again = storage.sample_window(scan, 140, ["id", "x", "y", "v"], random_state=1)
+    pd.testing.assert_frame_equal(sample, again)
+
+
+def test_scoring_over_a_cluster_matches_in_process_scoring(tmp_path, model):
+    _write_source(tmp_path / "source")
+    config = _config(tmp_path)
+    out = _label(config, model, DAYS[1])
+    assert out.report.success and out.rows_written == ROWS
+    # one row group per chunk: two 50-row groups fit in chunk_rows=120
+    assert pq.ParquetFile(out.path).metadata.num_row_groups == ROWS // 100
+    labels = storage.read_partition(config.labels_uri(), "ds", DAYS[1])
+    source, _ = storage.load_window(config.source, DAYS[1], 1)
+    expected = score_frame(*model, source)
+    assert labels["id"].tolist() == source["id"].tolist()
+    np.testing.assert_array_equal(labels["cluster_id"], expected["cluster_id"])
+    # batches of 40 rows vs one batch: float32 sums in another order, last bits differ
+    np.testing.assert_allclose(labels["confidence"], expected["confidence"], rtol=1e-5)
+    np.testing.assert_allclose(labels["distance"], expected["distance"], rtol=1e-5)
+    assert set(labels["model_version"]) == {"7"} and set(labels["run_id"]) == {"run"}
+
+
+def test_the_client_never_holds_the_window(tmp_path, model, monkeypatch):
+    """Every frame read anywhere is at most one batch (40 rows) or one row group (50 rows),
+    against a 1,800-row window; the whole-window reader is never called."""
+    _write_source(tmp_path / "source")
+    config = _config(tmp_path)
+    largest = [0]
+    read_chunk, read_row_group = storage.read_chunk, pq.ParquetFile.read_row_group
+
+    def counted_chunk(*args, **kwargs):
+        for frame in read_chunk(*args, **kwargs):
+            largest[0] = max(largest[0], len(frame))
+            yield frame
+
+    def counted_group(self, *args, **kwargs):
+        table = read_row_group(self, *args, **kwargs)
+        largest[0] = max(largest[0], table.num_rows)
+        return table
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the window was materialised")
+
+    monkeypatch.setattr(storage, "read_chunk", counted_chunk)
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", counted_group)
+    monkeypatch.setattr(storage, "load_window", refuse)
+    scan = storage.scan_window(config.source, DAYS[-1])
+    assert scan.n_rows == 3 * ROWS
+    with dask_client(config.compute) as client:
+        report = check(scoring.validate_scan(client, scan, config))
+    assert report.n_rows == 3 * ROWS
+    storage.sample_window(scan, 300, ["id", "x", "y", "v"])
+    assert _label(config, model, DAYS[2]).rows_written == ROWS
+    assert 0 < largest[0] <= GROUP
+
+
+def test_a_bad_row_in_the_last_batch_of_the_last_partition_fails(tmp_path, model):
+    _write_source(tmp_path / "source", bad=(DAYS[-1], ROWS - 1))
+    config = _config(tmp_path)
+    scan = storage.scan_window(config.source, DAYS[-1])
+    with dask_client(config.compute) as client:
+        report = scoring.validate_scan(client, scan, config)
+    with pytest.raises(DataValidationError) as err:
+        check(report)
+    msg = str(err.value)
+    assert "expect_column_values_to_not_be_null on column 'x' in partition(s) " \
+           f"ds={DAYS[-1]}" in msg
+    assert f"1 of {3 * ROWS} rows are null or NaN" in msg
+    assert f'{{"partition": "ds={DAYS[-1]}", "id": {3 * ROWS - 1}, "value": "nan"}}' in msg
+    # scoring that partition writes nothing
+    out = _label(config, model, DAYS[-1])
+    assert not out.report.success and out.rows_written == 0
+    assert storage.read_partition(config.labels_uri(), "ds", DAYS[-1]) is None
+    assert not os.path.exists(os.path.join(config.labels_uri(), f"ds={DAYS[-1]}"))
+
+
+def test_duplicate_ids_across_partitions_are_found_exactly(tmp_path):
+    _write_source(tmp_path / "source")
+    part = tmp_path / "source" / f"ds={DAYS[2]}" / "part-0.parquet"
+    table = pq.read_table(part)
+    ids = table["id"].to_numpy().copy()
+    ids[-1] = 5  # also in DAYS[0]
+    pq.write_table(table.set_column(0, "id", pa.array(ids)), part, row_group_size=GROUP)
+    config = _config(tmp_path)
+    scan = storage.scan_window(config.source, DAYS[-1])
+    with dask_client(config.compute) as client:
+        plan = scoring.make_plan(config, scan.n_rows)
+        plan = scoring.Plan(**{**plan.__dict__, "n_buckets": 3})  # several hash buckets
+        report = scoring.run_partition(client, scan, plan, chunk_rows=120).report
+    unique = next(r for r in report.results if r.expectation.endswith("_unique"))
+    assert not unique.success and unique.sample == [5]
+    assert unique.details.startswith("2 rows share 1 duplicated id value(s)")
+    assert unique.partitions == [f"ds={DAYS[0]}", f"ds={DAYS[2]}"]
+
+
+def test_labels_are_replaced_old_or_new_at_several_row_groups(tmp_path, model, monkeypatch):
+    """A reader in the middle of a rewrite (after the first of 6 row groups) sees the old
+    partition whole; afterwards the new one, once: through pyarrow, pandas and DuckDB."""
+    _write_source(tmp_path / "source")
+    config = _config(tmp_path)
+    first = _label(config, model, DAYS[0])
+    old = storage.read_partition(config.labels_uri(), "ds", DAYS[0])
+    assert first.rows_written == ROWS
+    mid, go, writes = threading.Event(), threading.Event(), [0]
+    write = storage.PartitionWriter.write
+
+    def paused(self, table):
+        write(self, table)
+        writes[0] += 1
+        if writes[0] == 1:
+            mid.set()
+            assert go.wait(timeout=60)
+
+    monkeypatch.setattr(storage.PartitionWriter, "write", paused)
+    spec = scoring.LabelsSpec("m", "8", "run2", dt.datetime(2026, 11, 26, tzinfo=dt.timezone.utc))
+    result = {}
+
+    def rewrite():
+        scan = storage.scan_window(config.source, DAYS[0], 1)
+        with dask_client(config.compute) as client:
+            payload = scoring.scatter_model(client, *model)
+            result["out"] = scoring.label_partition(client, scan, config, payload, spec)
+
+    worker = threading.Thread(target=rewrite)
+    worker.start()
+    try:
+        assert mid.wait(timeout=120)
+        during = storage.read_dataset(config.labels_uri(), "ds")
+        assert len(during) == ROWS and set(during["model_version"]) == {"7"}
+        pd.testing.assert_frame_equal(storage.read_partition(config.labels_uri(), "ds", DAYS[0]),
+                                      old)
+    finally:
+        go.set()
+        worker.join()
+    assert result["out"].rows_written == ROWS
+    root = config.labels_uri()
+    via_arrow = pads.dataset(root, format="parquet", partitioning="hive").to_table().to_pandas()
+    via_pandas = pd.read_parquet(root)
+    via_duckdb = duckdb.sql(f"select id, model_version from read_parquet('{root}/*/*.parquet', "
+                            "hive_partitioning = true)").df()
+    for frame in (via_arrow, via_pandas, via_duckdb):
+        assert len(frame) == ROWS and frame["id"].is_unique
+        assert set(frame["model_version"]) == {"8"}
+    assert pq.ParquetFile(result["out"].path).metadata.num_row_groups == ROWS // 100
+    assert [f for f in os.listdir(os.path.join(root, f"ds={DAYS[0]}"))] == ["part-0.parquet"]
