@@ -10,9 +10,11 @@ Parts (``--parts``, comma list; all by default):
              of every process. The dask data is generated on the workers, never in this process.
   forward    the "physical limit": decflow's encoder + soft assignment over rows in memory in
              one process (``forward_rows_per_s``), rows/s.
-  score      ``decflow score`` as a subprocess on the last partition of a small and a large
-             synthetic table (``decflow.synthetic``), with the model the small recluster run
-             registered: rows/s against the forward pass on the same rows, peak RSS per process.
+  score      score + write-back of every row of a small and a large synthetic table
+             (``decflow.synthetic``): ``decflow backfill --force`` over all partitions as a
+             subprocess, with the model the small recluster run registered. Rows/s of the
+             labelling phase and of the whole CLI run against the forward pass on the same
+             rows; peak RSS of every process.
   recluster  ``decflow run`` as a subprocess at both sizes: wall time large/small, peak RSS.
 
 RSS of a subprocess and all its descendants is sampled every 0.2 s. Every score/recluster run
@@ -501,28 +503,46 @@ def bench_pipeline(args, res: Results, parts: list[str]) -> None:
     res.details["model_version"] = version
 
     if "score" in parts:
+        # Score + write-back of every row of the table: `decflow backfill` over all its
+        # partitions with the small run's model (chunks of all partitions share the cluster).
         encoder, est = load_components(tracking_uri, "scale", version, device=_device(args))
+        first = (END_DATE - dt.timedelta(days=args.days - 1)).isoformat()
         for size in sizes:
             r = runs[f"score-{size}"] = run_measured(
-                [decflow, "score", "-c", str(cfgs[size]), "--date", day,
-                 "--model-version", version], work / "logs" / f"score-{size}.log", env)
+                [decflow, "backfill", "-c", str(cfgs[size]), "--start", first, "--end", day,
+                 "--model", version, "--force"], work / "logs" / f"score-{size}.log", env)
             if r["returncode"]:
                 res.error(f"score ({size})", f"exit {r['returncode']}; see {r['log']}")
                 continue
-            n = srcs[size]["partition_rows"]
-            m = re.search(r"wrote (\d+) labels", r["output_tail"])
-            r["labels_written"] = int(m.group(1)) if m else None
+            n = srcs[size]["rows"]
+            # per-date lines (the flow's log repeats them: keep one per date)
+            done = dict(((d, (int(a), float(b))) for d, a, b in re.findall(
+                r"^(\d{4}-\d\d-\d\d)\s+labelled\s+(\d+) rows\s+([\d.]+) s",
+                Path(r["log"]).read_text(), re.M)))
+            r["labels_written"] = sum(a for a, _ in done.values())
+            r["labelling_s"] = sum(b for _, b in done.values())
             import pyarrow.parquet as pq
 
-            X = encoder.transform(pq.read_table(srcs[size]["partition"]).to_pandas())
+            pf = pq.ParquetFile(srcs[size]["partition"])
+            rows = min(args.forward_rows, pf.metadata.num_rows)
+            frame = next(pf.iter_batches(batch_size=rows)).to_pandas()
+            X = encoder.transform(frame)
+            del frame
             fwd = r["forward_rows_per_s"] = forward_rows_per_s(est, X,
                                                                batch_size=args.batch_size)
             del X
-            rps = r["rows_per_s"] = n / r["wall_s"]
-            res.add(f"score + write-back rows/s (subprocess wall) / forward pass, {n:,} rows "
-                    f"({size})", rps, "rows/s", ratio=rps / fwd, op=">=", bound=0.70,
-                    detail=f"forward {fwd:,.0f} rows/s; wall {r['wall_s']:.1f} s; "
-                           f"labels written {r['labels_written']}")
+            rps = r["rows_per_s"] = n / r["labelling_s"] if r["labelling_s"] else 0.0
+            res.add(f"score + write-back, {n:,} rows in {args.days} partitions ({size}): "
+                    f"labelling rows/s / forward pass", rps, "rows/s", ratio=rps / fwd,
+                    op=">=", bound=0.70,
+                    detail=f"forward {fwd:,.0f} rows/s on {rows:,} of the rows; labelling "
+                           f"{r['labelling_s']:.1f} s (Dask cluster start, validation, "
+                           f"scoring, write-back); labels written {r['labels_written']:,}")
+            cli = n / r["wall_s"]
+            res.add(f"score + write-back, {n:,} rows ({size}): whole CLI run rows/s / forward "
+                    f"pass", cli, "rows/s", ratio=cli / fwd, op=">=", bound=0.70,
+                    detail=f"wall {r['wall_s']:.1f} s incl. process start, Prefect's "
+                           f"ephemeral server and model download")
         _memory_rows(res, runs, "score")
 
     if "recluster" in parts:

@@ -594,12 +594,31 @@ def _value_kinds(s: pd.Series) -> pd.Series:
 
 
 def _vector_stats(s: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """Per-row list length and count of non-finite/non-numeric elements; <NA> for non-lists."""
+    """Per-row list length and count of non-finite/non-numeric elements; <NA> for non-lists.
+
+    Numeric 1-d arrays (what Parquet list columns become) of the most common length are
+    checked in one vectorised pass; other values one by one.
+    """
     n = len(s)
     lengths = np.zeros(n, dtype=np.int64)
     bad = np.zeros(n, dtype=np.int64)
     missing = np.ones(n, dtype=bool)
-    for i, v in enumerate(s.to_numpy(dtype=object)):
+    values = s.to_numpy(dtype=object)
+    fast = np.fromiter((type(v) is np.ndarray and v.ndim == 1 and v.dtype.kind in "iuf"
+                        for v in values), dtype=bool, count=n)
+    if fast.any():
+        rows = np.flatnonzero(fast)
+        lens = np.fromiter((len(values[i]) for i in rows), dtype=np.int64, count=len(rows))
+        common = np.bincount(lens).argmax()
+        rows = rows[lens == common]
+        if len(rows) and common:
+            block = np.stack(values[rows])
+            bad[rows] = common - np.isfinite(block).sum(axis=1)
+        lengths[rows], missing[rows] = common, False
+        fast[:] = False
+        fast[rows] = True
+    for i in np.flatnonzero(~fast):
+        v = values[i]
         if isinstance(v, (list, tuple, np.ndarray)):
             lengths[i], bad[i], missing[i] = len(v), _n_bad_elements(v), False
     return (pd.Series(pd.arrays.IntegerArray(lengths, missing.copy()), index=s.index),
