@@ -5,6 +5,13 @@ pandas DataFrame in an ephemeral GX context and returns a ``ValidationReport`` w
 name the expectation, the column, what was found and a few offending rows; ``check`` raises
 ``DataValidationError`` carrying that report.
 
+Tables of any size are validated batch by batch: ``validate_batch`` runs every per-row
+expectation on one batch and returns a small ``BatchValidation`` (counts, a few offending rows
+with their partition); ``merge_batches`` adds batches up into one report and checks the
+table-wide expectations on the totals: the row count, and id uniqueness from ``Duplicates``
+(exact: ``find_duplicates`` over hash buckets of every batch's ids, see ``decflow.scoring``).
+``validate_frame`` is the one-batch case.
+
 What the config-derived suite checks, in this order:
 
 - the table holds at least ``validation.min_rows`` rows;
