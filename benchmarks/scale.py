@@ -54,12 +54,14 @@ END_DATE = dt.date(2026, 11, 21)  # last partition of the generated tables (fixe
 PARTS = ("kmeans", "forward", "score", "recluster")
 
 # Defaults: the full benchmark and --quick. An option given on the command line wins over both.
-FULL = {"rows_small": 1_000_000, "rows_large": 5_000_000, "days": 10,
+FULL = {"rows_small": 1_000_000, "rows_large": 10_000_000, "days": 10,
         "rows_per_group": 100_000, "kmeans_rows": 10_000_000, "kmeans_huge_rows": 50_000_000,
-        "kmeans_chunk_rows": 250_000, "kmeans_max_iter": 300, "forward_rows": 500_000,
+        "kmeans_chunk_rows": 1_000_000, "kmeans_huge_chunk_rows": 250_000,
+        "kmeans_max_iter": 300, "forward_rows": 500_000,
         "max_train_rows": 20_000, "pretrain_epochs": 5, "finetune_max_iter": 500}
 QUICK = {"rows_small": 20_000, "rows_large": 60_000, "days": 10, "rows_per_group": 2_000,
          "kmeans_rows": 200_000, "kmeans_huge_rows": 1_000_000, "kmeans_chunk_rows": 50_000,
+         "kmeans_huge_chunk_rows": 50_000,
          "kmeans_max_iter": 100, "forward_rows": 20_000, "max_train_rows": 2_000,
          "pretrain_epochs": 1, "finetune_max_iter": 50}
 
@@ -298,8 +300,8 @@ def bench_kmeans(args, res: Results) -> None:
                     dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                     local_directory=str(scratch), silence_logs=logging.ERROR) as cluster, \
                     distributed.Client(cluster) as client, RssSampler(os.getpid()) as rss:
-                r = kmeans_dask(mixture_array(n, d, k, args.kmeans_chunk_rows, seed), k,
-                                client=client, chunk_rows=args.kmeans_chunk_rows,
+                r = kmeans_dask(mixture_array(n, d, k, args.kmeans_huge_chunk_rows, seed), k,
+                                client=client, chunk_rows=args.kmeans_huge_chunk_rows,
                                 random_state=seed, **km)
                 wall = time.perf_counter() - t0
             mem = rss.summary()
@@ -485,18 +487,21 @@ def bench_pipeline(args, res: Results, parts: list[str]) -> None:
     res.details["sources"] = srcs
     day = END_DATE.isoformat()
 
+    tracking_uri = f"sqlite:///{(work / 'home' / 'mlflow.db').resolve()}"
+
     def recluster(size):
         r = runs[f"recluster-{size}"] = run_measured(
             [decflow, "run", "-c", str(cfgs[size]), "--run-date", day],
             work / "logs" / f"recluster-{size}.log", env)
         if r["returncode"]:
             res.error(f"recluster ({size})", f"exit {r['returncode']}; see {r['log']}")
+        else:
+            r["phases_s"] = _training_phases(tracking_uri)
         return r
 
     small = recluster("small")
     if small["returncode"]:
         return
-    tracking_uri = f"sqlite:///{(work / 'home' / 'mlflow.db').resolve()}"
     mv = (get_version(tracking_uri, "scale", "champion")
           or get_version(tracking_uri, "scale", "challenger"))
     version = str(mv.version)
@@ -553,6 +558,23 @@ def bench_pipeline(args, res: Results, parts: list[str]) -> None:
                     detail=f"small {small['wall_s']:.1f} s; {args.rows_small:,} vs "
                            f"{args.rows_large:,} rows, max_train_rows {args.max_train_rows:,}")
             _memory_rows(res, runs, "recluster")
+            ps, pl = small["phases_s"], large["phases_s"]
+            train_s, train_l = sum(ps.values()), sum(pl.values())
+            res.add("recluster training (pretrain + init + fine-tune), large / small", train_l,
+                    "s", ratio=train_l / train_s, op="<=", bound=1.5,
+                    detail=f"small {train_s:.1f} s; large phases "
+                           + ", ".join(f"{k} {v:.1f} s" for k, v in pl.items()))
+
+
+def _training_phases(tracking_uri: str) -> dict:
+    """Seconds of the training phases of the newest MLflow run (its logged metrics)."""
+    from mlflow import MlflowClient
+
+    run = MlflowClient(tracking_uri).search_runs(
+        [MlflowClient(tracking_uri).get_experiment_by_name("decflow").experiment_id],
+        order_by=["attributes.start_time DESC"], max_results=1)[0]
+    return {k.removeprefix("seconds_"): v for k, v in run.data.metrics.items()
+            if k in ("seconds_pretrain", "seconds_init", "seconds_finetune")}
 
 
 def _memory_rows(res: Results, runs: dict, kind: str) -> None:
@@ -648,7 +670,10 @@ def parse_args(argv=None):
                         ("rows_per_group", "Parquet row group size of the generated tables"),
                         ("kmeans_rows", "rows of the dask vs sklearn comparison"),
                         ("kmeans_huge_rows", "rows of the dask-only point (0: skip)"),
-                        ("kmeans_chunk_rows", "rows per dask partition"),
+                        ("kmeans_chunk_rows", "rows per dask partition (comparison; 40 MB at "
+                                              "1M x 10)"),
+                        ("kmeans_huge_chunk_rows", "rows per dask partition (dask-only point: "
+                                                   "small pieces to spill under the limit)"),
                         ("kmeans_max_iter", "Lloyd iterations at most (both)"),
                         ("forward_rows", "rows of the standalone forward part"),
                         ("max_train_rows", "train.max_train_rows of the recluster runs"),

