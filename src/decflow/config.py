@@ -153,7 +153,7 @@ class ComputeConfig(_Section):
     processes: bool = True  # embedded cluster only
     memory_limit: str | None = None  # per embedded worker, e.g. "2GiB" (None: Dask's default)
     chunk_rows: int = Field(default=200_000, ge=1)  # rows per Dask task (whole row groups)
-    batch_rows: int = Field(default=131_072, ge=1)  # rows decoded, validated, scored at a time
+    batch_rows: int = Field(default=65_536, ge=1)  # rows decoded, validated, scored at a time
 
 
 class PipelineConfig(_Section):

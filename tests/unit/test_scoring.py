@@ -236,3 +236,47 @@ def test_labels_are_replaced_old_or_new_at_several_row_groups(tmp_path, model, m
         assert set(frame["model_version"]) == {"8"}
     assert pq.ParquetFile(result["out"].path).metadata.num_row_groups == ROWS // 100
     assert [f for f in os.listdir(os.path.join(root, f"ds={DAYS[0]}"))] == ["part-0.parquet"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_existing_scheduler_does_the_work(tmp_path, model):
+    """compute.dask_address: a real `dask scheduler` and `dask worker` (separate processes that
+    import decflow themselves) validate and label a partition; labels as in process."""
+    import subprocess
+    import sys
+
+    import distributed
+
+    _write_source(tmp_path / "source")
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    run = [sys.executable, "-m"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    procs = [subprocess.Popen([*run, "distributed.cli.dask_scheduler", "--host",
+                               "127.0.0.1", "--port", address.rsplit(":", 1)[1],
+                               "--no-dashboard"], env=env, stderr=subprocess.DEVNULL)]
+    try:
+        procs.append(subprocess.Popen([*run, "distributed.cli.dask_worker", address,
+                                       "--nthreads", "1", "--no-dashboard", "--host",
+                                       "127.0.0.1"], env=env, stderr=subprocess.DEVNULL))
+        with distributed.Client(address, timeout=60) as client:
+            client.wait_for_workers(1, timeout=60)
+            worker_pids = set(client.run(os.getpid).values())
+        assert os.getpid() not in worker_pids
+        config = _config(tmp_path, dask_address=address)
+        out = _label(config, model, DAYS[0])
+        assert out.report.success and out.rows_written == ROWS
+        labels = storage.read_partition(config.labels_uri(), "ds", DAYS[0])
+        source, _ = storage.load_window(config.source, DAYS[0], 1)
+        np.testing.assert_array_equal(labels["cluster_id"],
+                                      score_frame(*model, source)["cluster_id"])
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+            p.wait(timeout=30)
