@@ -42,11 +42,18 @@ def backfill_partitions(config: PipelineConfig, days: list[dt.date], version, mo
         One summary row per day (labelled/skipped/missing/failed), in the order of ``days``.
     """
     rows = [_planned(config, day, version, force) for day in days]
-    todo = [r for r in rows if not r["status"]]
+    todo, scans = [], []
+    for row in rows:
+        if row["status"]:
+            continue
+        try:  # an unreadable file fails its day only
+            scans.append(storage.scan_window(config.source, dt.date.fromisoformat(row["date"]),
+                                             1))
+            todo.append(row)
+        except (OSError, ValueError) as exc:
+            row.update(status="failed", detail=f"{type(exc).__name__}: {exc}")
     if not todo:
         return rows
-    scans = [storage.scan_window(config.source, dt.date.fromisoformat(r["date"]), 1)
-             for r in todo]
     t0 = time.perf_counter()
     with dask_client(config.compute) as client:
         payload = scoring.scatter_model(client, model.encoder, model.estimator)

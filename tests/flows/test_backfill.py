@@ -267,3 +267,19 @@ def test_backfill_validates_its_parameters():
     with pytest.raises(Exception, match="n_clusterz"):
         backfill.validate_parameters({"config": {"model": {"n_clusterz": 5}},
                                       "start": "2026-11-17", "end": "2026-11-21"})
+
+
+def test_an_unreadable_file_fails_its_day_only(trained):
+    config, _ = trained
+    path = os.path.join(config.source.uri, f"ds={DAYS5[0]}", "part-0.parquet")
+    try:
+        with open(path, "wb") as f:
+            f.write(b"not a parquet file")
+        with pytest.raises(BackfillFailed) as err:
+            backfill(config=config, start=DAYS5[0], end=DAYS5[1], force=True)
+        rows = {r["date"]: r for r in err.value.rows}
+        bad, good = rows[DAYS5[0].isoformat()], rows[DAYS5[1].isoformat()]
+        assert bad["status"] == "failed" and "Parquet magic bytes not found" in bad["detail"]
+        assert good["status"] == "labelled" and good["rows"] == 60
+    finally:
+        _write_day(config.source.uri, DAYS5[0])
