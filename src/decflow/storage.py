@@ -214,9 +214,7 @@ def read_chunk(chunk: Chunk, date_column: str, columns: list[str] | None = None,
     fs, _ = _fs(chunk.source_uri)
     with fs.open_input_file(chunk.path) as fh:
         pf = pq.ParquetFile(fh)
-        names = pf.schema_arrow.names
-        wanted = None if columns is None else [c for c in columns if c in names
-                                               and c != date_column]
+        wanted = _wanted(pf, columns, date_column)
         start = chunk.first_row
         for batch in pf.iter_batches(batch_size=batch_rows, row_groups=list(chunk.row_groups),
                                      columns=wanted, use_threads=False):
@@ -263,16 +261,21 @@ def sample_window(scan: WindowScan, n: int, columns: list[str] | None = None,
         bounds = np.concatenate([[0], np.cumsum(f.group_rows)])
         with fs.open_input_file(f.path) as fh:
             pf = pq.ParquetFile(fh)
-            names = pf.schema_arrow.names
-            wanted = None if columns is None else [c for c in columns if c in names
-                                                   and c != scan.date_column]
+            wanted = _wanted(pf, columns, scan.date_column)
             for g in np.unique(np.searchsorted(bounds, rows, side="right") - 1):
                 local = rows[(rows >= bounds[g]) & (rows < bounds[g + 1])] - bounds[g]
                 table = pf.read_row_group(int(g), columns=wanted, use_threads=False)
                 frames.append(table.take(pa.array(local)).to_pandas())
                 frames[-1][scan.date_column] = f.day
-    frame = pd.concat(frames, ignore_index=True)
-    return frame
+    return pd.concat(frames, ignore_index=True)
+
+
+def _wanted(pf: pq.ParquetFile, columns: list[str] | None, date_column: str) -> list[str] | None:
+    """The asked-for columns the file has (the date comes from the path); None: all."""
+    if columns is None:
+        return None
+    names = pf.schema_arrow.names
+    return [c for c in columns if c in names and c != date_column]
 
 
 def _empty_frame(columns: list[str] | None, date_column: str) -> pd.DataFrame:
@@ -306,8 +309,7 @@ def load_window(source: SourceConfig, run_date, window_days: int | None = None,
         return frame, scan.lineage
     frames = [frame for chunk in scan.chunks(1 << 62)
               for frame in read_chunk(chunk, source.date_column, columns, 1 << 30)]
-    frame = pd.concat(frames, ignore_index=True)
-    return frame, scan.lineage
+    return pd.concat(frames, ignore_index=True), scan.lineage
 
 
 LABEL_COLUMNS = ("cluster_id", "confidence", "distance", "model_name", "model_version", "run_id",
