@@ -6,10 +6,11 @@ import time
 from prefect import flow
 
 from decflow import storage
-from decflow.config import PipelineConfig
+from decflow.config import PipelineConfig, redact
 from decflow.tracking import CHAMPION
 from flows.recluster import recluster
 from tasks.backfill import backfill_partitions, publish_backfill_summary
+from tasks.runtime import prepare_run
 from tasks.registry import load_model
 
 
@@ -28,12 +29,13 @@ def date_range(start: dt.date, end: dt.date) -> list[dt.date]:
     return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
 
 
-@flow(name="backfill")
+@flow(name="backfill", flow_run_name="backfill-{start}..{end}")
 def backfill(config: PipelineConfig, start: dt.date, end: dt.date, model: str = CHAMPION,
              force: bool = False, retrain: bool = False) -> list[dict]:
     """Per date: validate -> score with `model` -> write labels (or, with retrain, the full
     recluster flow, in date order). Failed partitions don't stop the others; the flow fails at
     the end if any did."""
+    config = prepare_run(config)
     days = date_range(start, end)
     if retrain:
         if model != CHAMPION or force:
@@ -44,7 +46,7 @@ def backfill(config: PipelineConfig, start: dt.date, end: dt.date, model: str = 
         version, scorer = load_model(config, model)
         if version is None:
             raise ValueError(f"model {config.registry.model_name!r} has no version or alias "
-                             f"{model!r} in {config.tracking_uri()}")
+                             f"{model!r} in {redact(config.tracking_uri())}")
         rows = backfill_partitions(config, days, version, scorer, force)
     summary = publish_backfill_summary(rows)
     if any(r["status"] == "failed" for r in rows):

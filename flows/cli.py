@@ -1,4 +1,5 @@
-"""The `decflow` command line: demo, run, validate, score, promote, rollback, backfill, serve, ui."""
+"""The `decflow` command line: demo, run, validate, score, promote, rollback, backfill, serve,
+deploy, ui, generate."""
 
 import datetime as dt
 import os
@@ -29,8 +30,12 @@ def _date(value: Optional[str], name: str) -> Optional[dt.date]:
         raise typer.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint=name)
 
 
-def _environment(home: Path | None = None) -> None:
-    """Quiet, local defaults before Prefect/MLflow are imported (users' settings win)."""
+def _environment(home: Path | str | None = None) -> None:
+    """Quiet, local defaults before Prefect/MLflow are imported (users' settings win).
+
+    With ``home`` and no ``PREFECT_API_URL``, Prefect keeps its database under ``home/prefect``,
+    so every command of one config (and ``decflow ui`` on it) shares one run history.
+    """
     for key, value in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
                        ("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "1"),
                        ("GX_ANALYTICS_ENABLED", "false"),
@@ -38,9 +43,17 @@ def _environment(home: Path | None = None) -> None:
                        ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")):
         os.environ.setdefault(key, value)
     if home is not None and "PREFECT_API_URL" not in os.environ:
-        # Prefect's ephemeral mode keeps its database beside the demo's other stores.
-        (home / "prefect").mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault("PREFECT_HOME", str((home / "prefect").resolve()))
+        # Prefect's ephemeral mode keeps its database beside the config's other stores.
+        prefect_home = Path(home) / "prefect"
+        prefect_home.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("PREFECT_HOME", str(prefect_home.resolve()))
+
+
+def _setup(config: Path):
+    """The config, then the environment for its home (before Prefect is imported)."""
+    cfg = _load(config)
+    _environment(cfg.home)
+    return cfg
 
 
 def _load(config: Path, overrides: dict | None = None):
@@ -54,6 +67,8 @@ def _load(config: Path, overrides: dict | None = None):
 
 def _report(result: dict, config) -> None:
     from rich.console import Console
+
+    from decflow.config import redact
     from rich.table import Table
 
     console = Console()
@@ -61,7 +76,7 @@ def _report(result: dict, config) -> None:
     table.add_row("run date", result["run_date"])
     table.add_row("labels", f"{result['labels']['path']} ({result['labels']['rows']} rows, "
                             f"model version {result['labels']['model_version']})")
-    table.add_row("MLflow run", f"{result['run_id']} in {config.tracking_uri()} "
+    table.add_row("MLflow run", f"{result['run_id']} in {redact(config.tracking_uri())} "
                                 f"(experiment {config.registry.experiment!r})")
     table.add_row("registered model", f"{config.registry.model_name} version "
                                       f"{result['model_version']} (challenger); champion is "
@@ -100,10 +115,10 @@ def run(config: ConfigOpt,
         run_date: Annotated[Optional[str], typer.Option(
             help="Date to label; the training window ends here (default: yesterday).")] = None):
     """Run the nightly `recluster` flow once: validate, train, register, write labels."""
-    _environment()
+    cfg = _setup(config)
+
     from flows.recluster import recluster
 
-    cfg = _load(config)
     _report(recluster(config=cfg, run_date=_date(run_date, "--run-date"),
                       progress=sys.stderr.isatty()), cfg)
 
@@ -116,12 +131,12 @@ def validate(config: ConfigOpt,
                  help="Check the whole training window ending at --date instead of one "
                       "partition.")] = False):
     """Run the data checks only; exit code 1 when an expectation fails."""
-    _environment()
+    cfg = _setup(config)
+
     from decflow import scoring, storage
     from decflow.compute import dask_client
     from flows.recluster import yesterday
 
-    cfg = _load(config)
     day = _date(date, "--date") or yesterday()
     scan = storage.scan_window(cfg.source, day, None if window else 1)
     lineage = scan.lineage
@@ -141,10 +156,10 @@ def score(config: ConfigOpt,
               help="Registered version number or alias to score with (default: champion).")]
           = None):
     """Label one partition with a registered model (write-back only, no training)."""
-    _environment()
+    cfg = _setup(config)
+
     from flows.score import score as score_flow
 
-    cfg = _load(config)
     out = score_flow(config=cfg, run_date=_date(date, "--date"), model=model_version or
                      "champion")
     typer.echo(f"wrote {out['rows']} labels to {out['path']} with model version "
@@ -152,29 +167,53 @@ def score(config: ConfigOpt,
 
 
 @app.command()
-def ui(home: HomeOpt = Path(".decflow"),
+def ui(config: Annotated[Optional[Path], typer.Option(
+           "--config", "-c", exists=True, dir_okay=False,
+           help="Show this config's stores: its home's Prefect database and its MLflow "
+                "tracking store.")] = None,
+       home: Annotated[Optional[Path], typer.Option(
+           help="Show the embedded stores under this directory (default: .decflow; "
+                "not with --config).")] = None,
        mlflow_port: Annotated[int, typer.Option(help="MLflow UI port (loopback).")] = 5000,
        prefect_port: Annotated[int, typer.Option(help="Prefect UI port (loopback).")] = 4200):
-    """Serve the MLflow UI and the Prefect UI on 127.0.0.1 against HOME's stores (Ctrl-C stops)."""
-    _environment(home)
-    from decflow.config import PipelineConfig
+    """Serve the MLflow UI and the Prefect UI on 127.0.0.1 for a config's stores (Ctrl-C stops).
 
-    cfg = PipelineConfig(home=str(home))
+    Runs of `decflow demo`, `run`, `score`, `backfill`, `promote` and `rollback` with the same
+    config appear here. A store that is already a server (an http(s) tracking URI, or
+    PREFECT_API_URL) is not started again: its address is printed instead."""
+    from decflow.config import PipelineConfig, redact
+
+    if config is not None and home is not None:
+        raise typer.BadParameter("give --config or --home, not both (a config names its home)",
+                                 param_hint="--home")
+    cfg = _load(config) if config is not None else PipelineConfig(home=str(home or ".decflow"))
+    _environment(cfg.home)
     env = dict(os.environ)
     bin_dir = Path(sys.executable).parent
-    procs = [
-        subprocess.Popen([str(bin_dir / "mlflow"), "server", "--host", "127.0.0.1", "--port",
-                          str(mlflow_port), "--backend-store-uri", cfg.tracking_uri(),
-                          "--default-artifact-root", cfg.artifact_location()], env=env),
-        subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1",
-                          "--port", str(prefect_port)], env=env),
-    ]
+    procs, lines = [], []
+    tracking = cfg.tracking_uri()
+    if tracking.startswith(("http://", "https://")):
+        lines.append(f"MLflow UI:  {redact(tracking)}  (a server: not started here)")
+    else:
+        procs.append(subprocess.Popen(
+            [str(bin_dir / "mlflow"), "server", "--host", "127.0.0.1", "--port",
+             str(mlflow_port), "--backend-store-uri", tracking,
+             "--default-artifact-root", cfg.artifact_location()], env=env))
+        lines.append(f"MLflow UI:  http://127.0.0.1:{mlflow_port}")
+    if os.environ.get("PREFECT_API_URL"):
+        ui_url = os.environ["PREFECT_API_URL"].rstrip("/").removesuffix("/api")
+        lines.append(f"Prefect UI: {redact(ui_url)}  (PREFECT_API_URL: not started here)")
+    else:
+        procs.append(subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host",
+                                       "127.0.0.1", "--port", str(prefect_port)], env=env))
+        lines.append(f"Prefect UI: http://127.0.0.1:{prefect_port}  "
+                     f"(runs stored under {env['PREFECT_HOME']})")
+
     def _stop(signum, frame):  # `kill`/service managers stop both servers too, not only Ctrl-C
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _stop)
-    typer.echo(f"MLflow UI:  http://127.0.0.1:{mlflow_port}\n"
-               f"Prefect UI: http://127.0.0.1:{prefect_port}  (Ctrl-C stops both)")
+    typer.echo("\n".join(lines) + ("\n(Ctrl-C stops)" if procs else ""))
     try:
         for p in procs:
             p.wait()
@@ -214,8 +253,49 @@ def serve(config: Annotated[Optional[Path], typer.Option(
     try:
         deployments = build_deployments(_load(config), cron=cron, timezone=timezone)
     except ValueError as exc:
-        raise typer.BadParameter(str(exc))
+        raise typer.BadParameter(str(exc), param_hint="--config")
     serve_deployments(*deployments)
+
+
+@app.command()
+def deploy(config: ConfigOpt,
+           work_pool: Annotated[str, typer.Option(
+               help="Work pool whose workers run the flows (created as a process pool when "
+                    "missing).")] = "decflow",
+           timezone: Annotated[Optional[str], typer.Option(
+               help="IANA time zone of the nightly schedule (default: UTC).")] = None,
+           cron: Annotated[Optional[str], typer.Option(
+               help="Nightly schedule as a cron string (default: '0 2 * * *', 02:00).")]
+           = None):
+    """Create or update the `recluster/nightly`, `backfill/on-demand` and `promote/on-demand`
+    deployments on the Prefect server (PREFECT_API_URL) with this config as their `config`
+    parameter; a worker of the pool runs them (`prefect worker start --pool decflow`).
+
+    Local relative paths in the config are made absolute. Secrets must not be in the config:
+    the worker's environment supplies them, and its DECFLOW_* variables override the config in
+    every deployed run."""
+    cfg = _load(config)
+    _environment()
+    from prefect.settings import get_current_settings
+
+    from flows.deployments import absolute_paths, deploy as deploy_flows
+
+    if not get_current_settings().api.url:
+        typer.echo("decflow deploy needs a Prefect server: set PREFECT_API_URL, e.g. "
+                   "http://127.0.0.1:4200/api (`decflow ui` or `prefect server start`)",
+                   err=True)
+        raise typer.Exit(2)
+    try:
+        names, created = deploy_flows(absolute_paths(cfg, str(Path.cwd())), work_pool,
+                                      cron=cron, timezone=timezone)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--config")
+    if created:
+        typer.echo(f"created work pool {work_pool!r} (type process)")
+    for name in names:
+        typer.echo(f"deployed {name} on work pool {work_pool!r}")
+    typer.echo(f"start a worker where the project is installed: "
+               f"prefect worker start --pool {work_pool}")
 
 
 @app.command()
@@ -228,18 +308,19 @@ def promote(config: ConfigOpt,
                      "window the candidate was trained on.")] = None):
     """Gate a candidate against the champion on the same rows; promote it when every gate
     passes (champion <- candidate, previous <- old champion). Exit code 1 when rejected."""
-    _environment()
+    cfg = _setup(config)
+
     from rich.console import Console
     from rich.table import Table
 
+    from decflow.config import redact
     from decflow.tracking import get_version
     from flows.promote import promote as promote_flow
 
-    cfg = _load(config)
     day = _date(date, "--date")
     if get_version(cfg.tracking_uri(), cfg.registry.model_name, candidate) is None:
         raise typer.BadParameter(f"model {cfg.registry.model_name!r} has no version or alias "
-                                 f"{candidate!r} in {cfg.tracking_uri()}",
+                                 f"{candidate!r} in {redact(cfg.tracking_uri())}",
                                  param_hint="--candidate")
     out = promote_flow(config=cfg, candidate=candidate, run_date=day)
     table = Table(title=f"promotion of {cfg.registry.model_name} version {out['candidate']}")
@@ -263,10 +344,10 @@ def _cell(value) -> str:
 @app.command()
 def rollback(config: ConfigOpt):
     """Swap champion and previous: the previous champion serves labels again."""
-    _environment()
+    cfg = _setup(config)
+
     from flows.promote import rollback as rollback_flow
 
-    cfg = _load(config)
     try:
         out = rollback_flow(config=cfg)
     except ValueError as exc:
@@ -292,11 +373,12 @@ def backfill(config: ConfigOpt,
 
     Partitions already labelled by the same model version are skipped unless --force; a failed
     partition does not stop the others and is reported with its cause (exit code 1)."""
-    _environment()
+    cfg = _setup(config)
+
+    from decflow.config import redact
     from decflow.tracking import get_version
     from flows.backfill import BackfillFailed, backfill as backfill_flow
 
-    cfg = _load(config)
     d1, d2 = _date(start, "--start"), _date(end, "--end")
     if d2 < d1:
         raise typer.BadParameter(f"--end {d2} is before --start {d1}", param_hint="--end")
@@ -305,7 +387,7 @@ def backfill(config: ConfigOpt,
                                  "--model and --force do not apply", param_hint="--retrain")
     if not retrain and get_version(cfg.tracking_uri(), cfg.registry.model_name, model) is None:
         raise typer.BadParameter(f"model {cfg.registry.model_name!r} has no version or alias "
-                                 f"{model!r} in {cfg.tracking_uri()}", param_hint="--model")
+                                 f"{model!r} in {redact(cfg.tracking_uri())}", param_hint="--model")
     try:
         rows = backfill_flow(config=cfg, start=d1, end=d2, model=model, force=force,
                              retrain=retrain)

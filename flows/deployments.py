@@ -23,13 +23,18 @@ def build_deployments(config: PipelineConfig, cron: str | None = None,
                       timezone: str | None = None) -> list:
     """The three `RunnerDeployment`s, each with `config` as its default parameter.
 
+    Parameters are stored on the Prefect server and shown in its UI, so a config holding a
+    secret (a password in a URI) is refused: the worker's environment supplies it instead
+    (``DECFLOW_REGISTRY__TRACKING_URI``, ``MLFLOW_TRACKING_PASSWORD``, ``AWS_*``), and deployed
+    runs apply their worker's ``DECFLOW_*`` variables over the parameter.
+
     Args:
         config: the pipeline config every run gets (editable per run in the Prefect UI).
         cron: nightly schedule (default ``NIGHTLY_CRON``).
         timezone: IANA zone of the schedule (default ``NIGHTLY_TIMEZONE``).
 
     Raises:
-        ValueError: an invalid cron string or an unknown time zone.
+        ValueError: an invalid cron string, an unknown time zone, or a secret in the config.
     """
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -41,6 +46,14 @@ def build_deployments(config: PipelineConfig, cron: str | None = None,
     from flows.promote import promote
     from flows.recluster import recluster
 
+    secret = config.secrets()
+    if secret:
+        raise ValueError(
+            f"the config holds a secret in {', '.join(secret)}; deployment parameters are "
+            "stored on the Prefect server and shown in its UI. Leave the password out of the "
+            "config and give it to the worker's environment instead, e.g. "
+            "DECFLOW_REGISTRY__TRACKING_URI=http://user:password@host:5000 or "
+            "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD")
     cron = cron or NIGHTLY_CRON
     timezone = timezone or NIGHTLY_TIMEZONE
     try:
@@ -62,3 +75,53 @@ def build_deployments(config: PipelineConfig, cron: str | None = None,
         backfill.to_deployment(ON_DEMAND, **common),
         promote.to_deployment(ON_DEMAND, **common),
     ]
+
+
+def absolute_paths(config: PipelineConfig, base: str | None = None) -> PipelineConfig:
+    """``config`` with its local relative paths (home, source and labels datasets, suite)
+    made absolute against ``base`` (default: the current directory), so a deployed run finds
+    them whatever its working directory. URIs with a scheme (s3://, ...) are kept."""
+    import os
+
+    def fix(path: str | None) -> str | None:
+        if path is None or "://" in path or os.path.isabs(path):
+            return path
+        return os.path.abspath(os.path.join(base or os.getcwd(), path))
+
+    data = config.model_dump()
+    data["home"] = fix(config.home)
+    data["source"]["uri"] = fix(config.source.uri)
+    data["labels"]["uri"] = fix(config.labels.uri)
+    data["validation"]["suite_path"] = fix(config.validation.suite_path)
+    return PipelineConfig.model_validate(data)
+
+
+def deploy(config: PipelineConfig, work_pool: str, cron: str | None = None,
+           timezone: str | None = None) -> tuple[list[str], bool]:
+    """Create or update the three deployments on the Prefect server, on ``work_pool`` (created as
+    a process pool when missing).
+
+    Returns:
+        The deployments' ``flow/deployment`` names, and whether the pool was created.
+
+    Raises:
+        ValueError: see ``build_deployments``.
+    """
+    from prefect import deploy as prefect_deploy, get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    deployments = build_deployments(config, cron=cron, timezone=timezone)
+    created = False
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(work_pool)
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(
+                name=work_pool, type="process",
+                base_job_template=ProcessWorker.get_default_base_job_template()))
+            created = True
+    prefect_deploy(*deployments, work_pool_name=work_pool, build=False, push=False,
+                   print_next_steps_message=False)
+    return [f"{d.flow_name}/{d.name}" for d in deployments], created

@@ -10,6 +10,7 @@ from decflow.promotion import PromotionDecision
 from decflow.tracking import CHAMPION
 from tasks.promotion import (apply_decision, compare_models, find_version,
                              load_reference_rows, record_decision, rollback_champion)
+from tasks.runtime import prepare_run
 from tasks.registry import load_model
 
 
@@ -28,20 +29,22 @@ def gate_candidate(config: PipelineConfig, candidate: str, reference: pd.DataFra
     return decision
 
 
-@flow(name="promote")
+@flow(name="promote", flow_run_name="promote-{candidate}")
 def promote(config: PipelineConfig, candidate: str = "challenger",
             run_date: dt.date | None = None) -> dict:
     """Gate a candidate (alias or version) against the champion; promote it if every gate passes.
 
     The reference rows are run_date's partition, or by default the candidate's training window.
     """
+    config = prepare_run(config)
     version = find_version(config, candidate)
     reference = load_reference_rows(config, version, run_date)
     decision = gate_candidate(config, str(version.version), reference)
     return decision.to_dict()
 
 
-@flow(name="rollback")
+@flow(name="rollback", flow_run_name="rollback")
 def rollback(config: PipelineConfig) -> dict:
     """The previous champion serves again; the demoted one becomes `previous`."""
+    config = prepare_run(config)
     return rollback_champion(config)

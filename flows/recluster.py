@@ -8,9 +8,10 @@ from decflow.config import PipelineConfig
 from flows.promote import gate_candidate
 from tasks.data import scan_window, validate_features
 from tasks.labels import label_partition
+from tasks.runtime import prepare_run
 from tasks.promotion import align_cluster_ids, sample_reference_rows
 from tasks.registry import champion_weights, load_model, register_model
-from tasks.tracking import tracked_run
+from tasks.tracking import link_mlflow_run, tracked_run
 from tasks.train import (embed_features, evaluate_model, fit_dec, init_centroids,
                          pretrain_autoencoder, sample_training_rows)
 
@@ -50,10 +51,18 @@ def _schedule_zone(deployment_id: str | None):
     return ZoneInfo(zones[0]) if zones else None
 
 
-@flow(name="recluster")
+def run_name() -> str:
+    """``recluster-<run date>``: the night the run labels (also for scheduled runs)."""
+    from prefect.runtime import flow_run
+
+    return f"recluster-{flow_run.parameters.get('run_date') or default_run_date()}"
+
+
+@flow(name="recluster", flow_run_name=run_name)
 def recluster(config: PipelineConfig = PipelineConfig(), run_date: dt.date | None = None,
               progress: bool = False) -> dict:
     """Retrain on the window ending at run_date, register and gate the model, write labels."""
+    config = prepare_run(config)
     run_date = run_date or default_run_date()
     day = run_date.isoformat()
     with tracked_run(config, f"recluster-{day}", {"decflow.flow": "recluster",
@@ -71,6 +80,7 @@ def recluster(config: PipelineConfig = PipelineConfig(), run_date: dt.date | Non
         metrics = evaluate_model(model, X, train, config, run_id)
         version = register_model(model, encoder, train, window.lineage, report, metrics, config,
                                  run_id, day, alignment)
+        links = link_mlflow_run(config, run_id, version)
         decision = None
         if config.promotion.auto_promote:
             decision = gate_candidate(config, version, sample_reference_rows(train, config))
@@ -80,4 +90,4 @@ def recluster(config: PipelineConfig = PipelineConfig(), run_date: dt.date | Non
     return {"run_id": run_id, "run_date": day, "model_version": version,
             "champion_version": str(champion_version.version), "metrics": metrics,
             "alignment": alignment, "promotion": decision.to_dict() if decision else None,
-            "labels": written}
+            "labels": written, "links": links}

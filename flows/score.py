@@ -4,19 +4,21 @@ import datetime as dt
 
 from prefect import flow
 
-from decflow.config import PipelineConfig
+from decflow.config import PipelineConfig, redact
 from tasks.data import scan_window
 from tasks.labels import label_partition
+from tasks.runtime import prepare_run
 from tasks.registry import load_model
 
 
-@flow(name="score")
+@flow(name="score", flow_run_name="score-{run_date}-{model}")
 def score(config: PipelineConfig, run_date: dt.date, model: str = "champion") -> dict:
     """Validate run_date's partition and label it with `model` (alias or version), chunk-wise
     on the Dask cluster."""
+    config = prepare_run(config)
     partition = scan_window(config.source, run_date, 1)
     version, scorer = load_model(config, model)
     if version is None:
         raise ValueError(f"model {config.registry.model_name!r} has no version or alias "
-                         f"{model!r} in {config.tracking_uri()}")
+                         f"{model!r} in {redact(config.tracking_uri())}")
     return label_partition(partition, version, scorer, config)

@@ -9,7 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from decflow import alignment, promotion, registry, storage, tracking
-from decflow.config import PipelineConfig
+from decflow.config import PipelineConfig, redact
 from decflow.scoring import source_columns
 
 from .tracking import client, log_dict, log_metrics
@@ -21,7 +21,7 @@ def find_version(config: PipelineConfig, ref: str):
     version = tracking.get_version(config.tracking_uri(), config.registry.model_name, ref)
     if version is None:
         raise ValueError(f"model {config.registry.model_name!r} has no version or alias "
-                         f"{ref!r} in {config.tracking_uri()}")
+                         f"{ref!r} in {redact(config.tracking_uri())}")
     return version
 
 

@@ -7,7 +7,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from decflow import DeepEmbeddedClustering, evaluation, storage
-from decflow.callbacks import ProgressBar
+from decflow.callbacks import LogProgress, ProgressBar
 from decflow.compute import dask_client
 from decflow.config import PipelineConfig
 from decflow.dask_kmeans import kmeans_dask
@@ -33,7 +33,7 @@ def _estimator(config: PipelineConfig, callbacks) -> DeepEmbeddedClustering:
 
 
 def _callbacks(config: PipelineConfig, run_id: str, progress: bool) -> list:
-    cbs = [MlflowCallback(client(config), run_id)]
+    cbs = [MlflowCallback(client(config), run_id), LogProgress()]
     return cbs + [ProgressBar()] if progress else cbs
 
 

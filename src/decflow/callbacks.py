@@ -1,5 +1,6 @@
 """Training callbacks: progress output, metric streaming and early stopping attach here."""
 
+import logging
 from typing import Any
 
 
@@ -30,6 +31,41 @@ class PrintProgress(Callback):
         if epoch % self.every == 0:
             values = " ".join(f"{k}={v:.4g}" for k, v in logs.items())
             print(f"[{phase}] {epoch}: {values}", flush=True)
+
+
+class LogProgress(Callback):
+    """Logs training progress to the ``decflow.training`` logger: the start and end of each phase,
+    about ``lines`` evenly spaced pretraining epochs and every fine-tuning target update.
+
+    Unlike ``ProgressBar`` it needs no terminal, so it is what scheduled runs show (the Prefect
+    flows forward ``decflow.*`` records to the run's logs).
+    """
+
+    def __init__(self, lines: int = 10, logger: logging.Logger | None = None):
+        self.lines = lines
+        self.logger = logger or logging.getLogger("decflow.training")
+        self._every = 1
+
+    def on_phase_begin(self, phase, info):
+        if phase == "pretrain":
+            epochs = int(info.get("epochs") or 1)
+            self._every = max(1, epochs // max(1, self.lines))
+            self.logger.info("pretraining: %d epochs", epochs)
+        else:
+            self.logger.info("fine-tuning: at most %s steps", info.get("max_iter"))
+
+    def on_epoch_end(self, phase, epoch, logs):
+        values = " ".join(f"{k}={v:.4g}" for k, v in logs.items() if k != "update")
+        if phase == "finetune":
+            self.logger.info("fine-tuning update %d: %s", epoch, values)
+        elif epoch == 1 or epoch % self._every == 0:
+            self.logger.info("pretraining epoch %d: %s", epoch, values)
+
+    def on_phase_end(self, phase, logs):
+        values = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in logs.items())
+        self.logger.info("%s done: %s", "pretraining" if phase == "pretrain" else "fine-tuning",
+                         values)
 
 
 class ProgressBar(Callback):

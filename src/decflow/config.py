@@ -8,17 +8,59 @@ errors everywhere. Nothing here touches the file system until a function is call
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SerializationInfo, model_serializer,
+                      model_validator)
 
 ENV_PREFIX = "DECFLOW_"
+REDACTED = "***"
+
+# user:password@ in any URL, and secret-looking query parameters (?password=, &token=, ...).
+_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@'\"]+):"
+                           r"(?P<secret>[^@\s/'\"]+)@")
+_QUERY_SECRET = re.compile(r"(?P<head>[?&](?:[A-Za-z0-9_.-]*(?:password|passwd|secret|token|"
+                           r"signature|access_key|secret_key|credential)[A-Za-z0-9_.-]*)=)"
+                           r"(?P<secret>[^&\s'\"]+)", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` with the passwords of URLs in it (``user:pw@host``) and secret-looking query
+    values (``?password=``, ``&token=``, ...) replaced by ``***``.
+
+    Config values are logged (MLflow params, ``config.yaml``), sent as Prefect parameters and
+    printed in reports and errors; every such place goes through this.
+    """
+    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}:{REDACTED}@", text)
+    return _QUERY_SECRET.sub(lambda m: f"{m['head']}{REDACTED}", text)
+
+
+def _redact_tree(value):
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _redact_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact_tree(v) for v in value]
+    return value
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler, info: SerializationInfo):
+        # JSON is what leaves the process (MLflow params and config.yaml, Prefect parameters,
+        # deployment parameters): secrets inside URIs never do. Python mode keeps them.
+        data = handler(self)
+        return _redact_tree(data) if info.mode == "json" else data
+
+    def __repr_args__(self):
+        for name, value in super().__repr_args__():
+            yield name, redact(value) if isinstance(value, str) else value
 
 
 class SourceConfig(_Section):
@@ -120,6 +162,9 @@ class RegistryConfig(_Section):
     artifact_location: str | None = None  # None: <home>/mlartifacts
     experiment: str = "decflow"
     model_name: str = "decflow"
+    # Browser address of the MLflow UI, for the links from Prefect runs (None: the tracking URI
+    # when it is http(s), else http://127.0.0.1:5000 where `decflow ui` serves the local store).
+    ui_url: str | None = None
 
 
 class PromotionConfig(_Section):
@@ -193,6 +238,15 @@ class PipelineConfig(_Section):
             return self.registry.artifact_location
         return (Path(self.home).resolve() / "mlartifacts").as_uri()
 
+    def mlflow_ui_url(self) -> str:
+        """Where a browser finds this config's MLflow UI (no credentials in it)."""
+        uri = self.registry.ui_url or self.tracking_uri()
+        if not uri.startswith(("http://", "https://")):
+            return "http://127.0.0.1:5000"
+        scheme, rest = uri.split("://", 1)
+        host, _, path = rest.partition("/")
+        return f"{scheme}://{host.rpartition('@')[2]}/{path}".rstrip("/")
+
     def labels_uri(self) -> str:
         return self.labels.uri or str(Path(self.home) / "labels")
 
@@ -200,6 +254,11 @@ class PipelineConfig(_Section):
         """``{"model.n_clusters": "10", ...}`` for MLflow params."""
         return {k: json.dumps(v) if not isinstance(v, str) else v
                 for k, v in _flatten(self.model_dump(mode="json")).items()}
+
+    def secrets(self) -> list[str]:
+        """Dotted keys whose values hold a secret (a URL password or a secret query value)."""
+        plain = _flatten(self.model_dump())
+        return sorted(k for k, v in plain.items() if isinstance(v, str) and redact(v) != v)
 
     def digest(self) -> str:
         """Short hash of everything that affects the model (home and locations excluded)."""
@@ -248,16 +307,45 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
             raise ValueError(f"config file {p} must hold a mapping of sections, "
                              f"got {type(loaded).__name__}")
         data = loaded
-    for key, raw in sorted((env if env is not None else os.environ).items()):
-        name = key[len(ENV_PREFIX):].lower()
-        if key.startswith(ENV_PREFIX) and name:
-            _set_path(data, name.split("__"), yaml.safe_load(raw))
+    _apply_env(data, env)
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_path(data, key.split("."), value)
     return PipelineConfig.model_validate(data)
 
 
+def _apply_env(data: dict, env: dict[str, str] | None) -> list[str]:
+    """Set ``DECFLOW_<SECTION>__<KEY>`` values on ``data``; returns the dotted keys set."""
+    keys = []
+    for key, raw in sorted((env if env is not None else os.environ).items()):
+        name = key[len(ENV_PREFIX):].lower()
+        if key.startswith(ENV_PREFIX) and name:
+            _set_path(data, name.split("__"), yaml.safe_load(raw))
+            keys.append(name.replace("__", "."))
+    return keys
+
+
+def apply_environment(config: PipelineConfig, env: dict[str, str] | None = None
+                      ) -> tuple[PipelineConfig, list[str]]:
+    """``config`` with the ``DECFLOW_`` environment variables applied on top.
+
+    This is how a deployed run sees its worker's environment: the deployment's ``config``
+    parameter plays the file's part, and the worker's ``DECFLOW_*`` variables (e.g. a tracking
+    URI holding a password) override it without ever being stored in Prefect.
+
+    Returns:
+        The new config and the dotted keys the environment set (values are not returned, as
+        they may be secret).
+
+    Raises:
+        ValueError: unknown keys or invalid values (pydantic names each one).
+    """
+    data = config.model_dump()
+    keys = _apply_env(data, env)
+    return (PipelineConfig.model_validate(data) if keys else config), keys
+
+
 def dump_config(config: PipelineConfig) -> str:
-    """YAML text of a config (round-trips through ``load_config``)."""
+    """YAML text of a config, secrets redacted (round-trips through ``load_config`` when the
+    config holds none: see ``PipelineConfig.secrets``)."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

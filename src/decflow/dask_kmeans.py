@@ -10,6 +10,7 @@ Randomness is derived from ``(random_state, partition index, round)``, so a fixe
 ``random_state`` gives the same centres whatever order the cluster runs the tasks in.
 """
 
+import logging
 import warnings
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 
 from .compute import one_blas_thread
+
+_log = logging.getLogger(__name__)
 
 # Distances per sub-block inside a task: 96 KiB stays in cache and under glibc's mmap threshold
 # (Dask's nanny sets MALLOC_TRIM_THRESHOLD_, which pins that threshold at 128 KiB; larger
@@ -98,10 +101,16 @@ def kmeans_dask(X, n_clusters: int, *, client: distributed.Client, n_init: int =
     parts = _describe(client, _partition_rows(X, client, chunk_rows))
     if parts.n_samples < n_clusters:  # dask arrays of unknown length are only checked here
         raise ValueError(f"n_samples={parts.n_samples} should be >= n_clusters={n_clusters}")
+    _log.info("k-means: k=%d, %d restarts over %d rows x %d in %d partitions (k-means|| "
+              "seeding, %d rounds)", n_clusters, n_init, parts.n_samples, X.shape[1],
+              len(parts.blocks), init_rounds)
     centers = _init_kmeans_parallel(client, parts, n_clusters, n_init, oversampling_factor,
                                     init_rounds, seed)
     centers, inertias, n_iters = _lloyd(client, parts, centers, max_iter, tol * parts.variance)
     best = int(np.argmin(inertias))
+    _log.info("k-means done: best of %d restarts has inertia %.6g after %d iterations "
+              "(restart inertias %.6g .. %.6g)", n_init, inertias[best], n_iters[best],
+              float(np.min(inertias)), float(np.max(inertias)))
     return KMeansResult(cluster_centers=centers[best].astype(np.float32),
                         inertia=float(inertias[best]), n_iter=int(n_iters[best]),
                         inertias=[float(v) for v in inertias])
@@ -428,7 +437,11 @@ def _lloyd(client, parts: _Partitions, centers: np.ndarray, max_iter: int, tol_a
     n_iter = np.zeros(R, np.int64)
     # 0: iterating; 1: converged, one more pass to measure inertia at the final centres; 2: done
     state = np.zeros(R, np.int8)
+    passes = 0
     while (live := np.flatnonzero(state < 2)).size:
+        passes += 1
+        if passes == 1 or passes % 10 == 0:
+            _log.info("k-means pass %d: %d of %d restarts still iterating", passes, live.size, R)
         futs = client.map(_lloyd_block, parts.blocks, centers=_share(client, centers[live]),
                           n_far=k)
         sums, counts, inert, far = _tree_reduce(client, futs, _add_lloyd, n_far=k)

@@ -1,6 +1,7 @@
 """``DeepEmbeddedClustering``: a scikit-learn estimator in front of the DEC/IDEC maths."""
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -24,6 +25,7 @@ _INIT_CHOICES = ("manifold", "k-means")
 # Target updates that follow the initial partition before DEC self-training takes over, so
 # the embedding first becomes compact around it.
 _ANCHOR_UPDATES = 5
+_log = logging.getLogger(__name__)
 
 
 class DegenerateClusterWarning(UserWarning):
@@ -173,6 +175,8 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
                     raise ValueError(f"warm_start weights do not fit this architecture "
                                      f"(d={d}, hidden={list(self.hidden)}, "
                                      f"n_components={self.n_components}): {exc}") from None
+            _log.info("pretraining the autoencoder on %d rows x %d features on %s%s", n, d,
+                      device, " (warm start)" if warm_start is not None else "")
             t0 = time.perf_counter()
             pretrain_loss = pretrain_autoencoder(
                 self.autoencoder_, Xt, epochs=self._pretrain_epochs(n) if epochs is None
@@ -247,6 +251,10 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged
         self.history_["finetune"] = result.history
+        sizes = np.bincount(self.labels_, minlength=self.n_clusters)
+        _log.info("fine-tuning %s after %d steps (%.1f s); cluster sizes: %s",
+                  "converged" if self.converged_ else "stopped at max_iter", self.n_iter_,
+                  self.timings_["finetune"], sizes.tolist())
         self._report_degenerate(self.labels_)
         return self
 

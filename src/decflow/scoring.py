@@ -20,6 +20,7 @@ present and ``device`` allows), keeping it in a per-process cache keyed by the p
 
 import datetime as dt
 import hashlib
+import logging
 import tempfile
 import threading
 import zlib
@@ -39,6 +40,8 @@ from .config import FeaturesConfig, PipelineConfig, SourceConfig, ValidationConf
 from .estimator import DeepEmbeddedClustering
 from .features import FeatureEncoder
 from .storage import Chunk, WindowScan
+
+_log = logging.getLogger(__name__)
 
 _BUCKET_ROWS = 2_000_000  # ids per uniqueness bucket (about 16-50 MB in one task)
 
@@ -308,7 +311,27 @@ def _finish(client: distributed.Client, st: _Pending, plan: Plan) -> PartitionOu
             out.rows_written, out.path = writer.rows, writer.path
         else:
             writer.__exit__(_Invalid, _Invalid(), None)  # drops the temporary file
+    where, n = _describe(st.scan), st.scan.n_rows
+    if out.error is not None:
+        _log.warning("%s: %d rows, failed: %s", where, n,
+                     f"{type(out.error).__name__}: {out.error}"[:500])
+    elif not out.report.success:
+        _log.warning("%s: %d rows failed validation%s", where, n,
+                     "; no labels written" if plan.labels is not None else "")
+    else:
+        _log.info("%s: %d rows validated%s", where, n,
+                  f", {out.rows_written} labels written to {out.path}" if out.path else "")
     return out
+
+
+def _describe(scan: WindowScan) -> str:
+    """``ds=2026-11-21`` or ``ds=2026-11-19..2026-11-21 (3 partitions)`` for log lines."""
+    parts = scan.lineage.partitions
+    if not parts:
+        return f"{scan.date_column}=(none)"
+    if len(parts) == 1:
+        return f"{scan.date_column}={parts[0]}"
+    return f"{scan.date_column}={parts[0]}..{parts[-1]} ({len(parts)} partitions)"
 
 
 def _report(client: distributed.Client, st: _Pending, plan: Plan) -> validation.ValidationReport:

@@ -10,3 +10,10 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_home(tmp_path_factory):
+    """CLI commands default PREFECT_HOME to their config's home; in-process CLI tests would leave
+    that in os.environ for later tests, so the session sets one first (setdefault keeps it)."""
+    os.environ.setdefault("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect-home")))

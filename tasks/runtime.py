@@ -1,0 +1,67 @@
+"""What every flow does first: take the worker's ``DECFLOW_*`` environment in deployed runs, and
+send the library's log lines (``decflow.*``: epochs, losses, k-means passes, cluster sizes,
+partitions labelled) to the Prefect run's logs and console, secrets redacted."""
+
+import logging
+
+from decflow.config import PipelineConfig, apply_environment, redact
+
+LIBRARY_LOGGER = "decflow"
+
+
+class _RunRecords(logging.Handler):
+    """Hands a record to Prefect's handler only inside a flow or task run (threads outside a run,
+    e.g. Dask's, have no run to log to), after redacting secrets from the message."""
+
+    def __init__(self, target: logging.Handler):
+        super().__init__(level=target.level)
+        self.target = target
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from prefect.context import FlowRunContext, TaskRunContext
+
+        if FlowRunContext.get() is None and TaskRunContext.get() is None:
+            return
+        try:
+            message = redact(record.getMessage())
+        except Exception:  # a bad format string: let logging report it as usual
+            self.handleError(record)
+            return
+        clean = logging.makeLogRecord({**record.__dict__, "msg": message, "args": ()})
+        self.target.handle(clean)
+
+
+def forward_library_logs(level: int = logging.INFO) -> None:
+    """Attach Prefect's run-log and console handlers to the ``decflow`` logger (once per
+    process), so library progress reaches the run's logs with or without a terminal."""
+    from prefect.logging.handlers import APILogHandler, PrefectConsoleHandler
+
+    logger = logging.getLogger(LIBRARY_LOGGER)
+    if logger.level == logging.NOTSET or logger.level > level:
+        logger.setLevel(level)
+    if any(isinstance(h, _RunRecords) for h in logger.handlers):
+        return
+    # Prefect's own configured handlers for extra loggers (PREFECT_LOGGING_EXTRA_LOGGERS), so
+    # the console format and API settings are the user's.
+    targets = [h for h in logging.getLogger("prefect.extra").handlers
+               if isinstance(h, (APILogHandler, PrefectConsoleHandler))]
+    if not any(isinstance(h, APILogHandler) for h in targets):
+        targets.append(APILogHandler())
+    for target in targets:
+        logger.addHandler(_RunRecords(target))
+
+
+def prepare_run(config: PipelineConfig) -> PipelineConfig:
+    """Forward library logs; in a deployed run, the worker's ``DECFLOW_*`` environment over the
+    deployment's ``config`` parameter (outside deployments the CLI already applied it when it
+    loaded the file, below any explicit overrides)."""
+    from prefect import get_run_logger
+    from prefect.runtime import deployment
+
+    forward_library_logs()
+    if deployment.id is None:
+        return config
+    config, keys = apply_environment(config)
+    if keys:
+        get_run_logger().info("the worker's environment sets %s", ", ".join(keys))
+    return config

@@ -1,0 +1,83 @@
+"""What a nightly run leaves in Prefect and MLflow to find each other: a run name that says what
+it did, the links both ways, and the library's progress lines in the Prefect run's logs."""
+
+import pytest
+from mlflow import MlflowClient
+
+from flowkit import RUN_DATE, tiny_config, write_source
+from flows.recluster import recluster
+
+
+@pytest.fixture(scope="module")
+def nightly(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    source = str(home / "source")
+    write_source(source)
+    config = tiny_config(home, source)
+    result = recluster(config=config, run_date=RUN_DATE)
+    run = MlflowClient(config.tracking_uri()).get_run(result["run_id"])
+    return config, result, run
+
+
+def _flow_run(flow_run_id: str):
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id)
+
+
+def _artifacts(flow_run_id: str) -> dict:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return {a.key: a for a in found if a.key}
+
+
+def _log_lines(flow_run_id: str) -> list[str]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # the run's log records are sent in the background
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(
+            any_=[flow_run_id])), limit=200)
+    return [log.message for log in logs]
+
+
+def test_the_flow_run_is_named_after_the_night_it_labels(nightly):
+    config, result, run = nightly
+    flow_run = _flow_run(run.data.tags["prefect.flow_run_id"])
+    assert flow_run.name == f"recluster-{RUN_DATE}"
+    assert run.data.tags["prefect.flow_run_name"] == flow_run.name
+    assert run.info.run_name == flow_run.name
+
+
+def test_mlflow_run_and_prefect_run_link_to_each_other(nightly):
+    config, result, run = nightly
+    flow_run_id = run.data.tags["prefect.flow_run_id"]
+    assert run.data.tags["prefect.flow_name"] == "recluster"
+    artifacts = _artifacts(flow_run_id)
+    exp = run.info.experiment_id
+    run_link = f"http://127.0.0.1:5000/#/experiments/{exp}/runs/{result['run_id']}"
+    version_link = f"http://127.0.0.1:5000/#/models/tiny/versions/{result['model_version']}"
+    # Prefect stores a link artifact as its Markdown link
+    assert artifacts["mlflow-run"].data == f"[MLflow run {result['run_id']}]({run_link})"
+    assert artifacts["mlflow-model-version"].data == \
+        f"[tiny version {result['model_version']}]({version_link})"
+    assert result["links"] == {"mlflow_run": run_link, "model_version": version_link}
+
+
+def test_library_progress_reaches_the_prefect_run_logs_without_a_terminal(nightly):
+    config, result, run = nightly
+    lines = _log_lines(run.data.tags["prefect.flow_run_id"])
+    text = "\n".join(lines)
+    for expected in ("pretraining: 10 epochs", "pretraining epoch 10: loss=",
+                     "fine-tuning update 1: step=5 kl=", "k-means done: best of 3 restarts",
+                     "cluster sizes: [",
+                     f"ds=2026-11-19..{RUN_DATE} (3 partitions): 270 rows validated",
+                     f"ds={RUN_DATE}: 90 rows validated, 90 labels written"):
+        assert expected in text, f"{expected!r} not in the run's logs:\n{text}"
