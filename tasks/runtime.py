@@ -3,6 +3,7 @@ send the library's log lines (``decflow.*``: epochs, losses, k-means passes, clu
 partitions labelled) to the Prefect run's logs and console, secrets redacted."""
 
 import logging
+import os
 
 from decflow.config import PipelineConfig, apply_environment, redact
 
@@ -59,9 +60,11 @@ def prepare_run(config: PipelineConfig) -> PipelineConfig:
     from prefect.runtime import deployment
 
     forward_library_logs()
-    if deployment.id is None:
-        return config
-    config, keys = apply_environment(config)
-    if keys:
-        get_run_logger().info("the worker's environment sets %s", ", ".join(keys))
+    if deployment.id is not None:
+        config, keys = apply_environment(config)
+        if keys:
+            get_run_logger().info("the worker's environment sets %s", ", ".join(keys))
+    if redact(config.tracking_uri()) != config.tracking_uri():
+        # MLflow prints each finished run's URL, built from the tracking URI, password included
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     return config

@@ -159,7 +159,7 @@ class RegistryConfig(_Section):
     """MLflow tracking and model registry."""
 
     tracking_uri: str | None = None  # None: sqlite:///<home>/mlflow.db
-    artifact_location: str | None = None  # None: <home>/mlartifacts
+    artifact_location: str | None = None  # None: the server's default, or <home>/mlartifacts
     experiment: str = "decflow"
     model_name: str = "decflow"
     # Browser address of the MLflow UI, for the links from Prefect runs (None: the tracking URI
@@ -233,9 +233,14 @@ class PipelineConfig(_Section):
             return self.registry.tracking_uri
         return f"sqlite:///{Path(self.home).resolve() / 'mlflow.db'}"
 
-    def artifact_location(self) -> str:
+    def artifact_location(self) -> str | None:
+        """Where new experiments keep artifacts: the configured location; with a tracking
+        server (http/https) None, the server's own default (e.g. its proxied bucket); else
+        ``<home>/mlartifacts``."""
         if self.registry.artifact_location:
             return self.registry.artifact_location
+        if self.tracking_uri().startswith(("http://", "https://")):
+            return None
         return (Path(self.home).resolve() / "mlartifacts").as_uri()
 
     def mlflow_ui_url(self) -> str:
