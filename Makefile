@@ -11,10 +11,10 @@ $(BIN)/python:
 
 # Reinstalls when pyproject.toml changes, so an existing .venv picks up new dependencies.
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e ".[test,bench]"
+	$(BIN)/pip install -q -e ".[test,bench,stack]"
 	touch $@
 
-.PHONY: venv demo test bench
+.PHONY: venv demo test test-integration integration-deps infra-check bench
 venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -24,6 +24,24 @@ test: $(VENV)/.installed
 	MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false \
 		GX_ANALYTICS_ENABLED=false PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120 \
 		$(BIN)/python -m pytest tests
+
+# Only the integration tier: real PostgreSQL, SeaweedFS (S3), MLflow, Prefect and Dask servers
+# as processes on loopback (about 5 minutes here).
+test-integration: $(VENV)/.installed
+	MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false \
+		GX_ANALYTICS_ENABLED=false $(BIN)/python -m pytest tests/integration
+
+# What the integration tier needs beyond the venv: Debian's PostgreSQL server (root or sudo).
+integration-deps: $(VENV)/.installed
+	@if command -v pg_ctlcluster >/dev/null || ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; \
+	then echo "PostgreSQL server present"; \
+	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+		--no-install-recommends postgresql >/dev/null; fi
+
+# Static checks of infra/ (hadolint, shellcheck, docker-compose config, Helm values, the lock).
+infra-check: $(VENV)/.installed
+	BIN=$(BIN) infra/check.sh
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/quality.py
