@@ -212,7 +212,7 @@ def ui(config: Annotated[Optional[Path], typer.Option(
     def _stop(signum, frame):  # `kill`/service managers stop both servers too, not only Ctrl-C
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, _stop)
+    previous = signal.signal(signal.SIGTERM, _stop)
     typer.echo("\n".join(lines) + ("\n(Ctrl-C stops)" if procs else ""))
     try:
         for p in procs:
@@ -224,6 +224,7 @@ def ui(config: Annotated[Optional[Path], typer.Option(
             p.terminate()
         for p in procs:
             p.wait(timeout=30)
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()

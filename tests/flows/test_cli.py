@@ -84,3 +84,61 @@ def test_run_then_score_with_a_chosen_version(tmp_path):
                               "--model-version", "7"])
     assert out.exit_code != 0
     assert "no version or alias '7'" in str(out.exception) + out.output
+
+
+class _Server:
+    """Stands in for a server process started by `decflow ui` (records its command)."""
+
+    started: list = []
+
+    def __init__(self, cmd, env):
+        self.cmd, self.env = cmd, env
+        _Server.started.append(self)
+
+    def wait(self, timeout=None):
+        return 0
+
+    def terminate(self):
+        pass
+
+
+def test_ui_serves_the_stores_of_the_given_config(tmp_path, monkeypatch):
+    monkeypatch.delenv("PREFECT_HOME", raising=False)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setattr("subprocess.Popen", _Server)
+    _Server.started = []
+    config = tiny_config(tmp_path / "home", str(tmp_path / "src"))
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(config))
+    out = runner.invoke(app, ["ui", "--config", str(path)])
+    assert out.exit_code == 0, out.output
+    mlflow, prefect = _Server.started
+    assert mlflow.cmd[1:3] == ["server", "--host"]
+    assert mlflow.cmd[mlflow.cmd.index("--backend-store-uri") + 1] == config.tracking_uri()
+    assert prefect.cmd[1:3] == ["server", "start"]
+    # the Prefect database every command of this config uses
+    assert prefect.env["PREFECT_HOME"] == str((tmp_path / "home" / "prefect").resolve())
+
+
+def test_ui_does_not_start_a_store_that_is_already_a_server(tmp_path, monkeypatch):
+    monkeypatch.delenv("PREFECT_HOME", raising=False)
+    monkeypatch.setenv("PREFECT_API_URL", "http://prefect.example:4200/api")
+    monkeypatch.setattr("subprocess.Popen", _Server)
+    _Server.started = []
+    config = tiny_config(tmp_path, str(tmp_path / "src"),
+                         registry={"tracking_uri": "https://u:s3cret@mlflow.example"})
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(config).replace("***", "s3cret"))
+    out = runner.invoke(app, ["ui", "--config", str(path)])
+    assert out.exit_code == 0, out.output
+    assert _Server.started == []
+    assert "MLflow UI:  https://u:***@mlflow.example  (a server: not started here)" in out.output
+    assert "Prefect UI: http://prefect.example:4200" in out.output
+    assert "s3cret" not in out.output
+
+
+def test_ui_takes_a_config_or_a_home_not_both(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(tiny_config(tmp_path, str(tmp_path / "src"))))
+    out = runner.invoke(app, ["ui", "--config", str(path), "--home", str(tmp_path)])
+    assert out.exit_code == 2 and "not both" in out.output
