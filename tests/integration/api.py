@@ -1,5 +1,7 @@
 """Reading a Prefect server's records over its REST API (the tests' view of what a run left)."""
 
+import time
+
 import servers
 
 
@@ -27,8 +29,28 @@ def logs(api_url: str, flow_run_id: str) -> list[dict]:
             return records
 
 
+def final_logs(api_url: str, flow_run_id: str, timeout: float = 60.0) -> list[dict]:
+    """The flow run's log records once they are all on the server.
+
+    A run's process sends its records in the background, in order, and can report its final
+    state before the last ones arrive. The engine's last record is the flow run's own
+    "Finished in state ..." line, so once that is stored every record before it is too.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        records = logs(api_url, flow_run_id)
+        if any(r["task_run_id"] is None and r["message"].startswith("Finished in state")
+               for r in records):
+            return records
+        assert time.monotonic() < deadline, (
+            f"the flow run's final log line did not arrive within {timeout} s; last records: "
+            + "\n".join(r["message"] for r in records[-5:]))
+        time.sleep(1)
+
+
 def log_text(api_url: str, flow_run_id: str) -> str:
-    return "\n".join(r["message"] for r in logs(api_url, flow_run_id))
+    """Every log line of a finished flow run (see ``final_logs``)."""
+    return "\n".join(r["message"] for r in final_logs(api_url, flow_run_id))
 
 
 def artifacts(api_url: str, flow_run_id: str) -> list[dict]:

@@ -108,7 +108,7 @@ def test_prefect_holds_no_secret(secret_run, prefect_server, s3_server):
     assert run["parameters"]["config"]["registry"]["tracking_uri"].startswith(
         "http://decflow:***@")
     _assert_clean(json.dumps(run), "the flow run (parameters included)", s3_server)
-    logs = api.logs(url, run["id"])
+    logs = api.final_logs(url, run["id"])
     assert any("pretraining epoch" in r["message"] for r in logs)
     _assert_clean(json.dumps(logs), "the flow run's logs", s3_server)
     found = api.artifacts(url, run["id"])
