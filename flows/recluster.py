@@ -6,7 +6,7 @@ from prefect import flow
 
 from decflow.config import PipelineConfig
 from flows.promote import gate_candidate
-from tasks.data import scan_window, validate_features
+from tasks.data import scan_window, snapshot_partition, validate_features
 from tasks.labels import label_partition
 from tasks.runtime import prepare_run
 from tasks.promotion import align_cluster_ids, sample_reference_rows
@@ -85,8 +85,8 @@ def recluster(config: PipelineConfig = PipelineConfig(), run_date: dt.date | Non
         if config.promotion.auto_promote:
             decision = gate_candidate(config, version, sample_reference_rows(train, config))
         champion_version, champion = load_model(config)
-        today = scan_window(config.source, run_date, 1)
-        written = label_partition(today, champion_version, champion, config, run_id)
+        today, late = snapshot_partition(window, run_date)
+        written = label_partition(today, champion_version, champion, config, run_id, late)
     return {"run_id": run_id, "run_date": day, "model_version": version,
             "champion_version": str(champion_version.version), "metrics": metrics,
             "alignment": alignment, "promotion": decision.to_dict() if decision else None,

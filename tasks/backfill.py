@@ -14,20 +14,38 @@ from decflow.config import PipelineConfig
 from .labels import labels_spec
 
 
-def _planned(config: PipelineConfig, day: dt.date, version, force: bool) -> dict:
-    """A day's summary row: missing or skipped already, or empty status when it must run."""
+def _planned(config: PipelineConfig, day: dt.date, version, force: bool
+             ) -> tuple[dict, storage.WindowScan | None]:
+    """A day's summary row and its scan: missing, failed (unreadable) or skipped already, or an
+    empty status when it must run.
+
+    A partition is skipped only when its labels come from the same model version *and* from
+    the same source files (digest and row count recorded in the labels file): rows added,
+    replaced or removed since are labelled again.
+    """
     row = {"date": day.isoformat(), "rows": 0, "status": "", "seconds": 0.0, "detail": ""}
     src = config.source
     if day not in storage.list_partitions(src.uri, src.date_column):
         row.update(status="missing", detail=f"no source partition {src.date_column}={day}")
-        return row
+        return row, None
+    try:  # an unreadable file fails its day only
+        scan = storage.scan_window(src, day, 1)
+    except (OSError, ValueError) as exc:
+        row.update(status="failed", detail=f"{type(exc).__name__}: {exc}")
+        return row, None
     existing = storage.labels_versions(config.labels_uri(), src.date_column, day)
-    if (existing is not None and not force and existing.n_rows
-            and existing.model_versions == {str(version.version)}
-            and existing.model_names == {config.registry.model_name}):
-        row.update(status="skipped", rows=existing.n_rows,
-                   detail=f"already labelled by version {version.version}")
-    return row
+    same_model = (existing is not None and existing.n_rows
+                  and existing.model_versions == {str(version.version)}
+                  and existing.model_names == {config.registry.model_name})
+    if same_model and not force:
+        if (existing.source_digest, existing.source_rows) == (scan.lineage.digest,
+                                                              scan.n_rows):
+            row.update(status="skipped", rows=existing.n_rows,
+                       detail=f"already labelled by version {version.version}")
+            return row, scan
+        row["detail"] = (f"source changed since it was labelled ({existing.source_rows} -> "
+                         f"{scan.n_rows} rows); ")
+    return row, scan
 
 
 @task(name="backfill_partitions", cache_policy=NO_CACHE)
@@ -41,17 +59,10 @@ def backfill_partitions(config: PipelineConfig, days: list[dt.date], version, mo
     Returns:
         One summary row per day (labelled/skipped/missing/failed), in the order of ``days``.
     """
-    rows = [_planned(config, day, version, force) for day in days]
-    todo, scans = [], []
-    for row in rows:
-        if row["status"]:
-            continue
-        try:  # an unreadable file fails its day only
-            scans.append(storage.scan_window(config.source, dt.date.fromisoformat(row["date"]),
-                                             1))
-            todo.append(row)
-        except (OSError, ValueError) as exc:
-            row.update(status="failed", detail=f"{type(exc).__name__}: {exc}")
+    planned = [_planned(config, day, version, force) for day in days]
+    rows = [row for row, _ in planned]
+    todo = [row for row, _ in planned if not row["status"]]
+    scans = [scan for row, scan in planned if not row["status"]]
     if not todo:
         return rows
     t0 = time.perf_counter()
@@ -69,7 +80,7 @@ def backfill_partitions(config: PipelineConfig, days: list[dt.date], version, mo
                 row.update(status="failed", detail=f"{type(err).__name__}: {err}")
             else:
                 row.update(status="labelled", rows=out.rows_written,
-                           detail=f"model version {version.version}")
+                           detail=f"{row['detail']}model version {version.version}")
             get_run_logger().info("%s %s: %s rows, %s", row["date"], row["status"], row["rows"],
                                   row["detail"])
     return rows

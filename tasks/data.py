@@ -3,30 +3,68 @@
 import datetime as dt
 import json
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from decflow import scoring, storage, validation
 from decflow.compute import dask_client
-from decflow.config import PipelineConfig, SourceConfig
+from decflow.config import PipelineConfig, SourceConfig, redact
+from decflow.errors import DataError
 from decflow.storage import Lineage, WindowScan
 from decflow.validation import ValidationReport
 
+from .runtime import retry_on_io
 from .tracking import log_dict
 
 
-@task(name="scan_window", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="scan_window", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io,
+      cache_policy=NO_CACHE)
 def scan_window(source: SourceConfig, run_date: dt.date, window_days: int | None = None
                 ) -> WindowScan:
     """Describe the training window (or one partition) ending at run_date from file footers;
     that date must exist. No rows are read."""
     scan = storage.scan_window(source, run_date, window_days)
+    day = f"{source.date_column}={run_date.isoformat()}"
     if run_date.isoformat() in scan.lineage.missing_partitions:
-        raise ValueError(f"source partition {source.date_column}={run_date.isoformat()} is "
-                         f"missing in {source.uri} (partitions found in the window: "
-                         f"{scan.lineage.partitions or 'none'})")
+        raise DataError(f"source partition {day} is missing in {redact(source.uri)} "
+                        f"(partitions found in the window: {scan.lineage.partitions or 'none'})")
+    files = scan.partition(run_date).files
+    if not sum(f.n_rows for f in files):
+        # the window's min_rows does not protect the night itself: an empty night would
+        # replace its labels with none (or train, then fail at write-back)
+        raise DataError(f"source partition {day} has no rows ({len(files)} Parquet files, 0 "
+                        f"rows) in {redact(source.uri)}: nothing to label; the labels of "
+                        f"{day} are kept")
     return scan
+
+
+@task(name="snapshot_partition", retries=2, retry_delay_seconds=5,
+      retry_condition_fn=retry_on_io, cache_policy=NO_CACHE)
+def snapshot_partition(window: WindowScan, run_date: dt.date) -> tuple[WindowScan, list[str]]:
+    """The run date's files exactly as the window validated them, and the names of files that
+    landed there since (not labelled: they were not validated; a backfill labels them later).
+
+    Raises:
+        DataError: a validated file changed or disappeared since (its rows cannot be labelled
+            as validated).
+    """
+    snapshot = window.partition(run_date)
+    now = storage.scan_window(SourceConfig(uri=window.source_uri,
+                                           date_column=window.date_column), run_date, 1)
+    current = {f.path: f for f in now.files}
+    changed = [f.name for f in snapshot.files
+               if f.path not in current or current[f.path].fingerprint != f.fingerprint]
+    if changed:
+        raise DataError(f"source files changed after validation, before labelling: {changed}; "
+                        f"nothing was labelled: rerun the night")
+    known = {f.path for f in snapshot.files}
+    late = [f.name for f in now.files if f.path not in known]
+    if late:
+        get_run_logger().warning("files landed in %s=%s after validation and are not labelled "
+                                 "(a backfill labels them): %s", window.date_column,
+                                 run_date.isoformat(), late)
+    return snapshot, late
 
 
 @task(name="validate_features", cache_policy=NO_CACHE)

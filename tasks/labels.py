@@ -21,9 +21,11 @@ def labels_spec(config: PipelineConfig, version) -> scoring.LabelsSpec:
 
 @task(name="label_partition", cache_policy=NO_CACHE)
 def label_partition(scan: WindowScan, version, model, config: PipelineConfig,
-                    run_id: str | None = None) -> dict:
+                    run_id: str | None = None, unlabelled_files: list[str] | None = None
+                    ) -> dict:
     """Validate every row of one partition and replace its labels atomically (one row per
-    source row), chunk-wise on the cluster; nothing is written when a row fails validation."""
+    source row of the scanned files), chunk-wise on the cluster; nothing is written when a row
+    fails validation. ``unlabelled_files`` (files that landed after the scan) are reported."""
     with dask_client(config.compute) as client:
         payload = scoring.scatter_model(client, model.encoder, model.estimator)
         outcome = scoring.label_partition(client, scan, config, payload,
@@ -31,4 +33,5 @@ def label_partition(scan: WindowScan, version, model, config: PipelineConfig,
     publish_validation(outcome.report, config, run_id, key="labels-validation")
     validation.check(outcome.report)
     return {"path": outcome.path, "rows": outcome.rows_written,
-            "model_version": str(version.version)}
+            "model_version": str(version.version),
+            "unlabelled_files": list(unlabelled_files or [])}

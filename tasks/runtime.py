@@ -5,6 +5,7 @@ partitions labelled) to the Prefect run's logs and console, secrets redacted."""
 import logging
 import os
 
+from decflow import storage
 from decflow.config import PipelineConfig, apply_environment, redact
 
 LIBRARY_LOGGER = "decflow"
@@ -53,13 +54,14 @@ def forward_library_logs(level: int = logging.INFO) -> None:
 
 
 def prepare_run(config: PipelineConfig) -> PipelineConfig:
-    """Forward library logs; in a deployed run, the worker's ``DECFLOW_*`` environment over the
-    deployment's ``config`` parameter (outside deployments the CLI already applied it when it
+    """Forward library logs; refuse labels inside the source (``ConfigError``); in a deployed
+    run, the worker's ``DECFLOW_*`` environment over the deployment's ``config`` parameter (outside deployments the CLI already applied it when it
     loaded the file, below any explicit overrides)."""
     from prefect import get_run_logger
     from prefect.runtime import deployment
 
     forward_library_logs()
+    storage.check_locations(config.source.uri, config.labels_uri())
     if deployment.id is not None:
         config, keys = apply_environment(config)
         if keys:
@@ -68,3 +70,15 @@ def prepare_run(config: PipelineConfig) -> PipelineConfig:
         # MLflow prints each finished run's URL, built from the tracking URI, password included
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     return config
+
+
+def retry_on_io(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn``: retry a task whose failure is I/O (a flaky store or
+    network), never one whose data or config is wrong (the same input fails the same way)."""
+    try:
+        state.result()
+    except (OSError, ConnectionError, TimeoutError):
+        return True
+    except Exception:  # noqa: BLE001 - any other failure is not transient
+        return False
+    return False

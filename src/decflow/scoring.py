@@ -286,7 +286,9 @@ def run_partitions(client: distributed.Client, scans: list[WindowScan], plans: l
                     if table is not None and all(b.ok for b in st.batches):
                         if st.writer is None:
                             st.writer = storage.PartitionWriter(
-                                labels_uri, st.scan.date_column, st.scan.lineage.partitions[0])
+                                labels_uri, st.scan.date_column, st.scan.lineage.partitions[0],
+                                metadata={storage.SOURCE_DIGEST_KEY: st.scan.lineage.digest,
+                                          storage.SOURCE_ROWS_KEY: st.scan.n_rows})
                             st.writer.__enter__()
                         st.writer.write(table)
                 except Exception as exc:  # the task's or the writer's; reported per scan

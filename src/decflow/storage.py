@@ -34,8 +34,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .config import SourceConfig
+from .errors import ConfigError
 
 PART_FILE = "part-0.parquet"
+# Labels files record which source files they label (schema metadata), for backfill resume.
+SOURCE_DIGEST_KEY = "decflow.source_digest"
+SOURCE_ROWS_KEY = "decflow.source_rows"
 
 
 @dataclass(frozen=True)
@@ -105,10 +109,16 @@ class SourceFile:
     path: str  # path inside the dataset's file system
     day: str  # partition date, YYYY-MM-DD
     group_rows: tuple[int, ...]  # rows per row group
+    fingerprint: str = ""  # partition folder, name, size, row counts and schema (the digest)
 
     @property
     def n_rows(self) -> int:
         return sum(self.group_rows)
+
+    @property
+    def name(self) -> str:
+        """``ds=2026-11-21/part-0.parquet``: the file within its dataset, for messages."""
+        return f"{os.path.basename(os.path.dirname(self.path))}/{os.path.basename(self.path)}"
 
 
 @dataclass(frozen=True)
@@ -135,6 +145,16 @@ class WindowScan:
     @property
     def n_rows(self) -> int:
         return self.lineage.n_rows
+
+    def partition(self, day) -> "WindowScan":
+        """The files of one date of this scan: the same files, as they were scanned (a file
+        that lands later is not in it, so the rows labelled are the rows validated)."""
+        day = parse_date(day).isoformat()
+        files = [f for f in self.files if f.day == day]
+        present = [day] if day in self.lineage.partitions else []
+        return WindowScan(self.source_uri, self.date_column, files,
+                          _lineage(self.source_uri, present, [] if present else [day], files,
+                                   self.lineage.columns))
 
     def rows_per_partition(self) -> dict[str, int]:
         out = {d: 0 for d in self.lineage.partitions}
@@ -181,7 +201,7 @@ def scan_window(source: SourceConfig, run_date, window_days: int | None = None) 
     present = set(list_partitions(source.uri, source.date_column))
     days = [d for d in window if d in present]
     missing = [d.isoformat() for d in window if d not in present]
-    files, columns, h = [], [], hashlib.sha256()
+    files, columns = [], []
     for d in days:
         sel = pafs.FileSelector(partition_dir(root, source.date_column, d), recursive=True)
         paths = sorted(f.path for f in fs.get_file_info(sel)
@@ -192,15 +212,43 @@ def scan_window(source: SourceConfig, run_date, window_days: int | None = None) 
             with fs.open_input_file(path) as fh:
                 meta = pq.ParquetFile(fh).metadata
             groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
-            files.append(SourceFile(path, d.isoformat(), groups))
             columns = columns or list(meta.schema.to_arrow_schema().names)
-            h.update(json.dumps([os.path.basename(os.path.dirname(path)),
-                                 os.path.basename(path), info.size, meta.num_rows,
-                                 meta.num_row_groups, str(meta.schema)]).encode())
-    n = sum(f.n_rows for f in files)
-    lineage = Lineage(source.uri, [d.isoformat() for d in days], missing, n,
-                      h.hexdigest()[:16], [*columns, source.date_column] if files else [])
+            # the Arrow schema's text: str(meta.schema) starts with the object's address
+            schema = meta.schema.to_arrow_schema().to_string(show_schema_metadata=False)
+            fingerprint = json.dumps([os.path.basename(os.path.dirname(path)),
+                                      os.path.basename(path), info.size, meta.num_rows,
+                                      meta.num_row_groups, schema])
+            files.append(SourceFile(path, d.isoformat(), groups, fingerprint))
+    lineage = _lineage(source.uri, [d.isoformat() for d in days], missing, files,
+                       [*columns, source.date_column] if files else [])
     return WindowScan(source.uri, source.date_column, files, lineage)
+
+
+def _lineage(source_uri: str, days: list[str], missing: list[str], files: list[SourceFile],
+             columns: list[str]) -> Lineage:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.fingerprint.encode())
+    return Lineage(source_uri, days, missing, sum(f.n_rows for f in files),
+                   h.hexdigest()[:16], columns)
+
+
+def check_locations(source_uri: str, labels_uri: str) -> None:
+    """Labels are never written into the source dataset (nor the source inside the labels).
+
+    Raises:
+        ConfigError: one location is the other or lies inside it.
+    """
+    def norm(uri: str) -> str:
+        if "://" in uri:
+            return uri.rstrip("/") + "/"
+        return os.path.realpath(os.path.abspath(uri)).rstrip("/") + "/"
+
+    src, lab = norm(source_uri), norm(labels_uri)
+    if lab.startswith(src) or src.startswith(lab):
+        raise ConfigError(f"labels.uri {labels_uri!r} must not be inside source.uri "
+                          f"{source_uri!r} (or the source inside the labels): writing labels "
+                          f"there would replace or mix with source files")
 
 
 def read_chunk(chunk: Chunk, date_column: str, columns: list[str] | None = None,
@@ -363,11 +411,13 @@ class PartitionWriter:
     object, which readers also see whole or not at all.
     """
 
-    def __init__(self, uri: str, date_column: str, day, schema: pa.Schema | None = None):
+    def __init__(self, uri: str, date_column: str, day, schema: pa.Schema | None = None,
+                 metadata: dict[str, str] | None = None):
         self.fs, root = _fs(uri)
         self.dir = partition_dir(root, date_column, day)
         self.path = f"{self.dir}/{PART_FILE}"
         self.schema = schema
+        self.metadata = metadata or {}  # kept in the file's schema metadata
         self.rows = 0
         self._tmp = f"{self.dir}/.{PART_FILE}.{uuid.uuid4().hex}.tmp"
         self._writer: pq.ParquetWriter | None = None
@@ -383,6 +433,10 @@ class PartitionWriter:
         """Append ``table`` as one or more row groups (cast to the writer's schema)."""
         if self._writer is None:
             self.schema = self.schema or table.schema
+            if self.metadata:
+                self.schema = self.schema.with_metadata(
+                    {**(self.schema.metadata or {}), **{k.encode(): str(v).encode()
+                                                       for k, v in self.metadata.items()}})
             self._writer = pq.ParquetWriter(self._tmp, self.schema, filesystem=self.fs)
         self._writer.write_table(table.cast(self.schema))
         self.rows += table.num_rows
@@ -438,6 +492,8 @@ class LabelsVersions:
     n_rows: int
     model_names: set[str]
     model_versions: set[str]
+    source_digest: str | None = None  # the labelled source files' digest (None: not recorded)
+    source_rows: int | None = None
 
 
 def labels_versions(uri: str, date_column: str, day) -> LabelsVersions | None:
@@ -448,11 +504,15 @@ def labels_versions(uri: str, date_column: str, day) -> LabelsVersions | None:
         return None
     names, versions, n = set(), set(), 0
     with fs.open_input_file(path) as fh:
-        for batch in pq.ParquetFile(fh).iter_batches(columns=["model_name", "model_version"]):
+        pf = pq.ParquetFile(fh)
+        meta = {k.decode(): v.decode() for k, v in (pf.schema_arrow.metadata or {}).items()}
+        for batch in pf.iter_batches(columns=["model_name", "model_version"]):
             n += batch.num_rows
             names |= set(pa.compute.unique(batch.column(0)).to_pylist())
             versions |= set(pa.compute.unique(batch.column(1)).to_pylist())
-    return LabelsVersions(n, names, versions)
+    rows = meta.get(SOURCE_ROWS_KEY)
+    return LabelsVersions(n, names, versions, meta.get(SOURCE_DIGEST_KEY),
+                          int(rows) if rows is not None else None)
 
 
 def read_dataset(uri: str, date_column: str) -> pd.DataFrame:

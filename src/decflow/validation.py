@@ -55,6 +55,7 @@ import numpy as np
 import pandas as pd
 
 from decflow.config import FeaturesConfig, SourceConfig, ValidationConfig
+from decflow.errors import DataError
 
 if TYPE_CHECKING:
     import great_expectations as gx
@@ -149,7 +150,7 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-class DataValidationError(ValueError):
+class DataValidationError(DataError):
     """Raised by ``check`` when a frame fails validation; ``.report`` holds every result."""
 
     def __init__(self, report: ValidationReport):

@@ -1,0 +1,26 @@
+"""The kinds of failure a user must tell apart (the CLI maps each to its own exit code).
+
+- ``DataError``: the input data is unusable: it failed its checks (``DataValidationError`` is
+  one), or a file is corrupt, truncated, of the wrong schema, missing or empty. Fix the data.
+- ``ConfigError``: the configuration or the command line asks for something invalid.
+- ``ServiceUnavailable``: a server the run needs (MLflow, Prefect, Dask, the object store)
+  did not answer within its time budget. Retry later; nothing was written or moved.
+
+Anything else is an internal error (a bug). Each is a ``ValueError``/``RuntimeError`` subclass
+so existing ``except ValueError`` callers keep working.
+"""
+
+
+class DataError(ValueError):
+    """The input data cannot be used as it is; the message names the file, partition, column,
+    and the expected vs found value."""
+
+
+class ConfigError(ValueError):
+    """The configuration (file, environment or command line) is invalid; the message names the
+    key and the expected vs found value."""
+
+
+class ServiceUnavailable(RuntimeError):
+    """A server the run needs did not answer in time; the message names it (without secrets)
+    and the time budget spent."""
