@@ -37,6 +37,7 @@ import pyarrow as pa
 from . import storage, validation
 from .compute import keep_large_allocations, one_blas_thread
 from .config import FeaturesConfig, PipelineConfig, SourceConfig, ValidationConfig
+from .errors import DataError
 from .estimator import DeepEmbeddedClustering
 from .features import FeatureEncoder
 from .storage import Chunk, WindowScan
@@ -245,6 +246,12 @@ def run_partitions(client: distributed.Client, scans: list[WindowScan], plans: l
               for s, p in zip(scans, plans)]
     jobs = []
     for i, scan in enumerate(scans):
+        try:  # files that disagree on a column fail their scan, before any read
+            scan.check_columns(plans[i].columns)
+        except DataError as exc:
+            states[i].error = exc
+            jobs.append((i, None))
+            continue
         chunks = scan.chunks(chunk_rows)
         states[i].remaining = states[i].n_chunks = len(chunks)
         jobs += [(i, c) for c in chunks] or [(i, None)]

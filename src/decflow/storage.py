@@ -34,7 +34,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .config import SourceConfig
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 
 PART_FILE = "part-0.parquet"
 # Labels files record which source files they label (schema metadata), for backfill resume.
@@ -110,6 +110,7 @@ class SourceFile:
     day: str  # partition date, YYYY-MM-DD
     group_rows: tuple[int, ...]  # rows per row group
     fingerprint: str = ""  # partition folder, name, size, row counts and schema (the digest)
+    types: tuple[tuple[str, str, str], ...] = ()  # (column, kind, Arrow type) from the footer
 
     @property
     def n_rows(self) -> int:
@@ -155,6 +156,42 @@ class WindowScan:
         return WindowScan(self.source_uri, self.date_column, files,
                           _lineage(self.source_uri, present, [] if present else [day], files,
                                    self.lineage.columns))
+
+    def check_columns(self, columns: list[str] | None) -> None:
+        """Every file holds each of ``columns`` that any file holds, with one Arrow type.
+
+        Readers take each file's own schema, so a file that disagrees would otherwise be
+        coerced silently (a missing column read as nulls, numbers stored as text cast). A column
+        that no file holds is left to validation (``expect_column_to_exist`` names it).
+
+        Raises:
+            DataError: naming the column, the file that differs and one file that has it.
+        """
+        for column in columns or []:
+            if column == self.date_column:
+                continue
+            found = {f.name: next((t for c, _, t in f.types if c == column), None)
+                     for f in self.files}
+            kind = {f.name: next((k for c, k, _ in f.types if c == column), None)
+                    for f in self.files}
+            present = {name: t for name, t in found.items() if t is not None}
+            if not present:
+                continue
+            missing = [name for name, t in found.items() if t is None]
+            if missing:
+                first = next(iter(present))
+                raise DataError(
+                    f"column {column!r} is missing from {missing[0]} (present in {first} as "
+                    f"{present[first]}; {len(missing)} of {len(found)} files lack it): every "
+                    f"file of {self.date_column}={self.lineage.partitions[0]}.."
+                    f"{self.lineage.partitions[-1]} must hold the same columns")
+            kinds = list(dict.fromkeys(kind[n] for n in present))
+            if len(kinds) > 1:  # int64 beside double is fine; text beside numbers is not
+                a = next(n for n in present if kind[n] == kinds[0])
+                b = next(n for n in present if kind[n] == kinds[1])
+                raise DataError(f"column {column!r} is {present[a]} in {a} but {present[b]} in "
+                                f"{b}: every file must store a column as the same kind of "
+                                f"value ({kinds[0]} vs {kinds[1]})")
 
     def rows_per_partition(self) -> dict[str, int]:
         out = {d: 0 for d in self.lineage.partitions}
@@ -218,10 +255,28 @@ def scan_window(source: SourceConfig, run_date, window_days: int | None = None) 
             fingerprint = json.dumps([os.path.basename(os.path.dirname(path)),
                                       os.path.basename(path), info.size, meta.num_rows,
                                       meta.num_row_groups, schema])
-            files.append(SourceFile(path, d.isoformat(), groups, fingerprint))
+            arrow = meta.schema.to_arrow_schema()
+            files.append(SourceFile(path, d.isoformat(), groups, fingerprint,
+                                    tuple((c.name, _kind(c.type), str(c.type))
+                                          for c in arrow)))
     lineage = _lineage(source.uri, [d.isoformat() for d in days], missing, files,
                        [*columns, source.date_column] if files else [])
     return WindowScan(source.uri, source.date_column, files, lineage)
+
+
+def _kind(t: pa.DataType) -> str:
+    """The kind of value a column holds, as readers treat it: widths and list flavours are one
+    kind (int32 beside double, list<float> beside large_list<double>), text is not a number."""
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return "number"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "text"
+    if (pa.types.is_list(t) or pa.types.is_large_list(t)
+            or pa.types.is_fixed_size_list(t)):
+        return f"list of {_kind(t.value_type)}"
+    if pa.types.is_dictionary(t):
+        return _kind(t.value_type)
+    return str(t)
 
 
 def _lineage(source_uri: str, days: list[str], missing: list[str], files: list[SourceFile],
@@ -286,6 +341,7 @@ def sample_window(scan: WindowScan, n: int, columns: list[str] | None = None,
         The sampled rows (plus the ``<date_column>`` string column), in window order, with a
         fresh RangeIndex.
     """
+    scan.check_columns(columns)
     rng = np.random.default_rng(random_state)
     total = scan.n_rows
     files = [f for f in scan.files if f.n_rows]

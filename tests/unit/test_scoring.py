@@ -16,6 +16,7 @@ import pytest
 from decflow import DeepEmbeddedClustering, scoring, storage
 from decflow.compute import dask_client
 from decflow.config import PipelineConfig
+from decflow.errors import DataError
 from decflow.features import FeatureEncoder
 from decflow.tracking import score_frame
 from decflow.validation import DataValidationError, check
@@ -280,3 +281,38 @@ def test_an_existing_scheduler_does_the_work(tmp_path, model):
         for p in reversed(procs):
             p.terminate()
             p.wait(timeout=30)
+
+
+def _rewrite(part, change) -> None:
+    table = change(pq.read_table(part))
+    pq.write_table(table, part, row_group_size=GROUP)
+
+
+@pytest.mark.parametrize("change, expected", [
+    # a column missing from one file used to become nulls there (and pass as categories)
+    (lambda t: t.drop_columns(["x"]),
+     r"column 'x' is missing from ds=2026-11-21/part-0.parquet \(present in "
+     r"ds=2026-11-20/part-0.parquet"),
+    # numbers stored as text in one file used to be cast on window reads only
+    (lambda t: t.set_column(1, "x", pa.array([str(v) for v in t["x"].to_pylist()])),
+     r"column 'x' is double in ds=2026-11-20/part-0.parquet but string in "
+     r"ds=2026-11-21/part-0.parquet"),
+], ids=["missing-in-one-file", "text-numbers-in-one-file"])
+def test_files_of_one_window_must_agree_on_the_columns(tmp_path, model, change, expected):
+    """Defect 4: the dataset's schema came from its first file, so files disagreeing with it
+    were silently coerced. Validation, labelling and the training sample refuse them."""
+    _write_source(tmp_path / "source")
+    _rewrite(tmp_path / "source" / f"ds={DAYS[1]}" / "part-0.parquet", change)
+    config = _config(tmp_path)
+    scan = storage.scan_window(config.source, DAYS[-1])
+    with dask_client(config.compute) as client:
+        with pytest.raises(DataError, match=expected):
+            scoring.validate_scan(client, scan, config)
+    with pytest.raises(DataError, match=expected):
+        storage.sample_window(scan, 100, scoring.source_columns(config.source, config.features))
+    # the first file lacking the column: it must not vanish for all files
+    _rewrite(tmp_path / "source" / f"ds={DAYS[0]}" / "part-0.parquet",
+             lambda t: t.drop_columns(["y"]))
+    scan = storage.scan_window(config.source, DAYS[-1])
+    with pytest.raises(DataError, match=r"column 'y' is missing from ds=2026-11-20/"):
+        scan.check_columns(["id", "y", "v"])
