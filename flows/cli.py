@@ -1,18 +1,104 @@
 """The `decflow` command line: demo, run, validate, score, promote, rollback, backfill, serve,
-deploy, ui, generate."""
+deploy, ui, generate.
+
+Exit codes (the same for every command; flows run in-process, so a failed flow's exception
+reaches the CLI and is mapped by its type):
+
+====  =========================================================================================
+0     success
+1     the data failed its checks or is unusable (``decflow.errors.DataError``, which includes
+      ``DataValidationError``); also a promotion rejected by its gates, a backfill with failed
+      partitions, a rollback with nothing to roll back to
+2     usage or config error (a bad option, ``typer.BadParameter``, ``ConfigError``)
+3     a service unavailable (``decflow.errors.ServiceUnavailable``): retry later
+4     internal error (any other exception): one line ``internal error: <Type>: <message>``;
+      the traceback is written to ``<home>/errors/<UTC time>-<pid>.txt``, or printed with
+      ``decflow --traceback <command> ...``
+====  =========================================================================================
+
+Every message printed goes through ``decflow.config.redact`` (no passwords from URIs).
+"""
 
 import datetime as dt
 import os
 import signal
 import subprocess
 import sys
+import traceback as tb
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Nightly re-clustering of a growing table with Deep Embedded Clustering.")
+EXIT_DATA, EXIT_USAGE, EXIT_SERVICE, EXIT_INTERNAL = 1, 2, 3, 4
+
+# Where an internal error's traceback goes: the home of the config the command loaded (set by
+# _load and the --home commands; reset for every invocation).
+_state: dict[str, Any] = {"home": None}
+
+
+def _fail(exc: Exception, show_traceback: bool) -> int:
+    """Print what went wrong (secrets redacted) and return the exit code for ``exc``."""
+    from decflow.config import redact
+    from decflow.errors import ConfigError, DataError, ServiceUnavailable
+
+    message = redact(str(exc))
+    if isinstance(exc, ConfigError):
+        code, line = EXIT_USAGE, f"config error: {message}"
+    elif isinstance(exc, DataError):
+        code, line = EXIT_DATA, f"data error: {message}"
+    elif isinstance(exc, ServiceUnavailable):
+        code, line = EXIT_SERVICE, f"service unavailable: {message}"
+    else:
+        code, line = EXIT_INTERNAL, f"internal error: {type(exc).__name__}" + (
+            f": {message}" if message else "")
+    text = redact("".join(tb.format_exception(exc)))
+    if show_traceback:
+        typer.echo(text, err=True)
+    elif code == EXIT_INTERNAL:
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        path = Path(_state["home"] or ".decflow") / "errors" / f"{stamp}-{os.getpid()}.txt"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            line += (f"\ntraceback written to {path} (`decflow --traceback <command> ...` "
+                     "prints it instead)")
+        except OSError as write_error:
+            typer.echo(text, err=True)
+            line += f"\n(traceback printed above: cannot write {path}: {write_error})"
+    typer.echo(line, err=True)
+    return code
+
+
+class _ExitCodes(TyperGroup):
+    """Maps every command's exceptions to the exit codes of the module docstring, in one place;
+    typer's own exits and usage errors (code 2) pass through."""
+
+    def invoke(self, ctx):
+        _state["home"] = None
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise
+        except Exception as exc:
+            raise typer.Exit(_fail(exc, bool(ctx.params.get("traceback")))) from None
+
+
+app = typer.Typer(cls=_ExitCodes, add_completion=False, no_args_is_help=True,
+                  pretty_exceptions_show_locals=False,
+                  help="Nightly re-clustering of a growing table with Deep Embedded Clustering. "
+                       "Exit codes: 0 success, 1 data failed its checks (or a promotion was "
+                       "rejected), 2 usage or config error, 3 a service unavailable, 4 internal "
+                       "error.")
+
+
+@app.callback()
+def _options(traceback: Annotated[bool, typer.Option(
+        "--traceback", help="On an error, print the full traceback (secrets redacted) instead "
+                            "of writing an internal error's to <home>/errors/.")] = False):
+    """Global options (given before the command)."""
+
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", exists=True, dir_okay=False,
                                          help="Pipeline config (YAML). DECFLOW_<SECTION>__<KEY> "
@@ -57,12 +143,13 @@ def _setup(config: Path):
 
 
 def _load(config: Path, overrides: dict | None = None):
+    """The config (a ``ConfigError``, exit code 2, names each bad key); its home receives the
+    traceback of an internal error."""
     from decflow.config import load_config
 
-    try:
-        return load_config(config, overrides)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--config")
+    cfg = load_config(config, overrides)
+    _state["home"] = cfg.home
+    return cfg
 
 
 def _report(result: dict, config) -> None:
@@ -96,6 +183,7 @@ def demo(home: HomeOpt = Path(".decflow"),
              help="Override pretraining epochs (default: the shipped 'auto' budget).")] = None):
     """Write scikit-learn's digits as a 3-day source table under HOME and run `recluster` on it
     with embedded MLflow (sqlite), Prefect (ephemeral) and Dask (LocalCluster)."""
+    _state["home"] = str(home)
     _environment(home)
     from decflow.demo import demo_config, write_demo_source
     from flows.recluster import recluster, yesterday
@@ -187,6 +275,7 @@ def ui(config: Annotated[Optional[Path], typer.Option(
         raise typer.BadParameter("give --config or --home, not both (a config names its home)",
                                  param_hint="--home")
     cfg = _load(config) if config is not None else PipelineConfig(home=str(home or ".decflow"))
+    _state["home"] = cfg.home
     _environment(cfg.home)
     env = dict(os.environ)
     bin_dir = Path(sys.executable).parent
@@ -347,12 +436,16 @@ def rollback(config: ConfigOpt):
     """Swap champion and previous: the previous champion serves labels again."""
     cfg = _setup(config)
 
+    from decflow.config import redact
+    from decflow.errors import ConfigError, DataError
     from flows.promote import rollback as rollback_flow
 
     try:
         out = rollback_flow(config=cfg)
-    except ValueError as exc:
-        typer.echo(str(exc), err=True)
+    except (ConfigError, DataError):
+        raise  # their own exit codes
+    except ValueError as exc:  # nothing to roll back to
+        typer.echo(redact(str(exc)), err=True)
         raise typer.Exit(1)
     typer.echo(f"{cfg.registry.model_name}: champion is version {out['restored']} again; "
                f"version {out['demoted']} is now 'previous'")

@@ -2,19 +2,25 @@
 
 Precedence: a YAML file < environment variables ``DECFLOW_<SECTION>__<FIELD>`` (values parsed as
 YAML, e.g. ``DECFLOW_MODEL__N_CLUSTERS=12``) < explicit overrides (CLI flags). Unknown keys are
-errors everywhere. Nothing here touches the file system until a function is called.
+errors everywhere. A section left empty in the file (``model:`` with nothing under it) means that
+section's defaults, as if it were not written. Every problem is a ``ConfigError`` naming each bad
+key, the expected and the found value, and where it came from (file line, environment variable).
+Nothing here touches the file system until a function is called.
 """
 
 import hashlib
 import json
 import os
+import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, SerializationInfo, model_serializer,
-                      model_validator)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, SerializationInfo,
+                      ValidationError, field_validator, model_serializer, model_validator)
+
+from decflow.errors import ConfigError
 
 ENV_PREFIX = "DECFLOW_"
 REDACTED = "***"
@@ -48,6 +54,30 @@ def _redact_tree(value):
     return value
 
 
+def _count_or_auto(value):
+    """An integer >= 1 or "auto" (one message for both, instead of one per union member)."""
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ValueError(f"expected an integer >= 1 or 'auto', found {value!r}")
+
+
+CountOrAuto = Annotated[int | Literal["auto"], BeforeValidator(_count_or_auto)]
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+# The date column becomes a directory name, <date_column>=YYYY-MM-DD: a plain name only.
+_PLAIN_NAME = re.compile(r"(?![\d-])[\w-]+")
+# Other column names are kept as the table has them, minus what could act as a path or a
+# hive key=value in a partition or artifact path.
+_BAD_COLUMN = re.compile(r"[/\\=\x00-\x1f\x7f]")
+
+
+def _check_column(name: str) -> str:
+    if not name or name in (".", "..") or _BAD_COLUMN.search(name):
+        raise ValueError("expected a column name without '/', '\\', '=' or control "
+                         f"characters, not '.' or '..', found {name!r}")
+    return name
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -72,6 +102,20 @@ class SourceConfig(_Section):
     label_column: str | None = None  # ground truth, used only for evaluation
     window_days: int = Field(default=3, ge=1)  # training window: run date and the days before
 
+    @field_validator("date_column")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not _PLAIN_NAME.fullmatch(value):
+            raise ValueError("expected a plain name (letters, digits, '_' or '-', not starting "
+                             f"with a digit or '-'; it names the partition folders), "
+                             f"found {value!r}")
+        return value
+
+    @field_validator("id_column", "label_column")
+    @classmethod
+    def _column_name(cls, value: str | None) -> str | None:
+        return value if value is None else _check_column(value)
+
 
 class FeaturesConfig(_Section):
     """Feature columns by kind and how each kind is encoded."""
@@ -84,6 +128,24 @@ class FeaturesConfig(_Section):
     scale_vectors: bool = False  # standardise vector elements (off: pixels/embeddings as is)
     max_categories: int = Field(default=50, ge=1)  # most frequent kept, the rest -> unknown
     text_components: int = Field(default=32, ge=1)
+
+    @field_validator("numeric", "categorical", "text", "vector")
+    @classmethod
+    def _column_names(cls, value):
+        for name in value:
+            _check_column(name)
+        return value
+
+    @field_validator("bounds")
+    @classmethod
+    def _ordered(cls, value):
+        for name, (lo, hi) in value.items():
+            _check_column(name)
+            if any(b is not None and math.isnan(b) for b in (lo, hi)):
+                raise ValueError(f"{name!r}: expected numbers or null, found min={lo} max={hi}")
+            if lo is not None and hi is not None and lo > hi:
+                raise ValueError(f"{name!r}: expected min <= max, found min={lo} > max={hi}")
+        return value
 
     @model_validator(mode="after")
     def _check(self):
@@ -118,7 +180,7 @@ class ModelConfig(_Section):
 
     n_clusters: int = Field(default=10, ge=2)
     n_components: int = Field(default=10, ge=1)
-    hidden: list[int] = [500, 500, 2000]
+    hidden: list[Annotated[int, Field(ge=1)]] = Field(default=[500, 500, 2000], min_length=1)
     alpha: float = Field(default=1.0, gt=0)
     gamma: float = Field(default=0.1, ge=0)  # IDEC reconstruction weight; 0 = plain DEC
     input_dropout: float = Field(default=0.2, ge=0, lt=1)
@@ -129,19 +191,28 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     """Optimisation settings."""
 
-    pretrain_epochs: int | Literal["auto"] = "auto"
+    pretrain_epochs: CountOrAuto = "auto"
     pretrain_steps: int = Field(default=6000, ge=1)
     pretrain_lr: float = Field(default=1e-3, gt=0)
     warm_start: bool = True  # start from the champion's autoencoder when the schema matches
-    warm_start_epochs: int | Literal["auto"] = "auto"  # "auto": a quarter of a full pretraining
+    warm_start_epochs: CountOrAuto = "auto"  # "auto": a quarter of a full pretraining
     finetune_lr: float = Field(default=1e-4, gt=0)
-    update_interval: int | None = None  # steps between target updates (None: one pass)
+    # steps between target updates (None: one pass)
+    update_interval: int | None = Field(default=None, ge=1)
     tol: float = Field(default=0.001, ge=0)
-    max_iter: int | Literal["auto"] = "auto"
+    max_iter: CountOrAuto = "auto"
     batch_size: int = Field(default=256, ge=1)
     max_train_rows: int = Field(default=200_000, ge=1)  # training sample bound; scoring uses all
-    device: str = "auto"
+    device: str = "auto"  # auto (CUDA when available), cpu, cuda, cuda:N or mps
     random_state: int | None = 0
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not _DEVICE.fullmatch(value):
+            raise ValueError(f"expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', "
+                             f"found {value!r}")
+        return value
 
 
 class KMeansConfig(_Section):
@@ -284,10 +355,84 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _set_path(d: dict, path: list[str], value) -> None:
-    for p in path[:-1]:
-        d = d.setdefault(p, {})
+def _set_path(d: dict, path: list[str], value, origin: str) -> None:
+    """Set ``d[path[0]][path[1]]... = value``; an empty (None) section becomes a mapping."""
+    for i, p in enumerate(path[:-1]):
+        if d.get(p) is None:
+            d[p] = {}
+        if not isinstance(d[p], dict):
+            raise ConfigError(f"{origin} sets {'.'.join(path)}, but {'.'.join(path[:i + 1])} is "
+                              f"{_found(d[p])}, not a section (a mapping)")
+        d = d[p]
     d[path[-1]] = value
+
+
+def _found(value) -> str:
+    """``repr(value)`` for an error message: secrets redacted, long values cut."""
+    text = redact(repr(value))
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _known_keys(loc: tuple) -> list[str] | None:
+    """The keys allowed at ``loc`` (a path of sections), or None when it is not a section."""
+    cls: type[BaseModel] = PipelineConfig
+    for part in loc:
+        field = cls.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type)
+                                 and issubclass(field.annotation, _Section)):
+            return None
+        cls = field.annotation
+    return list(cls.model_fields)
+
+
+def _config_error(exc: ValidationError, where: str, origins: dict[tuple, str]) -> ConfigError:
+    """One line per bad key: ``model.n_clusters: <what is expected>, found 'abc' (from ...)``."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            known = _known_keys(loc[:-1])
+            msg = "unknown key, found " + _found(err["input"]) + (
+                f"; expected one of: {', '.join(known)}" if known else "")
+        elif err["type"] != "value_error":  # our own messages already say what was found
+            msg += f", found {_found(err['input'])}"
+        origin = next((origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origins),
+                      None)
+        lines.append(f"  {'.'.join(loc) or 'config'}: {msg}"
+                     + (f" (from {origin})" if origin else ""))
+    return ConfigError(f"invalid config{where}:\n" + "\n".join(lines))
+
+
+def _validate(data: dict, where: str, origins: dict[tuple, str]) -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _config_error(exc, where, origins) from None
+
+
+def _read_file(p: Path) -> dict:
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {p} is not UTF-8 text: {exc.reason} at byte "
+                          f"{exc.start}") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"config file {p} does not parse as YAML: {at}{problem}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of sections, "
+                          f"found {type(loaded).__name__}")
+    # A section written with nothing under it (YAML: None) means its defaults.
+    return {k: v for k, v in loaded.items() if not (v is None and _known_keys((k,)) is not None)}
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None,
@@ -295,37 +440,43 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
     """Build a ``PipelineConfig`` from a YAML file, ``DECFLOW_`` environment variables and overrides.
 
     Args:
-        path: YAML file (top-level keys are the sections); None uses the embedded defaults.
+        path: YAML file (top-level keys are the sections; an empty section means its
+            defaults); None uses the embedded defaults.
         overrides: dotted keys, e.g. ``{"model.n_clusters": 12}``; applied last.
         env: environment to read (default ``os.environ``).
 
     Raises:
-        ValueError: unreadable file, unknown keys or invalid values (pydantic names each one).
+        ConfigError: file missing, not UTF-8 or not YAML (file, line and column named), unknown
+            keys or invalid values (each key named with the expected and the found value, and
+            the environment variable that set it).
     """
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ValueError(f"config file not found: {p}")
-        loaded = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"config file {p} must hold a mapping of sections, "
-                             f"got {type(loaded).__name__}")
-        data = loaded
-    _apply_env(data, env)
+    data: dict = _read_file(Path(path)) if path is not None else {}
+    origins: dict[tuple, str] = {}
+    _apply_env(data, env, origins)
     for key, value in (overrides or {}).items():
         if value is not None:
-            _set_path(data, key.split("."), value)
-    return PipelineConfig.model_validate(data)
+            _set_path(data, key.split("."), value, f"override {key}")
+    return _validate(data, f" {path}" if path is not None else "", origins)
 
 
-def _apply_env(data: dict, env: dict[str, str] | None) -> list[str]:
-    """Set ``DECFLOW_<SECTION>__<KEY>`` values on ``data``; returns the dotted keys set."""
+def _apply_env(data: dict, env: dict[str, str] | None,
+               origins: dict[tuple, str] | None = None) -> list[str]:
+    """Set ``DECFLOW_<SECTION>__<KEY>`` values on ``data``; returns the dotted keys set and
+    records in ``origins`` which variable set each key path."""
     keys = []
     for key, raw in sorted((env if env is not None else os.environ).items()):
         name = key[len(ENV_PREFIX):].lower()
         if key.startswith(ENV_PREFIX) and name:
-            _set_path(data, name.split("__"), yaml.safe_load(raw))
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError as exc:
+                problem = getattr(exc, "problem", None) or type(exc).__name__
+                raise ConfigError(f"environment variable {key}: does not parse as YAML: "
+                                  f"{problem}, found {_found(raw)}") from None
+            path = name.split("__")
+            _set_path(data, path, value, f"environment variable {key}")
+            if origins is not None:
+                origins[tuple(path)] = f"environment variable {key}"
             keys.append(name.replace("__", "."))
     return keys
 
@@ -343,11 +494,12 @@ def apply_environment(config: PipelineConfig, env: dict[str, str] | None = None
         they may be secret).
 
     Raises:
-        ValueError: unknown keys or invalid values (pydantic names each one).
+        ConfigError: unknown keys or invalid values (each named with the variable that set it).
     """
     data = config.model_dump()
-    keys = _apply_env(data, env)
-    return (PipelineConfig.model_validate(data) if keys else config), keys
+    origins: dict[tuple, str] = {}
+    keys = _apply_env(data, env, origins)
+    return (_validate(data, " (environment)", origins) if keys else config), keys
 
 
 def dump_config(config: PipelineConfig) -> str:
