@@ -33,11 +33,41 @@ class _RunRecords(logging.Handler):
         self.target.handle(clean)
 
 
+class _Redact(logging.Filter):
+    """Redacts secrets from a record's message and exception text before a handler formats it
+    (Prefect's own handlers log a failed run's exception, message and traceback)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format string: let the handler report it
+            return True
+        if redact(message) != message:
+            record.msg, record.args = redact(message), ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
+_PREFECT_LOGGERS = ("prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.extra")
+
+
+def redact_prefect_logs() -> None:
+    """Put the redacting filter on every handler of Prefect's loggers (once per handler)."""
+    for name in _PREFECT_LOGGERS:
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, _Redact) for f in handler.filters):
+                handler.addFilter(_Redact())
+
+
 def forward_library_logs(level: int = logging.INFO) -> None:
     """Attach Prefect's run-log and console handlers to the ``decflow`` logger (once per
     process), so library progress reaches the run's logs with or without a terminal."""
     from prefect.logging.handlers import APILogHandler, PrefectConsoleHandler
 
+    redact_prefect_logs()
     logger = logging.getLogger(LIBRARY_LOGGER)
     if logger.level == logging.NOTSET or logger.level > level:
         logger.setLevel(level)

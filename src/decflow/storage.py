@@ -229,12 +229,12 @@ def scan_window(source: SourceConfig, run_date, window_days: int | None = None) 
     with "." or "_" (temporaries, markers) are ignored, as pyarrow's dataset discovery does.
 
     Raises:
-        ValueError: the source dataset does not exist.
+        DataError: the source dataset does not exist, or a file is not readable Parquet.
     """
     window = window_dates(run_date, window_days or source.window_days)
     fs, root = _fs(source.uri)
     if fs.get_file_info(root).type == pafs.FileType.NotFound:
-        raise ValueError(f"source dataset not found: {source.uri}")
+        raise DataError(f"source dataset not found: {source.uri}")
     present = set(list_partitions(source.uri, source.date_column))
     days = [d for d in window if d in present]
     missing = [d.isoformat() for d in window if d not in present]
@@ -246,8 +246,7 @@ def scan_window(source: SourceConfig, run_date, window_days: int | None = None) 
                        and not os.path.basename(f.path).startswith((".", "_")))
         for path in paths:
             info = fs.get_file_info(path)
-            with fs.open_input_file(path) as fh:
-                meta = pq.ParquetFile(fh).metadata
+            meta = _footer(fs, path)
             groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
             columns = columns or list(meta.schema.to_arrow_schema().names)
             # the Arrow schema's text: str(meta.schema) starts with the object's address
@@ -262,6 +261,17 @@ def scan_window(source: SourceConfig, run_date, window_days: int | None = None) 
     lineage = _lineage(source.uri, [d.isoformat() for d in days], missing, files,
                        [*columns, source.date_column] if files else [])
     return WindowScan(source.uri, source.date_column, files, lineage)
+
+
+def _footer(fs: pafs.FileSystem, path: str) -> pq.FileMetaData:
+    """A Parquet file's footer; a corrupt or truncated file is a ``DataError`` naming it."""
+    try:
+        with fs.open_input_file(path) as fh:
+            return pq.ParquetFile(fh).metadata
+    except pa.ArrowInvalid as exc:
+        name = f"{os.path.basename(os.path.dirname(path))}/{os.path.basename(path)}"
+        raise DataError(f"{name} is not a readable Parquet file (corrupt or truncated: "
+                        f"{exc}); remove or rewrite it") from None
 
 
 def _kind(t: pa.DataType) -> str:
@@ -405,7 +415,7 @@ def load_window(source: SourceConfig, run_date, window_days: int | None = None,
         (frame with a ``<date_column>`` string column, lineage).
 
     Raises:
-        ValueError: the source dataset does not exist.
+        DataError: the source dataset does not exist, or a file is not readable Parquet.
     """
     scan = scan_window(source, run_date, window_days)
     if not scan.files:

@@ -81,3 +81,35 @@ def test_library_progress_reaches_the_prefect_run_logs_without_a_terminal(nightl
                      f"ds=2026-11-19..{RUN_DATE} (3 partitions): 270 rows validated",
                      f"ds={RUN_DATE}: 90 rows validated, 90 labels written"):
         assert expected in text, f"{expected!r} not in the run's logs:\n{text}"
+
+
+@pytest.fixture
+def failing_flow():
+    from prefect import flow
+
+    from decflow.config import PipelineConfig
+    from tasks.runtime import prepare_run
+
+    @flow(name="fails-with-a-secret")
+    def fails(config: PipelineConfig):
+        prepare_run(config)
+        raise RuntimeError("could not reach http://decflow:s3cret-word@mlflow:5000/api")
+
+    return fails
+
+
+def test_prefect_s_own_failure_logs_are_redacted(failing_flow, tmp_path, capfd):
+    """Prefect logs a failed run's exception (message and traceback) to the console and to the
+    server; a URL password in it must not reach either."""
+    from prefect import get_client
+
+    from decflow.config import PipelineConfig
+
+    state = failing_flow(config=PipelineConfig(home=str(tmp_path)), return_state=True)
+    assert state.is_failed()
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(state.state_details.flow_run_id)
+    text = "\n".join(_log_lines(str(run.id)))
+    assert "decflow:***@mlflow:5000" in text
+    out = capfd.readouterr()
+    assert "s3cret-word" not in text + out.out + out.err
