@@ -173,6 +173,9 @@ class ValidationConfig(_Section):
     min_rows: int = Field(default=100, ge=1)
     suite_path: str | None = None  # optional extra GX ExpectationSuite (JSON)
     sample_size: int = Field(default=5, ge=1)  # bad values quoted per failed expectation
+    # Where an id must be unique: "window" (tables of events or entities, each row once), or
+    # "partition" (daily snapshot tables, where every date repeats the ids of the entities).
+    unique_ids: Literal["window", "partition"] = "window"
 
 
 class ModelConfig(_Section):

@@ -189,9 +189,9 @@ def _pick_bucket(result: ChunkResult, b: int) -> np.ndarray | None:
 
 
 def _bucket_duplicates(codes: list[int], names: list[str], sample_size: int,
-                       *parts: np.ndarray | None) -> validation.Duplicates:
+                       per_partition: bool, *parts: np.ndarray | None) -> validation.Duplicates:
     pieces = [(p, np.full(len(p), c)) for p, c in zip(parts, codes) if p is not None]
-    return validation.find_duplicates(pieces, sample_size, names)
+    return validation.find_duplicates(pieces, sample_size, names, per_partition)
 
 
 @dataclass
@@ -268,7 +268,9 @@ def run_partitions(client: distributed.Client, scans: list[WindowScan], plans: l
         if st.submitted == st.n_chunks:  # the last chunk: look for duplicates meanwhile
             names = [partition_name(st.scan.date_column, d) for d in st.scan.lineage.partitions]
             st.duplicates = [client.submit(_bucket_duplicates, st.codes, names,
-                                           plan.validation.sample_size, *futs, pure=False)
+                                           plan.validation.sample_size,
+                                           plan.validation.unique_ids == "partition", *futs,
+                                           pure=False)
                              for futs in st.buckets]
         return (i, client.submit(_pick, fut, "batches", pure=False),
                 client.submit(_pick, fut, "labels", pure=False) if scoring else None)

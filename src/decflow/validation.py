@@ -242,8 +242,10 @@ def validate_frame(df: pd.DataFrame, source: SourceConfig, features: FeaturesCon
     batch = validate_batch(df, source, features, validation)
     dups = None
     if source.id_column in df.columns:
-        dups = find_duplicates([(df[source.id_column].to_numpy(dtype=object), None)],
-                               validation.sample_size)
+        per_day = validation.unique_ids == "partition" and source.date_column in df.columns
+        days = (pd.factorize(df[source.date_column])[0] if per_day else None)
+        dups = find_duplicates([(df[source.id_column].to_numpy(dtype=object), days)],
+                               validation.sample_size, per_partition=per_day)
     return merge_batches([batch], dups, source, features, validation)
 
 
@@ -307,12 +309,24 @@ class Duplicates:
 
 
 def find_duplicates(parts: list[tuple[np.ndarray, np.ndarray | None]], sample_size: int,
-                    partition_names: list[str] | None = None) -> Duplicates:
+                    partition_names: list[str] | None = None, per_partition: bool = False
+                    ) -> Duplicates:
     """Exact duplicate ids over ``parts`` (ids, partition codes or None); nulls are ignored.
 
-    Over Dask, ids are first split by hash into buckets so each call sees one bucket of the
-    whole window (see ``decflow.scoring``); here they only need to fit one process.
+    With ``per_partition`` an id may repeat across partitions (daily snapshot tables) and
+    only repeats within one partition count. Over Dask, ids are first split by hash into
+    buckets so each call sees one bucket of the whole window (see ``decflow.scoring``); here
+    they only need to fit one process.
     """
+    if per_partition and parts:
+        groups: dict[int, list] = {}
+        for ids, codes in parts:
+            ids = np.asarray(ids)
+            codes = codes if codes is not None else np.full(len(ids), -1)
+            for c in np.unique(codes):
+                groups.setdefault(int(c), []).append((ids[codes == c], codes[codes == c]))
+        return merge_duplicates([find_duplicates(g, sample_size, partition_names)
+                                 for g in groups.values()], sample_size)
     arrays = [np.asarray(p) for p, _ in parts]
     codes = (np.concatenate([c if c is not None else np.full(len(p), -1)
                              for p, c in zip(arrays, (c for _, c in parts))])

@@ -122,3 +122,40 @@ def test_backfill_resume_relabels_a_partition_whose_source_changed(tmp_path):
     assert rows[0]["rows"] == 90 + 7
     assert "source changed" in rows[0]["detail"]
     assert len(storage.read_partition(config.labels_uri(), "ds", day)) == 97
+
+
+def _snapshot_ids(day, cols):
+    cols["id"] = cols["id"] - cols["id"].min()  # every day repeats the ids 0..89
+    return cols
+
+
+def test_daily_snapshot_tables_train_with_ids_unique_per_partition(tmp_path):
+    """Snapshot tables (every day a full copy of the entities, ids repeating across days) could
+    never train: ids had to be unique over the window. `validation.unique_ids: partition`
+    checks them within each day; the default (`window`) still refuses repeats across days."""
+    source = str(tmp_path / "source")
+    write_source(source, mutate=_snapshot_ids)
+    window = tiny_config(tmp_path, source, train={"pretrain_epochs": 3})
+    with pytest.raises(DataError, match=r"expect_column_values_to_be_unique on column 'id'"):
+        recluster(config=window, run_date=RUN_DATE)
+    config = tiny_config(tmp_path, source, train={"pretrain_epochs": 3},
+                         validation={"unique_ids": "partition"})
+    result = recluster(config=config, run_date=RUN_DATE)
+    assert result["labels"]["rows"] == 90
+    labels = storage.read_partition(config.labels_uri(), "ds", RUN_DATE)
+    assert sorted(labels["id"]) == list(range(90))
+
+
+def test_ids_repeated_within_one_day_still_fail_per_partition(tmp_path):
+    def repeat_within_the_night(day, cols):
+        cols = _snapshot_ids(day, cols)
+        if day == RUN_DATE:
+            cols["id"][5] = cols["id"][6]
+        return cols
+
+    source = str(tmp_path / "source")
+    write_source(source, mutate=repeat_within_the_night)
+    config = tiny_config(tmp_path, source, train={"pretrain_epochs": 3},
+                         validation={"unique_ids": "partition"})
+    with pytest.raises(DataError, match=rf"column 'id'.*partition\(s\) ds={RUN_DATE}"):
+        recluster(config=config, run_date=RUN_DATE)
