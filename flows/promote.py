@@ -9,16 +9,19 @@ from decflow.config import PipelineConfig
 from decflow.promotion import PromotionDecision
 from decflow.tracking import CHAMPION
 from tasks.promotion import (apply_decision, compare_models, find_version,
-                             load_reference_rows, record_decision, rollback_champion)
+                             load_reference_rows, record_decision, require_champion,
+                             rollback_champion)
 from tasks.runtime import prepare_run
 from tasks.registry import load_model
 
 
-def gate_candidate(config: PipelineConfig, candidate: str, reference: pd.DataFrame
-                   ) -> PromotionDecision:
-    """Evaluate every gate on the reference rows, record the decision, then move aliases.
+def gate_candidate(config: PipelineConfig, candidate: str, reference: pd.DataFrame,
+                   need_champion: bool = False) -> PromotionDecision:
+    """Evaluate every gate on the reference rows, record the decision, then move aliases
+    (challenger <- the judged version if newest; champion/previous on "promote").
 
-    Shared by `promote` and the nightly `recluster`; call it inside a flow.
+    Shared by `promote` and the nightly `recluster`; call it inside a flow. With
+    ``need_champion`` (the caller labels next) a rejected first version fails the run.
     """
     version, challenger = load_model(config, candidate)
     champion_version, champion = load_model(config, CHAMPION)
@@ -26,6 +29,8 @@ def gate_candidate(config: PipelineConfig, candidate: str, reference: pd.DataFra
                               reference)
     record_decision(config, decision)
     apply_decision(config, decision)
+    if need_champion:
+        require_champion(config, decision)
     return decision
 
 
@@ -35,6 +40,8 @@ def promote(config: PipelineConfig, candidate: str = "challenger",
     """Gate a candidate (alias or version) against the champion; promote it if every gate passes.
 
     The reference rows are run_date's partition, or by default the candidate's training window.
+    The default `challenger` is the newest judged version; a rollback clears it when it was the
+    demoted one, and a rolled-back version named explicitly is gated with a note.
     """
     config = prepare_run(config)
     version = find_version(config, candidate)

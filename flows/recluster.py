@@ -82,8 +82,9 @@ def recluster(config: PipelineConfig = PipelineConfig(), run_date: dt.date | Non
                                  run_id, day, alignment)
         links = link_mlflow_run(config, run_id, version)
         decision = None
-        if config.promotion.auto_promote:
-            decision = gate_candidate(config, version, sample_reference_rows(train, config))
+        if config.promotion.auto_promote or old_version is None:  # a first version: judge it
+            decision = gate_candidate(config, version, sample_reference_rows(train, config),
+                                      need_champion=True)
         champion_version, champion = load_model(config)
         today, late = snapshot_partition(window, run_date)
         written = label_partition(today, champion_version, champion, config, run_id, late)

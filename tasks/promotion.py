@@ -1,27 +1,36 @@
-"""Promotion gate, alias moves, rollback and stable cluster ids."""
+"""Promotion gate, alias moves, rollback and stable cluster ids.
 
+Tasks that call MLflow have no Prefect retries (see ``tasks/registry.py``).
+"""
+
+import dataclasses
 import datetime as dt
 
 import numpy as np
 import pandas as pd
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from decflow import alignment, promotion, registry, storage, tracking
 from decflow.config import PipelineConfig, redact
+from decflow.errors import ConfigError
 from decflow.scoring import source_columns
 
 from .tracking import client, log_dict, log_metrics
 
 
-@task(name="find_version", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="find_version", cache_policy=NO_CACHE)
 def find_version(config: PipelineConfig, ref: str):
-    """The ModelVersion behind an alias or version number; ValueError when there is none."""
+    """The ModelVersion behind an alias or version number; ConfigError when there is none."""
     version = tracking.get_version(config.tracking_uri(), config.registry.model_name, ref)
     if version is None:
-        raise ValueError(f"model {config.registry.model_name!r} has no version or alias "
-                         f"{ref!r} in {redact(config.tracking_uri())}")
+        hint = ""
+        if str(ref) == tracking.CHALLENGER:
+            hint = ("; `challenger` is set when a gate judges a version and cleared by a "
+                    "rollback of that version: name the version to gate (candidate=N)")
+        raise ConfigError(f"model {config.registry.model_name!r} has no version or alias "
+                          f"{ref!r} in {redact(config.tracking_uri())}{hint}")
     return version
 
 
@@ -55,18 +64,29 @@ def load_reference_rows(config: PipelineConfig, version, run_date: dt.date | Non
 @task(name="compare_models", cache_policy=NO_CACHE)
 def compare_models(config: PipelineConfig, candidate, challenger, champion_version, champion,
                    reference: pd.DataFrame) -> promotion.PromotionDecision:
-    """Score the reference rows with both models and evaluate every gate (nothing moves)."""
+    """Score the reference rows with both models and evaluate every gate (nothing moves).
+
+    A candidate that was rolled back is judged like any other (it was named explicitly: a
+    rollback clears `challenger`), with a note in the decision and a warning in the run log.
+    """
     success = candidate.tags.get("validation.success")
-    return promotion.compare_models(
+    decision = promotion.compare_models(
         challenger, champion, reference, config.promotion,
         label_column=config.source.label_column,
         validation_success=None if success is None else success == "True",
         candidate_version=str(candidate.version),
         champion_version=None if champion_version is None else str(champion_version.version),
         random_state=config.train.random_state or 0)
+    rolled_back = candidate.tags.get("promotion.rolled_back_at")
+    if rolled_back:
+        note = (f"version {candidate.version} was rolled back at {rolled_back}; it is judged "
+                f"again only because it was named explicitly")
+        get_run_logger().warning(note)
+        decision = dataclasses.replace(decision, notes=[*decision.notes, note])
+    return decision
 
 
-@task(name="record_decision", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="record_decision", cache_policy=NO_CACHE)
 def record_decision(config: PipelineConfig, decision: promotion.PromotionDecision) -> None:
     """The decision and each gate as tags on the candidate version, and a Prefect artifact."""
     registry.set_version_tags(config.tracking_uri(), config.registry.model_name,
@@ -79,17 +99,26 @@ def record_decision(config: PipelineConfig, decision: promotion.PromotionDecisio
 @task(name="apply_decision", cache_policy=NO_CACHE)
 def apply_decision(config: PipelineConfig, decision: promotion.PromotionDecision
                    ) -> dict[str, str]:
-    """Move champion/previous when the decision is to promote; returns the aliases after."""
-    uri, name = config.tracking_uri(), config.registry.model_name
-    if not decision.promote:
-        return registry.aliases(uri, name)
-    return registry.promote_version(uri, name, decision.candidate,
-                                    expected_champion=decision.champion)
+    """Move the aliases after a verdict (``registry.apply_verdict``): challenger <- the judged
+    version if newest, and champion/previous on "promote"; returns the aliases after."""
+    return registry.apply_verdict(config.tracking_uri(), config.registry.model_name,
+                                  decision.candidate, promote=decision.promote,
+                                  expected_champion=decision.champion)
+
+
+def require_champion(config: PipelineConfig, decision: promotion.PromotionDecision) -> None:
+    """After the gate of a model's first version: labels need a champion, so a rejected first
+    version fails the run (RuntimeError naming the failed gates); nothing was written."""
+    if decision.champion is None and not decision.promote:
+        raise RuntimeError(f"no champion to label with: {decision.summary()}; the first version "
+                           f"of {config.registry.model_name!r} must pass the gates before it "
+                           f"serves (nothing was written)")
 
 
 @task(name="rollback_champion", cache_policy=NO_CACHE)
 def rollback_champion(config: PipelineConfig) -> dict[str, str]:
-    """champion <- previous, previous <- the demoted champion; tags both versions."""
+    """champion <- previous, previous <- the demoted champion, challenger cleared if it was
+    the demoted one (so a plain promote cannot put it back); tags both versions."""
     uri, name = config.tracking_uri(), config.registry.model_name
     moved = registry.rollback_champion(uri, name)
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

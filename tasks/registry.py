@@ -1,4 +1,9 @@
-"""Model logging, registration and champion lookup."""
+"""Model logging, registration and champion lookup.
+
+No Prefect retries here: MLflow's own HTTP retries are bounded (``decflow.tracking.HTTP_BUDGET``)
+and a server that does not answer fails the run with ``ServiceUnavailable`` within that budget;
+retrying the task would multiply the wait (and a retried registration could register twice).
+"""
 
 import json
 
@@ -15,10 +20,10 @@ from decflow.validation import ValidationReport
 from .data import lineage_tags
 
 
-@task(name="load_model", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="load_model", cache_policy=NO_CACHE)
 def load_model(config: PipelineConfig, ref: str = tracking.CHAMPION):
     """(ModelVersion, LoadedModel(encoder, estimator)) behind an alias or version number, or
-    (None, None) when there is none."""
+    (None, None) when there is none; its files are checked against their recorded digests."""
     uri, name = config.tracking_uri(), config.registry.model_name
     version = tracking.get_version(uri, name, ref)
     if version is None:
@@ -39,11 +44,12 @@ def champion_weights(champion, encoder: FeatureEncoder, config: PipelineConfig) 
     return {k: v.clone() for k, v in old.autoencoder_.state_dict().items()}
 
 
-@task(name="register_model", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="register_model", cache_policy=NO_CACHE)
 def register_model(est, encoder: FeatureEncoder, frame: pd.DataFrame, lineage: Lineage,
                    report: ValidationReport, metrics: dict[str, float], config: PipelineConfig,
                    run_id: str, run_date: str, alignment: dict | None = None) -> str:
-    """Log the pyfunc model and register it as a new version with alias challenger.
+    """Log the pyfunc model (with its file digests) and register it as a new version, tagged
+    ``promotion.decision=pending`` and holding no alias until a promotion gate judges it.
 
     ``alignment`` (from ``align_cluster_ids``) adds the cluster-id mapping and label churn.
 

@@ -1,23 +1,35 @@
 """MLflow run lifecycle for flows (a context manager, not a task: it brackets tasks), and the
-links between a Prefect run and its MLflow run."""
+links between a Prefect run and its MLflow run.
+
+Every client here is ``decflow.tracking.mlflow_client``: MLflow's HTTP retries are bounded and
+a server that does not answer raises ``ServiceUnavailable`` (no Prefect retries on top).
+"""
 
 import contextlib
 import datetime as dt
+import logging
 import os
+import socket
+import uuid
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, Run, RunStatus
+from mlflow.exceptions import MlflowException
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from decflow import __version__
 from decflow.config import PipelineConfig, dump_config, redact
-from decflow.tracking import ensure_experiment
+from decflow.errors import ServiceUnavailable
+from decflow.tracking import ensure_experiment, fail_stale_runs, mlflow_client
+
+_log = logging.getLogger("decflow.tracking")
+# MLflow runs this process has open (inside ``tracked_run``): never stale.
+_OPEN_RUNS: set[str] = set()
 
 
 def client(config: PipelineConfig) -> MlflowClient:
-    uri = config.tracking_uri()
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return mlflow_client(config.tracking_uri())
 
 
 def prefect_run_tags() -> dict[str, str]:
@@ -49,7 +61,13 @@ def model_version_url(config: PipelineConfig, version: str) -> str:
 @contextlib.contextmanager
 def tracked_run(config: PipelineConfig, run_name: str, tags: dict[str, str] | None = None):
     """Start an MLflow run (params = the flattened config, secrets redacted; tags = the Prefect
-    flow run it belongs to); mark it FAILED if the body raises."""
+    flow run it belongs to, host and pid); mark it FAILED if the body raises.
+
+    When the body fails because the server is down (``ServiceUnavailable``) the run cannot be
+    closed: it stays RUNNING, and the next run start with the same ``decflow.flow`` tag marks it
+    FAILED (``fail_stale_runs``) once its process is gone. The failure costs one call's HTTP
+    budget, no more.
+    """
     if config.registry.tracking_uri is None:
         os.makedirs(config.home, exist_ok=True)
     mlflow = client(config)
@@ -57,9 +75,17 @@ def tracked_run(config: PipelineConfig, run_name: str, tags: dict[str, str] | No
                             config.artifact_location())
     run = mlflow.create_run(exp, run_name=run_name, tags={
         "decflow.version": __version__, "decflow.config_digest": config.digest(),
+        "decflow.host": socket.gethostname(), "decflow.pid": str(os.getpid()),
         **prefect_run_tags(), **(tags or {})})
     run_id = run.info.run_id
+    _OPEN_RUNS.add(run_id)
     try:
+        flow = (tags or {}).get("decflow.flow")
+        try:
+            fail_stale_runs(config.tracking_uri(), exp, still_running,
+                            tags={"decflow.flow": flow} if flow else None, by=run_id)
+        except MlflowException as exc:  # housekeeping: never the reason a run fails
+            _log.warning("could not look for stale MLflow runs: %s", redact(str(exc))[:300])
         params = config.flatten()
         items = list(params.items())
         for i in range(0, len(items), 100):
@@ -67,10 +93,61 @@ def tracked_run(config: PipelineConfig, run_name: str, tags: dict[str, str] | No
         log_text(config, run_id, dump_config(config), "config.yaml")
         yield run_id
     except BaseException as exc:
-        mlflow.set_tag(run_id, "decflow.error", redact(f"{type(exc).__name__}: {exc}")[:5000])
-        mlflow.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        if not isinstance(exc, ServiceUnavailable):
+            try:
+                mlflow.set_tag(run_id, "decflow.error",
+                               redact(f"{type(exc).__name__}: {exc}")[:5000])
+                mlflow.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+            except ServiceUnavailable:
+                _log.warning("MLflow run %s stays RUNNING (the server went away as it failed); "
+                             "the next run marks it FAILED", run_id)
         raise
+    finally:
+        _OPEN_RUNS.discard(run_id)
     mlflow.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def still_running(run: Run) -> bool:
+    """Whether an MLflow run in state RUNNING may still have a live process behind it.
+
+    Not if: its Prefect flow run is in a final state (asked only inside a flow run, where a
+    Prefect API is configured); or it ran on this host and its pid is gone, or is this process
+    without the run open. Unknown (another host, no Prefect answer): assumed live.
+    """
+    tags = run.data.tags
+    if run.info.run_id in _OPEN_RUNS:
+        return True
+    final = _prefect_run_final(tags.get("prefect.flow_run_id"))
+    if final is not None:
+        return not final
+    pid = tags.get("decflow.pid", "")
+    if tags.get("decflow.host") != socket.gethostname() or not pid.isdigit():
+        return True
+    if int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _prefect_run_final(flow_run_id: str | None) -> bool | None:
+    """Whether the Prefect flow run is in a final state; None when that cannot be told."""
+    from prefect.runtime import flow_run
+
+    if not flow_run_id or flow_run.id is None:
+        return None
+    try:
+        from prefect import get_client
+
+        with get_client(sync_client=True) as prefect:
+            state = prefect.read_flow_run(uuid.UUID(flow_run_id)).state
+    except Exception:  # unknown to this Prefect API, or none reachable: fall back to the pid
+        return None
+    return None if state is None else bool(state.is_final())
 
 
 def log_text(config: PipelineConfig, run_id: str, text: str, path: str) -> None:
@@ -92,7 +169,7 @@ def log_figure(config: PipelineConfig, run_id: str, figure, path: str) -> None:
     client(config).log_figure(run_id, figure, path)
 
 
-@task(name="link_mlflow_run", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="link_mlflow_run", cache_policy=NO_CACHE)
 def link_mlflow_run(config: PipelineConfig, run_id: str, version: str | None = None
                     ) -> dict[str, str]:
     """Link artifacts on the Prefect run: its MLflow run and the model version it registered."""
@@ -106,5 +183,6 @@ def link_mlflow_run(config: PipelineConfig, run_id: str, version: str | None = N
         links["model_version"] = model_version_url(config, version)
         create_link_artifact(key="mlflow-model-version", link=links["model_version"],
                              link_text=f"{config.registry.model_name} version {version}",
-                             description="registered model version (alias challenger)")
+                             description="registered model version (judged by the "
+                                         "promotion gate before it holds an alias)")
     return links

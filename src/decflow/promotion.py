@@ -127,6 +127,7 @@ class PromotionDecision:
         candidate, champion: version numbers (None where unknown / no champion).
         n_rows: reference rows both models scored.
         evaluated_at: UTC timestamp (ISO 8601).
+        notes: warnings that do not change the verdict (e.g. the candidate was rolled back).
     """
 
     decision: str
@@ -136,6 +137,7 @@ class PromotionDecision:
     n_rows: int = 0
     evaluated_at: str = field(
         default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    notes: list[str] = field(default_factory=list)
 
     @property
     def promote(self) -> bool:
@@ -166,7 +168,8 @@ class PromotionDecision:
                 "promotion.reference_rows": str(self.n_rows),
                 "promotion.evaluated_at": self.evaluated_at,
                 "promotion.failed_gates": ",".join(g.name for g in self.failed) or "none",
-                "promotion.summary": self.summary()[:4000]}
+                "promotion.summary": self.summary()[:4000],
+                "promotion.notes": "; ".join(self.notes)[:4000] or "none"}
         tags.update({f"{GATE_TAG_PREFIX}{g.name}": g.to_tag()[:4000] for g in self.gates})
         return tags
 
@@ -175,7 +178,8 @@ class PromotionDecision:
         rows = "\n".join(
             f"| {g.name} | {'pass' if g.passed else '**fail**'} | {_fmt(g.value)} | "
             f"{_fmt(g.threshold)} | {g.detail.replace('|', '/')} |" for g in self.gates)
-        return (f"### Promotion: **{self.decision}**\n\n{self.summary()}\n\n"
+        notes = "".join(f"> **Note:** {note}\n\n" for note in self.notes)
+        return (f"### Promotion: **{self.decision}**\n\n{self.summary()}\n\n{notes}"
                 f"Candidate version {self.candidate or '?'}, champion version "
                 f"{self.champion or 'none'}, {self.n_rows} reference rows, evaluated "
                 f"{self.evaluated_at}.\n\n"

@@ -1,12 +1,18 @@
 """Registry alias moves for promotion and rollback (MLflow 3 aliases, no stages).
 
-``champion`` serves labels, ``challenger`` is the newest candidate, ``previous`` the last
-champion. Promotion: previous <- old champion, champion <- candidate. Rollback: champion <-
-previous, previous <- the demoted champion (so a second rollback undoes the first). Each move
-is a few alias writes; when one fails, the aliases already written are put back as they were
-and the error is raised, so a move happens completely or not at all (short of the restore
-itself failing, which is logged). Concurrent moves on the same model are not serialised: the
-promotion checks that the champion is still the one the gates compared against.
+``champion`` serves labels, ``challenger`` is the newest *judged* candidate, ``previous`` the
+last champion. Registration sets no alias (the version is tagged ``promotion.decision`` =
+``pending``); only a verdict of the promotion gate moves one (``apply_verdict``): challenger <-
+the judged version when it is newer than the current challenger, and on "promote" previous <-
+old champion, champion <- candidate. So a version that no gate judged (its run died between
+registration and the gate) holds no alias. Rollback: champion <- previous, previous <- the
+demoted champion (so a second rollback undoes the first), and challenger is cleared when it
+points at the demoted version, so a plain promote cannot put it back.
+
+Each move is a few alias writes; when one fails, the aliases already written are put back as
+they were and the error is raised, so a move happens completely or not at all (short of the
+restore itself failing, which is logged). Concurrent moves on the same model are not
+serialised: a verdict checks that the champion is still the one the gates compared against.
 """
 
 import logging
@@ -14,13 +20,13 @@ import logging
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from .tracking import CHAMPION, PREVIOUS
+from .tracking import CHALLENGER, CHAMPION, PREVIOUS, mlflow_client
 
 _log = logging.getLogger(__name__)
 
 
 def _client(tracking_uri: str) -> MlflowClient:
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    return mlflow_client(tracking_uri)
 
 
 def aliases(tracking_uri: str, model_name: str) -> dict[str, str]:
@@ -34,11 +40,12 @@ def aliases(tracking_uri: str, model_name: str) -> dict[str, str]:
     return {alias: str(version) for alias, version in model.aliases.items()}
 
 
-def move_aliases(tracking_uri: str, model_name: str, moves: dict[str, str]) -> dict[str, str]:
+def move_aliases(tracking_uri: str, model_name: str, moves: dict[str, str | None]
+                 ) -> dict[str, str]:
     """Point each alias at its version, in the given order; all or nothing.
 
     Args:
-        moves: ``{alias: version}``.
+        moves: ``{alias: version}``; a version of None deletes the alias (if set).
 
     Returns:
         The aliases before the move (``{alias: version}``, absent where it was unset).
@@ -51,7 +58,12 @@ def move_aliases(tracking_uri: str, model_name: str, moves: dict[str, str]) -> d
     done = []
     try:
         for alias, version in moves.items():
-            client.set_registered_model_alias(model_name, alias, str(version))
+            if version is None:
+                if alias not in before:
+                    continue
+                client.delete_registered_model_alias(model_name, alias)
+            else:
+                client.set_registered_model_alias(model_name, alias, str(version))
             done.append(alias)
     except BaseException:
         for alias in reversed(done):
@@ -95,8 +107,48 @@ def promote_version(tracking_uri: str, model_name: str, version: str,
     return aliases(tracking_uri, model_name)
 
 
+def apply_verdict(tracking_uri: str, model_name: str, version: str, *, promote: bool,
+                  expected_champion: str | None) -> dict[str, str]:
+    """Move the aliases after a promotion gate judged ``version``; all or nothing.
+
+    ``challenger`` <- ``version`` when there is no challenger or ``version`` is newer (the
+    newest judged candidate, whatever its verdict); when ``promote``: ``previous`` <- the
+    champion (if any and not ``version``), ``champion`` <- ``version``.
+
+    Args:
+        promote: the verdict is "promote".
+        expected_champion: the champion the gates compared against (None: there was none).
+
+    Returns:
+        The aliases after the move.
+
+    Raises:
+        RuntimeError: the champion is no longer ``expected_champion``; nothing moved.
+    """
+    version = str(version)
+    current = aliases(tracking_uri, model_name)
+    champion = current.get(CHAMPION)
+    expected = None if expected_champion is None else str(expected_champion)
+    if champion != expected:
+        raise RuntimeError(f"the champion of {model_name!r} is version {champion or 'none'}, "
+                           f"not {expected or 'none'} as when the gates were evaluated; "
+                           f"nothing moved, evaluate the promotion again")
+    moves: dict[str, str | None] = {}
+    challenger = current.get(CHALLENGER)
+    if challenger is None or int(version) > int(challenger):
+        moves[CHALLENGER] = version
+    if promote and champion != version:
+        if champion is not None:
+            moves[PREVIOUS] = champion
+        moves[CHAMPION] = version
+    if moves:
+        move_aliases(tracking_uri, model_name, moves)
+    return aliases(tracking_uri, model_name)
+
+
 def rollback_champion(tracking_uri: str, model_name: str) -> dict[str, str]:
-    """Swap champion and previous: the previous champion serves again.
+    """Swap champion and previous: the previous champion serves again; ``challenger`` is
+    cleared when it points at the demoted version.
 
     Returns:
         ``{"restored": version, "demoted": version}``.
@@ -109,7 +161,11 @@ def rollback_champion(tracking_uri: str, model_name: str) -> dict[str, str]:
         raise ValueError(f"model {model_name!r} has no {PREVIOUS!r} and {CHAMPION!r} aliases "
                          f"to swap (aliases: {current or 'none'}); nothing to roll back to")
     restored, demoted = current[PREVIOUS], current[CHAMPION]
-    move_aliases(tracking_uri, model_name, {CHAMPION: restored, PREVIOUS: demoted})
+    moves: dict[str, str | None] = {}
+    if current.get(CHALLENGER) == demoted:
+        moves[CHALLENGER] = None  # else a plain `promote` would gate it, and put it back
+    moves.update({CHAMPION: restored, PREVIOUS: demoted})
+    move_aliases(tracking_uri, model_name, moves)
     return {"restored": restored, "demoted": demoted}
 
 

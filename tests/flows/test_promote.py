@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from flowkit import RUN_DATE, latest_artifact, tiny_config, write_source
-from decflow import DeepEmbeddedClustering, promotion, storage, tracking
+from decflow import DeepEmbeddedClustering, promotion, registry, storage, tracking
 from decflow.config import dump_config
 from decflow.features import FeatureEncoder
 from flows.cli import app
@@ -79,6 +79,9 @@ def story(tmp_path_factory):
 
     run_id, model_uri = log_collapsed_model(config)
     out["v_collapsed"] = register_collapsed(config, run_id, model_uri)
+    # a champion from before the gates existed (registration itself sets no alias)
+    registry.apply_verdict(config.tracking_uri(), NAME, out["v_collapsed"], promote=True,
+                           expected_champion=None)
     out["first"] = promote(config=config)
     out["first_aliases"] = aliases(config)
 
@@ -104,7 +107,7 @@ def story(tmp_path_factory):
     out["manual_aliases"] = aliases(config)
 
     out["v_bad"] = register_collapsed(config, run_id, model_uri)
-    out["bad"] = promote(config=config)
+    out["bad"] = promote(config=config, candidate=out["v_bad"])  # judged: not yet challenger
     out["bad_aliases"] = aliases(config)
     return out
 
@@ -140,7 +143,7 @@ def test_nightly_run_promotes_a_better_challenger_and_labels_with_it(story):
 
 def test_rollback_restores_the_previous_champion(story):
     assert story["rollback"] == {"restored": "1", "demoted": "2"}
-    assert story["rollback_aliases"] == {"champion": "1", "challenger": "2", "previous": "2"}
+    assert story["rollback_aliases"] == {"champion": "1", "previous": "2"}  # challenger cleared
     tags = version_tags(story["config"], 2)
     assert "promotion.rolled_back_at" in tags
 

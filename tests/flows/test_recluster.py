@@ -101,7 +101,7 @@ def test_champion_pyfunc_reproduces_the_written_labels(pipeline, monkeypatch):
 
 def test_rerun_replaces_labels_gates_the_challenger_and_keeps_cluster_ids(pipeline):
     config, first = pipeline
-    assert first["promotion"]["decision"] == "already_champion"  # the first version ever
+    assert first["promotion"]["decision"] == "promote"  # the first version ever, judged alone
     second = recluster(config=config, run_date=RUN_DATE)
     labels = storage.read_dataset(config.labels_uri(), "ds")
     assert len(labels) == 90 and labels["id"].is_unique

@@ -149,7 +149,7 @@ def test_promote_then_rollback_swaps_champion_and_previous(registered):
     after = registry.promote_version(uri, m, "3", expected_champion="1")
     assert after == {"champion": "3", "challenger": "3", "previous": "1"}
     assert registry.rollback_champion(uri, m) == {"restored": "1", "demoted": "3"}
-    assert registry.aliases(uri, m) == {"champion": "1", "challenger": "3", "previous": "3"}
+    assert registry.aliases(uri, m) == {"champion": "1", "previous": "3"}  # challenger cleared
     with pytest.raises(RuntimeError, match="not 2"):
         registry.promote_version(uri, m, "3", expected_champion="2")
     assert registry.aliases(uri, m)["champion"] == "1"

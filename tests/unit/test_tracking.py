@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from mlflow.types.schema import Array
 
 from decflow import DeepEmbeddedClustering
-from decflow import tracking
+from decflow import registry, tracking
 from decflow.config import FeaturesConfig
 from decflow.features import FeatureEncoder
 
@@ -74,6 +74,9 @@ def trained(tmp_path_factory):
         v1 = tracking.register_model(uri, model_uri, MODEL, run_id=run_id,
                                      tags={"data_window": "2026-01-01..2026-01-03"})
         v2 = tracking.register_model(uri, model_uri, MODEL, run_id=run_id)
+        # registration sets no alias; a gate's verdicts would: v1 promoted, v2 judged after it
+        registry.apply_verdict(uri, MODEL, "1", promote=True, expected_champion=None)
+        registry.apply_verdict(uri, MODEL, "2", promote=False, expected_champion="1")
         client.set_terminated(run_id)
     finally:
         os.chdir(cwd)
@@ -132,13 +135,13 @@ def test_callback_batches_skips_nan_and_prefixes():
     assert len(client.batches) == 2
 
 
-def test_first_version_is_champion_later_ones_only_challenger(trained):
+def test_registration_sets_no_alias_and_tags_the_version_pending(trained):
     assert (str(trained.v1.version), str(trained.v2.version)) == ("1", "2")  # int on sqlite
-    assert sorted(trained.v1.aliases) == ["challenger", "champion"]
-    assert trained.v2.aliases == ["challenger"]
+    assert trained.v1.aliases == [] and trained.v2.aliases == []
     v1 = tracking.get_version(trained.uri, MODEL, "1")
-    assert v1.aliases == ["champion"]  # challenger moved on to v2
-    assert v1.tags == {"data_window": "2026-01-01..2026-01-03"}
+    assert v1.aliases == ["champion"]  # set by the verdicts in the fixture
+    assert {k: v for k, v in v1.tags.items() if k != tracking.MANIFEST_TAG} == {
+        "data_window": "2026-01-01..2026-01-03", "promotion.decision": "pending"}
     assert v1.run_id == trained.run_id
     assert str(tracking.get_version(trained.uri, MODEL, "champion").version) == "1"
     assert str(tracking.get_version(trained.uri, MODEL, "challenger").version) == "2"
