@@ -165,9 +165,10 @@ def _report(result: dict, config) -> None:
                             f"model version {result['labels']['model_version']})")
     table.add_row("MLflow run", f"{result['run_id']} in {redact(config.tracking_uri())} "
                                 f"(experiment {config.registry.experiment!r})")
+    verdict = (result.get("promotion") or {}).get("decision", "pending (not gated)")
     table.add_row("registered model", f"{config.registry.model_name} version "
-                                      f"{result['model_version']} (challenger); champion is "
-                                      f"version {result['champion_version']}")
+                                      f"{result['model_version']} (promotion: {verdict}); "
+                                      f"champion is version {result['champion_version']}")
     for key in ("acc", "nmi", "ari", "silhouette", "mean_confidence",
                 "smallest_cluster_share"):
         if key in result["metrics"]:

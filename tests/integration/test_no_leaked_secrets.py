@@ -42,6 +42,9 @@ def secret_run(s3_server, mlflow_server, prefect_server, tmp_path_factory):
         model={"n_components": 3, "hidden": [16, 16]},
         train={"pretrain_epochs": 3, "max_iter": 20, "batch_size": 64},
         kmeans={"n_init": 2}, validation={"min_rows": 50},
+        # a tiny model's first version must still pass the gates to serve (not this test's
+        # point): no floor on the smallest cluster
+        promotion={"min_cluster_ratio": 0.0},
         compute={"n_workers": 1, "processes": False})
     text = dump_config(config).replace("***", SENTINEL)  # dump_config redacts; the user's
     assert SENTINEL in text                                # file holds the password itself

@@ -198,8 +198,8 @@ def test_a_version_without_a_digest_is_refused(store):
 
 
 def test_the_safe_loader_imports_nothing_from_the_model(store):
-    before = {name: getattr(mod, "__file__", None) for name, mod in sys.modules.items()}
+    before = {name: getattr(mod, "__file__", None) for name, mod in list(sys.modules.items())}
     tracking.load_model_safely(store.uri, MODEL, "1")
-    new = {name: f for name, mod in sys.modules.items()
+    new = {name: f for name, mod in list(sys.modules.items())
            if (f := getattr(mod, "__file__", None)) and before.get(name) != f}
     assert not [n for n, f in new.items() if "decflow-" in f or "/code/" in f], new
