@@ -14,6 +14,9 @@ reaches the CLI and is mapped by its type):
 4     internal error (any other exception): one line ``internal error: <Type>: <message>``;
       the traceback is written to ``<home>/errors/<UTC time>-<pid>.txt``, or printed with
       ``decflow --traceback <command> ...``
+5     conflict (``decflow.errors.Conflict``): another run is writing the same night's labels,
+      or moving the model's aliases, or moved them since this run's gate compared; nothing
+      was written or moved: retry when it is done
 ====  =========================================================================================
 
 Every message printed goes through ``decflow.config.redact`` (no passwords from URIs).
@@ -31,7 +34,7 @@ from typing import Annotated, Any, Optional
 import typer
 from typer.core import TyperGroup
 
-EXIT_DATA, EXIT_USAGE, EXIT_SERVICE, EXIT_INTERNAL = 1, 2, 3, 4
+EXIT_DATA, EXIT_USAGE, EXIT_SERVICE, EXIT_INTERNAL, EXIT_CONFLICT = 1, 2, 3, 4, 5
 
 # Where an internal error's traceback goes: the home of the config the command loaded (set by
 # _load and the --home commands; reset for every invocation).
@@ -41,7 +44,7 @@ _state: dict[str, Any] = {"home": None}
 def _fail(exc: Exception, show_traceback: bool) -> int:
     """Print what went wrong (secrets redacted) and return the exit code for ``exc``."""
     from decflow.config import redact
-    from decflow.errors import ConfigError, DataError, ServiceUnavailable
+    from decflow.errors import ConfigError, Conflict, DataError, ServiceUnavailable
 
     message = redact(str(exc))
     if isinstance(exc, ConfigError):
@@ -50,6 +53,8 @@ def _fail(exc: Exception, show_traceback: bool) -> int:
         code, line = EXIT_DATA, f"data error: {message}"
     elif isinstance(exc, ServiceUnavailable):
         code, line = EXIT_SERVICE, f"service unavailable: {message}"
+    elif isinstance(exc, Conflict):
+        code, line = EXIT_CONFLICT, f"conflict: {message}"
     else:
         code, line = EXIT_INTERNAL, f"internal error: {type(exc).__name__}" + (
             f": {message}" if message else "")
@@ -90,7 +95,7 @@ app = typer.Typer(cls=_ExitCodes, add_completion=False, no_args_is_help=True,
                   help="Nightly re-clustering of a growing table with Deep Embedded Clustering. "
                        "Exit codes: 0 success, 1 data failed its checks (or a promotion was "
                        "rejected), 2 usage or config error, 3 a service unavailable, 4 internal "
-                       "error.")
+                       "error, 5 conflict (another run holds the night or the registry).")
 
 
 @app.callback()

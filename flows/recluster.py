@@ -8,7 +8,7 @@ from decflow.config import PipelineConfig
 from flows.promote import gate_candidate
 from tasks.data import scan_window, snapshot_partition, validate_features
 from tasks.labels import label_partition
-from tasks.runtime import prepare_run
+from tasks.runtime import night_lock, prepare_run
 from tasks.promotion import align_cluster_ids, sample_reference_rows
 from tasks.registry import champion_weights, load_model, register_model
 from tasks.tracking import link_mlflow_run, tracked_run
@@ -65,8 +65,8 @@ def recluster(config: PipelineConfig = PipelineConfig(), run_date: dt.date | Non
     config = prepare_run(config)
     run_date = run_date or default_run_date()
     day = run_date.isoformat()
-    with tracked_run(config, f"recluster-{day}", {"decflow.flow": "recluster",
-                                                  "decflow.run_date": day}) as run_id:
+    tags = {"decflow.flow": "recluster", "decflow.run_date": day}
+    with night_lock(config, run_date), tracked_run(config, f"recluster-{day}", tags) as run_id:
         window = scan_window(config.source, run_date)
         report = validate_features(window, config, run_id)
         train = sample_training_rows(window, config)

@@ -7,7 +7,7 @@ from prefect import flow
 from decflow.config import PipelineConfig, redact
 from tasks.data import scan_window
 from tasks.labels import label_partition
-from tasks.runtime import prepare_run
+from tasks.runtime import night_lock, prepare_run
 from tasks.registry import load_model
 
 
@@ -16,6 +16,11 @@ def score(config: PipelineConfig, run_date: dt.date, model: str = "champion") ->
     """Validate run_date's partition and label it with `model` (alias or version), chunk-wise
     on the Dask cluster."""
     config = prepare_run(config)
+    with night_lock(config, run_date):
+        return _score(config, run_date, model)
+
+
+def _score(config: PipelineConfig, run_date: dt.date, model: str) -> dict:
     partition = scan_window(config.source, run_date, 1)
     version, scorer = load_model(config, model)
     if version is None:

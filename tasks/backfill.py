@@ -1,5 +1,6 @@
 """Backfill partitions: validate, score with a fixed model and write labels on the Dask cluster."""
 
+import contextlib
 import datetime as dt
 import time
 
@@ -10,8 +11,10 @@ from prefect.cache_policies import NO_CACHE
 from decflow import scoring, storage, validation
 from decflow.compute import dask_client
 from decflow.config import PipelineConfig
+from decflow.errors import Conflict
 
 from .labels import labels_spec
+from .runtime import night_lock
 
 
 def _planned(config: PipelineConfig, day: dt.date, version, force: bool
@@ -61,10 +64,23 @@ def backfill_partitions(config: PipelineConfig, days: list[dt.date], version, mo
     """
     planned = [_planned(config, day, version, force) for day in days]
     rows = [row for row, _ in planned]
-    todo = [row for row, _ in planned if not row["status"]]
-    scans = [scan for row, scan in planned if not row["status"]]
+    with contextlib.ExitStack() as held:
+        for day, (row, _) in zip(days, planned):
+            if not row["status"]:  # a day another run is writing fails; the others go on
+                try:
+                    held.enter_context(night_lock(config, day))
+                except Conflict as exc:
+                    row.update(status="failed", detail=f"Conflict: {exc}")
+        _label(config, [p for p in planned if not p[0]["status"]], version, model)
+    return rows
+
+
+def _label(config: PipelineConfig, planned: list, version, model) -> None:
+    """Label the planned days on one Dask client; fill in each day's summary row."""
+    todo = [row for row, _ in planned]
+    scans = [scan for _, scan in planned]
     if not todo:
-        return rows
+        return
     t0 = time.perf_counter()
     with dask_client(config.compute) as client:
         payload = scoring.scatter_model(client, model.encoder, model.estimator)
@@ -83,7 +99,6 @@ def backfill_partitions(config: PipelineConfig, days: list[dt.date], version, mo
                            detail=f"{row['detail']}model version {version.version}")
             get_run_logger().info("%s %s: %s rows, %s", row["date"], row["status"], row["rows"],
                                   row["detail"])
-    return rows
 
 
 @task(name="publish_backfill_summary", cache_policy=NO_CACHE)

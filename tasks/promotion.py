@@ -14,9 +14,10 @@ from prefect.cache_policies import NO_CACHE
 
 from decflow import alignment, promotion, registry, storage, tracking
 from decflow.config import PipelineConfig, redact
-from decflow.errors import ConfigError
+from decflow.errors import ConfigError, Conflict
 from decflow.scoring import source_columns
 
+from .runtime import registry_lock
 from .tracking import client, log_dict, log_metrics
 
 
@@ -100,10 +101,24 @@ def record_decision(config: PipelineConfig, decision: promotion.PromotionDecisio
 def apply_decision(config: PipelineConfig, decision: promotion.PromotionDecision
                    ) -> dict[str, str]:
     """Move the aliases after a verdict (``registry.apply_verdict``): challenger <- the judged
-    version if newest, and champion/previous on "promote"; returns the aliases after."""
-    return registry.apply_verdict(config.tracking_uri(), config.registry.model_name,
-                                  decision.candidate, promote=decision.promote,
-                                  expected_champion=decision.champion)
+    version if newest, and champion/previous on "promote"; returns the aliases after.
+
+    Under the registry lock: the check that the champion is still the one the gates compared
+    against and the moves are one step, so a manual promote racing the nightly gate ends as one
+    of them alone would; the other is refused (``Conflict``, nothing moved, and the version is
+    tagged ``promotion.decision`` = ``conflict``).
+    """
+    uri, name = config.tracking_uri(), config.registry.model_name
+    try:
+        with registry_lock(config):
+            return registry.apply_verdict(uri, name, decision.candidate,
+                                          promote=decision.promote,
+                                          expected_champion=decision.champion)
+    except Conflict as exc:  # the recorded verdict did not take effect: say so on the version
+        registry.set_version_tags(uri, name, decision.candidate,
+                                  {"promotion.decision": "conflict",
+                                   "promotion.conflict": str(exc)[:4000]})
+        raise
 
 
 def require_champion(config: PipelineConfig, decision: promotion.PromotionDecision) -> None:
@@ -120,7 +135,8 @@ def rollback_champion(config: PipelineConfig) -> dict[str, str]:
     """champion <- previous, previous <- the demoted champion, challenger cleared if it was
     the demoted one (so a plain promote cannot put it back); tags both versions."""
     uri, name = config.tracking_uri(), config.registry.model_name
-    moved = registry.rollback_champion(uri, name)
+    with registry_lock(config):
+        moved = registry.rollback_champion(uri, name)
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     registry.set_version_tags(uri, name, moved["demoted"], {"promotion.rolled_back_at": now})
     registry.set_version_tags(uri, name, moved["restored"], {"promotion.restored_at": now})

@@ -2,10 +2,12 @@
 send the library's log lines (``decflow.*``: epochs, losses, k-means passes, cluster sizes,
 partitions labelled) to the Prefect run's logs and console, secrets redacted."""
 
+import contextlib
+import datetime as dt
 import logging
 import os
 
-from decflow import storage
+from decflow import locks, storage
 from decflow.config import PipelineConfig, apply_environment, redact
 
 LIBRARY_LOGGER = "decflow"
@@ -33,16 +35,33 @@ class _RunRecords(logging.Handler):
         self.target.handle(clean)
 
 
+def _expected_failure(exc_info) -> BaseException | None:
+    """The exception of a record when it is one of the kinds a user fixes (data, config, a
+    service down, a conflict): its message says everything, a traceback would only bury it."""
+    from decflow.errors import ConfigError, Conflict, DataError, ServiceUnavailable
+
+    exc = exc_info[1] if isinstance(exc_info, tuple) else None
+    kinds = (ConfigError, Conflict, DataError, ServiceUnavailable)
+    return exc if isinstance(exc, kinds) else None
+
+
 class _Redact(logging.Filter):
     """Redacts secrets from a record's message and exception text before a handler formats it
-    (Prefect's own handlers log a failed run's exception, message and traceback)."""
+    (Prefect's own handlers log a failed run's exception, message and traceback), and replaces
+    the traceback of an expected failure (``_expected_failure``) by its one-line message."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a bad format string: let the handler report it
             return True
-        if redact(message) != message:
+        expected = _expected_failure(record.exc_info)
+        if expected is not None:
+            line = f"{type(expected).__name__}: {expected}"
+            if line not in message:
+                message = f"{message.rstrip(': ')}: {line}"
+            record.exc_info, record.exc_text = None, None
+        if redact(message) != message or expected is not None:
             record.msg, record.args = redact(message), ()
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
@@ -112,3 +131,18 @@ def retry_on_io(task, task_run, state) -> bool:
     except Exception:  # noqa: BLE001 - any other failure is not transient
         return False
     return False
+
+
+def night_lock(config: PipelineConfig, day: dt.date) -> contextlib.AbstractContextManager:
+    """Held by every run that writes ``day``'s labels (the nightly run for it, ``score``,
+    backfill): a second one is refused at once (``Conflict``, exit code 5), never interleaved."""
+    return locks.hold(config.home, f"labels-{config.source.date_column}={day.isoformat()}",
+                      f"a run writing the labels of {day.isoformat()}")
+
+
+def registry_lock(config: PipelineConfig) -> contextlib.AbstractContextManager:
+    """Held while a gate's verdict or a rollback moves the aliases of the model: the check that
+    the champion is the one the gate compared against and the moves happen as one step."""
+    name = config.registry.model_name
+    return locks.hold(config.home, f"registry-{name}", f"an alias move of model {name!r}",
+                      wait_s=config.registry.lock_wait_s)

@@ -239,6 +239,9 @@ class RegistryConfig(_Section):
     # Browser address of the MLflow UI, for the links from Prefect runs (None: the tracking URI
     # when it is http(s), else http://127.0.0.1:5000 where `decflow ui` serves the local store).
     ui_url: str | None = None
+    # How long a gate's or a rollback's alias moves wait for another one on the same model (in
+    # processes sharing `home`) before refusing with exit code 5; moves take about a second.
+    lock_wait_s: float = Field(default=60.0, ge=0)
 
 
 class PromotionConfig(_Section):

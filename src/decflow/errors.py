@@ -24,3 +24,8 @@ class ConfigError(ValueError):
 class ServiceUnavailable(RuntimeError):
     """A server the run needs did not answer in time; the message names it (without secrets)
     and the time budget spent."""
+
+
+class Conflict(RuntimeError):
+    """Another run holds what this one needs (the same night, the registry's aliases), or moved
+    it first; nothing was written or moved. Retry once the other run is done."""

@@ -11,8 +11,9 @@ points at the demoted version, so a plain promote cannot put it back.
 
 Each move is a few alias writes; when one fails, the aliases already written are put back as
 they were and the error is raised, so a move happens completely or not at all (short of the
-restore itself failing, which is logged). Concurrent moves on the same model are not
-serialised: a verdict checks that the champion is still the one the gates compared against.
+restore itself failing, which is logged). A verdict checks that the champion is still the one
+the gates compared against (``Conflict`` otherwise); the tasks run the check and the moves
+under a lock (``tasks.runtime.registry_lock``), so concurrent moves cannot interleave.
 """
 
 import logging
@@ -20,6 +21,7 @@ import logging
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from .errors import Conflict
 from .tracking import CHALLENGER, CHAMPION, PREVIOUS, mlflow_client
 
 _log = logging.getLogger(__name__)
@@ -91,12 +93,12 @@ def promote_version(tracking_uri: str, model_name: str, version: str,
         The aliases after the move.
 
     Raises:
-        RuntimeError: the champion is no longer ``expected_champion``.
+        Conflict: the champion is no longer ``expected_champion``.
     """
     version = str(version)
     current = aliases(tracking_uri, model_name).get(CHAMPION)
     if expected_champion is not None and current != str(expected_champion):
-        raise RuntimeError(f"the champion of {model_name!r} is version {current}, not "
+        raise Conflict(f"the champion of {model_name!r} is version {current}, not "
                            f"{expected_champion} as when the gates were evaluated; "
                            f"nothing moved, evaluate the promotion again")
     if current == version:
@@ -123,14 +125,14 @@ def apply_verdict(tracking_uri: str, model_name: str, version: str, *, promote: 
         The aliases after the move.
 
     Raises:
-        RuntimeError: the champion is no longer ``expected_champion``; nothing moved.
+        Conflict: the champion is no longer ``expected_champion``; nothing moved.
     """
     version = str(version)
     current = aliases(tracking_uri, model_name)
     champion = current.get(CHAMPION)
     expected = None if expected_champion is None else str(expected_champion)
     if champion != expected:
-        raise RuntimeError(f"the champion of {model_name!r} is version {champion or 'none'}, "
+        raise Conflict(f"the champion of {model_name!r} is version {champion or 'none'}, "
                            f"not {expected or 'none'} as when the gates were evaluated; "
                            f"nothing moved, evaluate the promotion again")
     moves: dict[str, str | None] = {}

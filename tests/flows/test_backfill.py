@@ -170,32 +170,28 @@ def test_missing_partition_is_reported_not_fatal(trained):
     assert storage.read_partition(config.labels_uri(), "ds", LATER) is None
 
 
-def test_two_concurrent_backfills_leave_one_consistent_copy(trained, monkeypatch):
-    """Backfill A holds its first labels write until backfill B writes too, so the overlapping
-    partitions are written by both at once. (B starts once A runs: the test harness's SQLite
-    server answers flow runs created in the same instant with 503 and the client backs off,
-    which would serialise the two runs.)"""
+def test_two_concurrent_backfills_never_write_a_partition_twice(trained, monkeypatch):
+    """Backfill A holds its first labels write until backfill B has written. B writes only the
+    day A does not hold and reports each overlapping day as failed, naming the conflict; A
+    labels all of its days; a rerun of B then finds its days done. (B starts once A runs: the
+    test harness's SQLite server answers flow runs created in the same instant with 503 and
+    the client backs off, which would serialise the two runs.)"""
     from prefect.runtime import flow_run
 
     config, _ = trained
     first_run, a_writing, b_writing = [], threading.Event(), threading.Event()
-    active, peak, lock = [0], [0], threading.Lock()
+    written, lock = [], threading.Lock()
     write = storage.PartitionWriter.write
 
     def contended_write(self, table):
         with lock:
             first_run[:] = first_run or [flow_run.id]
             is_a = first_run[0] == flow_run.id
-            active[0] += 1
-            peak[0] = max(peak[0], active[0])
+            written.append(("A" if is_a else "B", str(self.path)))
         (a_writing if is_a else b_writing).set()
         if is_a:
-            b_writing.wait(timeout=60)
-        try:
-            return write(self, table)
-        finally:
-            with lock:
-                active[0] -= 1
+            assert b_writing.wait(timeout=120)
+        return write(self, table)
 
     monkeypatch.setattr(storage.PartitionWriter, "write", contended_write)
     errors, results = [], {}
@@ -203,26 +199,36 @@ def test_two_concurrent_backfills_leave_one_consistent_copy(trained, monkeypatch
     def run(name, start, end):
         try:
             results[name] = backfill(config=config, start=start, end=end, force=True)
-        except Exception as exc:  # reported below
+        except BackfillFailed as exc:
             errors.append(exc)
+            results[name] = exc.rows
+        finally:
             a_writing.set()
 
     a = threading.Thread(target=run, args=("A", DAYS5[0], DAYS5[3]))
     b = threading.Thread(target=run, args=("B", DAYS5[1], DAYS5[4]))
     a.start()
-    a_writing.wait(timeout=60)
+    assert a_writing.wait(timeout=120)
     b.start()
     a.join()
     b.join()
-    assert errors == []
-    assert peak[0] >= 2 and b_writing.is_set()  # A's writer held open while B's writes
-    assert [r["status"] for r in results["A"] + results["B"]] == ["labelled"] * 8
+    assert [r["status"] for r in results["A"]] == ["labelled"] * 4
+    assert [r["status"] for r in results["B"]] == ["failed"] * 3 + ["labelled"]
+    for row, day in zip(results["B"][:3], DAYS5[1:4]):
+        assert row["detail"].startswith(f"Conflict: a run writing the labels of {day} is in "
+                                        f"progress elsewhere")
+    assert len(errors) == 1 and "3 failed" in str(errors[0])
+    b_paths = [p for who, p in written if who == "B"]
+    assert len(b_paths) == 1 and f"ds={DAYS5[4]}" in b_paths[0]  # never a day A was writing
     files = list(_files(config))
     assert sorted(os.path.relpath(p, config.labels_uri()) for p in files) == \
         sorted(f"ds={d}/part-0.parquet" for d in DAYS5)
     for p in files:
         pq.read_table(p)  # every file complete and readable
     _check_consistent(config, DAYS5)
+    monkeypatch.undo()
+    rerun = backfill(config=config, start=DAYS5[1], end=DAYS5[4])
+    assert [r["status"] for r in rerun] == ["skipped"] * 4
 
 
 def test_cli_backfill(trained, tmp_path):

@@ -1,0 +1,84 @@
+"""Advisory file locks that keep two runs of one pipeline from interleaving.
+
+A lock is a file under ``<home>/locks``, held with ``flock`` for as long as the ``with`` block
+runs; the kernel releases it when the holder exits, however it dies (``kill -9`` included), so
+no stale lock needs clearing. The file records who holds it (pid, host, command, since), for the
+message of whoever is refused.
+
+Scope: processes that share ``home`` (one machine, or a shared file system with working
+``flock``). Runs on different machines with different homes are kept apart by the deployment's
+concurrency limit (the nightly), and registry moves by their compare-and-set check.
+"""
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import re
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import Conflict
+
+_POLL_S = 0.2
+
+
+def lock_path(home: str | Path, name: str) -> Path:
+    """``<home>/locks/<name>.lock``; ``name`` keeps only ``[A-Za-z0-9._-]`` (others become _)."""
+    return Path(home) / "locks" / (re.sub(r"[^A-Za-z0-9._-]", "_", name) + ".lock")
+
+
+def _holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return "another process"
+    if not info:
+        return "another process"
+    return (f"pid {info.get('pid')} on {info.get('host')} since {info.get('since')} "
+            f"({info.get('command')})")
+
+
+@contextlib.contextmanager
+def hold(home: str | Path, name: str, what: str, *, wait_s: float = 0.0) -> Iterator[Path]:
+    """Hold the lock ``name`` of ``home`` for the block.
+
+    Args:
+        what: what the lock protects, for the refusal message ("the nightly run for 2026-11-21").
+        wait_s: how long to wait for a holder to finish; 0 refuses at once.
+
+    Raises:
+        Conflict: the lock is still held after ``wait_s`` (the message names the holder).
+    """
+    path = lock_path(home, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + max(wait_s, 0.0)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    waited = f" after waiting {wait_s:g} s" if wait_s > 0 else ""
+                    raise Conflict(f"{what} is in progress elsewhere{waited}: {path} is held by "
+                                   f"{_holder(path)}; nothing was done, retry when it is "
+                                   f"finished") from None
+                time.sleep(_POLL_S)
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:3]])[:200]}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        try:
+            yield path
+        finally:
+            os.ftruncate(fd, 0)  # the next reader finds no stale holder
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

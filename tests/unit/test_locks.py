@@ -1,0 +1,92 @@
+"""Run locks: a second holder is refused with a message naming the first; a killed holder
+leaves no stale lock; a waiter gets the lock once the holder is done."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from decflow import locks
+from decflow.errors import Conflict
+
+HOLDER = """
+import sys
+from decflow import locks
+with locks.hold(sys.argv[1], "labels-ds=2026-11-21", "the night"):
+    print("held", flush=True)
+    sys.stdin.read()  # until the parent closes stdin (or kills us)
+"""
+
+
+def test_a_second_holder_is_refused_with_the_holder_named(tmp_path):
+    with locks.hold(tmp_path, "labels-ds=2026-11-21", "the night") as path:
+        assert path == tmp_path / "locks" / "labels-ds_2026-11-21.lock"
+        with pytest.raises(Conflict, match=rf"the night is in progress elsewhere: .*held by "
+                                           rf"pid {os.getpid()} on "):
+            with locks.hold(tmp_path, "labels-ds=2026-11-21", "the night"):
+                pass
+        with locks.hold(tmp_path, "labels-ds=2026-11-22", "another night"):
+            pass  # other names are independent
+    with locks.hold(tmp_path, "labels-ds=2026-11-21", "the night"):
+        pass  # released after the block
+
+
+def _start_holder(home):
+    child = subprocess.Popen([sys.executable, "-c", HOLDER, str(home)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "held\n"
+    return child
+
+
+def test_a_lock_held_by_another_process_refuses_and_dies_with_it(tmp_path):
+    child = _start_holder(tmp_path)
+    try:
+        with pytest.raises(Conflict, match=rf"held by pid {child.pid} on .* since "):
+            with locks.hold(tmp_path, "labels-ds=2026-11-21", "the night"):
+                pass
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    with locks.hold(tmp_path, "labels-ds=2026-11-21", "the night"):
+        pass  # the kernel released the killed holder's lock: nothing stale to clear
+
+
+def test_a_waiter_gets_the_lock_when_the_holder_finishes(tmp_path, monkeypatch):
+    waiting, released = threading.Event(), threading.Event()
+    polls = []
+
+    def poll(seconds):  # the waiter's poll: tell the test it is waiting, then wait for release
+        polls.append(seconds)
+        waiting.set()
+        assert released.wait(timeout=60)
+
+    monkeypatch.setattr(locks.time, "sleep", poll)
+    got = []
+    holder = locks.hold(tmp_path, "registry-tiny", "an alias move")
+    holder.__enter__()
+    waiter = threading.Thread(target=lambda: got.append(
+        _acquire(tmp_path, wait_s=600)))
+    waiter.start()
+    assert waiting.wait(timeout=60)
+    holder.__exit__(None, None, None)
+    released.set()
+    waiter.join(timeout=60)
+    assert got == ["acquired"] and polls  # it waited at least once, then held the lock
+
+
+def _acquire(home, wait_s):
+    with locks.hold(home, "registry-tiny", "an alias move", wait_s=wait_s):
+        return "acquired"
+
+
+def test_a_waiter_is_refused_after_its_wait(tmp_path, monkeypatch):
+    clock = iter(range(0, 1000, 1))
+    monkeypatch.setattr(locks.time, "monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr(locks.time, "sleep", lambda seconds: None)
+    with locks.hold(tmp_path, "registry-tiny", "an alias move"):
+        with pytest.raises(Conflict, match="an alias move is in progress elsewhere after "
+                                           "waiting 5 s"):
+            _acquire(tmp_path, wait_s=5)
