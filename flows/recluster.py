@@ -67,7 +67,8 @@ def recluster(config: PipelineConfig = PipelineConfig(), run_date: dt.date | Non
     day = run_date.isoformat()
     tags = {"decflow.flow": "recluster", "decflow.run_date": day}
     with night_lock(config, run_date), tracked_run(config, f"recluster-{day}", tags) as run_id:
-        window = scan_window(config.source, run_date)
+        window = scan_window(config.source, run_date, None,
+                             config.validation.min_window_days)
         report = validate_features(window, config, run_id)
         train = sample_training_rows(window, config)
         encoder, X = embed_features(train, config)

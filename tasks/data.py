@@ -20,11 +20,13 @@ from .tracking import log_dict
 
 @task(name="scan_window", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io,
       cache_policy=NO_CACHE)
-def scan_window(source: SourceConfig, run_date: dt.date, window_days: int | None = None
-                ) -> WindowScan:
+def scan_window(source: SourceConfig, run_date: dt.date, window_days: int | None = None,
+                min_days: int | None = None) -> WindowScan:
     """Describe the training window (or one partition) ending at run_date from file footers;
-    that date must exist. No rows are read."""
+    that date must exist, and at least ``min_days`` days of the window. No rows are read."""
     scan = storage.scan_window(source, run_date, window_days)
+    if window_days is None:
+        storage.check_window_days(scan, min_days)
     day = f"{source.date_column}={run_date.isoformat()}"
     if run_date.isoformat() in scan.lineage.missing_partitions:
         raise DataError(f"source partition {day} is missing in {redact(source.uri)} "

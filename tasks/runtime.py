@@ -58,7 +58,7 @@ class _Redact(logging.Filter):
         expected = _expected_failure(record.exc_info)
         if expected is not None:
             line = f"{type(expected).__name__}: {expected}"
-            if line not in message:
+            if str(expected) not in message:
                 message = f"{message.rstrip(': ')}: {line}"
             record.exc_info, record.exc_text = None, None
         if redact(message) != message or expected is not None:
@@ -104,8 +104,9 @@ def forward_library_logs(level: int = logging.INFO) -> None:
 
 def prepare_run(config: PipelineConfig) -> PipelineConfig:
     """Forward library logs; refuse labels inside the source (``ConfigError``); in a deployed
-    run, the worker's ``DECFLOW_*`` environment over the deployment's ``config`` parameter (outside deployments the CLI already applied it when it
-    loaded the file, below any explicit overrides)."""
+    run, the worker's ``DECFLOW_*`` environment over the deployment's ``config`` parameter
+    (outside deployments the CLI already applied it when it loaded the file, below any
+    explicit overrides)."""
     from prefect import get_run_logger
     from prefect.runtime import deployment
 

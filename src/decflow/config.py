@@ -176,6 +176,10 @@ class ValidationConfig(_Section):
     # Where an id must be unique: "window" (tables of events or entities, each row once), or
     # "partition" (daily snapshot tables, where every date repeats the ids of the entities).
     unique_ids: Literal["window", "partition"] = "window"
+    # Daily partitions the training window must hold (of source.window_days); None: any number,
+    # with a warning naming the missing days. A window of one day where 30 are expected trains
+    # a model on one day's mix of rows: set this to refuse such a night.
+    min_window_days: int | None = Field(default=None, ge=1)
 
 
 class ModelConfig(_Section):

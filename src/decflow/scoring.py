@@ -13,9 +13,10 @@ partition.
 Id uniqueness stays exact across a whole window: each chunk task also splits its ids by hash
 into buckets; one task per bucket then finds the duplicates among the ids of every chunk.
 
-The model travels once per worker: its files are scattered to every worker as bytes
-(``ModelPayload``) and each worker process rebuilds it once, on its own device (CUDA when
-present and ``device`` allows), keeping it in a per-process cache keyed by the payload.
+The model travels once per worker: its files go to the cluster as bytes (``ModelPayload``),
+each worker fetches them once, and each worker process rebuilds it once, on its own device
+(CUDA when present and ``device`` allows), keeping it in a per-process cache keyed by the
+payload.
 """
 
 import datetime as dt
@@ -145,19 +146,34 @@ def process_chunk(chunk: Chunk, plan: Plan, payload: ModelPayload | None = None
         if src.id_column in frame.columns:
             ids.append(frame[src.id_column].to_numpy())
         if model is not None and batches[-1].ok:
-            tables.append(score_table(frame, model, plan))
+            tables.append(score_table(frame, model, plan, name))
     labels = None
     if model is not None and all(b.ok for b in batches):
         labels = pa.concat_tables(tables) if tables else None
     return ChunkResult(batches, labels, _bucket_ids(ids, plan.n_buckets))
 
 
-def score_table(frame: pd.DataFrame, model, plan: Plan) -> pa.Table:
-    """Labels rows (DESIGN.md §4) of a validated frame."""
+def score_table(frame: pd.DataFrame, model, plan: Plan, partition: str = "") -> pa.Table:
+    """Labels rows (DESIGN.md §4) of a validated frame.
+
+    Raises:
+        DataError: rows whose features are finite but too large for the model (they overflow
+            the encoding or the embedding, and would be labelled with a NaN confidence). The
+            message names the partition and a few ids; nothing is written.
+    """
     from .tracking import score_frame
 
     encoder, estimator = model
+    id_column = plan.source.id_column
+    advice = ("their feature values are too large for the model; bound the columns "
+              "(features.bounds) or fix the rows")
     scores = score_frame(encoder, estimator, frame)
+    bad = ~(np.isfinite(scores["confidence"].to_numpy())
+            & np.isfinite(scores["distance"].to_numpy()))
+    if bad.any():
+        ids = frame.loc[bad, id_column].head(5).tolist()
+        raise DataError(f"{partition}: {int(bad.sum())} row(s) score to a non-finite "
+                        f"confidence or distance (ids {ids}): {advice}")
     spec = plan.labels
     return storage.labels_table(frame[plan.source.id_column], scores["cluster_id"],
                                 scores["confidence"], scores["distance"],
@@ -387,9 +403,17 @@ def validate_scan(client: distributed.Client, scan: WindowScan, config: Pipeline
 
 def scatter_model(client: distributed.Client, encoder: FeatureEncoder,
                   estimator: DeepEmbeddedClustering) -> distributed.Future:
-    """Send the model to every worker once; tasks take the returned future."""
-    return client.scatter(ModelPayload.from_model(encoder, estimator), broadcast=True,
-                          hash=False)
+    """Put the model on the cluster once; tasks take the returned future.
+
+    A task that returns the payload, not ``client.scatter``: Dask's active memory manager
+    keeps one copy of data no task is waiting for, and scattered data lost with its worker
+    is lost for good (every chunk then fails), while the scheduler reruns this task.
+    """
+    return client.submit(_identity, ModelPayload.from_model(encoder, estimator), pure=False)
+
+
+def _identity(obj):
+    return obj
 
 
 def label_partition(client: distributed.Client, scan: WindowScan, config: PipelineConfig,

@@ -20,6 +20,7 @@ the config names are read.
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -35,6 +36,8 @@ import pyarrow.parquet as pq
 
 from .config import SourceConfig
 from .errors import ConfigError, DataError
+
+_log = logging.getLogger(__name__)
 
 PART_FILE = "part-0.parquet"
 # Labels files record which source files they label (schema metadata), for backfill resume.
@@ -263,6 +266,29 @@ def scan_window(source: SourceConfig, run_date, window_days: int | None = None) 
     return WindowScan(source.uri, source.date_column, files, lineage)
 
 
+def check_window_days(scan: WindowScan, min_days: int | None) -> None:
+    """The training window holds at least ``min_days`` of its daily partitions.
+
+    Raises:
+        DataError: fewer are present (the message names the window, the count and the
+            missing days). With ``min_days`` None, missing days are only logged (a warning).
+    """
+    lineage = scan.lineage
+    present, missing = lineage.partitions, lineage.missing_partitions
+    if not missing:
+        return
+    total = len(present) + len(missing)
+    span = f"{min([*present, *missing])}..{max([*present, *missing])}"
+    shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10
+                                       else "")
+    if min_days is not None and len(present) < min_days:
+        raise DataError(f"the training window {span} holds {len(present)} of its {total} daily "
+                        f"partitions of {scan.source_uri}, expected at least {min_days} "
+                        f"(validation.min_window_days); missing: {shown}")
+    _log.warning("the training window %s holds %d of its %d daily partitions; missing: %s",
+                 span, len(present), total, shown)
+
+
 def _footer(fs: pafs.FileSystem, path: str) -> pq.FileMetaData:
     """A Parquet file's footer; a corrupt or truncated file is a ``DataError`` naming it."""
     try:
@@ -329,13 +355,52 @@ def read_chunk(chunk: Chunk, date_column: str, columns: list[str] | None = None,
         pf = pq.ParquetFile(fh)
         wanted = _wanted(pf, columns, date_column)
         start = chunk.first_row
-        for batch in pf.iter_batches(batch_size=batch_rows, row_groups=list(chunk.row_groups),
-                                     columns=wanted, use_threads=False):
+        batches = pf.iter_batches(batch_size=batch_rows, row_groups=list(chunk.row_groups),
+                                  columns=wanted, use_threads=False)
+        while True:
+            try:
+                batch = next(batches, None)
+            except OSError as exc:
+                raise _corrupt_page(exc, fs, chunk) from None
+            if batch is None:
+                return
+            _check_batch(batch, chunk, start)
             frame = batch.to_pandas()
             frame.index = pd.RangeIndex(start, start + len(frame))
             start += len(frame)
             frame[date_column] = chunk.day
             yield frame
+
+
+def _corrupt_page(exc: OSError, fs, chunk: Chunk) -> Exception:
+    """A local file whose footer reads but whose pages do not (pyarrow raises a plain
+    ``OSError`` without errno, e.g. "Couldn't deserialize thrift") is corrupt data: a
+    ``DataError`` naming the file. On an object store, or with an errno, the same error may be
+    a failed read: re-raised as it is (retried as I/O)."""
+    if not isinstance(fs, pafs.LocalFileSystem) or exc.errno is not None:
+        return exc
+    name = f"{os.path.basename(os.path.dirname(chunk.path))}/{os.path.basename(chunk.path)}"
+    return DataError(f"{name} is not a readable Parquet file (corrupt data in row groups "
+                     f"{list(chunk.row_groups)}: {exc}); remove or rewrite it")
+
+
+def _check_batch(batch: pa.RecordBatch, chunk: Chunk, first_row: int) -> None:
+    """Parquet readers do not check that text is UTF-8; pandas and GX then fail far from the
+    file with an unnamed ``ArrowException``. A full validation names the file instead.
+
+    Raises:
+        DataError: a column of the batch is malformed (e.g. text that is not UTF-8).
+    """
+    try:
+        batch.validate(full=True)
+    except pa.ArrowInvalid as exc:
+        name = f"{os.path.basename(os.path.dirname(chunk.path))}/{os.path.basename(chunk.path)}"
+        column = str(exc)
+        for i, field_name in enumerate(batch.schema.names):  # "In column 2: ..." -> its name
+            column = column.replace(f"In column {i}:", f"in column {field_name!r}:", 1)
+        raise DataError(f"{name} holds malformed values in the batch of rows {first_row}.."
+                        f"{first_row + batch.num_rows - 1} ({column}); rewrite the file"
+                        ) from None
 
 
 def sample_window(scan: WindowScan, n: int, columns: list[str] | None = None,
@@ -504,7 +569,15 @@ class PartitionWriter:
                     {**(self.schema.metadata or {}), **{k.encode(): str(v).encode()
                                                        for k, v in self.metadata.items()}})
             self._writer = pq.ParquetWriter(self._tmp, self.schema, filesystem=self.fs)
-        self._writer.write_table(table.cast(self.schema))
+        try:
+            table = table.cast(self.schema)
+        except pa.ArrowInvalid as exc:  # e.g. integer ids in one source file, 0.5 in another
+            differ = [f"{f.name}: {f.type} vs {self.schema.field(f.name).type}"
+                      for f in table.schema if f.type != self.schema.field(f.name).type]
+            raise DataError(f"rows for {self.path} do not fit the type of its first rows "
+                            f"({'; '.join(differ)}): {exc}; the source files store a column as "
+                            f"different types") from None
+        self._writer.write_table(table)
         self.rows += table.num_rows
 
     def __exit__(self, exc_type, exc, tb) -> None:

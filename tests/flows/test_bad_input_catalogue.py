@@ -136,6 +136,26 @@ def empty_night_folder(src):
 def missing_night(src): shutil.rmtree(Path(src) / NIGHT)
 def missing_source(src): shutil.rmtree(src)
 def too_few_rows(src): _edit(_night(src), lambda t: t.slice(0, 5))
+def huge_vector_element(src): _edit(_night(src), _set("emb", _vectors(
+    lambda rows: [[1e25] + r[1:] if i == 4 else r for i, r in enumerate(rows)])))
+def invalid_utf8_text(src):
+    """Bytes that are not UTF-8 inside a column typed as text (the file says string)."""
+    t = pq.read_table(_night(src))
+    c = t["c"].combine_chunks()
+    data = bytearray(c.buffers()[2].to_pybytes())
+    offsets = np.frombuffer(c.buffers()[1], dtype=np.int32)
+    data[offsets[c.offset + 6]] = 0xFF  # row 6's first byte
+    bad = pa.Array.from_buffers(pa.string(), len(c), [c.buffers()[0], c.buffers()[1],
+                                                      pa.py_buffer(bytes(data))])
+    pq.write_table(t.set_column(t.schema.get_field_index("c"), "c", bad), _night(src))
+def corrupt_page(src):
+    """A data page's header overwritten; the footer (schema, row counts) still reads."""
+    data = bytearray(_night(src).read_bytes())
+    data[4:40] = b"\xff" * 36  # the first page header follows the 4-byte magic
+    _night(src).write_bytes(bytes(data))
+def one_day_window(src):
+    for d in DAYS[:-1]:
+        shutil.rmtree(Path(src) / f"ds={d}")
 
 
 # Each case: (mutate source, config changes, command, exit code, message pattern)
@@ -179,6 +199,18 @@ CASES = {
         lambda src: _edit(_night(src), _set("id", _ids(lambda a: np.r_[0, a[1:]]))), {},
         VALIDATE_WINDOW, 1, r"be_unique on column 'id' in partition\(s\) ds=2026-11-19, "
                             + NIGHT),
+    "huge-vector-element": (huge_vector_element, {}, SCORE, 1,
+                            r"score to a non-finite confidence or distance \(ids \[184\]\)"),
+    "non-utf8-text": (invalid_utf8_text, {}, SCORE, 1,
+                      NIGHT + r"/part-0.parquet holds malformed values .*in column 'c': "
+                              r"Invalid: Invalid UTF8"),
+    "corrupt-page": (corrupt_page, {}, SCORE, 1,
+                     NIGHT + r"/part-0.parquet is not a readable Parquet file \(corrupt data"),
+    "one-day-window": (one_day_window, {"validation": {"min_window_days": 2}},
+                       ["run", "--run-date", str(RUN_DATE)], 1,
+                       r"the training window 2026-11-19..2026-11-21 holds 1 of its 3 daily "
+                       r"partitions .* expected at least 2 \(validation.min_window_days\); "
+                       r"missing: 2026-11-19, 2026-11-20"),
     # configuration and usage
     "labels-inside-source": (None, {"labels": "SOURCE/labels"}, SCORE, 2,
                              r"labels.uri .* must not be inside source.uri"),
