@@ -25,6 +25,7 @@ Every message printed goes through ``decflow.config.redact`` (no passwords from 
 import datetime as dt
 import os
 import signal
+import socket
 import subprocess
 import sys
 import traceback as tb
@@ -270,9 +271,13 @@ def ui(config: Annotated[Optional[Path], typer.Option(
        home: Annotated[Optional[Path], typer.Option(
            help="Show the embedded stores under this directory (default: .decflow; "
                 "not with --config).")] = None,
-       mlflow_port: Annotated[int, typer.Option(help="MLflow UI port (loopback).")] = 5000,
-       prefect_port: Annotated[int, typer.Option(help="Prefect UI port (loopback).")] = 4200):
-    """Serve the MLflow UI and the Prefect UI on 127.0.0.1 for a config's stores (Ctrl-C stops).
+       mlflow_port: Annotated[int, typer.Option(help="MLflow UI port.")] = 5000,
+       prefect_port: Annotated[int, typer.Option(help="Prefect UI port.")] = 4200,
+       host: Annotated[str, typer.Option(
+           help="Address both UIs listen on. The default serves this machine only; another "
+                "address serves the network, without authentication.")] = "127.0.0.1"):
+    """Serve the MLflow UI and the Prefect UI for a config's stores, on 127.0.0.1 unless --host
+    says otherwise (Ctrl-C stops).
 
     Runs of `decflow demo`, `run`, `score`, `backfill`, `promote` and `rollback` with the same
     config appear here. A store that is already a server (an http(s) tracking URI, or
@@ -288,22 +293,26 @@ def ui(config: Annotated[Optional[Path], typer.Option(
     env = dict(os.environ)
     bin_dir = Path(sys.executable).parent
     procs, lines = [], []
+    if not _loopback(host):
+        typer.echo(f"warning: serving on {host}: anyone who can reach this machine can read "
+                   f"and change these stores (the UIs have no authentication)", err=True)
+    shown = host if _loopback(host) or host not in ("0.0.0.0", "::") else socket.gethostname()
     tracking = cfg.tracking_uri()
     if tracking.startswith(("http://", "https://")):
         lines.append(f"MLflow UI:  {redact(tracking)}  (a server: not started here)")
     else:
         procs.append(subprocess.Popen(
-            [str(bin_dir / "mlflow"), "server", "--host", "127.0.0.1", "--port",
+            [str(bin_dir / "mlflow"), "server", "--host", host, "--port",
              str(mlflow_port), "--backend-store-uri", tracking,
              "--default-artifact-root", cfg.artifact_location()], env=env))
-        lines.append(f"MLflow UI:  http://127.0.0.1:{mlflow_port}")
+        lines.append(f"MLflow UI:  http://{shown}:{mlflow_port}")
     if os.environ.get("PREFECT_API_URL"):
         ui_url = os.environ["PREFECT_API_URL"].rstrip("/").removesuffix("/api")
         lines.append(f"Prefect UI: {redact(ui_url)}  (PREFECT_API_URL: not started here)")
     else:
         procs.append(subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host",
-                                       "127.0.0.1", "--port", str(prefect_port)], env=env))
-        lines.append(f"Prefect UI: http://127.0.0.1:{prefect_port}  "
+                                       host, "--port", str(prefect_port)], env=env))
+        lines.append(f"Prefect UI: http://{shown}:{prefect_port}  "
                      f"(runs stored under {env['PREFECT_HOME']})")
 
     def _stop(signum, frame):  # `kill`/service managers stop both servers too, not only Ctrl-C
@@ -322,6 +331,15 @@ def ui(config: Annotated[Optional[Path], typer.Option(
         for p in procs:
             p.wait(timeout=30)
         signal.signal(signal.SIGTERM, previous)
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost
+        return False
 
 
 @app.command()
