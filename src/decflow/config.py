@@ -247,6 +247,15 @@ class RegistryConfig(_Section):
     # processes sharing `home`) before refusing with exit code 5; moves take about a second.
     lock_wait_s: float = Field(default=60.0, ge=0)
 
+    @field_validator("model_name")
+    @classmethod
+    def _registry_name(cls, value: str) -> str:
+        # MLflow refuses these only at registration, after the whole training
+        if not value.strip() or re.search(r"[/:\x00-\x1f\x7f]", value):
+            raise ValueError(f"expected a registered model name without '/', ':' or control "
+                             f"characters (MLflow's rule), found {value!r}")
+        return value
+
 
 class PromotionConfig(_Section):
     """Champion/challenger gates, evaluated on the same reference rows for both models."""

@@ -49,6 +49,11 @@ def base_file(tmp_path):
     ("source.label_column", "a=b", r"source\.label_column: .*found 'a=b'"),
     ("features.numeric", ["x", "../y"], r"features\.numeric: .*found '\.\./y'"),
     ("features.vector", {"a/b": 3}, r"features\.vector: .*found 'a/b'"),
+    ("registry.model_name", "../escaped", r"registry\.model_name: expected a registered model "
+                                          r"name without '/', ':' .*found '\.\./escaped'"),
+    ("registry.model_name", "a:b", r"registry\.model_name: .*found 'a:b'"),
+    ("registry.lock_wait_s", -1, r"registry\.lock_wait_s: .*greater than or equal to 0"),
+    ("validation.min_window_days", 0, r"validation\.min_window_days: .*greater than or equal"),
 ])
 def test_bad_values_name_the_key_expected_and_found(base_file, key, value, match):
     with pytest.raises(ConfigError, match=match) as err:
