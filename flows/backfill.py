@@ -10,7 +10,7 @@ from decflow.config import PipelineConfig, redact
 from decflow.tracking import CHAMPION
 from flows.recluster import recluster
 from tasks.backfill import backfill_partitions, publish_backfill_summary
-from tasks.runtime import prepare_run
+from tasks.runtime import prepare_run, redact_errors
 from tasks.registry import load_model
 
 
@@ -30,6 +30,7 @@ def date_range(start: dt.date, end: dt.date) -> list[dt.date]:
 
 
 @flow(name="backfill", flow_run_name="backfill-{start}..{end}")
+@redact_errors
 def backfill(config: PipelineConfig, start: dt.date, end: dt.date, model: str = CHAMPION,
              force: bool = False, retrain: bool = False) -> list[dict]:
     """Per date: validate -> score with `model` -> write labels (or, with retrain, the full

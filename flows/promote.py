@@ -11,7 +11,7 @@ from decflow.tracking import CHAMPION
 from tasks.promotion import (apply_decision, compare_models, find_version,
                              load_reference_rows, record_decision, require_champion,
                              rollback_champion)
-from tasks.runtime import prepare_run
+from tasks.runtime import prepare_run, redact_errors
 from tasks.registry import load_model
 
 
@@ -35,6 +35,7 @@ def gate_candidate(config: PipelineConfig, candidate: str, reference: pd.DataFra
 
 
 @flow(name="promote", flow_run_name="promote-{candidate}")
+@redact_errors
 def promote(config: PipelineConfig, candidate: str = "challenger",
             run_date: dt.date | None = None) -> dict:
     """Gate a candidate (alias or version) against the champion; promote it if every gate passes.
@@ -51,6 +52,7 @@ def promote(config: PipelineConfig, candidate: str = "challenger",
 
 
 @flow(name="rollback", flow_run_name="rollback")
+@redact_errors
 def rollback(config: PipelineConfig) -> dict:
     """The previous champion serves again; the demoted one becomes `previous`."""
     config = prepare_run(config)

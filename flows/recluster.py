@@ -8,7 +8,7 @@ from decflow.config import PipelineConfig
 from flows.promote import gate_candidate
 from tasks.data import scan_window, snapshot_partition, validate_features
 from tasks.labels import label_partition
-from tasks.runtime import night_lock, prepare_run
+from tasks.runtime import night_lock, prepare_run, redact_errors
 from tasks.promotion import align_cluster_ids, sample_reference_rows
 from tasks.registry import champion_weights, load_model, register_model
 from tasks.tracking import link_mlflow_run, tracked_run
@@ -59,6 +59,7 @@ def run_name() -> str:
 
 
 @flow(name="recluster", flow_run_name=run_name)
+@redact_errors
 def recluster(config: PipelineConfig = PipelineConfig(), run_date: dt.date | None = None,
               progress: bool = False) -> dict:
     """Retrain on the window ending at run_date, register and gate the model, write labels."""

@@ -7,11 +7,12 @@ from prefect import flow
 from decflow.config import PipelineConfig, redact
 from tasks.data import scan_window
 from tasks.labels import label_partition
-from tasks.runtime import night_lock, prepare_run
+from tasks.runtime import night_lock, prepare_run, redact_errors
 from tasks.registry import load_model
 
 
 @flow(name="score", flow_run_name="score-{run_date}-{model}")
+@redact_errors
 def score(config: PipelineConfig, run_date: dt.date, model: str = "champion") -> dict:
     """Validate run_date's partition and label it with `model` (alias or version), chunk-wise
     on the Dask cluster."""

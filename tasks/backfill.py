@@ -14,7 +14,7 @@ from decflow.config import PipelineConfig
 from decflow.errors import Conflict
 
 from .labels import labels_spec
-from .runtime import night_lock
+from .runtime import night_lock, redact_errors
 
 
 def _planned(config: PipelineConfig, day: dt.date, version, force: bool
@@ -52,6 +52,7 @@ def _planned(config: PipelineConfig, day: dt.date, version, force: bool
 
 
 @task(name="backfill_partitions", cache_policy=NO_CACHE)
+@redact_errors
 def backfill_partitions(config: PipelineConfig, days: list[dt.date], version, model,
                         force: bool = False) -> list[dict]:
     """Validate and label each day on the Dask cluster; a failed day does not stop the others.
@@ -102,6 +103,7 @@ def _label(config: PipelineConfig, planned: list, version, model) -> None:
 
 
 @task(name="publish_backfill_summary", cache_policy=NO_CACHE)
+@redact_errors
 def publish_backfill_summary(rows: list[dict]) -> str:
     """A table artifact (date, rows, status, seconds, detail); returns the text summary."""
     create_table_artifact(key="backfill-summary", table=rows,

@@ -14,12 +14,13 @@ from decflow.errors import DataError
 from decflow.storage import Lineage, WindowScan
 from decflow.validation import ValidationReport
 
-from .runtime import retry_on_io
+from .runtime import redact_errors, retry_on_io
 from .tracking import log_dict
 
 
 @task(name="scan_window", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io,
       cache_policy=NO_CACHE)
+@redact_errors
 def scan_window(source: SourceConfig, run_date: dt.date, window_days: int | None = None,
                 min_days: int | None = None) -> WindowScan:
     """Describe the training window (or one partition) ending at run_date from file footers;
@@ -43,6 +44,7 @@ def scan_window(source: SourceConfig, run_date: dt.date, window_days: int | None
 
 @task(name="snapshot_partition", retries=2, retry_delay_seconds=5,
       retry_condition_fn=retry_on_io, cache_policy=NO_CACHE)
+@redact_errors
 def snapshot_partition(window: WindowScan, run_date: dt.date) -> tuple[WindowScan, list[str]]:
     """The run date's files exactly as the window validated them, and the names of files that
     landed there since (not labelled: they were not validated; a backfill labels them later).
@@ -70,6 +72,7 @@ def snapshot_partition(window: WindowScan, run_date: dt.date) -> tuple[WindowSca
 
 
 @task(name="validate_features", cache_policy=NO_CACHE)
+@redact_errors
 def validate_features(scan: WindowScan, config: PipelineConfig, run_id: str | None = None,
                       key: str = "validation") -> ValidationReport:
     """Run the expectation suite on every row, chunk by chunk on Dask; keep the result (MLflow +

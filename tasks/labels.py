@@ -11,6 +11,7 @@ from decflow.config import PipelineConfig
 from decflow.storage import WindowScan
 
 from .data import publish_validation
+from .runtime import redact_errors
 
 
 def labels_spec(config: PipelineConfig, version) -> scoring.LabelsSpec:
@@ -20,6 +21,7 @@ def labels_spec(config: PipelineConfig, version) -> scoring.LabelsSpec:
 
 
 @task(name="label_partition", cache_policy=NO_CACHE)
+@redact_errors
 def label_partition(scan: WindowScan, version, model, config: PipelineConfig,
                     run_id: str | None = None, unlabelled_files: list[str] | None = None
                     ) -> dict:

@@ -17,11 +17,12 @@ from decflow.config import PipelineConfig, redact
 from decflow.errors import ConfigError, Conflict
 from decflow.scoring import source_columns
 
-from .runtime import registry_lock
+from .runtime import redact_errors, registry_lock
 from .tracking import client, log_dict, log_metrics
 
 
 @task(name="find_version", cache_policy=NO_CACHE)
+@redact_errors
 def find_version(config: PipelineConfig, ref: str):
     """The ModelVersion behind an alias or version number; ConfigError when there is none."""
     version = tracking.get_version(config.tracking_uri(), config.registry.model_name, ref)
@@ -36,6 +37,7 @@ def find_version(config: PipelineConfig, ref: str):
 
 
 @task(name="sample_reference_rows", cache_policy=NO_CACHE)
+@redact_errors
 def sample_reference_rows(frame: pd.DataFrame, config: PipelineConfig) -> pd.DataFrame:
     """At most promotion.reference_rows rows of the run's window, for both models."""
     return promotion.reference_sample(frame, config.promotion.reference_rows,
@@ -43,6 +45,7 @@ def sample_reference_rows(frame: pd.DataFrame, config: PipelineConfig) -> pd.Dat
 
 
 @task(name="load_reference_rows", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@redact_errors
 def load_reference_rows(config: PipelineConfig, version, run_date: dt.date | None = None
                         ) -> pd.DataFrame:
     """A sample of run_date's partition, or by default of the window the candidate trained on."""
@@ -63,6 +66,7 @@ def load_reference_rows(config: PipelineConfig, version, run_date: dt.date | Non
 
 
 @task(name="compare_models", cache_policy=NO_CACHE)
+@redact_errors
 def compare_models(config: PipelineConfig, candidate, challenger, champion_version, champion,
                    reference: pd.DataFrame) -> promotion.PromotionDecision:
     """Score the reference rows with both models and evaluate every gate (nothing moves).
@@ -88,6 +92,7 @@ def compare_models(config: PipelineConfig, candidate, challenger, champion_versi
 
 
 @task(name="record_decision", cache_policy=NO_CACHE)
+@redact_errors
 def record_decision(config: PipelineConfig, decision: promotion.PromotionDecision) -> None:
     """The decision and each gate as tags on the candidate version, and a Prefect artifact."""
     registry.set_version_tags(config.tracking_uri(), config.registry.model_name,
@@ -98,6 +103,7 @@ def record_decision(config: PipelineConfig, decision: promotion.PromotionDecisio
 
 
 @task(name="apply_decision", cache_policy=NO_CACHE)
+@redact_errors
 def apply_decision(config: PipelineConfig, decision: promotion.PromotionDecision
                    ) -> dict[str, str]:
     """Move the aliases after a verdict (``registry.apply_verdict``): challenger <- the judged
@@ -131,6 +137,7 @@ def require_champion(config: PipelineConfig, decision: promotion.PromotionDecisi
 
 
 @task(name="rollback_champion", cache_policy=NO_CACHE)
+@redact_errors
 def rollback_champion(config: PipelineConfig) -> dict[str, str]:
     """champion <- previous, previous <- the demoted champion, challenger cleared if it was
     the demoted one (so a plain promote cannot put it back); tags both versions."""
@@ -148,6 +155,7 @@ def rollback_champion(config: PipelineConfig) -> dict[str, str]:
 
 
 @task(name="align_cluster_ids", cache_policy=NO_CACHE)
+@redact_errors
 def align_cluster_ids(est, X: np.ndarray, frame: pd.DataFrame, champion_version, champion,
                       config: PipelineConfig, run_id: str) -> dict | None:
     """Renumber the new model's clusters after the champion's labels of the training rows.

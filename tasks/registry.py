@@ -18,9 +18,11 @@ from decflow.storage import Lineage
 from decflow.validation import ValidationReport
 
 from .data import lineage_tags
+from .runtime import redact_errors
 
 
 @task(name="load_model", cache_policy=NO_CACHE)
+@redact_errors
 def load_model(config: PipelineConfig, ref: str = tracking.CHAMPION):
     """(ModelVersion, LoadedModel(encoder, estimator)) behind an alias or version number, or
     (None, None) when there is none; its files are checked against their recorded digests."""
@@ -32,6 +34,7 @@ def load_model(config: PipelineConfig, ref: str = tracking.CHAMPION):
 
 
 @task(name="champion_weights", cache_policy=NO_CACHE)
+@redact_errors
 def champion_weights(champion, encoder: FeatureEncoder, config: PipelineConfig) -> dict | None:
     """Autoencoder weights of the champion when its feature schema and architecture match."""
     if champion is None or not config.train.warm_start:
@@ -45,6 +48,7 @@ def champion_weights(champion, encoder: FeatureEncoder, config: PipelineConfig) 
 
 
 @task(name="register_model", cache_policy=NO_CACHE)
+@redact_errors
 def register_model(est, encoder: FeatureEncoder, frame: pd.DataFrame, lineage: Lineage,
                    report: ValidationReport, metrics: dict[str, float], config: PipelineConfig,
                    run_id: str, run_date: str, alignment: dict | None = None) -> str:

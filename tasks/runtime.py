@@ -3,7 +3,9 @@ send the library's log lines (``decflow.*``: epochs, losses, k-means passes, clu
 partitions labelled) to the Prefect run's logs and console, secrets redacted."""
 
 import contextlib
+import copy
 import datetime as dt
+import functools
 import logging
 import os
 
@@ -147,3 +149,37 @@ def registry_lock(config: PipelineConfig) -> contextlib.AbstractContextManager:
     name = config.registry.model_name
     return locks.hold(config.home, f"registry-{name}", f"an alias move of model {name!r}",
                       wait_s=config.registry.lock_wait_s)
+
+
+def redact_errors(fn):
+    """Put under ``@task``/``@flow``: an exception whose message holds a secret (a password in
+    a URI, a secret query value) leaves with the message redacted, same type where the type
+    allows, so the run's state message on the Prefect server and its logs never hold it."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            text = str(exc)
+            if redact(text) == text:
+                raise
+            raise _redacted(exc, redact(text)) from None
+
+    return wrapper
+
+
+def _redacted(exc: Exception, message: str) -> Exception:
+    """A copy of ``exc`` with ``message``, or a RuntimeError naming its type when the type keeps
+    its message elsewhere than in ``args``."""
+    try:
+        clean = copy.copy(exc)
+        clean.args = (message,)
+        for attribute in ("message", "msg"):  # e.g. MlflowException.message
+            if isinstance(getattr(clean, attribute, None), str):
+                setattr(clean, attribute, message)
+        if str(clean) == message:
+            return clean.with_traceback(None)
+    except Exception:  # noqa: BLE001 - an exception type that cannot be copied
+        pass
+    return RuntimeError(f"{type(exc).__name__}: {message}")

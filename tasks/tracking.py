@@ -22,6 +22,7 @@ from decflow import __version__
 from decflow.config import PipelineConfig, dump_config, redact
 from decflow.errors import ServiceUnavailable
 from decflow.tracking import ensure_experiment, fail_stale_runs, mlflow_client
+from .runtime import redact_errors
 
 _log = logging.getLogger("decflow.tracking")
 # MLflow runs this process has open (inside ``tracked_run``): never stale.
@@ -170,6 +171,7 @@ def log_figure(config: PipelineConfig, run_id: str, figure, path: str) -> None:
 
 
 @task(name="link_mlflow_run", cache_policy=NO_CACHE)
+@redact_errors
 def link_mlflow_run(config: PipelineConfig, run_id: str, version: str | None = None
                     ) -> dict[str, str]:
     """Link artifacts on the Prefect run: its MLflow run and the model version it registered."""

@@ -18,6 +18,7 @@ from decflow.storage import WindowScan
 from decflow.tracking import MlflowCallback
 
 from .tracking import client, log_figure, log_metrics
+from .runtime import redact_errors
 
 
 def _estimator(config: PipelineConfig, callbacks) -> DeepEmbeddedClustering:
@@ -38,6 +39,7 @@ def _callbacks(config: PipelineConfig, run_id: str, progress: bool) -> list:
 
 
 @task(name="sample_training_rows", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@redact_errors
 def sample_training_rows(window: WindowScan, config: PipelineConfig) -> pd.DataFrame:
     """Bound the training set: a uniform sample of at most train.max_train_rows rows of the
     window, spread over its partitions by their row counts, read row group by row group."""
@@ -47,6 +49,7 @@ def sample_training_rows(window: WindowScan, config: PipelineConfig) -> pd.DataF
 
 
 @task(name="embed_features", cache_policy=NO_CACHE)
+@redact_errors
 def embed_features(frame: pd.DataFrame, config: PipelineConfig
                    ) -> tuple[FeatureEncoder, np.ndarray]:
     """Fit the feature encoder on the training rows and embed them."""
@@ -55,6 +58,7 @@ def embed_features(frame: pd.DataFrame, config: PipelineConfig
 
 
 @task(name="pretrain_autoencoder", cache_policy=NO_CACHE)
+@redact_errors
 def pretrain_autoencoder(X: np.ndarray, config: PipelineConfig, run_id: str,
                          warm_start: dict | None = None, progress: bool = False
                          ) -> DeepEmbeddedClustering:
@@ -74,6 +78,7 @@ def pretrain_autoencoder(X: np.ndarray, config: PipelineConfig, run_id: str,
 
 
 @task(name="init_centroids", cache_policy=NO_CACHE)
+@redact_errors
 def init_centroids(est: DeepEmbeddedClustering, X: np.ndarray, config: PipelineConfig,
                    run_id: str) -> tuple[np.ndarray, np.ndarray | None]:
     """k-means over Dask on the embedding (or on its UMAP view, refined by a Gaussian mixture).
@@ -102,6 +107,7 @@ def init_centroids(est: DeepEmbeddedClustering, X: np.ndarray, config: PipelineC
 
 
 @task(name="fit_dec", cache_policy=NO_CACHE)
+@redact_errors
 def fit_dec(est: DeepEmbeddedClustering, X: np.ndarray, centers: np.ndarray,
             target: np.ndarray | None, config: PipelineConfig, run_id: str
             ) -> DeepEmbeddedClustering:
@@ -113,6 +119,7 @@ def fit_dec(est: DeepEmbeddedClustering, X: np.ndarray, centers: np.ndarray,
 
 
 @task(name="evaluate_model", cache_policy=NO_CACHE)
+@redact_errors
 def evaluate_model(est: DeepEmbeddedClustering, X: np.ndarray, frame: pd.DataFrame,
                    config: PipelineConfig, run_id: str) -> dict[str, float]:
     """Unsupervised metrics (and ACC/NMI/ARI with a label column), plots, a summary artifact."""
