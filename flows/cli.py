@@ -1,5 +1,5 @@
 """The `decflow` command line: demo, run, validate, score, promote, rollback, backfill, serve,
-deploy, ui, generate.
+deploy, ui, adopt, generate.
 
 Exit codes (the same for every command; flows run in-process, so a failed flow's exception
 reaches the CLI and is mapped by its type):
@@ -449,6 +449,24 @@ def promote(config: ConfigOpt,
     console.print(table)
     console.print(out["summary"])
     raise typer.Exit(1 if out["decision"] == "reject" else 0)
+
+
+@app.command()
+def adopt(config: ConfigOpt,
+          version: Annotated[str, typer.Option(
+              help="Version number (or alias) registered before decflow recorded content "
+                   "digests.")]):
+    """Record the content digest of a version registered before decflow recorded them, so it
+    loads again. Its files *as they are now* are trusted from here on: run it only for a
+    version whose artifact store you trust (or retrain and register a new version)."""
+    cfg = _setup(config)
+
+    from decflow.tracking import adopt_version
+
+    out = adopt_version(cfg.tracking_uri(), cfg.registry.model_name, version)
+    typer.echo(f"model {cfg.registry.model_name!r} version {out['version']}: recorded the "
+               f"sha256 of its {out['files']} files (manifest sha256 "
+               f"{out['manifest_sha256']}); decflow verifies them before every load")
 
 
 def _cell(value) -> str:

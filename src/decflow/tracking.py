@@ -22,6 +22,7 @@ Aliases, no stages: ``champion`` serves labels, ``challenger`` is the newest jud
 """
 
 import contextlib
+import datetime as dt
 import functools
 import hashlib
 import json
@@ -52,7 +53,7 @@ from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
 from .callbacks import Callback
 from .config import redact
-from .errors import ServiceUnavailable
+from .errors import ConfigError, ServiceUnavailable
 from .estimator import DeepEmbeddedClustering
 from .features import FeatureEncoder
 
@@ -519,8 +520,10 @@ def verify_model_dir(root: Path, manifest_sha256: str | None, what: str) -> None
             path.unlink()
     if not manifest_sha256:
         raise ModelIntegrityError(
-            f"{what} has no {MANIFEST_TAG} tag (registered without a content digest): refusing "
-            f"to load it; register the model again with decflow")
+            f"{what} has no {MANIFEST_TAG} tag (registered without a content digest, before "
+            f"decflow recorded them): refusing to load it; if its files are the ones you "
+            f"registered, `decflow adopt --version <N>` records their digest now, else "
+            f"register the model again with decflow")
     if not (root / MANIFEST).is_file():
         raise ModelIntegrityError(f"{what}: file {MANIFEST} recorded at registration is "
                                   f"missing from the artifact store: refusing to load it")
@@ -674,6 +677,50 @@ def load_model_safely(tracking_uri: str, model_name: str, ref: str, device: str 
         ModelIntegrityError: a file differs from its recorded digest.
     """
     return load_components(tracking_uri, model_name, ref, device=device)
+
+
+ADOPTED_TAG = "decflow.manifest_adopted_at"
+
+
+def adopt_version(tracking_uri: str, model_name: str, ref: str) -> dict[str, str]:
+    """Record a content digest for a version registered before decflow recorded them (its
+    loads are refused until then): the files as they are *now* are trusted from here on.
+
+    Writes ``decflow-manifest.json`` beside the version's files in the artifact store, tags the
+    version with its sha256 (``decflow.manifest_sha256``) and the time
+    (``decflow.manifest_adopted_at``), then loads the version the safe way to check it.
+
+    Returns:
+        ``{"version", "manifest_sha256", "files"}`` (files: how many the manifest covers).
+
+    Raises:
+        ConfigError: ``ref`` names no version, or the version already has a digest.
+    """
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    mv = get_version(tracking_uri, model_name, ref)
+    if mv is None:
+        raise ConfigError(f"model {model_name!r} has no version or alias {ref!r} "
+                          f"in {redact(tracking_uri)}")
+    if mv.tags.get(MANIFEST_TAG):
+        raise ConfigError(f"model {model_name!r} version {mv.version} already has a content "
+                         f"digest ({MANIFEST_TAG}); nothing to adopt")
+    client = _client(tracking_uri)
+    uri = client.get_model_version_download_uri(model_name, mv.version)
+    with tempfile.TemporaryDirectory(prefix="decflow-adopt-") as tmp:
+        with service_guard(tracking_uri):
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp,
+                                                             tracking_uri=tracking_uri))
+        (local / MANIFEST).unlink(missing_ok=True)  # an unrecorded manifest proves nothing
+        digest = write_manifest(local)
+        files = len(json.loads((local / MANIFEST).read_text())["files"])
+        with service_guard(tracking_uri):
+            get_artifact_repository(mv.source).log_artifact(str(local / MANIFEST))
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    client.set_model_version_tag(model_name, mv.version, MANIFEST_TAG, digest)
+    client.set_model_version_tag(model_name, mv.version, ADOPTED_TAG, now)
+    load_model_safely(tracking_uri, model_name, str(mv.version))
+    return {"version": str(mv.version), "manifest_sha256": digest, "files": str(files)}
 
 
 def _download_verified(tracking_uri: str, model_name: str, ref: str, dst_path: str) -> Path:

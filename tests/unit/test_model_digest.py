@@ -197,6 +197,47 @@ def test_a_version_without_a_digest_is_refused(store):
     client.delete_model_version(MODEL, mv.version)
 
 
+def test_a_version_from_before_digests_is_adopted_through_the_cli(store, tmp_path):
+    """A version registered before decflow recorded digests: no manifest among its files, no
+    tag. It is refused, `decflow adopt` records the digest of its files as they are, then it
+    loads (and a change after that is refused again)."""
+    import shutil
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    old = tmp_path / "old-model"
+    shutil.copytree(store.root, old)
+    (old / tracking.MANIFEST).unlink()
+    mv = store.client.create_model_version(MODEL, source=old.as_uri(), run_id=store.run_id)
+    with pytest.raises(tracking.ModelIntegrityError, match=r"`decflow adopt --version <N>`"):
+        tracking.load_components(store.uri, MODEL, str(mv.version))
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"home": str(tmp_path / "home"), "registry": {
+        "tracking_uri": store.uri, "model_name": MODEL}}))
+    runner = CliRunner()
+    out = runner.invoke(app, ["adopt", "--config", str(config), "--version", str(mv.version)])
+    assert out.exit_code == 0, out.output
+    assert f"version {mv.version}: recorded the sha256 of its" in out.output
+    tags = store.client.get_model_version(MODEL, str(mv.version)).tags
+    manifest = old / tracking.MANIFEST
+    assert tags[tracking.MANIFEST_TAG] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    assert tracking.ADOPTED_TAG in tags
+    adopted = tracking.load_components(store.uri, MODEL, str(mv.version))
+    pd.testing.assert_frame_equal(adopted.predict(store.df),
+                                  tracking.load_components(store.uri, MODEL, "1").predict(
+                                      store.df))
+    again = runner.invoke(app, ["adopt", "--config", str(config), "--version", str(mv.version)])
+    assert again.exit_code == 2 and "already has a content digest" in again.output
+    weights = next(old.rglob("estimator.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    with pytest.raises(tracking.ModelIntegrityError, match="estimator.safetensors"):
+        tracking.load_components(store.uri, MODEL, str(mv.version))
+    store.client.delete_model_version(MODEL, mv.version)
+
+
 def test_the_safe_loader_imports_nothing_from_the_model(store):
     before = {name: getattr(mod, "__file__", None) for name, mod in list(sys.modules.items())}
     tracking.load_model_safely(store.uri, MODEL, "1")
