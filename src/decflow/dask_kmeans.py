@@ -30,7 +30,7 @@ _log = logging.getLogger(__name__)
 # temporaries are then mmapped and unmapped on every sub-block, three times slower).
 _BLOCK_ELEMS = 12_288
 _FANIN = 16  # partition summaries combined per reduction task
-_INLINE_BYTES = 100_000  # larger task arguments are scattered once instead of copied per task
+_INLINE_BYTES = 100_000  # larger task arguments go to the cluster once, not copied per task
 
 
 @dataclass(frozen=True)
@@ -185,8 +185,9 @@ def _check_array(X):
 def _partition_rows(X, client: distributed.Client, chunk_rows: int) -> list[distributed.Future]:
     """Row partitions of a checked 2-D float32 array as futures, in row order.
 
-    numpy: split into blocks of ``chunk_rows`` rows and scattered. dask: row chunks larger than
-    ``chunk_rows`` are split, column chunks joined, then computed on the cluster.
+    numpy: split into blocks of ``chunk_rows`` rows, each put on the cluster (``_put``). dask:
+    row chunks larger than ``chunk_rows`` are split, column chunks joined, then computed on the
+    cluster.
     """
     if isinstance(X, da.Array):
         rows = X.chunks[0]
@@ -195,8 +196,7 @@ def _partition_rows(X, client: distributed.Client, chunk_rows: int) -> list[dist
         elif X.numblocks[1] > 1 or max(rows, default=0) > chunk_rows:
             X = X.rechunk({0: min(chunk_rows, max(rows, default=1)), 1: -1})
         return client.compute(list(X.to_delayed()[:, 0]))
-    blocks = [X[i:i + chunk_rows] for i in range(0, len(X), chunk_rows)]
-    return client.scatter(blocks, hash=False) if blocks else []
+    return [_put(client, X[i:i + chunk_rows]) for i in range(0, len(X), chunk_rows)]
 
 
 def _describe(client: distributed.Client, blocks: list[distributed.Future]) -> _Partitions:
@@ -241,11 +241,25 @@ def _merge_moments(stats):
 
 
 def _share(client: distributed.Client, obj):
-    """A task argument: large ones are scattered once and sent to each worker once."""
+    """A task argument: large ones are put on the cluster once and sent to each worker once."""
     nbytes = sum(a.nbytes for a in obj) if isinstance(obj, list) else obj.nbytes
     if nbytes <= _INLINE_BYTES:
         return obj
-    return client.scatter([obj], hash=False)[0]
+    return _put(client, obj)
+
+
+def _put(client: distributed.Client, obj) -> distributed.Future:
+    """``obj`` on the cluster as the result of a task that holds it, one message per call.
+
+    Not ``client.scatter``: scattered data lost with a dead worker cannot be recomputed (the
+    run fails with ``FutureCancelledError``), while the scheduler keeps this task and reruns it
+    on another worker. The price is a copy of ``obj`` kept by the scheduler.
+    """
+    return client.submit(_identity, obj, pure=False)
+
+
+def _identity(obj):
+    return obj
 
 
 def _tree_reduce(client: distributed.Client, futures, combine, **kwargs):

@@ -244,10 +244,11 @@ def run_partitions(client: distributed.Client, scans: list[WindowScan], plans: l
     """Validate every row of each scan and, with a model, label it; one outcome per scan.
 
     Chunks of all scans form one queue with at most ``in_flight`` (default: twice the cluster's
-    threads) running, so small partitions keep every worker busy too. With ``payload`` (a
-    scattered ``ModelPayload``) and ``labels_uri`` each scan must be one partition: its labels
-    file is written chunk by chunk as results arrive and put in place only when every
-    expectation passed on every row and no task failed; otherwise the old labels stay.
+    threads) running, so small partitions keep every worker busy too. With ``payload`` (the
+    ``ModelPayload`` future from ``scatter_model``) and ``labels_uri`` each scan must be one
+    partition: its labels file is written chunk by chunk as results arrive and put in place
+    only when every expectation passed on every row and no task failed; otherwise the old
+    labels stay.
 
     Yields:
         ``PartitionOutcome`` per scan, in order, as soon as its last chunk is in.
