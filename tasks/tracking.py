@@ -111,28 +111,26 @@ def tracked_run(config: PipelineConfig, run_name: str, tags: dict[str, str] | No
 def still_running(run: Run) -> bool:
     """Whether an MLflow run in state RUNNING may still have a live process behind it.
 
-    Not if: its Prefect flow run is in a final state (asked only inside a flow run, where a
-    Prefect API is configured); or it ran on this host and its pid is gone, or is this process
-    without the run open. Unknown (another host, no Prefect answer): assumed live.
+    Not if: it ran on this host and its pid is gone, or is this process without the run open
+    (a killed process leaves its Prefect flow run RUNNING too, so the pid is asked first); or
+    its Prefect flow run is in a final state (asked only inside a flow run, where a Prefect
+    API is configured). Unknown (another host, no Prefect answer): assumed live.
     """
     tags = run.data.tags
     if run.info.run_id in _OPEN_RUNS:
         return True
-    final = _prefect_run_final(tags.get("prefect.flow_run_id"))
-    if final is not None:
-        return not final
     pid = tags.get("decflow.pid", "")
-    if tags.get("decflow.host") != socket.gethostname() or not pid.isdigit():
-        return True
-    if int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    if tags.get("decflow.host") == socket.gethostname() and pid.isdigit():
+        if int(pid) == os.getpid():
+            return False
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False  # its process is gone, whatever Prefect still says
+        except PermissionError:
+            pass  # another user's process by that pid: ask Prefect
+    final = _prefect_run_final(tags.get("prefect.flow_run_id"))
+    return True if final is None else not final
 
 
 def _prefect_run_final(flow_run_id: str | None) -> bool | None:
