@@ -1,5 +1,6 @@
 """The `decflow` command line: demo, run, validate, score, promote, rollback, backfill, serve,
-deploy, ui, adopt, generate.
+deploy, ui, adopt, show-config, generate. Every command that takes ``--config`` takes
+``--set section.key=value`` (repeatable) over the file and the ``DECFLOW_*`` environment.
 
 Exit codes (the same for every command; flows run in-process, so a failed flow's exception
 reaches the CLI and is mapped by its type):
@@ -109,6 +110,10 @@ def _options(traceback: Annotated[bool, typer.Option(
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", exists=True, dir_okay=False,
                                          help="Pipeline config (YAML). DECFLOW_<SECTION>__<KEY> "
                                               "environment variables override its values.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", metavar="SECTION.KEY=VALUE",
+    help="Override one config value (repeatable; the value is read as YAML). Precedence: "
+         "the config file < DECFLOW_<SECTION>__<KEY> environment variables < --set.")]
 HomeOpt = Annotated[Path, typer.Option(help="Directory for the embedded stores (MLflow sqlite "
                                             "database and artifacts, Prefect database, labels).")]
 
@@ -141,19 +146,20 @@ def _environment(home: Path | str | None = None) -> None:
         os.environ.setdefault("PREFECT_HOME", str(prefect_home.resolve()))
 
 
-def _setup(config: Path):
+def _setup(config: Path, sets: list[str] | None = None):
     """The config, then the environment for its home (before Prefect is imported)."""
-    cfg = _load(config)
+    cfg = _load(config, sets)
     _environment(cfg.home)
     return cfg
 
 
-def _load(config: Path, overrides: dict | None = None):
-    """The config (a ``ConfigError``, exit code 2, names each bad key); its home receives the
-    traceback of an internal error."""
-    from decflow.config import load_config
+def _load(config: Path, sets: list[str] | None = None):
+    """The config file < ``DECFLOW_*`` environment < ``--set`` items (a ``ConfigError``, exit
+    code 2, names each bad key and where it was set); its home receives the traceback of an
+    internal error."""
+    from decflow.config import load_config, parse_overrides
 
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, parse_overrides(sets), overrides_from="--set")
     _state["home"] = cfg.home
     return cfg
 
@@ -208,14 +214,24 @@ def demo(home: HomeOpt = Path(".decflow"),
 @app.command()
 def run(config: ConfigOpt,
         run_date: Annotated[Optional[str], typer.Option(
-            help="Date to label; the training window ends here (default: yesterday).")] = None):
+            help="Date to label; the training window ends here (default: yesterday).")] = None,
+        sets: SetOpt = None):
     """Run the nightly `recluster` flow once: validate, train, register, write labels."""
-    cfg = _setup(config)
+    cfg = _setup(config, sets)
 
     from flows.recluster import recluster
 
     _report(recluster(config=cfg, run_date=_date(run_date, "--run-date"),
                       progress=sys.stderr.isatty()), cfg)
+
+
+@app.command("show-config")
+def show_config(config: ConfigOpt, sets: SetOpt = None):
+    """Print the config a command would run with (file < DECFLOW_* environment < --set), as
+    YAML with secrets redacted."""
+    from decflow.config import dump_config
+
+    typer.echo(dump_config(_load(config, sets)), nl=False)
 
 
 @app.command()
@@ -224,9 +240,10 @@ def validate(config: ConfigOpt,
                  help="Partition to check (default: yesterday).")] = None,
              window: Annotated[bool, typer.Option(
                  help="Check the whole training window ending at --date instead of one "
-                      "partition.")] = False):
+                      "partition.")] = False,
+             sets: SetOpt = None):
     """Run the data checks only; exit code 1 when an expectation fails."""
-    cfg = _setup(config)
+    cfg = _setup(config, sets)
 
     from decflow import scoring, storage
     from decflow.compute import dask_client
@@ -251,9 +268,10 @@ def score(config: ConfigOpt,
           date: Annotated[str, typer.Option(help="Partition to label (YYYY-MM-DD).")],
           model_version: Annotated[Optional[str], typer.Option(
               help="Registered version number or alias to score with (default: champion).")]
-          = None):
+          = None,
+          sets: SetOpt = None):
     """Label one partition with a registered model (write-back only, no training)."""
-    cfg = _setup(config)
+    cfg = _setup(config, sets)
 
     from flows.score import score as score_flow
 
@@ -275,19 +293,26 @@ def ui(config: Annotated[Optional[Path], typer.Option(
        prefect_port: Annotated[int, typer.Option(help="Prefect UI port.")] = 4200,
        host: Annotated[str, typer.Option(
            help="Address both UIs listen on. The default serves this machine only; another "
-                "address serves the network, without authentication.")] = "127.0.0.1"):
+                "address serves the network, without authentication.")] = "127.0.0.1",
+       sets: SetOpt = None):
     """Serve the MLflow UI and the Prefect UI for a config's stores, on 127.0.0.1 unless --host
     says otherwise (Ctrl-C stops).
 
     Runs of `decflow demo`, `run`, `score`, `backfill`, `promote` and `rollback` with the same
     config appear here. A store that is already a server (an http(s) tracking URI, or
     PREFECT_API_URL) is not started again: its address is printed instead."""
-    from decflow.config import PipelineConfig, redact
+    from decflow.config import redact
 
     if config is not None and home is not None:
         raise typer.BadParameter("give --config or --home, not both (a config names its home)",
                                  param_hint="--home")
-    cfg = _load(config) if config is not None else PipelineConfig(home=str(home or ".decflow"))
+    if config is not None:
+        cfg = _load(config, sets)
+    else:
+        from decflow.config import load_config, parse_overrides
+
+        cfg = load_config(None, {"home": str(home or ".decflow"), **parse_overrides(sets)},
+                          env={}, overrides_from="--set")
     _state["home"] = cfg.home
     _environment(cfg.home)
     env = dict(os.environ)
@@ -351,7 +376,8 @@ def serve(config: Annotated[Optional[Path], typer.Option(
               help="IANA time zone of the nightly schedule, e.g. Europe/Berlin "
                    "(default: UTC).")] = None,
           cron: Annotated[Optional[str], typer.Option(
-              help="Nightly schedule as a cron string (default: '0 2 * * *', 02:00).")] = None):
+              help="Nightly schedule as a cron string (default: '0 2 * * *', 02:00).")] = None,
+          sets: SetOpt = None):
     """Serve the `recluster/nightly`, `backfill/on-demand` and `promote/on-demand` deployments
     from this process (Prefect's serve(), no work pool); Ctrl-C stops. Needs a Prefect server,
     whose scheduler creates the nightly runs: PREFECT_API_URL, e.g. from `decflow ui`."""
@@ -367,7 +393,7 @@ def serve(config: Annotated[Optional[Path], typer.Option(
                    "PREFECT_API_URL=http://127.0.0.1:4200/api", err=True)
         raise typer.Exit(2)
     try:
-        deployments = build_deployments(_load(config), cron=cron, timezone=timezone)
+        deployments = build_deployments(_load(config, sets), cron=cron, timezone=timezone)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--config")
     serve_deployments(*deployments)
@@ -382,7 +408,8 @@ def deploy(config: ConfigOpt,
                help="IANA time zone of the nightly schedule (default: UTC).")] = None,
            cron: Annotated[Optional[str], typer.Option(
                help="Nightly schedule as a cron string (default: '0 2 * * *', 02:00).")]
-           = None):
+           = None,
+           sets: SetOpt = None):
     """Create or update the `recluster/nightly`, `backfill/on-demand` and `promote/on-demand`
     deployments on the Prefect server (PREFECT_API_URL) with this config as their `config`
     parameter; a worker of the pool runs them (`prefect worker start --pool decflow`).
@@ -390,7 +417,7 @@ def deploy(config: ConfigOpt,
     Local relative paths in the config are made absolute. Secrets must not be in the config:
     the worker's environment supplies them, and its DECFLOW_* variables override the config in
     every deployed run."""
-    cfg = _load(config)
+    cfg = _load(config, sets)
     _environment()
     from prefect.settings import get_current_settings
 
@@ -421,10 +448,11 @@ def promote(config: ConfigOpt,
             = "challenger",
             date: Annotated[Optional[str], typer.Option(
                 help="Compare both models on this partition (YYYY-MM-DD) instead of the "
-                     "window the candidate was trained on.")] = None):
+                     "window the candidate was trained on.")] = None,
+            sets: SetOpt = None):
     """Gate a candidate against the champion on the same rows; promote it when every gate
     passes (champion <- candidate, previous <- old champion). Exit code 1 when rejected."""
-    cfg = _setup(config)
+    cfg = _setup(config, sets)
 
     from rich.console import Console
     from rich.table import Table
@@ -455,11 +483,12 @@ def promote(config: ConfigOpt,
 def adopt(config: ConfigOpt,
           version: Annotated[str, typer.Option(
               help="Version number (or alias) registered before decflow recorded content "
-                   "digests.")]):
+                   "digests.")],
+          sets: SetOpt = None):
     """Record the content digest of a version registered before decflow recorded them, so it
     loads again. Its files *as they are now* are trusted from here on: run it only for a
     version whose artifact store you trust (or retrain and register a new version)."""
-    cfg = _setup(config)
+    cfg = _setup(config, sets)
 
     from decflow.tracking import adopt_version
 
@@ -476,9 +505,9 @@ def _cell(value) -> str:
 
 
 @app.command()
-def rollback(config: ConfigOpt):
+def rollback(config: ConfigOpt, sets: SetOpt = None):
     """Swap champion and previous: the previous champion serves labels again."""
-    cfg = _setup(config)
+    cfg = _setup(config, sets)
 
     from decflow.config import redact
     from decflow.errors import ConfigError, DataError
@@ -506,12 +535,13 @@ def backfill(config: ConfigOpt,
                  help="Relabel partitions already labelled by the same model version.")] = False,
              retrain: Annotated[bool, typer.Option(
                  help="Run the full recluster flow for each date, in order, instead of "
-                      "scoring with one model.")] = False):
+                      "scoring with one model.")] = False,
+             sets: SetOpt = None):
     """Label a range of date partitions on the Dask cluster (compute); resumable.
 
     Partitions already labelled by the same model version are skipped unless --force; a failed
     partition does not stop the others and is reported with its cause (exit code 1)."""
-    cfg = _setup(config)
+    cfg = _setup(config, sets)
 
     from decflow.config import redact
     from decflow.tracking import get_version

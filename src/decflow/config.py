@@ -455,14 +455,17 @@ def _read_file(p: Path) -> dict:
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None,
-                env: dict[str, str] | None = None) -> PipelineConfig:
+                env: dict[str, str] | None = None, overrides_from: str = "override"
+                ) -> PipelineConfig:
     """Build a ``PipelineConfig`` from a YAML file, ``DECFLOW_`` environment variables and overrides.
 
     Args:
         path: YAML file (top-level keys are the sections; an empty section means its
             defaults); None uses the embedded defaults.
-        overrides: dotted keys, e.g. ``{"model.n_clusters": 12}``; applied last.
+        overrides: dotted keys, e.g. ``{"model.n_clusters": 12}``; applied last (a value of
+            None sets the key to null).
         env: environment to read (default ``os.environ``).
+        overrides_from: how error messages name where an override came from ("--set").
 
     Raises:
         ConfigError: file missing, not UTF-8 or not YAML (file, line and column named), unknown
@@ -473,9 +476,35 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
     origins: dict[tuple, str] = {}
     _apply_env(data, env, origins)
     for key, value in (overrides or {}).items():
-        if value is not None:
-            _set_path(data, key.split("."), value, f"override {key}")
+        _set_path(data, key.split("."), value, f"{overrides_from} {key}")
+        origins[tuple(key.split("."))] = f"{overrides_from} {key}"
     return _validate(data, f" {path}" if path is not None else "", origins)
+
+
+def parse_overrides(items: list[str] | None, option: str = "--set") -> dict[str, Any]:
+    """``["model.n_clusters=12", "train.device=cpu"]`` -> ``{"model.n_clusters": 12, ...}``.
+
+    Each value is read as YAML (``12`` an int, ``[64, 64]`` a list, ``null`` None, anything
+    else text). The model validates keys and values later; this checks the shape only.
+
+    Raises:
+        ConfigError: an item is not ``section.key=value``, or its value does not parse.
+    """
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", key):
+            raise ConfigError(f"{option} {_found(item)}: expected section.key=value, e.g. "
+                              f"{option} model.n_clusters=12")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise ConfigError(f"{option} {key}: the value does not parse as YAML: {problem}, "
+                              f"found {_found(raw)}") from None
+        out[key] = value
+    return out
 
 
 def _apply_env(data: dict, env: dict[str, str] | None,
