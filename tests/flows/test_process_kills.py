@@ -261,8 +261,9 @@ def _check_readers(labels: Path, rows: dict[str, int]) -> None:
     table = pads.dataset(labels, format="parquet", partitioning="hive").to_table()
     counts = table.group_by("ds").aggregate([("id", "count")]).to_pylist()
     assert {str(r["ds"]): r["id_count"] for r in counts} == expected
-    found = duckdb.sql(f"select ds::varchar, count(*) from read_parquet('{labels}/*/*.parquet', "
-                       f"hive_partitioning = true) group by ds").fetchall()
+    with duckdb.connect() as con:  # one per call: the lanes run in threads
+        found = con.sql(f"select ds::varchar, count(*) from read_parquet('{labels}/*/*.parquet', "
+                        f"hive_partitioning = true) group by ds").fetchall()
     assert dict(found) == expected
 
 

@@ -9,6 +9,7 @@ the plugin on the new one finds the marker). No sleeps, no timing.
 import datetime as dt
 import os
 import signal
+import time
 from pathlib import Path
 
 import distributed
@@ -81,6 +82,22 @@ class KillHolderAtFetch(distributed.WorkerPlugin):
                 os.kill(pid, signal.SIGKILL)
 
 
+WORKER_TIMEOUT = 300  # s: a restarted worker imports torch and the scoring modules again
+
+
+def _live_worker_pids(client, gone: int) -> set[int]:
+    """The pids of two live workers once the scheduler has dropped the killed one (``gone``)
+    and the nanny's replacement has registered. Until then the scheduler may still list the
+    dead worker (a broadcast to it fails with CommClosedError), so poll, with a deadline."""
+    deadline = time.monotonic() + WORKER_TIMEOUT
+    while True:
+        pids = set(client.run(os.getpid, on_error="ignore").values())
+        if len(pids) == 2 and gone not in pids:
+            return pids
+        assert time.monotonic() < deadline, f"workers after the kill: {pids}"
+        time.sleep(0.2)  # polling interval of a readiness check with a deadline
+
+
 @pytest.fixture(scope="module")
 def client():
     """Two single-threaded worker processes under nannies (which restart a killed worker)."""
@@ -97,16 +114,15 @@ def kill(client, tmp_path):
     before = {}
 
     def arm(plugin_cls, *args):
-        client.wait_for_workers(2, timeout=60)
-        before.update(client.run(os.getpid))
+        _live_worker_pids(client, gone=-1)
+        before.update(client.run(os.getpid, on_error="ignore"))
         client.register_plugin(plugin_cls(marker, *args), name="kill-once")
         armed.append(plugin_cls)
 
         def killed() -> str:
             assert os.path.exists(marker), f"no worker was killed by {plugin_cls.__name__}{args}"
             pid, note = Path(marker).read_text().split(" ", 1)
-            client.wait_for_workers(2, timeout=60)
-            after = set(client.run(os.getpid).values())
+            after = _live_worker_pids(client, gone=int(pid))
             assert int(pid) in before.values() and int(pid) not in after
             assert len(after) == 2 and len(after - set(before.values())) == 1
             return note
