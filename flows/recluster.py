@@ -7,6 +7,7 @@ from prefect import flow
 from decflow.config import PipelineConfig
 from flows.promote import gate_candidate
 from tasks.data import scan_window, snapshot_partition, validate_features
+from tasks.insight import profile_clusters
 from tasks.labels import label_partition
 from tasks.runtime import night_lock, prepare_run, redact_errors
 from tasks.promotion import align_cluster_ids, sample_reference_rows
@@ -80,8 +81,9 @@ def recluster(config: PipelineConfig = PipelineConfig(), run_date: dt.date | Non
         model = fit_dec(model, X, centers, target, config, run_id)
         alignment = align_cluster_ids(model, X, train, old_version, champion, config, run_id)
         metrics = evaluate_model(model, X, train, config, run_id)
+        profile = profile_clusters(model, X, train, config, run_id)
         version = register_model(model, encoder, train, window.lineage, report, metrics, config,
-                                 run_id, day, alignment)
+                                 run_id, day, alignment, profile)
         links = link_mlflow_run(config, run_id, version)
         decision = None
         if config.promotion.auto_promote or old_version is None:  # a first version: judge it
@@ -93,4 +95,4 @@ def recluster(config: PipelineConfig = PipelineConfig(), run_date: dt.date | Non
     return {"run_id": run_id, "run_date": day, "model_version": version,
             "champion_version": str(champion_version.version), "metrics": metrics,
             "alignment": alignment, "promotion": decision.to_dict() if decision else None,
-            "labels": written, "links": links}
+            "labels": written, "links": links, "profiles": profile}

@@ -51,11 +51,14 @@ def champion_weights(champion, encoder: FeatureEncoder, config: PipelineConfig) 
 @redact_errors
 def register_model(est, encoder: FeatureEncoder, frame: pd.DataFrame, lineage: Lineage,
                    report: ValidationReport, metrics: dict[str, float], config: PipelineConfig,
-                   run_id: str, run_date: str, alignment: dict | None = None) -> str:
+                   run_id: str, run_date: str, alignment: dict | None = None,
+                   profile: dict | None = None) -> str:
     """Log the pyfunc model (with its file digests) and register it as a new version, tagged
     ``promotion.decision=pending`` and holding no alias until a promotion gate judges it.
 
-    ``alignment`` (from ``align_cluster_ids``) adds the cluster-id mapping and label churn.
+    ``alignment`` (from ``align_cluster_ids``) adds the cluster-id mapping and label churn;
+    ``profile`` (from ``profile_clusters``) the tag ``profiles.artifact`` pointing at the
+    cluster profiles.
 
     Returns:
         The new version number (as text).
@@ -72,6 +75,8 @@ def register_model(est, encoder: FeatureEncoder, frame: pd.DataFrame, lineage: L
                      "alignment.mapping": json.dumps(alignment["mapping"])[:4000],
                      "metric.label_churn": f"{alignment['label_churn']:.6g}",
                      "metric.label_churn_unaligned": f"{alignment['label_churn_unaligned']:.6g}"})
+    if profile is not None:
+        tags["profiles.artifact"] = profile["artifact"]
     version = tracking.register_model(uri, model_uri, config.registry.model_name,
                                       run_id=run_id, tags=tags)
     return str(version.version)

@@ -86,6 +86,52 @@ def test_registered_version_has_both_aliases_and_the_run_is_tracked(pipeline):
     assert result["metrics"]["acc"] > 0.9  # four well-separated blobs
 
 
+def test_cluster_profiles_name_what_each_cluster_is(pipeline, tmp_path):
+    """The four blobs differ in x (3 per blob) and in c (one letter per blob): each cluster's
+    profile names x first and over-represents one letter, logged to MLflow in four forms,
+    pointed at by the version and given to the Prefect run."""
+    import pandas as pd
+
+    from flowkit import latest_artifact
+
+    config, result = pipeline
+    client = _client(config)
+    run_id = result["run_id"]
+    files = {a.path for a in client.list_artifacts(run_id, "profiles")}
+    assert files == {f"profiles/cluster_profiles.{ext}" for ext in ("json", "parquet", "md",
+                                                                      "html")}
+    mv = client.get_model_version("tiny", result["model_version"])
+    assert mv.tags["profiles.artifact"] == f"runs:/{run_id}/profiles/cluster_profiles.json"
+    local = mlflow.artifacts.download_artifacts(mv.tags["profiles.artifact"],
+                                                dst_path=str(tmp_path),
+                                                tracking_uri=config.tracking_uri())
+    prof = json.loads(open(local).read())
+    clusters = prof["clusters"]
+    assert [c["cluster_id"] for c in clusters] == [0, 1, 2, 3]
+    assert sum(c["size"] for c in clusters) == prof["n_rows"] == 270
+    letters = {}
+    for c in clusters:
+        values = [abs(f["value"]) for f in c["numeric"]]
+        assert values == sorted(values, reverse=True) and values[0] > 1
+        assert {f["feature"] for f in c["numeric"]} <= {"x", *(f"emb[{i}]" for i in range(8))}
+        top = [g for g in c["categories"] if g["column"] == "c"][0]
+        assert top["lift"] > 2.5 and top["share_in"] > 0.9
+        letters[top["category"]] = {f["feature"]: f["value"] for f in c["numeric"]}
+        assert len(c["exemplars"]) == 5 and 0 < c["mean_confidence"] <= 1
+    assert set(letters) == set("abcd")  # each cluster is one blob
+    # x is 3 x the blob's index: lowest in blob a, highest in blob d
+    assert letters["a"]["x"] < 0 < letters["d"]["x"]
+    parquet = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/profiles/"
+                                                  f"cluster_profiles.parquet",
+                                                  dst_path=str(tmp_path / "pq"),
+                                                  tracking_uri=config.tracking_uri())
+    assert len(pd.read_parquet(parquet)) == 4
+    table = json.loads(latest_artifact("cluster-profiles"))
+    assert [row["cluster"] for row in table] == [0, 1, 2, 3]
+    assert [row["sets it apart"].split(" ")[0] for row in table] == [
+        c["numeric"][0]["feature"] for c in clusters]
+
+
 def test_champion_pyfunc_reproduces_the_written_labels(pipeline, monkeypatch):
     config, _ = pipeline
     monkeypatch.setenv("MLFLOW_TRACKING_URI", config.tracking_uri())
