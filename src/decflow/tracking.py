@@ -698,19 +698,13 @@ def adopt_version(tracking_uri: str, model_name: str, ref: str) -> dict[str, str
     """
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    mv = get_version(tracking_uri, model_name, ref)
-    if mv is None:
-        raise ConfigError(f"model {model_name!r} has no version or alias {ref!r} "
-                          f"in {redact(tracking_uri)}")
+    mv = _version_or_error(tracking_uri, model_name, ref, ConfigError)
     if mv.tags.get(MANIFEST_TAG):
         raise ConfigError(f"model {model_name!r} version {mv.version} already has a content "
-                         f"digest ({MANIFEST_TAG}); nothing to adopt")
+                          f"digest ({MANIFEST_TAG}); nothing to adopt")
     client = _client(tracking_uri)
-    uri = client.get_model_version_download_uri(model_name, mv.version)
     with tempfile.TemporaryDirectory(prefix="decflow-adopt-") as tmp:
-        with service_guard(tracking_uri):
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp,
-                                                             tracking_uri=tracking_uri))
+        local = _download(tracking_uri, model_name, mv, tmp)
         (local / MANIFEST).unlink(missing_ok=True)  # an unrecorded manifest proves nothing
         digest = write_manifest(local)
         files = len(json.loads((local / MANIFEST).read_text())["files"])
@@ -730,17 +724,28 @@ def _download_verified(tracking_uri: str, model_name: str, ref: str, dst_path: s
     Resolves the version through our own client: MLflow's ``models:/`` artifact repository
     looks the alias up in the process-wide registry URI and ignores the one it is given.
     """
-    mv = get_version(tracking_uri, model_name, ref)
-    if mv is None:
-        raise ValueError(f"model {model_name!r} has no version or alias {ref!r} "
-                         f"in {redact(tracking_uri)}")
-    uri = _client(tracking_uri).get_model_version_download_uri(model_name, mv.version)
-    with service_guard(tracking_uri):
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst_path,
-                                                         tracking_uri=tracking_uri))
+    mv = _version_or_error(tracking_uri, model_name, ref, ValueError)
+    local = _download(tracking_uri, model_name, mv, dst_path)
     verify_model_dir(local, mv.tags.get(MANIFEST_TAG),
                      f"model {model_name!r} version {mv.version}")
     return local
+
+
+def _version_or_error(tracking_uri: str, model_name: str, ref: str,
+                      error: type[Exception]) -> ModelVersion:
+    mv = get_version(tracking_uri, model_name, ref)
+    if mv is None:
+        raise error(f"model {model_name!r} has no version or alias {ref!r} "
+                    f"in {redact(tracking_uri)}")
+    return mv
+
+
+def _download(tracking_uri: str, model_name: str, mv: ModelVersion, dst_path: str) -> Path:
+    """A registered version's model directory, downloaded (unchecked) into ``dst_path``."""
+    uri = _client(tracking_uri).get_model_version_download_uri(model_name, mv.version)
+    with service_guard(tracking_uri):
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst_path,
+                                                        tracking_uri=tracking_uri))
 
 
 def _client(tracking_uri: str) -> MlflowClient:

@@ -12,18 +12,7 @@ from typer.testing import CliRunner
 from decflow.compute import dask_client
 from decflow.config import ComputeConfig
 from flows import cli
-
-
-def listening(processes) -> set[tuple[str, int]]:
-    """(address, port) of every TCP socket the processes listen on."""
-    out = set()
-    for proc in processes:
-        try:
-            conns = proc.net_connections(kind="tcp")
-        except psutil.Error:
-            continue
-        out |= {(c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN}
-    return out
+from testkit import listening
 
 
 def on_loopback(addresses) -> bool:

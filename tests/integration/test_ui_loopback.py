@@ -9,20 +9,14 @@ import psutil
 import pytest
 
 import servers
+from testkit import listening
 
 pytestmark = pytest.mark.integration
 
 
 def _listening(pid: int) -> set[tuple[str, int]]:
-    out = set()
     root = psutil.Process(pid)
-    for proc in [root, *root.children(recursive=True)]:
-        try:
-            conns = proc.net_connections(kind="tcp")
-        except psutil.Error:
-            continue
-        out |= {(c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN}
-    return out
+    return listening([root, *root.children(recursive=True)])
 
 
 def test_ui_serves_both_stores_on_loopback_only(tmp_path):
