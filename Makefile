@@ -31,13 +31,19 @@ test-integration: $(VENV)/.installed
 	MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false \
 		GX_ANALYTICS_ENABLED=false $(BIN)/python -m pytest tests/integration
 
-# What the integration tier needs beyond the venv: Debian's PostgreSQL server (root or sudo).
+# What the integration tier needs beyond the venv (root or sudo): Debian's PostgreSQL server, and
+# Debian's chromium for the headless-browser tests of the run report (tests/browser.py drives
+# it over the DevTools pipe: no driver, no browser download).
 integration-deps: $(VENV)/.installed
-	@if command -v pg_ctlcluster >/dev/null || ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; \
-	then echo "PostgreSQL server present"; \
-	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	@PKGS=""; \
+	if command -v pg_ctlcluster >/dev/null || ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; \
+	then echo "PostgreSQL server present"; else PKGS="$$PKGS postgresql"; fi; \
+	if [ -x /usr/lib/chromium/chromium ] || command -v chromium >/dev/null; \
+	then echo "Chromium present"; else PKGS="$$PKGS chromium"; fi; \
+	if [ -n "$$PKGS" ]; then SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		echo "installing:$$PKGS"; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
-		--no-install-recommends postgresql >/dev/null; fi
+		--no-install-recommends $$PKGS >/dev/null; fi
 
 # Static checks of infra/ (hadolint, shellcheck, docker-compose config, Helm values, the lock).
 infra-check: $(VENV)/.installed

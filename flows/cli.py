@@ -1,5 +1,5 @@
 """The `decflow` command line: demo, run, validate, score, promote, rollback, backfill, serve,
-deploy, ui, adopt, show-config, generate. Every command that takes ``--config`` takes
+deploy, ui, adopt, show-config, history, report, sweep-k, generate. Every command that takes ``--config`` takes
 ``--set section.key=value`` (repeatable) over the file and the ``DECFLOW_*`` environment.
 
 Exit codes (the same for every command; flows run in-process, so a failed flow's exception
@@ -186,6 +186,9 @@ def _report(result: dict, config) -> None:
         if key in result["metrics"]:
             table.add_row(key, f"{result['metrics'][key]:.4f}")
     console.print(table)
+    if result.get("report"):
+        console.print(f"run report: {result['report']['path']}  (open it in a browser)",
+                      soft_wrap=True)
 
 
 @app.command()
@@ -502,6 +505,73 @@ def _cell(value) -> str:
     if value is None:
         return "-"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+@app.command()
+def report(config: ConfigOpt,
+           run_date: Annotated[Optional[str], typer.Option(
+               help="The night whose newest recluster run to show (default: the newest run).")
+           ] = None,
+           run_id: Annotated[Optional[str], typer.Option(help="An MLflow run id instead.")] = None,
+           out: Annotated[Optional[Path], typer.Option(
+               help="HTML file to write (default: <home>/reports/recluster-<run date>.html).")
+           ] = None,
+           sets: SetOpt = None):
+    """Write a nightly run's report: one self-contained HTML page (summary, validation, metrics,
+    promotion gates, drift, cluster profiles, pictures) to open in any browser."""
+    cfg = _setup(config, sets)
+
+    from flows.report import report_command
+
+    path = report_command(cfg, _date(run_date, "--run-date"), run_id, out)
+    typer.echo(f"run report: {path.resolve()}")
+
+
+@app.command()
+def history(config: ConfigOpt,
+            days: Annotated[Optional[int], typer.Option(
+                min=1, help="Nights to show, ending at the newest (default: "
+                            "monitoring.history_days, 30).")] = None,
+            out: Annotated[Optional[Path], typer.Option(
+                help="Folder for history.csv, history.md and drift_history.png "
+                     "(default: <home>/reports).")] = None,
+            sets: SetOpt = None):
+    """Drift and churn over the last nights: one row per night (its model and champion,
+    promotion, label churn vs the champion, cluster-size shift vs the night before, quality,
+    alerts), printed and written with its chart."""
+    cfg = _setup(config, sets)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from flows.history import history_command
+
+    frame, paths = history_command(cfg, days, out)
+    if frame.empty:
+        typer.echo(f"no nightly runs recorded in experiment {cfg.registry.experiment!r}")
+    else:
+        table = Table(title=f"{cfg.registry.model_name}: the last {len(frame)} night(s)")
+        cols = ["run_date", "status", "model_version", "champion_version", "promotion",
+                "label_churn", "size_shift_tvd", "size_shift_psi", "acc", "silhouette",
+                "mean_confidence", "alert"]
+        for c in cols:
+            table.add_column(c.replace("_", " "))
+        for _, row in frame.iterrows():
+            table.add_row(*[_history_cell(row[c]) for c in cols])
+        Console(width=200).print(table)
+    typer.echo(f"chart: {paths['chart']}\ntable: {paths['csv']}, {paths['markdown']}")
+
+
+def _history_cell(value) -> str:
+    import math
+
+    import numpy as np
+
+    if isinstance(value, (bool, np.bool_)):
+        return "ALERT" if value else ""
+    if isinstance(value, float) and math.isnan(value):
+        return "-"
+    return _cell(value)
 
 
 @app.command()

@@ -27,7 +27,7 @@ def gate_candidate(config: PipelineConfig, candidate: str, reference: pd.DataFra
     champion_version, champion = load_model(config, CHAMPION)
     decision = compare_models(config, version, challenger, champion_version, champion,
                               reference)
-    record_decision(config, decision)
+    record_decision(config, decision, version.run_id)
     apply_decision(config, decision)
     if need_champion:
         require_champion(config, decision)

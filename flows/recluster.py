@@ -7,7 +7,7 @@ from prefect import flow
 from decflow.config import PipelineConfig
 from flows.promote import gate_candidate
 from tasks.data import scan_window, snapshot_partition, validate_features
-from tasks.insight import profile_clusters
+from tasks.insight import monitor_drift, profile_clusters, publish_report
 from tasks.labels import label_partition
 from tasks.runtime import night_lock, prepare_run, redact_errors
 from tasks.promotion import align_cluster_ids, sample_reference_rows
@@ -92,7 +92,14 @@ def recluster(config: PipelineConfig = PipelineConfig(), run_date: dt.date | Non
         champion_version, champion = load_model(config)
         today, late = snapshot_partition(window, run_date)
         written = label_partition(today, champion_version, champion, config, run_id, late)
+        drift = monitor_drift(config, run_id, run_date, written, champion.estimator.n_clusters,
+                              metrics | ({"label_churn": alignment["label_churn"]}
+                                         if alignment else {}),
+                              version, str(champion_version.version),
+                              decision.decision if decision else None)
+        page = publish_report(config, run_id, run_date)
     return {"run_id": run_id, "run_date": day, "model_version": version,
             "champion_version": str(champion_version.version), "metrics": metrics,
             "alignment": alignment, "promotion": decision.to_dict() if decision else None,
-            "labels": written, "links": links, "profiles": profile}
+            "labels": written, "links": links, "profiles": profile, "drift": drift,
+            "report": page}

@@ -1,21 +1,23 @@
-"""What users look at after a run: cluster profiles (what each cluster is), logged to MLflow and
-given to the Prefect run."""
+"""What users look at after a run: cluster profiles (what each cluster is) and drift over
+nights, logged to MLflow and given to the Prefect run."""
 
+import datetime as dt
+import math
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from prefect import task
-from prefect.artifacts import create_table_artifact
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from decflow import profiles
+from decflow import monitoring, profiles, registry, storage
 from decflow.config import PipelineConfig
 from decflow.estimator import DeepEmbeddedClustering
 
 from .runtime import redact_errors
-from .tracking import client, log_dict, log_text
+from .tracking import client, log_dict, log_figure, log_metrics, log_text, run_url
 
 PROFILE_DIR = "profiles"
 
@@ -62,3 +64,85 @@ def profile_clusters(est: DeepEmbeddedClustering, X: np.ndarray, frame: pd.DataF
                                       f"(training rows, {prof.to_dict()['n_rows']} rows)")
     return {"artifact": f"runs:/{run_id}/{PROFILE_DIR}/cluster_profiles.json",
             "n_clusters": config.model.n_clusters}
+
+
+@task(name="monitor_drift", cache_policy=NO_CACHE)
+@redact_errors
+def monitor_drift(config: PipelineConfig, run_id: str, run_date: dt.date, labels: dict,
+                  n_clusters: int, metrics: dict[str, float], version: str,
+                  champion_version: str, decision: str | None) -> dict:
+    """Tonight's drift: label churn against the champion (``metrics["label_churn"]`` from the
+    alignment) and the cluster-size shift of the labels written tonight against the newest
+    earlier labels partition; checks ``monitoring.max_churn`` / ``max_size_shift``.
+
+    Logs ``monitoring/drift.json``, the metrics ``size_shift_tvd``, ``size_shift_psi``,
+    ``drift_alert`` and ``labels_rows``, the pictures ``plots/sizes_vs_last_night.png`` and
+    ``plots/drift_history.png`` (the last ``monitoring.history_days`` nights), and tags the run
+    with its model and champion versions, the promotion decision and ``monitoring.alert``.
+
+    Past a threshold the run stays green (the labels are written; what serves is the gates'
+    business): the run and the model version are tagged ``monitoring.alert=true`` with the
+    reasons, a warning is logged, and the Prefect run gets a ``drift-warning`` artifact.
+    """
+    date_column, uri = config.source.date_column, config.labels_uri()
+    tonight = storage.partition_counts(uri, date_column, run_date, "cluster_id") or {}
+    earlier = [d for d in storage.list_partitions(uri, date_column) if d < run_date]
+    previous = earlier[-1] if earlier else None
+    before = storage.partition_counts(uri, date_column, previous, "cluster_id") \
+        if previous else None
+    k = max([n_clusters, *[int(c) + 1 for c in [*tonight, *(before or {})]]])
+    churn = metrics.get("label_churn")
+    mon = config.monitoring
+    report = monitoring.drift_report(run_date, tonight, k, previous_date=previous,
+                                     previous_sizes=before, label_churn=churn,
+                                     max_churn=mon.max_churn, max_size_shift=mon.max_size_shift)
+    log_metrics(config, run_id, {**report.metrics(), "labels_rows": float(labels["rows"])})
+    mlflow = client(config)
+    for key, value in {"decflow.model_version": version,
+                       "decflow.champion_version": champion_version,
+                       "promotion.decision": decision or "not gated",
+                       "monitoring.alert": str(report.alert).lower(),
+                       "monitoring.alerts": "; ".join(report.alerts)[:4000]}.items():
+        mlflow.set_tag(run_id, key, value)
+    log_dict(config, run_id, report.to_dict(), "monitoring/drift.json")
+    log_figure(config, run_id, monitoring.plot_sizes_vs_last_night(report),
+               "plots/sizes_vs_last_night.png")
+    nights = monitoring.history(config.tracking_uri(), config.registry.experiment,
+                                days=mon.history_days, end=run_date, current_run_id=run_id)
+    log_figure(config, run_id, monitoring.plot_history(nights, max_churn=mon.max_churn,
+                                                       max_size_shift=mon.max_size_shift),
+               "plots/drift_history.png")
+    create_markdown_artifact(key="drift", markdown=report.to_markdown(),
+                             description=f"Drift of {run_date} against "
+                                         f"{previous or 'no earlier night'}")
+    if report.alert:
+        registry.set_version_tags(config.tracking_uri(), config.registry.model_name, version,
+                                  {"monitoring.alert": "true",
+                                   "monitoring.alerts": "; ".join(report.alerts)[:4000]})
+        create_markdown_artifact(key="drift-warning", markdown=report.to_markdown(),
+                                 description="; ".join(report.alerts))
+        get_run_logger().warning("drift alert for %s: %s", run_date, "; ".join(report.alerts))
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v)
+            for k, v in report.to_dict().items()}
+
+
+@task(name="publish_report", cache_policy=NO_CACHE)
+@redact_errors
+def publish_report(config: PipelineConfig, run_id: str, run_date: dt.date) -> dict:
+    """The run's HTML report (``decflow report``): logged into the MLflow run as
+    ``report/report.html``, written to ``<home>/reports/recluster-<run date>.html``, and linked
+    from the Prefect run (``run-report``). Rendered as the run's last step, so it shows the run
+    as still running; ``decflow report`` renders it again after the fact."""
+    from prefect.artifacts import create_link_artifact
+
+    from decflow.report import write_report
+    from flows.report import REPORT_ARTIFACT, log_report, report_path
+
+    artifact = log_report(config, run_id)
+    path = write_report(config.tracking_uri(), config.registry.experiment,
+                        report_path(config, run_date.isoformat()), run_id=run_id)
+    link = f"{run_url(config, run_id)}/artifactPath/{REPORT_ARTIFACT}"
+    create_link_artifact(key="run-report", link=link, link_text=f"run report of {run_date}",
+                         description=f"one self-contained HTML page; also at {path.resolve()} "
+                                     f"on the machine that ran the flow")
+    return {"artifact": artifact, "path": str(path.resolve()), "link": link}

@@ -93,11 +93,16 @@ def compare_models(config: PipelineConfig, candidate, challenger, champion_versi
 
 @task(name="record_decision", cache_policy=NO_CACHE)
 @redact_errors
-def record_decision(config: PipelineConfig, decision: promotion.PromotionDecision) -> None:
-    """The decision and each gate as tags on the candidate version, and a Prefect artifact."""
+def record_decision(config: PipelineConfig, decision: promotion.PromotionDecision,
+                    run_id: str | None = None) -> None:
+    """The decision and each gate as tags on the candidate version, as
+    ``promotion/decision.json`` in the candidate's MLflow run (``run_id``; the latest verdict
+    on it, for its run report), and a Prefect artifact."""
     registry.set_version_tags(config.tracking_uri(), config.registry.model_name,
                               decision.candidate, decision.to_tags(),
                               replace_prefix=promotion.GATE_TAG_PREFIX)
+    if run_id:
+        log_dict(config, run_id, decision.to_dict(), "promotion/decision.json")
     create_markdown_artifact(key="promotion-decision", markdown=decision.to_markdown(),
                              description=f"{config.registry.model_name}: {decision.summary()}")
 

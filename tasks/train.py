@@ -132,7 +132,10 @@ def evaluate_model(est: DeepEmbeddedClustering, X: np.ndarray, frame: pd.DataFra
     log_metrics(config, run_id, metrics)
     for name, fig in (("training_curves", evaluation.plot_training_curves(est.history_)),
                       ("cluster_sizes", evaluation.plot_cluster_sizes(ids, config.model.n_clusters)),
-                      ("embedding_2d", evaluation.plot_projection(Z, ids))):
+                      ("embedding_2d", evaluation.plot_projection(
+                          Z, ids, random_state=config.train.random_state or 0)),
+                      ("confidence", evaluation.plot_confidence(conf, ids,
+                                                                config.model.n_clusters))):
         log_figure(config, run_id, fig, f"plots/{name}.png")
     rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in metrics.items())
     create_markdown_artifact(key="recluster-metrics", description="Model quality",

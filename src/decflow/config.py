@@ -273,6 +273,16 @@ class BackfillConfig(_Section):
     """Backfill runs over past dates (their concurrency is the Dask cluster's: compute)."""
 
 
+class MonitoringConfig(_Section):
+    """Drift and churn over nights. A night past a threshold stays green: its MLflow run and
+    model version are tagged ``monitoring.alert`` and the Prefect run gets a ``drift-warning``
+    artifact (the labels are still written; the promotion gates decide what serves)."""
+
+    max_churn: float | None = Field(default=None, ge=0, le=1)  # share of rows whose id changed
+    max_size_shift: float | None = Field(default=None, ge=0, le=1)  # TVD of cluster shares
+    history_days: int = Field(default=30, ge=1)  # nights in the drift chart and `decflow history`
+
+
 class LabelsConfig(_Section):
     """Label write-back dataset."""
 
@@ -305,6 +315,7 @@ class PipelineConfig(_Section):
     labels: LabelsConfig = LabelsConfig()
     promotion: PromotionConfig = PromotionConfig()
     backfill: BackfillConfig = BackfillConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
     compute: ComputeConfig = ComputeConfig()
 
     @model_validator(mode="after")
@@ -358,7 +369,8 @@ class PipelineConfig(_Section):
     def digest(self) -> str:
         """Short hash of everything that affects the model (home and locations excluded)."""
         keep = self.model_dump(mode="json", exclude={"home", "registry", "labels", "compute",
-                                                     "promotion", "backfill"})
+                                                     "promotion", "backfill",
+                                                     "monitoring"})
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -624,6 +624,22 @@ def read_partition(uri: str, date_column: str, day) -> pd.DataFrame | None:
     return pq.read_table(path, filesystem=fs).to_pandas()
 
 
+def partition_counts(uri: str, date_column: str, day, column: str) -> dict | None:
+    """Rows per value of one column of a partition (None when absent), reading that column
+    alone, batch by batch (a labels partition's ``cluster_id``: the night's cluster sizes)."""
+    fs, root = _fs(uri)
+    path = f"{partition_dir(root, date_column, day)}/{PART_FILE}"
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return None
+    counts: dict = {}
+    with fs.open_input_file(path) as fh:
+        for batch in pq.ParquetFile(fh).iter_batches(columns=[column]):
+            vc = pa.compute.value_counts(batch.column(0))
+            for value, n in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()):
+                counts[value] = counts.get(value, 0) + n
+    return counts
+
+
 @dataclass(frozen=True)
 class LabelsVersions:
     """Who labelled a partition, from its ``model_name``/``model_version`` columns alone."""

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from decflow.evaluation import (cluster_sizes, evaluate, plot_cluster_sizes, plot_projection,
-                                plot_training_curves)
+from decflow.evaluation import (cluster_sizes, evaluate, plot_cluster_sizes, plot_confidence,
+                                plot_projection, plot_training_curves)
 
 HISTORY = {"pretrain_loss": [1.0, 0.5, 0.25],
            "finetune": [{"update": 1, "step": 10, "kl": 0.3, "reconstruction": 0.2,
@@ -85,9 +85,37 @@ def test_plots_return_figures_that_save(tiny, tmp_path):
         "projection": plot_projection(Z, labels, sample_size=6),
         "projection_1d": plot_projection(Z[:, :1], labels),
         "projection_many": plot_projection(rng.normal(size=(300, 5)), rng.integers(0, 25, 300)),
+        "confidence": plot_confidence(rng.uniform(0.25, 1, len(labels)), labels, 4),
     }
     for name, fig in figs.items():
         assert isinstance(fig, Figure)
         path = tmp_path / f"{name}.png"
         fig.savefig(path, dpi=50)
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_map_is_umap_with_pca_only_where_umap_cannot_run(tiny):
+    rng = np.random.default_rng(1)
+    blobs = np.repeat(np.eye(3) * 20, 40, axis=0) + rng.normal(size=(120, 3))
+    labels = np.repeat(np.arange(3), 40)
+    umap_fig = plot_projection(blobs, labels)
+    assert umap_fig.axes[0].get_title() == "embedding, UMAP of 120 rows"
+    assert umap_fig.axes[0].get_xlabel() == "UMAP 1"
+    # Too few rows, one dimension, or asked for: PCA, and the title says so.
+    assert plot_projection(*tiny[:2]).axes[0].get_title() == "embedding, PCA of 10 rows"
+    assert plot_projection(blobs[:, :1], labels).axes[0].get_title() == \
+        "embedding, PCA of 120 rows"
+    assert plot_projection(blobs, labels, method="pca").axes[0].get_xlabel().startswith("PC1")
+    with pytest.raises(ValueError, match="method must be 'umap' or 'pca', got 'tsne'"):
+        plot_projection(blobs, labels, method="tsne")
+
+
+def test_confidence_panels_show_the_per_cluster_means(tiny):
+    _, labels, conf = tiny
+    fig = plot_confidence(conf, labels, 4)
+    hist, per_cluster = fig.axes
+    assert hist.get_title() == "confidence of 10 rows"
+    heights = [bar.get_height() for bar in per_cluster.patches]
+    np.testing.assert_allclose(heights, [conf[:5].mean(), conf[5:8].mean(), conf[8:].mean(), 0])
+    with pytest.raises(ValueError, match=r"confidence \(3,\) and labels \(10,\)"):
+        plot_confidence(conf[:3], labels, 4)
