@@ -186,6 +186,10 @@ def _report(result: dict, config) -> None:
         if key in result["metrics"]:
             table.add_row(key, f"{result['metrics'][key]:.4f}")
     console.print(table)
+    # The run is over: quiet Prefect's shutdown chatter so the report's path ends the output.
+    import logging
+
+    logging.getLogger("prefect").setLevel(logging.WARNING)
     if result.get("report"):
         console.print(f"run report: {result['report']['path']}  (open it in a browser)",
                       soft_wrap=True)

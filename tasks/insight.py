@@ -39,8 +39,11 @@ def profile_clusters(est: DeepEmbeddedClustering, X: np.ndarray, frame: pd.DataF
         the pointer the registered version carries (tag ``profiles.artifact``).
     """
     ids, conf, dist = est.score_samples(X)
+    label_column = config.source.label_column
     prof = profiles.cluster_profiles(frame, ids, conf, dist, config.features,
-                                     config.source.id_column, config.model.n_clusters)
+                                     config.source.id_column, config.model.n_clusters,
+                                     label_column=label_column if label_column in frame
+                                     else None)
     log_dict(config, run_id, prof.to_dict(), f"{PROFILE_DIR}/cluster_profiles.json")
     log_text(config, run_id, prof.to_markdown(), f"{PROFILE_DIR}/cluster_profiles.md")
     log_text(config, run_id, prof.to_html(), f"{PROFILE_DIR}/cluster_profiles.html")
@@ -57,7 +60,8 @@ def profile_clusters(est: DeepEmbeddedClustering, X: np.ndarray, frame: pd.DataF
                                                                     f"{g['category']} "
                                                                     f"×{g['lift']:.2g}"),
               "top terms": _short(c["terms"], lambda t: t["term"], 5),
-              "exemplar ids": ", ".join(str(e) for e in c["exemplars"])}
+              "exemplar ids": ", ".join(str(e) for e in c["exemplars"]),
+              **({"most common label": profiles.label_text(c)} if c["labels"] else {})}
              for c in prof.clusters]
     create_table_artifact(key="cluster-profiles", table=table,
                           description=f"What each of the {config.model.n_clusters} clusters is "

@@ -84,11 +84,12 @@ class ClusterProfiles:
         """One row per cluster; the list columns as JSON text, so the frame writes to Parquet."""
         rows = [{"cluster_id": c["cluster_id"], "size": c["size"], "share": c["share"],
                  "mean_confidence": c["mean_confidence"],
-                 **{key: json.dumps(c[key], ensure_ascii=False, allow_nan=False)
-                    for key in ("numeric", "categories", "terms", "exemplars")}}
+                 **{key: json.dumps(c.get(key, []), ensure_ascii=False, allow_nan=False)
+                    for key in ("numeric", "categories", "terms", "exemplars", "labels")}}
                 for c in self.clusters]
         frame = pd.DataFrame(rows, columns=["cluster_id", "size", "share", "mean_confidence",
-                                            "numeric", "categories", "terms", "exemplars"])
+                                            "numeric", "categories", "terms", "exemplars",
+                                            "labels"])
         return frame.astype({"cluster_id": "int64", "size": "int64", "share": "float64",
                              "mean_confidence": "float64"})
 
@@ -98,24 +99,32 @@ class ClusterProfiles:
         Args:
             max_items: items shown per cell (features, categories, terms, exemplars).
         """
-        lines = ["| " + " | ".join(_HEADER) + " |", "|" + "---:|" * 4 + "---|" * 4]
+        header = self._header()
+        lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * 4 + "---|" * (len(header) - 4)]
         for row in self._rows(max_items):
             lines.append("| " + " | ".join(_escape_markdown(cell) for cell in row) + " |")
         return "\n".join(lines) + "\n"
 
     def to_html(self, max_items: int = 5) -> str:
         """The same table as a self-contained HTML fragment (escaped text, no scripts or assets)."""
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in _HEADER)
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in self._header())
         body = "\n".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row)
                          + "</tr>" for row in self._rows(max_items))
         return (f'<table class="decflow-cluster-profiles">\n<thead><tr>{head}</tr></thead>\n'
                 f"<tbody>\n{body}\n</tbody>\n</table>\n")
+
+    def _has_labels(self) -> bool:
+        return any(c.get("labels") for c in self.clusters)
+
+    def _header(self) -> tuple[str, ...]:
+        return _HEADER + (("most common label",) if self._has_labels() else ())
 
     def _rows(self, max_items: int) -> list[list[str]]:
         """Plain-text cells per cluster, shared by ``to_markdown`` and ``to_html``."""
         text_columns = {t["column"] for c in self.clusters for t in c["terms"]}
         rows = []
         for c in self.clusters:
+            truth = [label_text(c)] if self._has_labels() else []
             def term(t):
                 return t["term"] if len(text_columns) < 2 else f"{t['column']}:{t['term']}"
 
@@ -128,8 +137,15 @@ class ClusterProfiles:
                 ", ".join(term(t)
                           for t in sorted(c["terms"], key=lambda t: -t["score"])[:max_items]),
                 ", ".join(str(e) for e in c["exemplars"][:max_items]),
+                *truth,
             ])
         return rows
+
+
+def label_text(profile: dict, n: int = 3) -> str:
+    """``"3 (97%), 8 (2%)"``: a profile's most common ground-truth values and their shares."""
+    return ", ".join(f"{item['value']} ({item['share']:.0%})"
+                     for item in profile.get("labels", [])[:n])
 
 
 _HEADER = ("cluster", "size", "share", "mean confidence", "distinguishing features",
@@ -139,7 +155,8 @@ _HEADER = ("cluster", "size", "share", "mean confidence", "distinguishing featur
 def cluster_profiles(frame: pd.DataFrame, cluster_id: np.ndarray, confidence: np.ndarray,
                      distance: np.ndarray, features: FeaturesConfig, id_column: str,
                      n_clusters: int, *, top_features: int = 5, top_categories: int = 3,
-                     top_terms: int = 5, n_exemplars: int = 5) -> ClusterProfiles:
+                     top_terms: int = 5, n_exemplars: int = 5,
+                     label_column: str | None = None, top_labels: int = 3) -> ClusterProfiles:
     """Describe each cluster by the source columns of its rows (measures: module docstring).
 
     Args:
@@ -154,6 +171,10 @@ def cluster_profiles(frame: pd.DataFrame, cluster_id: np.ndarray, confidence: np
         top_categories: over-represented values listed per categorical column and cluster.
         top_terms: terms listed per text column and cluster.
         n_exemplars: exemplar ids per cluster.
+        label_column: the ground-truth column (``source.label_column``), if any: each profile
+            then lists its most common values with their share of the cluster (``labels``;
+            empty without one). Reported only, never used to cluster.
+        top_labels: label values listed per cluster.
 
     Returns:
         ``ClusterProfiles`` with one profile per cluster id, in id order.
@@ -184,6 +205,7 @@ def cluster_profiles(frame: pd.DataFrame, cluster_id: np.ndarray, confidence: np
                                     top_categories)
     terms = _term_profiles(frame, features.text, member, sizes, min_count, top_terms)
     exemplars = _exemplars(frame[id_column], labels, distance, k, n_exemplars)
+    truth = _label_profiles(frame, label_column, labels, sizes, top_labels)
 
     clusters = [{
         "cluster_id": c,
@@ -194,11 +216,41 @@ def cluster_profiles(frame: pd.DataFrame, cluster_id: np.ndarray, confidence: np
         "categories": categories[c],
         "terms": terms[c],
         "exemplars": exemplars[c],
+        "labels": truth[c],
     } for c in range(k)]
     return ClusterProfiles(n_rows=n, n_clusters=k, clusters=clusters)
 
 
 # ----------------------------------------------------------------------------- checks
+def _label_profiles(frame: pd.DataFrame, label_column: str | None, labels: np.ndarray,
+                    sizes: np.ndarray, top: int) -> list[list[dict]]:
+    """Per cluster the ``top`` most common ground-truth values: value, count, share of the
+    cluster (missing values count as their own value, ``None``)."""
+    k = len(sizes)
+    if not label_column:
+        return [[] for _ in range(k)]
+    if label_column not in frame.columns:
+        raise ValueError(f"label column {label_column!r} missing from the frame")
+    values = frame[label_column].astype(object).where(frame[label_column].notna(), None)
+    counts = pd.crosstab(labels, values.map(repr), dropna=False)
+    shown = {repr(v): v for v in values.drop_duplicates()}
+    out = []
+    for c in range(k):
+        if c not in counts.index or sizes[c] == 0:
+            out.append([])
+            continue
+        row = counts.loc[c]
+        row = row[row > 0].sort_values(ascending=False, kind="stable")[:top]
+        out.append([{"value": _plain(shown[key]), "count": int(n),
+                     "share": float(n / sizes[c])} for key, n in row.items()])
+    return out
+
+
+def _plain(value):
+    """A JSON-ready label value (numpy scalars to Python)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _check_inputs(frame, cluster_id, confidence, distance, features, id_column, n_clusters,
                   **counts):
     if not isinstance(frame, pd.DataFrame):

@@ -28,6 +28,7 @@ from mlflow.exceptions import MlflowException
 from . import __version__
 from .config import redact
 from .errors import ConfigError
+from .profiles import label_text
 from .tracking import mlflow_client
 
 FLOW = "recluster"
@@ -232,7 +233,8 @@ def _anchor(title: str) -> str:
 def _summary(run: Run, versions) -> str:
     info, tags = run.info, run.data.tags
     rows = [("Run date", tags.get("decflow.run_date")),
-            ("Status", _badge(info.status, info.status == "FINISHED")),
+            ("Status", _badge("RUNNING (this page was its last step)", None)
+             if info.status == "RUNNING" else _badge(info.status, info.status == "FINISHED")),
             ("Started", _time(info.start_time)), ("Ended", _time(info.end_time)),
             ("Duration", _duration(info.start_time, info.end_time)),
             ("MLflow run", _Html(f"{_e(info.run_name or '')} <code>{_e(info.run_id)}</code>")),
@@ -340,6 +342,7 @@ def _profiles(profiles) -> str:
         return _absent("profiles/cluster_profiles.json", profiles)
     clusters = profiles.get("clusters", [])
     text_columns = {t.get("column") for c in clusters for t in c.get("terms", [])}
+    has_labels = any(c.get("labels") for c in clusters)
     rows = []
     for c in clusters:
         share = c.get("share") or 0.0
@@ -354,11 +357,14 @@ def _profiles(profiles) -> str:
                  ", ".join(t["term"] if len(text_columns) < 2 else f"{t['column']}:{t['term']}"
                            for t in terms),
                  ", ".join(str(e) for e in c.get("exemplars", [])[:_MAX_ITEMS])]
+        if has_labels:
+            cells.append(label_text(c))
         rows.append('<tr class="cluster-row">' + "".join(f"<td>{_cell(v)}</td>" for v in cells)
                     + "</tr>")
     head = "".join(f"<th>{_e(h)}</th>" for h in (
         "cluster", "size", "share", "mean confidence", "distinguishing features",
-        "over-represented categories", "top terms", "exemplar ids"))
+        "over-represented categories", "top terms", "exemplar ids",
+        *(["most common label"] if has_labels else [])))
     return (f"<p>{_e(profiles.get('n_clusters', len(clusters)))} clusters of "
             f"{_e(profiles.get('n_rows', '?'))} training rows.</p>\n"
             f'<table class="profiles"><thead><tr>{head}</tr></thead>\n<tbody>\n'
@@ -404,8 +410,10 @@ def _absent(path: str, value) -> _Html:
     return _missing(f"{path}: not recorded for this run")
 
 
-def _badge(text, ok) -> _Html:
-    return _Html(f'<span class="badge {"ok" if ok else "bad"}">{_e(text)}</span>')
+def _badge(text, ok: bool | None) -> _Html:
+    """A coloured label: green (ok), red (not ok), grey (None: not a verdict)."""
+    kind = "neutral" if ok is None else "ok" if ok else "bad"
+    return _Html(f'<span class="badge {kind}">{_e(text)}</span>')
 
 
 def _cell(value, depth: int = 0) -> str:
@@ -484,7 +492,8 @@ font-variant-numeric:tabular-nums}
 code,pre{font-family:ui-monospace,"DejaVu Sans Mono",monospace;font-size:.88rem}
 pre{background:#f7f8fb;padding:.75rem;overflow:auto;max-height:40rem}
 .badge{display:inline-block;padding:0 .45rem;border-radius:.6rem;font-weight:600;
-font-size:.85rem}.badge.ok{background:#dff3e4;color:#14532d}.badge.bad{background:#fde2e2;
+font-size:.85rem}.badge.ok{background:#dff3e4;color:#14532d}
+.badge.neutral{background:#e5e7eb;color:#1f2937}.badge.bad{background:#fde2e2;
 color:#7f1d1d}.banner{padding:.6rem .9rem;border-radius:.3rem;margin:.5rem 0}
 .banner.error,.banner.alert{background:#fde2e2;border:1px solid #f5a3a3}
 .banner.note{background:#fff6d6;border:1px solid #f1d67a}.missing{color:#6b7280;font-style:italic}

@@ -117,6 +117,9 @@ def test_cluster_profiles_name_what_each_cluster_is(pipeline, tmp_path):
         top = [g for g in c["categories"] if g["column"] == "c"][0]
         assert top["lift"] > 2.5 and top["share_in"] > 0.9
         letters[top["category"]] = {f["feature"]: f["value"] for f in c["numeric"]}
+        # The label column (truth = the blob) names the blob: the same one as the letter.
+        assert c["labels"][0]["value"] == "abcd".index(top["category"])
+        assert c["labels"][0]["share"] > 0.9
         assert len(c["exemplars"]) == 5 and 0 < c["mean_confidence"] <= 1
     assert set(letters) == set("abcd")  # each cluster is one blob
     # x is 3 x the blob's index: lowest in blob a, highest in blob d
@@ -130,6 +133,8 @@ def test_cluster_profiles_name_what_each_cluster_is(pipeline, tmp_path):
     assert [row["cluster"] for row in table] == [0, 1, 2, 3]
     assert [row["sets it apart"].split(" ")[0] for row in table] == [
         c["numeric"][0]["feature"] for c in clusters]
+    assert [row["most common label"].split(" ")[0] for row in table] == [
+        str(c["labels"][0]["value"]) for c in clusters]
 
 
 def test_champion_pyfunc_reproduces_the_written_labels(pipeline, monkeypatch):

@@ -68,7 +68,8 @@ def test_sizes_shares_and_empty_cluster(planted):
     assert sum(c["share"] for c in clusters) == pytest.approx(1.0)
     assert clusters[1]["share"] == pytest.approx(200 / 600)
     assert clusters[3] == {"cluster_id": 3, "size": 0, "share": 0.0, "mean_confidence": None,
-                           "numeric": [], "categories": [], "terms": [], "exemplars": []}
+                           "numeric": [], "categories": [], "terms": [], "exemplars": [],
+                           "labels": []}
     for c in clusters[:3]:
         assert c["mean_confidence"] == pytest.approx(confidence[labels == c["cluster_id"]].mean())
 
@@ -208,3 +209,37 @@ def test_bad_inputs_are_named(change, message):
         cluster_profiles(frame, args["labels"], args["confidence"], np.zeros(3),
                          FeaturesConfig(numeric=["x"]), args["id_column"], K,
                          top_features=args["top_features"])
+
+
+def test_label_column_names_each_clusters_most_common_truth(planted):
+    frame, labels, confidence, distance, without = planted
+    truth = np.where(labels == 0, "seven", np.where(labels == 1, "three", None)).astype(object)
+    truth[np.flatnonzero(labels == 0)[:30]] = "one"  # cluster 0: 90% seven, 10% one
+    frame = frame.assign(digit=truth)
+    prof = cluster_profiles(frame, labels, confidence, distance, FEATURES, "id", K,
+                            label_column="digit")
+    by_id = {c["cluster_id"]: c["labels"] for c in prof.clusters}
+    assert by_id[0] == [{"value": "seven", "count": 270, "share": 0.9},
+                        {"value": "one", "count": 30, "share": 0.1}]
+    assert by_id[1] == [{"value": "three", "count": 200, "share": 1.0}]
+    assert by_id[2] == [{"value": None, "count": 100, "share": 1.0}]  # missing is a value
+    assert by_id[3] == []  # empty cluster
+    assert "| most common label |" in prof.to_markdown().splitlines()[0]
+    assert "seven (90%), one (10%)" in prof.to_markdown()
+    assert "<th>most common label</th>" in prof.to_html()
+    assert json.loads(prof.to_frame()["labels"].iloc[1]) == by_id[1]
+    # Without a label column: no such column, and every profile lists none.
+    assert all(c["labels"] == [] for c in without.clusters)
+    assert "most common label" not in without.to_markdown()
+    with pytest.raises(ValueError, match="label column 'truth' missing from the frame"):
+        cluster_profiles(frame, labels, confidence, distance, FEATURES, "id", K,
+                         label_column="truth")
+
+
+def test_integer_labels_stay_integers_in_json():
+    frame = pd.DataFrame({"id": np.arange(6), "x": np.arange(6.0),
+                          "digit": np.array([3, 3, 3, 8, 8, 3], dtype=np.int64)})
+    prof = cluster_profiles(frame, np.array([0, 0, 0, 1, 1, 1]), np.ones(6), np.ones(6),
+                            FeaturesConfig(numeric=["x"]), "id", 2, label_column="digit")
+    assert json.loads(prof.to_json())["clusters"][1]["labels"] == [
+        {"value": 8, "count": 2, "share": 2 / 3}, {"value": 3, "count": 1, "share": 1 / 3}]
