@@ -342,29 +342,28 @@ def _profiles(profiles) -> str:
         return _absent("profiles/cluster_profiles.json", profiles)
     clusters = profiles.get("clusters", [])
     text_columns = {t.get("column") for c in clusters for t in c.get("terms", [])}
-    has_labels = any(c.get("labels") for c in clusters)
-    rows = []
+    header = ["cluster", "size", "share", "mean confidence", "distinguishing features",
+              "over-represented categories", "top terms", "exemplar ids", "most common label"]
+    table = []
     for c in clusters:
         share = c.get("share") or 0.0
         bar = (f'{share:.1%}<span class="bar"><span style="width:{min(share, 1.0) * 100:.1f}%">'
                f'</span></span>')
         terms = sorted(c.get("terms", []), key=lambda t: -t.get("score", 0))[:_MAX_ITEMS]
         cats = sorted(c.get("categories", []), key=lambda g: -g.get("lift", 0))[:_MAX_ITEMS]
-        cells = [c.get("cluster_id"), c.get("size"), _Html(bar), c.get("mean_confidence"),
-                 ", ".join(f"{f['feature']} {f['value']:+.1f}σ"
-                           for f in c.get("numeric", [])[:_MAX_ITEMS]),
-                 ", ".join(f"{g['column']}={g['category']} ×{g['lift']:.1f}" for g in cats),
-                 ", ".join(t["term"] if len(text_columns) < 2 else f"{t['column']}:{t['term']}"
-                           for t in terms),
-                 ", ".join(str(e) for e in c.get("exemplars", [])[:_MAX_ITEMS])]
-        if has_labels:
-            cells.append(label_text(c))
-        rows.append('<tr class="cluster-row">' + "".join(f"<td>{_cell(v)}</td>" for v in cells)
-                    + "</tr>")
-    head = "".join(f"<th>{_e(h)}</th>" for h in (
-        "cluster", "size", "share", "mean confidence", "distinguishing features",
-        "over-represented categories", "top terms", "exemplar ids",
-        *(["most common label"] if has_labels else [])))
+        table.append([c.get("cluster_id"), c.get("size"), _Html(bar), c.get("mean_confidence"),
+                      ", ".join(f"{f['feature']} {f['value']:+.1f}σ"
+                                for f in c.get("numeric", [])[:_MAX_ITEMS]),
+                      ", ".join(f"{g['column']}={g['category']} ×{g['lift']:.1f}" for g in cats),
+                      ", ".join(t["term"] if len(text_columns) < 2
+                                else f"{t['column']}:{t['term']}" for t in terms),
+                      ", ".join(str(e) for e in c.get("exemplars", [])[:_MAX_ITEMS]),
+                      label_text(c)])
+    # Columns no cluster has anything in (no categorical, text or label column) are left out.
+    keep = [j for j in range(len(header)) if j < 4 or any(row[j] != "" for row in table)]
+    rows = ['<tr class="cluster-row">' + "".join(f"<td>{_cell(row[j])}</td>" for j in keep)
+            + "</tr>" for row in table]
+    head = "".join(f"<th>{_e(header[j])}</th>" for j in keep)
     return (f"<p>{_e(profiles.get('n_clusters', len(clusters)))} clusters of "
             f"{_e(profiles.get('n_rows', '?'))} training rows.</p>\n"
             f'<table class="profiles"><thead><tr>{head}</tr></thead>\n<tbody>\n'

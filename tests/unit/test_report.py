@@ -231,3 +231,17 @@ def test_report_command_and_log_report(report_runs, tmp_path):
     logged = report_runs.client.download_artifacts(report_runs.failed, REPORT_ARTIFACT,
                                                    str(tmp_path))
     assert "The run failed:" in Path(logged).read_text(encoding="utf-8")
+
+
+def test_profile_columns_without_content_are_left_out():
+    clusters = [{"cluster_id": i, "size": 5, "share": 0.5, "mean_confidence": 0.9,
+                 "numeric": [{"feature": "x", "value": 1.5}], "categories": [], "terms": [],
+                 "exemplars": [1, 2], "labels": []} for i in range(2)]
+    table = report._profiles({"n_rows": 10, "n_clusters": 2, "clusters": clusters})
+    assert table.count('<tr class="cluster-row">') == 2
+    assert "distinguishing features" in table and "exemplar ids" in table
+    for absent in ("over-represented categories", "top terms", "most common label"):
+        assert absent not in table
+    clusters[1]["labels"] = [{"value": 7, "count": 5, "share": 1.0}]
+    with_label = report._profiles({"n_rows": 10, "n_clusters": 2, "clusters": clusters})
+    assert "<th>most common label</th>" in with_label and "7 (100%)" in with_label
