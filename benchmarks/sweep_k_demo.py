@@ -6,6 +6,9 @@ sweep_k_demo_e<N>.{json,md}); the demo source, its home and the chart go to a te
 
     python benchmarks/sweep_k_demo.py                       # the config's pretraining (as nightly)
     python benchmarks/sweep_k_demo.py --pretrain-epochs 100 # faster, a different embedding
+
+Measured on a 2-core machine: the default (500 epochs) takes 200 s, 171 s of it pretraining,
+and recommends k=10; 100 epochs take 58 s and recommend k=11 (a less separated embedding).
 """
 
 import argparse

@@ -531,6 +531,34 @@ def report(config: ConfigOpt,
     typer.echo(f"run report: {path.resolve()}")
 
 
+@app.command("sweep-k")
+def sweep_k(config: ConfigOpt,
+            k: Annotated[str, typer.Option(
+                "--k", help="The k to try: 4..16, 4..16..2 (a step) or 4,6,8.")] = "4..16",
+            seeds: Annotated[int, typer.Option(
+                help="Restarts per k; their agreement (ARI) is the stability.")] = 3,
+            run_date: Annotated[Optional[str], typer.Option(
+                help="Last date of the training window (default: the newest partition).")
+            ] = None,
+            out: Annotated[Optional[Path], typer.Option(
+                help="Folder for sweep_k.json, sweep_k.md and sweep_k.png "
+                     "(default: <home>/reports/sweep-k).")] = None,
+            pretrain_epochs: Annotated[Optional[int], typer.Option(
+                help="Pretraining epochs (default: the config's, as the nightly run; fewer is "
+                     "faster but the embedding is less separated).")] = None,
+            sets: SetOpt = None):
+    """Help choose k: pretrain once on the training sample, then for each k run the
+    pipeline's own initialisation over several seeds; report silhouette, stability across
+    seeds and (with a label column) ACC/NMI, as a table and a chart, and recommend a k with
+    its reason. Nothing is registered or written besides the three files."""
+    cfg = _setup(config, sets)
+
+    from flows.sweep import sweep_k_command
+
+    sweep_k_command(cfg, k, _date(run_date, "--run-date"), seeds,
+                    out or Path(cfg.home) / "reports" / "sweep-k", pretrain_epochs)
+
+
 @app.command()
 def history(config: ConfigOpt,
             days: Annotated[Optional[int], typer.Option(

@@ -7,6 +7,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from decflow import DeepEmbeddedClustering, evaluation, storage
+from decflow.estimator import estimator_from_config
 from decflow.callbacks import LogProgress, ProgressBar
 from decflow.compute import dask_client
 from decflow.config import PipelineConfig
@@ -19,18 +20,6 @@ from decflow.tracking import MlflowCallback
 
 from .tracking import client, log_figure, log_metrics
 from .runtime import redact_errors
-
-
-def _estimator(config: PipelineConfig, callbacks) -> DeepEmbeddedClustering:
-    m, t = config.model, config.train
-    return DeepEmbeddedClustering(
-        m.n_clusters, n_components=m.n_components, hidden=tuple(m.hidden), alpha=m.alpha,
-        gamma=m.gamma, input_dropout=m.input_dropout, init=m.init,
-        min_cluster_size=m.min_cluster_size, pretrain_epochs=t.pretrain_epochs,
-        pretrain_steps=t.pretrain_steps, pretrain_lr=t.pretrain_lr, finetune_lr=t.finetune_lr,
-        update_interval=t.update_interval, tol=t.tol, max_iter=t.max_iter,
-        batch_size=t.batch_size, n_init=config.kmeans.n_init, device=t.device,
-        random_state=t.random_state, callbacks=callbacks)
 
 
 def _callbacks(config: PipelineConfig, run_id: str, progress: bool) -> list:
@@ -63,7 +52,7 @@ def pretrain_autoencoder(X: np.ndarray, config: PipelineConfig, run_id: str,
                          warm_start: dict | None = None, progress: bool = False
                          ) -> DeepEmbeddedClustering:
     """Pretrain the autoencoder (warm start from the champion's weights when given)."""
-    est = _estimator(config, _callbacks(config, run_id, progress))
+    est = estimator_from_config(config, _callbacks(config, run_id, progress))
     epochs = None
     if warm_start is not None:
         t = config.train

@@ -543,3 +543,22 @@ def _resolve_device(device) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} was asked for but CUDA is not available")
     return dev
+
+
+def estimator_from_config(config, callbacks=None) -> DeepEmbeddedClustering:
+    """The estimator a pipeline config describes (``model``, ``train``, ``kmeans.n_init``):
+    the nightly run's and ``decflow sweep-k``'s, so both train the same network.
+
+    Args:
+        config: a ``decflow.config.PipelineConfig``.
+        callbacks: training callbacks (None: none).
+    """
+    m, t = config.model, config.train
+    return DeepEmbeddedClustering(
+        m.n_clusters, n_components=m.n_components, hidden=tuple(m.hidden), alpha=m.alpha,
+        gamma=m.gamma, input_dropout=m.input_dropout, init=m.init,
+        min_cluster_size=m.min_cluster_size, pretrain_epochs=t.pretrain_epochs,
+        pretrain_steps=t.pretrain_steps, pretrain_lr=t.pretrain_lr, finetune_lr=t.finetune_lr,
+        update_interval=t.update_interval, tol=t.tol, max_iter=t.max_iter,
+        batch_size=t.batch_size, n_init=config.kmeans.n_init, device=t.device,
+        random_state=t.random_state, callbacks=callbacks)

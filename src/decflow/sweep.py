@@ -9,23 +9,25 @@ Why a proxy instead of DEC per k
     The autoencoder pretraining does not depend on k (``DeepEmbeddedClustering.pretrain`` never
     reads ``n_clusters``), and DEC fine-tuning starts from the initialisation's partition of the
     pretrained embedding z: with the default ``model.init="manifold"`` the Gaussian-mixture
-    posteriors on a UMAP view of z are even the first fine-tuning targets. Self-training then
-    sharpens that partition (the target p squares q and renormalises, so rows move toward the
-    centroid they already lean to); it does not merge or split clusters. So the sweep pretrains
-    once and, per k and seed, runs the initialisation alone: k-means on the view refined by a
-    full-covariance Gaussian mixture started from its centres (``tasks/train.py::init_centroids``,
-    with scikit-learn's KMeans on the in-memory sample where the nightly runs the same Lloyd
-    k-means over Dask), or plain k-means on z for ``init="k-means"``. A k whose initial
-    partition is unstable or poorly separated does not turn into a good k during fine-tuning.
+    posteriors on a UMAP view of z are even the targets of the first target updates
+    (``estimator._ANCHOR_UPDATES``). Self-training then sharpens that partition (the target p
+    squares q and renormalises, so rows move toward the centroid they already lean to) rather
+    than choosing how many groups there are. So the sweep pretrains once and, per k and seed,
+    runs the initialisation alone: k-means on the view refined by a full-covariance Gaussian
+    mixture started from its centres (``tasks/train.py::init_centroids``, with scikit-learn's
+    KMeans on the in-memory sample where the nightly runs the same Lloyd k-means over Dask), or
+    plain k-means on z for ``init="k-means"``. A k whose initial partition is unstable or
+    poorly separated does not turn into a good k during fine-tuning.
 
 One UMAP view per seed, at a fixed dimension
     The pipeline computes its view with ``n_components=k``. The sweep computes one view per seed
     with ``view_components`` (10) dimensions and clusters it for every k. Measured on the digits
-    demo (1,797 rows, 2 shared CPU cores, k=4..16, 3 seeds): a view per k and seed is 39 UMAP
-    fits, 272 s of UMAP; a view per seed is 3 fits, about 15 s after numba's first compilation.
-    Both gave the same picture: stability 0.999 at k=10 against at most 0.946 (per seed) and
-    0.941 (per k) elsewhere, silhouette in the view highest at k=10. A shared view also makes
-    the silhouettes of different k comparable: they are measured in one space.
+    demo (1,797 rows, k=4..16, 3 seeds, one embedding, a busy 2-core machine): a view per k and
+    seed is 39 UMAP fits, 299 s of UMAP and 337 s for the sweep; a view per seed is 3 fits,
+    73 s of UMAP (most of it numba's first compilation) and 152 s for the sweep. Both gave the
+    same picture: stability 0.999 at k=10 against at most 0.946 (per seed) and 0.941 (per k)
+    elsewhere, silhouette in the view highest at k=10. A shared view also makes the silhouettes
+    of different k comparable: they are measured in one space.
 
 Silhouette in the view, not in z
     The initialisation draws its clusters in the view (UMAP with ``min_dist=0`` pulls each dense
@@ -184,6 +186,10 @@ class SweepResult:
         if self.space != "embedding z":
             axes[0].plot(ks, [r.silhouette_z for r in self.rows], marker=".", linestyle="--",
                          label="in the embedding z")
+        shaky = [r for r in self.rows if not r.stability >= self.min_stability]
+        if shaky:
+            axes[0].scatter([r.k for r in shaky], [r.silhouette for r in shaky], marker="x",
+                            color="tab:red", zorder=3, label="stability below threshold")
         axes[0].set_title("silhouette (higher: better separated)")
         axes[1].plot(ks, [r.stability for r in self.rows], marker="o", color="tab:green",
                      label="mean pairwise ARI")
@@ -209,13 +215,14 @@ class SweepResult:
 
 
 def rule_text(result: SweepResult) -> str:
+    """The recommendation rule of ``result`` in words."""
     return (f"among the k whose seed stability (mean pairwise ARI) is >= "
             f"{result.min_stability:g}, the highest silhouette in the {result.space}; k within "
             f"{result.silhouette_tol:g} of it tie, and the smallest tied k wins.")
 
 
 def recommend_k(rows: Sequence[SweepRow], *, min_stability: float = 0.8,
-                silhouette_tol: float = 0.01, space: str = "UMAP view"
+                silhouette_tol: float = 0.01, space: str = "clustered space"
                 ) -> tuple[int | None, str]:
     """The rule: among k with ``stability >= min_stability``, the highest silhouette, ties
     (within ``silhouette_tol``) to the smallest k. Never reads ``acc``/``nmi``.
@@ -294,7 +301,7 @@ def sweep_k(Z, ks: Sequence[int], *, init: str = "manifold", seeds: int = 3, y=N
 
         say(f"UMAP views of {n} rows ({view_components}-d, seeds {seed_values})")
         spaces = [manifold_view(Z, view_components, s) for s in seed_values]
-        space = f"UMAP view ({view_components}-d)"
+        space = f"{view_components}-d UMAP view"
     else:
         spaces, space = [Z] * seeds, "embedding z"
     timings["views"] = time.perf_counter() - t0
@@ -328,8 +335,10 @@ def run_sweep(config, ks: Sequence[int], *, run_date=None, seeds: int = 3,
 
     Args:
         config: ``decflow.config.PipelineConfig``.
-        pretrain_epochs: override the config's pretraining (faster, but a different embedding
-            from the one the nightly would learn).
+        pretrain_epochs: override the config's pretraining: faster, but a different embedding
+            from the one the nightly learns, and possibly a different answer (on the digits
+            demo 100 epochs instead of 500 take 58 s instead of 200 s and recommend k=11, not
+            10: benchmarks/results/sweep_k_demo*.md).
 
     Raises:
         DataError: the source has no partitions, or the window holds no rows.
@@ -337,6 +346,7 @@ def run_sweep(config, ks: Sequence[int], *, run_date=None, seeds: int = 3,
     from . import storage
     from .config import redact
     from .errors import DataError
+    from .estimator import estimator_from_config
     from .features import FeatureEncoder
     from .scoring import source_columns
 
@@ -364,7 +374,7 @@ def run_sweep(config, ks: Sequence[int], *, run_date=None, seeds: int = 3,
     y = frame[src.label_column].to_numpy() if src.label_column in frame else None
     timings = {"load": time.perf_counter() - t0}
 
-    est = _estimator(config)
+    est = estimator_from_config(config)
     epochs = pretrain_epochs if pretrain_epochs is not None else est._pretrain_epochs(len(X))
     say(f"pretraining the autoencoder on {len(X)} rows x {X.shape[1]} features "
         f"({epochs} epochs)")
@@ -386,21 +396,6 @@ def run_sweep(config, ks: Sequence[int], *, run_date=None, seeds: int = 3,
 
 
 # ------------------------------------------------------------------------ helpers
-def _estimator(config):
-    """The nightly's estimator settings (tasks/train.py ``_estimator``), without callbacks."""
-    from .estimator import DeepEmbeddedClustering
-
-    m, t = config.model, config.train
-    return DeepEmbeddedClustering(
-        m.n_clusters, n_components=m.n_components, hidden=tuple(m.hidden), alpha=m.alpha,
-        gamma=m.gamma, input_dropout=m.input_dropout, init=m.init,
-        min_cluster_size=m.min_cluster_size, pretrain_epochs=t.pretrain_epochs,
-        pretrain_steps=t.pretrain_steps, pretrain_lr=t.pretrain_lr, finetune_lr=t.finetune_lr,
-        update_interval=t.update_interval, tol=t.tol, max_iter=t.max_iter,
-        batch_size=t.batch_size, n_init=config.kmeans.n_init, device=t.device,
-        random_state=t.random_state)
-
-
 def _partition(M: np.ndarray, Z: np.ndarray, k: int, seed: int, init: str, n_init: int
                ) -> np.ndarray:
     """(n,) labels of one initialisation (inputs checked by sweep_k)."""

@@ -162,10 +162,9 @@ def test_manifold_sweep_draws_one_view_per_seed(blobs5, monkeypatch):
 
     monkeypatch.setattr(decflow.initialization, "manifold_view", view)
     Z, _ = blobs5
-    result = sweep_k(Z, [3, 4, 5, 6, 7], seeds=2, random_state=7, n_init=3,
-                     view_components=8)
+    result = sweep_k(Z, [4, 5, 6], seeds=2, random_state=7, n_init=3, view_components=8)
     assert calls == [(8, 7), (8, 8)]  # once per seed, shared by every k
-    assert result.space == "UMAP view (8-d)" and result.recommended == 5
+    assert result.space == "8-d UMAP view" and result.recommended == 5
     by_k = {r.k: r for r in result.rows}
     assert by_k[5].stability > 0.99
     assert by_k[5].silhouette == pytest.approx(by_k[5].silhouette_z, abs=1e-6)  # a scaled z
@@ -204,6 +203,18 @@ def test_result_serialises(swept):
 
 
 # --------------------------------------------------------------------- end to end
+@pytest.fixture
+def one_torch_thread():
+    """A 32-wide network gains nothing from threads, and on a busy 2-core machine OpenMP's
+    waits between tiny kernels make each epoch ~100x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     kit = _flowkit()
@@ -213,23 +224,37 @@ def tiny(tmp_path_factory):
     return kit, kit.tiny_config(root / "home", uri, model={"init": "k-means"})
 
 
-def test_sweep_k_command_writes_table_chart_and_recommendation(tiny, tmp_path, capsys):
-    from flows.sweep import sweep_k_command
+def test_sweep_k_command_writes_table_chart_and_recommendation(tiny, tmp_path,
+                                                               one_torch_thread):
+    from typer.testing import CliRunner
+
+    from decflow.config import dump_config
+    from flows.cli import app
 
     kit, config = tiny
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_config(config))
     out = tmp_path / "out" / "sweep"
-    result = sweep_k_command(config, "2..6", kit.RUN_DATE, 2, out, 5)
+    run = CliRunner().invoke(app, ["sweep-k", "--config", str(path), "--k", "2..6", "--seeds",
+                                   "2", "--run-date", str(kit.RUN_DATE), "--out", str(out),
+                                   "--pretrain-epochs", "30"])
+    assert run.exit_code == 0, run.output
     assert sorted(p.name for p in out.iterdir()) == ["sweep_k.json", "sweep_k.md",
                                                      "sweep_k.png"]
     data = json.loads((out / "sweep_k.json").read_text())
-    assert data["recommended"] == result.recommended == 4  # four blobs
+    assert data["recommended"] == 4  # four blobs
     assert [r["k"] for r in data["rows"]] == [2, 3, 4, 5, 6]
     assert {"acc", "nmi"} <= set(data["rows"][0])  # the tiny source's `truth` column
-    assert data["context"]["sample_rows"] == 270 and data["context"]["pretrain_epochs"] == 5
+    assert data["context"]["sample_rows"] == 270 and data["context"]["pretrain_epochs"] == 30
     assert data["context"]["window"] == f"{kit.DAYS[0]}..{kit.RUN_DATE}"
     assert (out / "sweep_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "recommended k = 4" in (out / "sweep_k.md").read_text()
-    assert result.reason in capsys.readouterr().out.replace("\n", " ")
+    assert data["reason"] in " ".join(run.output.split())
+    # A bad range is a usage error (exit 2) naming it, before any data is read.
+    bad = CliRunner().invoke(app, ["sweep-k", "--config", str(path), "--k", "9..4",
+                                   "--out", str(tmp_path / "never")])
+    assert bad.exit_code == 2 and "k range '9..4' is reversed" in bad.output
+    assert not (tmp_path / "never").exists()
 
 
 def test_failed_write_leaves_no_files(blobs5, tmp_path, monkeypatch):
