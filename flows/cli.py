@@ -164,7 +164,10 @@ def _load(config: Path, sets: list[str] | None = None):
     return cfg
 
 
-def _report(result: dict, config) -> None:
+def _report(result: dict, config, last_words: list[str] | None = None) -> None:
+    """Print the run's summary table and the path of its HTML report; with ``last_words`` the
+    report's line is appended there instead (``demo`` prints it at exit, after Prefect's
+    temporary server has said it stopped, so it is the output's last line)."""
     from rich.console import Console
 
     from decflow.config import redact
@@ -186,13 +189,12 @@ def _report(result: dict, config) -> None:
         if key in result["metrics"]:
             table.add_row(key, f"{result['metrics'][key]:.4f}")
     console.print(table)
-    # The run is over: quiet Prefect's shutdown chatter so the report's path ends the output.
-    import logging
-
-    logging.getLogger("prefect").setLevel(logging.WARNING)
     if result.get("report"):
-        console.print(f"run report: {result['report']['path']}  (open it in a browser)",
-                      soft_wrap=True)
+        line = f"run report: {result['report']['path']}  (open it in a browser)"
+        if last_words is None:
+            console.print(line, soft_wrap=True)
+        else:
+            last_words.append(line)
 
 
 @app.command()
@@ -215,7 +217,19 @@ def demo(home: HomeOpt = Path(".decflow"),
             update={"pretrain_epochs": pretrain_epochs})})
     dates = write_demo_source(config.source.uri, day)
     typer.echo(f"demo source: {config.source.uri} (partitions {dates[0]} .. {dates[-1]})")
-    _report(recluster(config=config, run_date=day, progress=sys.stderr.isatty()), config)
+    from decflow.config import dump_config
+
+    config_file = Path(config.home) / "demo" / "config.yaml"
+    config_file.write_text(dump_config(config))
+    typer.echo(f"demo config: {config_file} (for --config of the other commands)")
+    # Exit handlers run last-registered first: this one, registered before the flow starts
+    # Prefect's temporary server (whose handler stops it, with a log line), runs after it.
+    import atexit
+
+    last_words: list[str] = []
+    atexit.register(lambda: last_words and typer.echo(last_words[-1]))
+    _report(recluster(config=config, run_date=day, progress=sys.stderr.isatty()), config,
+            last_words)
 
 
 @app.command()
