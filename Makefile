@@ -23,7 +23,7 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false \
 		GX_ANALYTICS_ENABLED=false PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120 \
-		$(BIN)/python -m pytest tests
+		$(BIN)/python -m pytest tests --durations=15
 
 # Only the integration tier: real PostgreSQL, SeaweedFS (S3), MLflow, Prefect and Dask servers
 # as processes on loopback (about 5 minutes here).
