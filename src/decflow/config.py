@@ -120,12 +120,16 @@ class SourceConfig(_Section):
 class FeaturesConfig(_Section):
     """Feature columns by kind and how each kind is encoded."""
 
-    numeric: list[str] = []  # impute (median) + standardise
+    numeric: list[str] = []  # impute (median), centre, scale (numeric_scaling)
     categorical: list[str] = []  # one-hot, with an "unknown" bucket for unseen values
     vector: dict[str, int] = {}  # fixed-length list<float> column -> declared length
     text: list[str] = []  # TF-IDF + truncated SVD (no model download)
     bounds: dict[str, tuple[float | None, float | None]] = {}  # numeric column -> (min, max)
     scale_vectors: bool = False  # standardise vector elements (off: pixels/embeddings as is)
+    # How numeric columns are scaled after centring: "column" (each by its own std), "shared"
+    # (all by one common scale: columns in one unit keep their relative spread), "auto": shared
+    # when no column's std exceeds 10x the median std of the numeric columns, else column.
+    numeric_scaling: Literal["auto", "column", "shared"] = "auto"
     max_categories: int = Field(default=50, ge=1)  # most frequent kept, the rest -> unknown
     text_components: int = Field(default=32, ge=1)
 

@@ -4,8 +4,14 @@
 (no pickle), so scoring uses exactly the training-time transformation. Encoding per kind
 (``FeaturesConfig``), output columns in this order:
 
-- numeric: non-finite/null values imputed with the training median, then standardised with the
-  training mean/std (std 0 -> 1).
+- numeric: non-finite/null values imputed with the training median, centred on the training
+  mean and divided by a scale (``numeric_scaling``): each column's own std ("column"), or one
+  scale shared by all numeric columns, the root mean square of their stds ("shared"). "auto"
+  (the default) shares when no column's std exceeds ``SHARED_SPREAD_RATIO`` (10) times the
+  median std: columns of one unit (pixels, sensor channels, counts) keep their relative
+  spread, so a near-constant column is not blown up to the weight of an informative one (the
+  estimator scales its input the same way); columns whose spreads differ by more (income next
+  to age) are standardised one by one so that no unit swamps the others. A std of 0 -> 1.
 - categorical: one-hot of the ``max_categories`` most frequent training values (kept in sorted
   order), plus an ``__unknown__`` column for null, rare and unseen values.
 - vector: fixed-length list<float> stacked into columns; NaN elements imputed with the
@@ -74,6 +80,13 @@ class FeatureEncoder:
             v = np.where(finite, v, median)
             state[col] = {"kind": "numeric", "median": median, "mean": float(v.mean()),
                           "scale": _safe_scale(float(v.std()))}
+        self.numeric_scaling_ = numeric_scaling(
+            [state[c]["scale"] for c in f.numeric], f.numeric_scaling)
+        if self.numeric_scaling_ == "shared":
+            shared = _safe_scale(float(np.sqrt(np.mean([state[c]["scale"] ** 2
+                                                         for c in f.numeric]))))
+            for col in f.numeric:
+                state[col]["scale"] = shared
         for col in f.categorical:
             state[col] = {"kind": "categorical",
                           "categories": _top_categories(df[col], f.max_categories)}
@@ -222,6 +235,21 @@ class FeatureEncoder:
 
 
 # ---------------------------------------------------------------------- per-kind encoding
+SHARED_SPREAD_RATIO = 10.0  # "auto": share one scale when max std <= this x the median std
+
+
+def numeric_scaling(stds: list[float], setting: str = "auto") -> str:
+    """"column" or "shared" for numeric columns of these stds (constant columns, std 1 after
+    ``_safe_scale``, count as they are); "auto" applies the ``SHARED_SPREAD_RATIO`` rule, and
+    fewer than two columns are "column" (the same thing)."""
+    if setting != "auto":
+        return setting
+    if len(stds) < 2:
+        return "column"
+    s = np.asarray(stds, dtype=np.float64)
+    return "shared" if s.max() <= SHARED_SPREAD_RATIO * np.median(s) else "column"
+
+
 def _safe_scale(s: float) -> float:
     return s if np.isfinite(s) and s > 0 else 1.0
 

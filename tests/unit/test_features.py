@@ -171,3 +171,54 @@ def test_integer_categories_survive_nulls_turning_the_column_float():
     assert enc.feature_names_out_ == ["c=3", "c=7", "c=__unknown__"]
     out = enc.transform(pd.DataFrame({"c": [3.0, np.nan, 7.0]}))
     np.testing.assert_array_equal(out, [[1, 0, 0], [0, 0, 1], [0, 1, 0]])
+
+
+def test_numeric_columns_of_one_unit_share_one_scale():
+    rng = np.random.default_rng(0)
+    # pixel-like: spreads 4, 2 and a near-constant 0.05 (noise); max/median = 2 -> shared
+    df = pd.DataFrame({"a": rng.normal(0, 4, 500), "b": rng.normal(0, 2, 500),
+                       "c": rng.normal(0, 0.05, 500)})
+    enc = FeatureEncoder(FeaturesConfig(numeric=["a", "b", "c"])).fit(df)
+    assert enc.numeric_scaling_ == "shared"
+    out = enc.transform(df)
+    stds = df.std(ddof=0).to_numpy()
+    shared = np.sqrt(np.mean(stds ** 2))
+    np.testing.assert_allclose(out.std(axis=0), stds / shared, rtol=1e-5)
+    assert out[:, 2].std() < 0.02  # the near-constant column is not blown up to weight 1
+    # the same columns standardised one by one when asked
+    col = FeatureEncoder(FeaturesConfig(numeric=["a", "b", "c"],
+                                        numeric_scaling="column")).fit(df)
+    assert col.numeric_scaling_ == "column"
+    np.testing.assert_allclose(col.transform(df).std(axis=0), 1.0, rtol=1e-5)
+
+
+def test_numeric_columns_of_different_units_are_standardised_each():
+    rng = np.random.default_rng(1)
+    # income next to age and a count: max/median std far above 10 -> per column
+    df = pd.DataFrame({"income": rng.normal(5e4, 2e4, 400), "age": rng.normal(40, 12, 400),
+                       "visits": rng.poisson(3, 400).astype(float)})
+    enc = FeatureEncoder(FeaturesConfig(numeric=["income", "age", "visits"])).fit(df)
+    assert enc.numeric_scaling_ == "column"
+    np.testing.assert_allclose(enc.transform(df).std(axis=0), 1.0, rtol=1e-5)
+    shared = FeatureEncoder(FeaturesConfig(numeric=["income", "age", "visits"],
+                                           numeric_scaling="shared")).fit(df)
+    assert shared.transform(df)[:, 0].std() > 0.99  # income swamps the others when forced
+
+
+def test_numeric_scaling_rule():
+    from decflow.features import SHARED_SPREAD_RATIO, numeric_scaling
+
+    assert SHARED_SPREAD_RATIO == 10.0
+    assert numeric_scaling([1.0, 2.0, 10.0]) == "shared"  # 10 x the median 2 is still shared
+    assert numeric_scaling([1.0, 2.0, 20.1]) == "column"
+    assert numeric_scaling([5.0]) == "column"  # one column: the same either way
+    assert numeric_scaling([1.0, 100.0], "shared") == "shared"
+    assert numeric_scaling([1.0, 1.0], "column") == "column"
+
+
+def test_a_saved_encoder_transforms_as_fitted_with_a_shared_scale(tmp_path):
+    rng = np.random.default_rng(2)
+    df = pd.DataFrame({"a": rng.normal(0, 3, 50), "b": rng.normal(1, 1, 50)})
+    enc = FeatureEncoder(FeaturesConfig(numeric=["a", "b"])).fit(df)
+    again = FeatureEncoder.load(enc.save(tmp_path / "enc.json"))
+    np.testing.assert_array_equal(again.transform(df), enc.transform(df))
