@@ -590,6 +590,7 @@ def history(config: ConfigOpt,
     from rich.console import Console
     from rich.table import Table
 
+    from decflow.monitoring import cell_text
     from flows.history import history_command
 
     frame, paths = history_command(cfg, days, out)
@@ -603,21 +604,9 @@ def history(config: ConfigOpt,
         for c in cols:
             table.add_column(c.replace("_", " "))
         for _, row in frame.iterrows():
-            table.add_row(*[_history_cell(row[c]) for c in cols])
+            table.add_row(*[cell_text(row[c], yes="ALERT") for c in cols])
         Console(width=200).print(table)
     typer.echo(f"chart: {paths['chart']}\ntable: {paths['csv']}, {paths['markdown']}")
-
-
-def _history_cell(value) -> str:
-    import math
-
-    import numpy as np
-
-    if isinstance(value, (bool, np.bool_)):
-        return "ALERT" if value else ""
-    if isinstance(value, float) and math.isnan(value):
-        return "-"
-    return _cell(value)
 
 
 @app.command()

@@ -93,8 +93,7 @@ def recluster(config: PipelineConfig = PipelineConfig(), run_date: dt.date | Non
         today, late = snapshot_partition(window, run_date)
         written = label_partition(today, champion_version, champion, config, run_id, late)
         drift = monitor_drift(config, run_id, run_date, written, champion.estimator.n_clusters,
-                              metrics | ({"label_churn": alignment["label_churn"]}
-                                         if alignment else {}),
+                              alignment["label_churn"] if alignment else None,
                               version, str(champion_version.version),
                               decision.decision if decision else None)
         page = publish_report(config, run_id, run_date)

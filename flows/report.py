@@ -30,10 +30,13 @@ def report_command(config: PipelineConfig, run_date: dt.date | None = None,
                                run_id=run.info.run_id)
 
 
-def log_report(config: PipelineConfig, run_id: str) -> str:
-    """Render the report of ``run_id`` and log it into that run as ``report/report.html``;
-    returns the artifact's URI."""
+def log_report(config: PipelineConfig, run_id: str, out: Path | None = None) -> str:
+    """Render the report of ``run_id`` once and log it into that run as
+    ``report/report.html`` (and, with ``out``, write the same page there atomically); returns
+    the artifact's URI."""
     client = mlflow_client(config.tracking_uri())
-    client.log_text(run_id, report.render_report(config.tracking_uri(), run_id),
-                    REPORT_ARTIFACT)
+    page = report.render_report(config.tracking_uri(), run_id)
+    client.log_text(run_id, page, REPORT_ARTIFACT)
+    if out is not None:
+        report.save_page(page, out)
     return f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{REPORT_ARTIFACT}"

@@ -73,10 +73,10 @@ def profile_clusters(est: DeepEmbeddedClustering, X: np.ndarray, frame: pd.DataF
 @task(name="monitor_drift", cache_policy=NO_CACHE)
 @redact_errors
 def monitor_drift(config: PipelineConfig, run_id: str, run_date: dt.date, labels: dict,
-                  n_clusters: int, metrics: dict[str, float], version: str,
+                  n_clusters: int, label_churn: float | None, version: str,
                   champion_version: str, decision: str | None) -> dict:
-    """Tonight's drift: label churn against the champion (``metrics["label_churn"]`` from the
-    alignment) and the cluster-size shift of the labels written tonight against the newest
+    """Tonight's drift: label churn against the champion (from ``align_cluster_ids``; None
+    without a champion) and the cluster-size shift of the labels written tonight against the newest
     earlier labels partition; checks ``monitoring.max_churn`` / ``max_size_shift``.
 
     Logs ``monitoring/drift.json``, the metrics ``size_shift_tvd``, ``size_shift_psi``,
@@ -95,10 +95,9 @@ def monitor_drift(config: PipelineConfig, run_id: str, run_date: dt.date, labels
     before = storage.partition_counts(uri, date_column, previous, "cluster_id") \
         if previous else None
     k = max([n_clusters, *[int(c) + 1 for c in [*tonight, *(before or {})]]])
-    churn = metrics.get("label_churn")
     mon = config.monitoring
     report = monitoring.drift_report(run_date, tonight, k, previous_date=previous,
-                                     previous_sizes=before, label_churn=churn,
+                                     previous_sizes=before, label_churn=label_churn,
                                      max_churn=mon.max_churn, max_size_shift=mon.max_size_shift)
     log_metrics(config, run_id, {**report.metrics(), "labels_rows": float(labels["rows"])})
     mlflow = client(config)
@@ -139,12 +138,10 @@ def publish_report(config: PipelineConfig, run_id: str, run_date: dt.date) -> di
     as still running; ``decflow report`` renders it again after the fact."""
     from prefect.artifacts import create_link_artifact
 
-    from decflow.report import write_report
     from flows.report import REPORT_ARTIFACT, log_report, report_path
 
-    artifact = log_report(config, run_id)
-    path = write_report(config.tracking_uri(), config.registry.experiment,
-                        report_path(config, run_date.isoformat()), run_id=run_id)
+    path = report_path(config, run_date.isoformat())
+    artifact = log_report(config, run_id, out=path)
     link = f"{run_url(config, run_id)}/artifactPath/{REPORT_ARTIFACT}"
     create_link_artifact(key="run-report", link=link, link_text=f"run report of {run_date}",
                          description=f"one self-contained HTML page; also at {path.resolve()} "

@@ -208,15 +208,17 @@ def history_markdown(frame: pd.DataFrame) -> str:
     cols = [c for c in HISTORY_COLUMNS if c in frame]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, row in frame.iterrows():
-        out.append("| " + " | ".join(_cell(row[c]) for c in cols) + " |")
+        out.append("| " + " | ".join(cell_text(row[c]) for c in cols) + " |")
     return "\n".join(out) + "\n"
 
 
-def _cell(value) -> str:
+def cell_text(value, yes: str = "yes") -> str:
+    """One history cell as text: "–" for missing/NaN, ``yes`` or "" for a flag, 4 significant
+    digits (whole numbers >= 10 as integers)."""
     if value is None:
         return "–"
     if isinstance(value, (bool, np.bool_)):
-        return "yes" if value else ""
+        return yes if value else ""
     if isinstance(value, (float, np.floating)):
         return "–" if math.isnan(value) else (f"{value:.0f}" if float(value).is_integer()
                                               and abs(value) >= 10 else f"{value:.4g}")

@@ -128,7 +128,11 @@ def write_report(tracking_uri: str, experiment: str, out: Path, *,
     """Render the report of the run ``find_run`` picks and write it to ``out`` atomically
     (readers see the old file or the new one, never a part). Returns ``out``."""
     run = find_run(tracking_uri, experiment, run_date=run_date, run_id=run_id)
-    page = render_report(tracking_uri, run.info.run_id)
+    return save_page(render_report(tracking_uri, run.info.run_id), out)
+
+
+def save_page(page: str, out: Path) -> Path:
+    """Write a rendered page to ``out`` atomically (temp file, fsync, rename). Returns ``out``."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
