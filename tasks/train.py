@@ -13,7 +13,7 @@ from decflow.compute import dask_client
 from decflow.config import PipelineConfig
 from decflow.dask_kmeans import kmeans_dask
 from decflow.features import FeatureEncoder
-from decflow.initialization import gmm_refine, manifold_view
+from decflow.initialization import select_manifold_init
 from decflow.scoring import source_columns
 from decflow.storage import WindowScan
 from decflow.tracking import MlflowCallback
@@ -70,27 +70,39 @@ def pretrain_autoencoder(X: np.ndarray, config: PipelineConfig, run_id: str,
 @redact_errors
 def init_centroids(est: DeepEmbeddedClustering, X: np.ndarray, config: PipelineConfig,
                    run_id: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """k-means over Dask on the embedding (or on its UMAP view, refined by a Gaussian mixture).
+    """k-means over Dask on the embedding, or (``model.init="manifold"``) Gaussian mixtures on
+    ``model.init_views`` UMAP views of it, each also started from the Dask k-means centres of
+    its view, the candidate with the highest silhouette in its view kept.
 
     Returns:
         (k, n_components) centroids in z and, for the manifold init, (n, k) posteriors used as
-        the first fine-tuning targets.
+        the fine-tuning targets.
     """
     import time
 
     t0 = time.perf_counter()
     k, seed = config.model.n_clusters, config.train.random_state
     Z = est.transform(X)
-    space = manifold_view(Z, k, seed) if config.model.init == "manifold" else Z
+    runs = []
     with dask_client(config.compute) as dask:
-        km = kmeans_dask(space, k, client=dask, random_state=seed,
-                         **config.kmeans.model_dump())
-    if config.model.init == "manifold":
-        centers, target = gmm_refine(space, Z, k, means_init=km.cluster_centers,
-                                     random_state=seed)
-    else:
-        centers, target = km.cluster_centers, None
+        def dask_kmeans(space):
+            runs.append(kmeans_dask(space, k, client=dask, random_state=seed,
+                                    **config.kmeans.model_dump()))
+            return runs[-1].cluster_centers
+
+        if config.model.init == "manifold":
+            chosen = select_manifold_init(Z, k, n_views=config.model.init_views,
+                                          n_init=config.kmeans.n_init, random_state=seed,
+                                          external_means=dask_kmeans)
+            centers, target = chosen.centers, chosen.resp
+            km = runs[chosen.chosen // 2]  # two candidates per view: restarts, Dask start
+            extra = {"init_silhouette": chosen.silhouettes[chosen.chosen],
+                     "init_candidate": chosen.chosen}
+        else:
+            centers, target, extra = dask_kmeans(Z), None, {}
+            km = runs[-1]
     log_metrics(config, run_id, {"kmeans_inertia": km.inertia, "kmeans_n_iter": km.n_iter,
+                                 **extra,
                                  "seconds_init": time.perf_counter() - t0})
     return centers, target
 

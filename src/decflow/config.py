@@ -63,6 +63,16 @@ def _count_or_auto(value):
 
 CountOrAuto = Annotated[int | Literal["auto"], BeforeValidator(_count_or_auto)]
 
+
+def _anchor(value):
+    """An integer >= 0 or "all"."""
+    if value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    raise ValueError(f"expected an integer >= 0 or 'all', found {value!r}")
+
+
+AnchorUpdates = Annotated[int | Literal["all"], BeforeValidator(_anchor)]
+
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 # The date column becomes a directory name, <date_column>=YYYY-MM-DD: a plain name only.
 _PLAIN_NAME = re.compile(r"(?![\d-])[\w-]+")
@@ -196,6 +206,8 @@ class ModelConfig(_Section):
     gamma: float = Field(default=0.1, ge=0)  # IDEC reconstruction weight; 0 = plain DEC
     input_dropout: float = Field(default=0.2, ge=0, lt=1)
     init: Literal["manifold", "k-means"] = "manifold"
+    # UMAP views the manifold initialisation fits; the highest silhouette (label-free) wins
+    init_views: int = Field(default=5, ge=1)
     min_cluster_size: float = Field(default=0.1, ge=0)  # fraction of n/k below which a cluster is degenerate
 
 
@@ -203,7 +215,7 @@ class TrainConfig(_Section):
     """Optimisation settings."""
 
     pretrain_epochs: CountOrAuto = "auto"
-    pretrain_steps: int = Field(default=6000, ge=1)
+    pretrain_steps: int = Field(default=4500, ge=1)
     pretrain_lr: float = Field(default=1e-3, gt=0)
     warm_start: bool = True  # start from the champion's autoencoder when the schema matches
     warm_start_epochs: CountOrAuto = "auto"  # "auto": a quarter of a full pretraining
@@ -211,6 +223,8 @@ class TrainConfig(_Section):
     # steps between target updates (None: one pass)
     update_interval: int | None = Field(default=None, ge=1)
     tol: float = Field(default=0.001, ge=0)
+    # target updates on the initialisation's posteriors before DEC's p(q); "all": throughout
+    anchor_updates: AnchorUpdates = "all"
     max_iter: CountOrAuto = "auto"
     batch_size: int = Field(default=256, ge=1)
     max_train_rows: int = Field(default=200_000, ge=1)  # training sample bound; scoring uses all

@@ -22,9 +22,6 @@ from .training import encode, fit_dec, pretrain_autoencoder
 
 _FORMAT = "decflow.dec/1"
 _INIT_CHOICES = ("manifold", "k-means")
-# Target updates that follow the initial partition before DEC self-training takes over, so
-# the embedding first becomes compact around it.
-_ANCHOR_UPDATES = 5
 _log = logging.getLogger(__name__)
 
 
@@ -55,7 +52,7 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
     pretrain_epochs : int or "auto", default="auto"
         Autoencoder pretraining epochs. "auto" targets about ``pretrain_steps`` optimiser steps,
         clipped to 50..500 epochs, so small tables get enough updates and large ones stay bounded.
-    pretrain_steps : int, default=6000
+    pretrain_steps : int, default=4500
         Step budget used by ``pretrain_epochs="auto"``.
     pretrain_optimizer : {"adamw"}, default="adamw"
         Optimiser for pretraining (AdamW with a cosine learning-rate schedule).
@@ -77,6 +74,15 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         the centroids directly (for example from a distributed k-means) and skips both.
     n_init : int, default=10
         Restarts of the k-means / Gaussian mixture initialisation.
+    init_views : int, default=5
+        UMAP views fitted by the "manifold" initialisation; the candidate partition with the
+        highest silhouette in its own view is kept (label-free; see
+        ``decflow.initialization``).
+    anchor_updates : int or "all", default="all"
+        Target updates that use the initialisation's mixture posteriors as the target before
+        DEC's own target p(q) takes over; "all" keeps them for the whole fine-tuning, which
+        then distils the manifold partition into the encoder and the centroids. Only used
+        when the initialisation gives posteriors ("manifold").
     input_scaling : {"global", "none"}, default="global"
         "global" centres each feature and divides all by one common scale, keeping the relative
         scale of features (pixels, precomputed embeddings); "none" uses X as given.
@@ -107,10 +113,11 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, n_clusters=8, *, n_components=10, hidden=(500, 500, 2000), alpha=1.0,
-                 gamma=0.1, pretrain_epochs="auto", pretrain_steps=6000,
+                 gamma=0.1, pretrain_epochs="auto", pretrain_steps=4500,
                  pretrain_optimizer="adamw", pretrain_lr=1e-3, input_dropout=0.2,
                  finetune_lr=1e-4, update_interval=None, tol=0.001, max_iter="auto",
-                 batch_size=256, init="manifold", n_init=10, input_scaling="global",
+                 batch_size=256, init="manifold", n_init=10, init_views=5,
+                 anchor_updates="all", input_scaling="global",
                  min_cluster_size=0.1, device="auto", random_state=None, callbacks=None):
         self.n_clusters = n_clusters
         self.n_components = n_components
@@ -129,6 +136,8 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.init = init
         self.n_init = n_init
+        self.init_views = init_views
+        self.anchor_updates = anchor_updates
         self.input_scaling = input_scaling
         self.min_cluster_size = min_cluster_size
         self.device = device
@@ -242,7 +251,7 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
                 max_iter=self._max_iter(steps_per_epoch), batch_size=self.batch_size,
                 lr=self.finetune_lr, device=device, generator=self._generator,
                 initial_target=None if target is None else torch.from_numpy(target),
-                anchor_updates=0 if target is None else _ANCHOR_UPDATES,
+                anchor_updates=0 if target is None else self._anchor_updates(),
                 callbacks=self.callbacks)
             self.timings_["finetune"] = time.perf_counter() - t0
         self.autoencoder_.eval()
@@ -416,7 +425,11 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         if self.pretrain_optimizer != "adamw":
             raise ValueError(f"pretrain_optimizer={self.pretrain_optimizer!r}: only 'adamw' "
                              "is supported")
-        for name in ("batch_size", "n_init", "n_components"):
+        if self.anchor_updates != "all" and (not isinstance(self.anchor_updates, Integral)
+                                             or self.anchor_updates < 0):
+            raise ValueError(f"anchor_updates={self.anchor_updates!r} must be 'all' or an "
+                             "integer >= 0")
+        for name in ("batch_size", "n_init", "n_components", "init_views"):
             value = getattr(self, name)
             if not isinstance(value, Integral) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
@@ -426,6 +439,9 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
             steps_per_epoch = math.ceil(n / self.batch_size)
             return int(np.clip(round(self.pretrain_steps / steps_per_epoch), 50, 500))
         return int(self.pretrain_epochs)
+
+    def _anchor_updates(self) -> int | None:
+        return None if self.anchor_updates == "all" else int(self.anchor_updates)
 
     def _max_iter(self, steps_per_epoch: int) -> int:
         if self.max_iter == "auto":
@@ -437,7 +453,7 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
             return np.asarray(self.init, dtype=np.float32), None
         if self.init == "k-means":
             return kmeans_init(Z, self.n_clusters, self.n_init, seed), None
-        return manifold_init(Z, self.n_clusters, self.n_init, seed)
+        return manifold_init(Z, self.n_clusters, self.n_init, seed, n_views=self.init_views)
 
     def _min_size(self, n: int) -> float:
         return self.min_cluster_size * n / self.n_clusters
@@ -560,5 +576,6 @@ def estimator_from_config(config, callbacks=None) -> DeepEmbeddedClustering:
         min_cluster_size=m.min_cluster_size, pretrain_epochs=t.pretrain_epochs,
         pretrain_steps=t.pretrain_steps, pretrain_lr=t.pretrain_lr, finetune_lr=t.finetune_lr,
         update_interval=t.update_interval, tol=t.tol, max_iter=t.max_iter,
-        batch_size=t.batch_size, n_init=config.kmeans.n_init, device=t.device,
+        batch_size=t.batch_size, n_init=config.kmeans.n_init, init_views=m.init_views,
+        anchor_updates=t.anchor_updates, device=t.device,
         random_state=t.random_state, callbacks=callbacks)

@@ -9,10 +9,10 @@ Why a proxy instead of DEC per k
     The autoencoder pretraining does not depend on k (``DeepEmbeddedClustering.pretrain`` never
     reads ``n_clusters``), and DEC fine-tuning starts from the initialisation's partition of the
     pretrained embedding z: with the default ``model.init="manifold"`` the Gaussian-mixture
-    posteriors on a UMAP view of z are even the targets of the first target updates
-    (``estimator._ANCHOR_UPDATES``). Self-training then sharpens that partition (the target p
-    squares q and renormalises, so rows move toward the centroid they already lean to) rather
-    than choosing how many groups there are. So the sweep pretrains once and, per k and seed,
+    posteriors on a UMAP view of z are the fine-tuning targets (``train.anchor_updates``, by
+    default all of them), and DEC's own target would only sharpen that partition (p squares
+    q and renormalises, so rows move toward the centroid they already lean to) rather than
+    choose how many groups there are. So the sweep pretrains once and, per k and seed,
     runs the initialisation alone: k-means on the view refined by a full-covariance Gaussian
     mixture started from its centres (``tasks/train.py::init_centroids``, with scikit-learn's
     KMeans on the in-memory sample where the nightly runs the same Lloyd k-means over Dask), or

@@ -15,6 +15,10 @@ from .callbacks import dispatch
 from .losses import kl_divergence, target_distribution
 from .nn import Autoencoder, ClusteringLayer
 
+# With the initial target kept throughout, fine-tuning may stop on ``tol`` only after this many
+# target updates (the first passes move many labels as the encoder learns the partition).
+MIN_ANCHORED_UPDATES = 5
+
 
 @dataclass
 class Batches:
@@ -116,14 +120,17 @@ class FinetuneResult:
 def fit_dec(autoencoder: Autoencoder, clustering: ClusteringLayer, X: torch.Tensor, *,
             gamma: float, update_interval: int, tol: float, max_iter: int, batch_size: int,
             lr: float, device: torch.device, generator: torch.Generator,
-            initial_target: torch.Tensor | None = None, anchor_updates: int = 0,
+            initial_target: torch.Tensor | None = None, anchor_updates: int | None = 0,
             on_update=None, callbacks=()) -> FinetuneResult:
     """DEC self-training: every ``update_interval`` steps recompute the target P over all rows,
     then minimise KL(P || Q) (+ gamma * reconstruction MSE for IDEC) on mini-batches.
 
     Args:
         initial_target: optional (n, k) target used for the first ``anchor_updates`` target
-            updates instead of P(Q), so that the embedding first learns the initial partition.
+            updates instead of P(Q), so that the embedding first learns the initial partition;
+            ``anchor_updates=None`` uses it for all of them (the fine-tuning then distils that
+            partition and stops when fewer than ``tol`` labels change, after at least
+            ``MIN_ANCHORED_UPDATES`` updates).
         on_update: optional ``fn(labels, sizes)`` called at each target update (degenerate
             cluster checks live in the estimator).
 
@@ -131,6 +138,8 @@ def fit_dec(autoencoder: Autoencoder, clustering: ClusteringLayer, X: torch.Tens
         Final hard labels (n,), number of optimiser steps, whether ``tol`` was met, and one
         history row per target update.
     """
+    if initial_target is None:
+        anchor_updates = 0
     batches = Batches(X, batch_size, device, generator)
     params = list(autoencoder.encoder.parameters()) + list(clustering.parameters())
     if gamma > 0:
@@ -146,14 +155,18 @@ def fit_dec(autoencoder: Autoencoder, clustering: ClusteringLayer, X: torch.Tens
         delta = 1.0 if prev_labels is None else float((labels != prev_labels).float().mean())
         if on_update is not None:
             on_update(labels, torch.bincount(labels, minlength=q.shape[1]))
-        if update < anchor_updates and initial_target is not None:
+        anchored = initial_target is not None and (anchor_updates is None
+                                                   or update < anchor_updates)
+        if anchored:
             p = initial_target.to(device)
         else:
             p = target_distribution(q)
         if history:
             history[-1]["delta_label"] = delta
             dispatch(callbacks, "on_epoch_end", "finetune", update, history[-1])
-        if prev_labels is not None and update > anchor_updates and delta < tol:
+        settled = (update > MIN_ANCHORED_UPDATES if anchor_updates is None
+                   else update > anchor_updates)
+        if prev_labels is not None and settled and delta < tol:
             converged = True
             break
         if step >= max_iter:

@@ -49,7 +49,7 @@ def tiny_config(home, source_uri: str, **sections) -> PipelineConfig:
         "features": {"vector": {"emb": 8}, "numeric": ["x"], "categorical": ["c"],
                      "bounds": {"x": [-100, 100]}},
         "validation": {"min_rows": 20},
-        "model": {"n_clusters": 4, "n_components": 4, "hidden": [32, 32]},
+        "model": {"n_clusters": 4, "n_components": 4, "hidden": [32, 32], "init_views": 2},
         "train": {"pretrain_epochs": 10, "max_iter": 40, "batch_size": 64,
                   "random_state": 0},
         "kmeans": {"n_init": 3, "chunk_rows": 100},

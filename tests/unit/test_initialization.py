@@ -1,0 +1,105 @@
+"""The manifold initialisation: several UMAP views, the candidate picked by silhouette."""
+
+import numpy as np
+import pytest
+import torch
+
+import decflow.initialization as init_module
+from decflow.initialization import (partition_silhouette, select_manifold_init, view_seeds)
+from decflow.nn import ClusteringLayer
+from decflow.training import MIN_ANCHORED_UPDATES, fit_dec
+
+
+def test_view_seeds_keep_the_first_and_derive_distinct_others():
+    seeds = view_seeds(7, 5)
+    assert seeds[0] == 7
+    assert len(set(seeds)) == 5
+    assert view_seeds(7, 5) == seeds
+    assert view_seeds(8, 5)[1:] != seeds[1:]
+    assert view_seeds(None, 3) == [None, None, None]
+
+
+def test_partition_silhouette_of_one_cluster_is_the_minimum():
+    M = np.random.default_rng(0).normal(size=(50, 2))
+    assert partition_silhouette(M, np.zeros(50, dtype=int)) == -1.0
+    two = np.r_[np.zeros(25), np.ones(25)].astype(int)
+    M[25:] += 10
+    assert partition_silhouette(M, two) > 0.8
+
+
+def _blobs(rng, offset):
+    centers = np.array([[0, 0], [8, 0], [0, 8], [8, 8]], dtype=float) + offset
+    labels = np.repeat(np.arange(4), 40)
+    return centers[labels] + rng.normal(scale=0.5, size=(160, 2)), labels
+
+
+def test_the_candidate_with_the_highest_silhouette_is_kept(monkeypatch):
+    """Three views: noise, four clean blobs, noise. The clean view must win whatever its
+    position, and the external starts are one more candidate per view."""
+    rng = np.random.default_rng(0)
+    clean, truth = _blobs(rng, 0)
+    views = {0: rng.normal(size=(160, 2)), 1: clean, 2: rng.normal(size=(160, 2))}
+    seeds = view_seeds(3, 3)
+    monkeypatch.setattr(init_module, "manifold_view",
+                        lambda Z, k, seed, n_neighbors=20: views[seeds.index(seed)])
+    calls = []
+
+    def external(M):
+        calls.append(M)
+        return M[np.random.default_rng(len(calls)).choice(len(M), 4, replace=False)]
+
+    Z = np.c_[clean, np.zeros((160, 1))]
+    chosen = select_manifold_init(Z, 4, n_views=3, n_init=3, random_state=3,
+                                  external_means=external)
+    assert len(calls) == 3 and len(chosen.silhouettes) == 6
+    assert chosen.chosen in (2, 3)  # view 1: its restarts, then its external start
+    assert chosen.silhouettes[chosen.chosen] == max(chosen.silhouettes) > 0.8
+    from sklearn.metrics import adjusted_rand_score
+    assert adjusted_rand_score(truth, chosen.resp.argmax(axis=1)) > 0.99
+    assert chosen.centers.shape == (4, 3) and chosen.resp.shape == (160, 4)
+    assert chosen.view_seeds == seeds
+
+
+def test_n_views_must_be_positive():
+    with pytest.raises(ValueError, match="n_views=0 must be >= 1"):
+        select_manifold_init(np.zeros((10, 2)), 2, n_views=0)
+
+
+def _fine_tune(anchor_updates, tol):
+    """Two blobs apart along feature 0; the target splits by the sign of feature 1 instead,
+    across both blobs. DEC's own target p(q) drifts to the density gap; a target kept
+    throughout holds its split."""
+    from decflow.nn import Autoencoder
+
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    X = torch.randn(96, 6, generator=g)
+    X[:, 0] += torch.where(torch.arange(96) % 2 == 0, 4.0, -4.0)
+    target = torch.zeros(96, 2)
+    target[torch.arange(96), (X[:, 1] > 0).long()] = 1.0
+    ae = Autoencoder(6, [64], 2)
+    with torch.no_grad():
+        z = ae.encode(X)
+    centers = torch.stack([z[target[:, j] > 0].mean(0) for j in range(2)])
+    result = fit_dec(ae, ClusteringLayer(centers), X, gamma=0.0, update_interval=6, tol=tol,
+                     max_iter=600, batch_size=16, lr=1e-3, device=torch.device("cpu"),
+                     generator=g, initial_target=target, anchor_updates=anchor_updates)
+    agreement = float((result.labels == target.argmax(1)).float().mean())
+    return result, agreement
+
+
+def test_a_target_kept_throughout_is_learned_and_self_training_drops_it():
+    kept, kept_agreement = _fine_tune(None, tol=0.001)
+    dec, dec_agreement = _fine_tune(1, tol=0.001)
+    assert kept_agreement > 0.9
+    assert dec_agreement < 0.7
+    assert len(kept.history) > MIN_ANCHORED_UPDATES
+
+
+def test_a_kept_target_may_stop_only_after_the_minimum_updates():
+    # tol=0.99 stops at the first chance: one update past the anchor, or past the minimum
+    kept, _ = _fine_tune(None, tol=0.99)
+    dec, _ = _fine_tune(1, tol=0.99)
+    assert kept.converged and dec.converged
+    assert len(kept.history) == MIN_ANCHORED_UPDATES + 1
+    assert len(dec.history) == 2
