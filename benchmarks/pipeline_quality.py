@@ -173,10 +173,13 @@ def to_markdown(out: dict) -> str:
     groups = {}
     for r in out["rows"]:
         groups.setdefault((r["dataset"], r["path"], r["kind"]), []).append(r["acc"])
-    lines += ["", "| dataset | path | kind | seeds | mean ACC | min ACC |", "|---|---|---|---:|---:|---:|"]
+    lines += ["", "| dataset | path | kind | seeds | mean ACC | min ACC | vs estimator |",
+              "|---|---|---|---:|---:|---:|---:|"]
     for (d, p, k), accs in groups.items():
+        est = groups.get((d, "estimator", "-"))
+        delta = "" if p == "estimator" or not est else f"{np.mean(accs) - np.mean(est):+.4f}"
         lines.append(f"| {d} | {p} | {k} | {len(accs)} | {np.mean(accs):.4f} | "
-                     f"{min(accs):.4f} |")
+                     f"{min(accs):.4f} | {delta} |")
     lines += [""] + [f"- {s}" for s in out["skipped"]]
     return "\n".join(lines) + "\n"
 

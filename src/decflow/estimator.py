@@ -66,7 +66,9 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
     tol : float, default=0.001
         Stop when fewer than this fraction of labels change between target updates.
     max_iter : int or "auto", default="auto"
-        Maximum fine-tuning optimiser steps; "auto" is 30 passes over X, clipped to 500..20000.
+        Maximum fine-tuning optimiser steps; "auto" is 30 passes over X, clipped to 500..20000,
+        or with the initial target kept throughout (``anchor_updates="all"``, which runs all
+        of them) 10 passes clipped to 500..5000.
     batch_size : int, default=256
     init : {"manifold", "k-means"} or array of shape (n_clusters, n_components), default="manifold"
         "manifold": Gaussian mixture on a UMAP graph embedding of z (N2D), whose posteriors are
@@ -248,7 +250,9 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
             result = fit_dec(
                 self.autoencoder_, self._clustering, Xt, gamma=self.gamma,
                 update_interval=self.update_interval or steps_per_epoch, tol=self.tol,
-                max_iter=self._max_iter(steps_per_epoch), batch_size=self.batch_size,
+                max_iter=self._max_iter(steps_per_epoch, kept_target=target is not None
+                                        and self._anchor_updates() is None),
+                batch_size=self.batch_size,
                 lr=self.finetune_lr, device=device, generator=self._generator,
                 initial_target=None if target is None else torch.from_numpy(target),
                 anchor_updates=0 if target is None else self._anchor_updates(),
@@ -443,8 +447,10 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
     def _anchor_updates(self) -> int | None:
         return None if self.anchor_updates == "all" else int(self.anchor_updates)
 
-    def _max_iter(self, steps_per_epoch: int) -> int:
+    def _max_iter(self, steps_per_epoch: int, kept_target: bool = False) -> int:
         if self.max_iter == "auto":
+            if kept_target:  # distilling a fixed partition levels off after ~400 steps
+                return int(np.clip(10 * steps_per_epoch, 500, 5000))
             return int(np.clip(30 * steps_per_epoch, 500, 20000))
         return int(self.max_iter)
 
