@@ -14,8 +14,8 @@ Several views, one chosen without labels
     externally computed starting means such as the Dask k-means centres) and keeps the
     candidate partition with the highest silhouette in its own view. The silhouette reads only
     the view coordinates and the candidate's labels, never a truth column. Measured on 5
-    pretrained digits embeddings with 6 views each: the highest silhouette picked a partition
-    at most 0.006 ACC below that embedding's best view, never a merged one
+    pretrained digits embeddings: with 5 views the highest silhouette picked a partition at
+    most 0.005 ACC below the best of 6 views of that embedding, never a merged one
     (``benchmarks/results/quality.md``).
 """
 
