@@ -14,10 +14,7 @@ Writes benchmarks/results/init_views.{json,md} (or --out). Run it alone on the m
 """
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,6 +23,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from results_file import stamped, write_results  # noqa: E402
 
 
 def embedding(rows: int, k: int = 10, dims: int = 10, seed: int = 0) -> np.ndarray:
@@ -58,8 +58,9 @@ def main(argv=None) -> int:
 
     k = 10
     # UMAP finds exact neighbours below 4,096 rows and approximate ones (NN-descent) above:
-    # warm up on 5,000 rows so both arms find everything compiled.
-    run(embedding(5000, k, seed=args.seed + 1), k, 1, args.seed)
+    # warm up on both sides so every arm finds everything compiled.
+    for n in (3000, 5000):
+        run(embedding(n, k, seed=args.seed + 1), k, 1, args.seed)
     rows = []
     for n in args.rows:
         Z = embedding(n, k, seed=args.seed)
@@ -67,13 +68,8 @@ def main(argv=None) -> int:
         many = run(Z, k, args.views, args.seed)
         rows.append({"rows": n, "one_view": one, "views": many})
         print(json.dumps(rows[-1]), flush=True)
-    out = {"when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-           "machine": f"{platform.machine()}, {os.cpu_count()} cores", "args": vars(args),
-           "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps(out, indent=2))
-    Path(args.out + ".md").write_text(to_markdown(out))
-    print(to_markdown(out))
+    out = stamped(args, rows=rows)
+    write_results(args.out, out, to_markdown(out))
     return 0
 
 

@@ -18,7 +18,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 from quality import USPS, load  # noqa: E402
+from results_file import stamped, write_results  # noqa: E402
 
 RUN_DATE = dt.date(2026, 1, 1)
 
@@ -149,13 +149,8 @@ def main(argv=None) -> int:
                      **run_pipeline(X, y, kind, seed, args.numeric_scaling)}
                 rows.append(r)
                 print(json.dumps(r), flush=True)
-    out = {"when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-           "machine": f"{platform.machine()}, {os.cpu_count()} cores", "args": vars(args),
-           "rows": rows, "skipped": skipped}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps(out, indent=2))
-    Path(args.out + ".md").write_text(to_markdown(out))
-    print(to_markdown(out))
+    out = stamped(args, rows=rows, skipped=skipped)
+    write_results(args.out, out, to_markdown(out))
     return 0
 
 
