@@ -72,7 +72,8 @@ def init_centroids(est: DeepEmbeddedClustering, X: np.ndarray, config: PipelineC
                    run_id: str) -> tuple[np.ndarray, np.ndarray | None]:
     """k-means over Dask on the embedding, or (``model.init="manifold"``) Gaussian mixtures on
     ``model.init_views`` UMAP views of it, each also started from the Dask k-means centres of
-    its view, the candidate with the highest silhouette in its view kept.
+    its view, the candidate with the highest silhouette in its view kept. The views are fitted
+    on at most ``model.init_view_rows`` rows; the chosen one places the others.
 
     Returns:
         (k, n_components) centroids in z and, for the manifold init, (n, k) posteriors used as
@@ -93,11 +94,12 @@ def init_centroids(est: DeepEmbeddedClustering, X: np.ndarray, config: PipelineC
         if config.model.init == "manifold":
             chosen = select_manifold_init(Z, k, n_views=config.model.init_views,
                                           n_init=config.kmeans.n_init, random_state=seed,
-                                          external_means=dask_kmeans)
+                                          external_means=dask_kmeans,
+                                          view_rows=config.model.init_view_rows)
             centers, target = chosen.centers, chosen.resp
             km = runs[chosen.chosen // 2]  # two candidates per view: restarts, Dask start
             extra = {"init_silhouette": chosen.silhouettes[chosen.chosen],
-                     "init_candidate": chosen.chosen}
+                     "init_candidate": chosen.chosen, "init_view_rows": chosen.view_rows}
         else:
             centers, target, extra = dask_kmeans(Z), None, {}
             km = runs[-1]

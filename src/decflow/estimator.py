@@ -80,6 +80,10 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         UMAP views fitted by the "manifold" initialisation; the candidate partition with the
         highest silhouette in its own view is kept (label-free; see
         ``decflow.initialization``).
+    init_view_rows : int or None, default=20000
+        The views are fitted on a seeded sample of at most this many rows; the chosen view
+        then places the other rows, whose mixture posteriors complete the target (a UMAP fit
+        costs minutes a view at 200,000 rows). None fits the views on all rows.
     anchor_updates : int or "all", default="all"
         Target updates that use the initialisation's mixture posteriors as the target before
         DEC's own target p(q) takes over; "all" keeps them for the whole fine-tuning, which
@@ -119,7 +123,7 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
                  pretrain_optimizer="adamw", pretrain_lr=1e-3, input_dropout=0.2,
                  finetune_lr=1e-4, update_interval=None, tol=0.001, max_iter="auto",
                  batch_size=256, init="manifold", n_init=10, init_views=5,
-                 anchor_updates="all", input_scaling="global",
+                 init_view_rows=20000, anchor_updates="all", input_scaling="global",
                  min_cluster_size=0.1, device="auto", random_state=None, callbacks=None):
         self.n_clusters = n_clusters
         self.n_components = n_components
@@ -139,6 +143,7 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         self.init = init
         self.n_init = n_init
         self.init_views = init_views
+        self.init_view_rows = init_view_rows
         self.anchor_updates = anchor_updates
         self.input_scaling = input_scaling
         self.min_cluster_size = min_cluster_size
@@ -437,6 +442,10 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
             value = getattr(self, name)
             if not isinstance(value, Integral) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
+        if self.init_view_rows is not None and (not isinstance(self.init_view_rows, Integral)
+                                                or self.init_view_rows <= self.n_clusters):
+            raise ValueError(f"init_view_rows={self.init_view_rows!r} must be None or an "
+                             f"integer > n_clusters={self.n_clusters}")
 
     def _pretrain_epochs(self, n: int) -> int:
         if self.pretrain_epochs == "auto":
@@ -459,7 +468,8 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
             return np.asarray(self.init, dtype=np.float32), None
         if self.init == "k-means":
             return kmeans_init(Z, self.n_clusters, self.n_init, seed), None
-        return manifold_init(Z, self.n_clusters, self.n_init, seed, n_views=self.init_views)
+        return manifold_init(Z, self.n_clusters, self.n_init, seed, n_views=self.init_views,
+                             view_rows=self.init_view_rows)
 
     def _min_size(self, n: int) -> float:
         return self.min_cluster_size * n / self.n_clusters
@@ -583,5 +593,6 @@ def estimator_from_config(config, callbacks=None) -> DeepEmbeddedClustering:
         pretrain_steps=t.pretrain_steps, pretrain_lr=t.pretrain_lr, finetune_lr=t.finetune_lr,
         update_interval=t.update_interval, tol=t.tol, max_iter=t.max_iter,
         batch_size=t.batch_size, n_init=config.kmeans.n_init, init_views=m.init_views,
+        init_view_rows=m.init_view_rows,
         anchor_updates=t.anchor_updates, device=t.device,
         random_state=t.random_state, callbacks=callbacks)

@@ -17,6 +17,15 @@ Several views, one chosen without labels
     pretrained digits embeddings: with 5 views the highest silhouette picked a partition at
     most 0.005 ACC below the best of 6 views of that embedding, never a merged one
     (``benchmarks/results/quality.md``).
+
+Views of a sample, every row placed in the chosen one
+    A UMAP fit grows faster than the rows: 36 s a view at 50,000 rows and 4 min or more at
+    200,000 (2 cores, ``benchmarks/results/init_views.md``), so 5 views would add 16 min or
+    more to a nightly run at ``train.max_train_rows``. With ``view_rows`` the views and their
+    candidates are fitted on a seeded sample of that many rows; only the chosen view places
+    the other rows (UMAP's ``transform``, about 24 s for 200,000 rows) and its mixture gives
+    their posteriors, so the target and the centroids still cover every row. Below
+    ``view_rows`` nothing changes.
 """
 
 import warnings
@@ -48,7 +57,8 @@ def kmeans_init(Z: np.ndarray, n_clusters: int, n_init: int, random_state: int |
 
 
 def manifold_init(Z: np.ndarray, n_clusters: int, n_init: int, random_state: int | None,
-                  n_neighbors: int = 20, n_views: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                  n_neighbors: int = 20, n_views: int = 1, view_rows: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Gaussian mixture on a UMAP manifold of the embedding (the best of ``n_views`` views by
     silhouette, see ``select_manifold_init``).
 
@@ -59,7 +69,8 @@ def manifold_init(Z: np.ndarray, n_clusters: int, n_init: int, random_state: int
         (k, d) centroids in z (posterior-weighted means) and (n, k) posteriors.
     """
     chosen = select_manifold_init(Z, n_clusters, n_views=n_views, n_init=n_init,
-                                  random_state=random_state, n_neighbors=n_neighbors)
+                                  random_state=random_state, n_neighbors=n_neighbors,
+                                  view_rows=view_rows)
     return chosen.centers, chosen.resp
 
 
@@ -74,6 +85,7 @@ class ManifoldInit:
             mixture restarts first, then each external start).
         chosen: index of the chosen candidate in ``silhouettes``.
         view_seeds: the UMAP seed of each view.
+        view_rows: rows the views were fitted on (all rows unless ``view_rows`` sampled them).
     """
 
     centers: np.ndarray
@@ -81,6 +93,7 @@ class ManifoldInit:
     silhouettes: list[float] = field(default_factory=list)
     chosen: int = 0
     view_seeds: list[int | None] = field(default_factory=list)
+    view_rows: int = 0
 
 
 def view_seeds(random_state: int | None, n_views: int) -> list[int | None]:
@@ -105,8 +118,8 @@ def partition_silhouette(M: np.ndarray, labels: np.ndarray, random_state: int | 
 
 def select_manifold_init(Z: np.ndarray, n_clusters: int, *, n_views: int = 1, n_init: int = 10,
                          random_state: int | None = None, n_neighbors: int = 20,
-                         external_means: Callable[[np.ndarray], np.ndarray] | None = None
-                         ) -> ManifoldInit:
+                         external_means: Callable[[np.ndarray], np.ndarray] | None = None,
+                         view_rows: int | None = None) -> ManifoldInit:
     """Gaussian mixtures on ``n_views`` UMAP views of z; the candidate with the highest
     silhouette in its own view wins (label-free).
 
@@ -116,25 +129,45 @@ def select_manifold_init(Z: np.ndarray, n_clusters: int, *, n_views: int = 1, n_
         n_init: mixture restarts per view (the best likelihood is that view's candidate).
         external_means: optional ``fn(view) -> (k, m)`` starting means, e.g. k-means over
             Dask; the mixture started from them is one more candidate per view.
+        view_rows: fit the views and candidates on a seeded sample of at most this many rows
+            and place the others in the chosen view (None: all rows).
 
     Returns:
-        ``ManifoldInit``.
+        ``ManifoldInit``; ``centers`` and ``resp`` cover all n rows.
     """
     if n_views < 1:
         raise ValueError(f"n_views={n_views!r} must be >= 1")
+    if view_rows is not None and view_rows < max(n_clusters + 1, 3):
+        raise ValueError(f"view_rows={view_rows!r} must be at least n_clusters + 1 = "
+                         f"{max(n_clusters + 1, 3)}")
+    n = len(Z)
+    sample = None
+    if view_rows is not None and n > view_rows:
+        sample = np.sort(np.random.default_rng(random_state).choice(n, view_rows,
+                                                                    replace=False))
+    Zv = Z if sample is None else Z[sample]
     seeds = view_seeds(random_state, n_views)
     best, sils, chosen = None, [], 0
     for seed in seeds:
-        M = manifold_view(Z, n_clusters, seed, n_neighbors)
+        reducer, M = _fit_view(Zv, n_clusters, seed, n_neighbors)
         starts = [None] + ([external_means(M)] if external_means is not None else [])
         for means in starts:
-            centers, resp = gmm_refine(M, Z, n_clusters, means_init=means, n_init=n_init,
-                                       random_state=seed)
+            gmm, resp = _fit_mixture(M, n_clusters, means, n_init, seed)
             sil = partition_silhouette(M, resp.argmax(axis=1))
             if best is None or sil > max(sils):
-                best, chosen = (centers, resp), len(sils)
+                best, chosen = (reducer, M, gmm, resp), len(sils)
             sils.append(sil)
-    return ManifoldInit(best[0], best[1], sils, chosen, seeds)
+    reducer, M, gmm, resp = best
+    if sample is not None:  # place the other rows in the chosen view, keep the sample's own
+        rest = np.setdiff1d(np.arange(n), sample, assume_unique=True)
+        M_all = np.empty((n, M.shape[1]), dtype=np.float32)
+        M_all[sample] = M
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # UMAP's transform warns about its random_state too
+            M_all[rest] = reducer.transform(Z[rest])
+        resp = gmm.predict_proba(M_all)
+    return ManifoldInit(_weighted_means(resp, Z), resp.astype(np.float32), sils, chosen, seeds,
+                        len(Zv))
 
 
 def manifold_view(Z: np.ndarray, n_components: int, random_state: int | None,
@@ -147,6 +180,11 @@ def manifold_view(Z: np.ndarray, n_components: int, random_state: int | None,
     Returns:
         (n, n_components) float32 manifold coordinates.
     """
+    return _fit_view(Z, n_components, random_state, n_neighbors)[1]
+
+
+def _fit_view(Z: np.ndarray, n_components: int, random_state: int | None, n_neighbors: int):
+    """(fitted UMAP, (n, n_components) float32 coordinates of Z); see ``manifold_view``."""
     import umap  # imported here: numba compilation is slow and only this path needs it
 
     n = len(Z)
@@ -155,7 +193,7 @@ def manifold_view(Z: np.ndarray, n_components: int, random_state: int | None,
                         n_jobs=1 if random_state is not None else -1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # UMAP warns that random_state disables parallelism
-        return reducer.fit_transform(Z).astype(np.float32)
+        return reducer, reducer.fit_transform(Z).astype(np.float32)
 
 
 def gmm_refine(M: np.ndarray, Z: np.ndarray, n_clusters: int, *, means_init=None,
@@ -172,10 +210,20 @@ def gmm_refine(M: np.ndarray, Z: np.ndarray, n_clusters: int, *, means_init=None
     Returns:
         (k, d) centroids in z (posterior-weighted means) and (n, k) posteriors.
     """
+    _, resp = _fit_mixture(M, n_clusters, means_init, n_init, random_state)
+    return _weighted_means(resp, Z), resp.astype(np.float32)
+
+
+def _fit_mixture(M: np.ndarray, n_clusters: int, means_init, n_init: int,
+                 random_state: int | None) -> tuple[GaussianMixture, np.ndarray]:
+    """The fitted mixture and its (n, k) float64 posteriors on M (see ``gmm_refine``)."""
     gmm = GaussianMixture(n_components=n_clusters, covariance_type="full",
                           n_init=1 if means_init is not None else n_init,
                           means_init=means_init, random_state=random_state, reg_covar=1e-4)
-    resp = gmm.fit(M).predict_proba(M)
+    return gmm, gmm.fit(M).predict_proba(M)
+
+
+def _weighted_means(resp: np.ndarray, Z: np.ndarray) -> np.ndarray:
+    """(k, d) float32 posterior-weighted means of Z."""
     weights = resp / np.maximum(resp.sum(axis=0, keepdims=True), 1e-12)
-    centers = weights.T @ Z
-    return centers.astype(np.float32), resp.astype(np.float32)
+    return (weights.T @ Z).astype(np.float32)

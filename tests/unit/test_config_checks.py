@@ -54,6 +54,9 @@ def base_file(tmp_path):
     ("registry.model_name", "a:b", r"registry\.model_name: .*found 'a:b'"),
     ("registry.lock_wait_s", -1, r"registry\.lock_wait_s: .*greater than or equal to 0"),
     ("validation.min_window_days", 0, r"validation\.min_window_days: .*greater than or equal"),
+    ("model.init_view_rows", 2, r"model\.init_view_rows: .*greater than or equal to 3.*found 2"),
+    ("model.init_view_rows", 10, r"model: .*init_view_rows=10 must be greater than "
+                                 r"n_clusters=10"),
 ])
 def test_bad_values_name_the_key_expected_and_found(base_file, key, value, match):
     with pytest.raises(ConfigError, match=match) as err:
@@ -67,7 +70,7 @@ def test_bad_values_name_the_key_expected_and_found(base_file, key, value, match
     ("train.device", "cpu"), ("train.device", "mps"), ("source.date_column", "event_date"),
     ("source.date_column", "dt-utc"), ("source.id_column", "customer id.v2"),
     ("features.bounds", {"x": [1, 1]}), ("features.bounds", {"x": [None, -3]}),
-    ("model.hidden", [1]),
+    ("model.hidden", [1]), ("model.init_view_rows", None), ("model.init_view_rows", 11),
 ])
 def test_good_values_are_kept(base_file, key, value):
     config = load_config(base_file, {key: value}, env={})

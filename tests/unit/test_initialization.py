@@ -40,8 +40,8 @@ def test_the_candidate_with_the_highest_silhouette_is_kept(monkeypatch):
     clean, truth = _blobs(rng, 0)
     views = {0: rng.normal(size=(160, 2)), 1: clean, 2: rng.normal(size=(160, 2))}
     seeds = view_seeds(3, 3)
-    monkeypatch.setattr(init_module, "manifold_view",
-                        lambda Z, k, seed, n_neighbors=20: views[seeds.index(seed)])
+    monkeypatch.setattr(init_module, "_fit_view",
+                        lambda Z, k, seed, n_neighbors=20: (None, views[seeds.index(seed)]))
     calls = []
 
     def external(M):
@@ -58,6 +58,62 @@ def test_the_candidate_with_the_highest_silhouette_is_kept(monkeypatch):
     assert adjusted_rand_score(truth, chosen.resp.argmax(axis=1)) > 0.99
     assert chosen.centers.shape == (4, 3) and chosen.resp.shape == (160, 4)
     assert chosen.view_seeds == seeds
+
+
+def _spy_views(monkeypatch):
+    """Record the rows each UMAP view is fitted on (the real fit runs)."""
+    fitted, real = [], init_module._fit_view
+
+    def spy(Z, k, seed, n_neighbors=20):
+        fitted.append(len(Z))
+        return real(Z, k, seed, n_neighbors)
+
+    monkeypatch.setattr(init_module, "_fit_view", spy)
+    return fitted
+
+
+def test_views_fitted_on_a_sample_place_every_row(monkeypatch):
+    """600 rows in four blobs, views fitted on 150: every view and external start sees the
+    sample only, yet the target and the centroids cover all rows, and the rows outside the
+    sample land in their blob's cluster."""
+    rng = np.random.default_rng(5)
+    centers = np.array([[0, 0, 0], [9, 0, 0], [0, 9, 0], [0, 0, 9]], dtype=np.float32)
+    truth = np.repeat(np.arange(4), 150)
+    Z = (centers[truth] + rng.normal(scale=0.6, size=(600, 3))).astype(np.float32)
+    fitted, starts = _spy_views(monkeypatch), []
+
+    def external(M):
+        starts.append(len(M))
+        return M[:4]
+
+    chosen = select_manifold_init(Z, 4, n_views=2, n_init=2, random_state=1,
+                                  external_means=external, view_rows=150)
+    assert fitted == [150, 150] and starts == [150, 150]
+    assert chosen.view_rows == 150
+    assert chosen.resp.shape == (600, 4) and chosen.resp.dtype == np.float32
+    np.testing.assert_allclose(chosen.resp.sum(axis=1), 1, atol=1e-5)
+    from sklearn.metrics import adjusted_rand_score
+    assert adjusted_rand_score(truth, chosen.resp.argmax(axis=1)) > 0.99
+    labels = chosen.resp.argmax(axis=1)
+    for j in range(4):  # centroids: the posterior-weighted means of all 600 rows
+        np.testing.assert_allclose(chosen.centers[j], Z[labels == j].mean(axis=0), atol=0.05)
+
+
+def test_a_sample_no_smaller_than_the_rows_changes_nothing(monkeypatch):
+    rng = np.random.default_rng(2)
+    clean, _ = _blobs(rng, 0)
+    Z = np.c_[clean, rng.normal(size=(160, 1))].astype(np.float32)
+    fitted = _spy_views(monkeypatch)
+    every = select_manifold_init(Z, 4, n_views=2, n_init=2, random_state=4)
+    same = select_manifold_init(Z, 4, n_views=2, n_init=2, random_state=4, view_rows=160)
+    assert fitted == [160] * 4 and every.view_rows == same.view_rows == 160
+    np.testing.assert_array_equal(every.resp, same.resp)
+    np.testing.assert_array_equal(every.centers, same.centers)
+
+
+def test_view_rows_must_exceed_the_clusters():
+    with pytest.raises(ValueError, match=r"view_rows=4 must be at least n_clusters \+ 1 = 5"):
+        select_manifold_init(np.zeros((10, 2)), 4, view_rows=4)
 
 
 def test_n_views_must_be_positive():
