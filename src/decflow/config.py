@@ -209,7 +209,7 @@ class ModelConfig(_Section):
     # UMAP views the manifold initialisation fits; the highest silhouette (label-free) wins
     init_views: int = Field(default=5, ge=1)
     # rows the views are fitted on (a seeded sample); the chosen view places the rest; null: all
-    init_view_rows: int | None = Field(default=20000, ge=3)
+    init_view_rows: int | None = Field(default=50000, ge=3)
     min_cluster_size: float = Field(default=0.1, ge=0)  # fraction of n/k below which a cluster is degenerate
 
     @model_validator(mode="after")

@@ -80,7 +80,7 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         UMAP views fitted by the "manifold" initialisation; the candidate partition with the
         highest silhouette in its own view is kept (label-free; see
         ``decflow.initialization``).
-    init_view_rows : int or None, default=20000
+    init_view_rows : int or None, default=50000
         The views are fitted on a seeded sample of at most this many rows; the chosen view
         then places the other rows, whose mixture posteriors complete the target (a UMAP fit
         costs minutes a view at 200,000 rows). None fits the views on all rows.
@@ -123,7 +123,7 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
                  pretrain_optimizer="adamw", pretrain_lr=1e-3, input_dropout=0.2,
                  finetune_lr=1e-4, update_interval=None, tol=0.001, max_iter="auto",
                  batch_size=256, init="manifold", n_init=10, init_views=5,
-                 init_view_rows=20000, anchor_updates="all", input_scaling="global",
+                 init_view_rows=50000, anchor_updates="all", input_scaling="global",
                  min_cluster_size=0.1, device="auto", random_state=None, callbacks=None):
         self.n_clusters = n_clusters
         self.n_components = n_components
