@@ -241,3 +241,19 @@ def test_flow_validates_its_config_parameter():
     assert str(params["run_date"]) == "2026-11-21"
     with pytest.raises(Exception, match="n_clusterz"):
         recluster.validate_parameters({"config": {"model": {"n_clusterz": 5}}})
+
+
+def test_views_of_a_sample_still_label_every_row(tmp_path):
+    """``model.init_view_rows`` below the 270 training rows: the views and the Dask k-means
+    see 100 rows, the chosen view places the other 170, and every row is labelled."""
+    home = tmp_path / "home"
+    source = str(home / "source")
+    write_source(source)
+    config = tiny_config(home, source, model={"init_view_rows": 100})
+    result = recluster(config=config, run_date=RUN_DATE)
+    run = _client(config).get_run(result["run_id"])
+    assert run.data.metrics["init_view_rows"] == 100
+    assert result["metrics"]["acc"] > 0.9  # four well-separated blobs
+    labels = pq.read_table(os.path.join(config.labels_uri(), f"ds={RUN_DATE}",
+                                        "part-0.parquet")).to_pandas()
+    assert len(labels) == 90 and labels["cluster_id"].nunique() == 4
