@@ -140,9 +140,9 @@ def select_manifold_init(Z: np.ndarray, n_clusters: int, *, n_views: int = 1, n_
     """
     if n_views < 1:
         raise ValueError(f"n_views={n_views!r} must be >= 1")
-    if view_rows is not None and view_rows < max(n_clusters + 1, 3):
+    if view_rows is not None and view_rows <= n_clusters:
         raise ValueError(f"view_rows={view_rows!r} must be at least n_clusters + 1 = "
-                         f"{max(n_clusters + 1, 3)}")
+                         f"{n_clusters + 1}")
     n = len(Z)
     sample = None
     if view_rows is not None and n > view_rows:
