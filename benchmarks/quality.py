@@ -13,6 +13,7 @@ environment: pass that environment's python with --peer-python (see benchmarks/R
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -52,8 +53,9 @@ def run_decflow(X, y, seed, **params):
     est = DeepEmbeddedClustering(n_clusters=len(np.unique(y)), random_state=seed,
                                  **params).fit(X)
     wall = time.perf_counter() - t
+    device = next(est.autoencoder_.parameters()).device
     return {**supervised_scores(y, est.labels_), "seconds": wall,
-            **{f"seconds_{k}": v for k, v in est.timings_.items()}}
+            **{f"seconds_{k}": v for k, v in est.timings_.items()}, "device": str(device)}
 
 
 def run_kmeans(X, y, seed):
@@ -110,9 +112,21 @@ def run_peer(python, method):
     return run
 
 
+def machine():
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"platform": platform.platform(), "python": platform.python_version(),
+            "processor": platform.processor(), "cpu_count": os.cpu_count(),
+            "torch": torch.__version__, "gpu": gpu}
+
+
 def summarise(rows):
     out = {}
     for key in rows[0]:
+        if isinstance(rows[0][key], str):
+            out[key] = sorted({r[key] for r in rows})
+            continue
         vals = np.array([r[key] for r in rows], dtype=float)
         out[key] = {"mean": float(vals.mean()), "min": float(vals.min())}
     return out
@@ -126,17 +140,21 @@ def main(argv=None):
     ap.add_argument("--no-peers", action="store_true", help="skip the ClustPy peer")
     ap.add_argument("--peer-python", help="python of an environment with clustpy installed")
     ap.add_argument("--peer-seeds", help="seeds for the peer (default: --seeds)")
+    ap.add_argument("--device", default="auto",
+                    help="decflow's device: auto (CUDA when present), cpu or cuda; on a GPU "
+                         "machine run once with each to compare them")
     ap.add_argument("--out", default=str(HERE / "results" / "quality"))
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
-    methods = {"decflow": run_decflow, "kmeans": run_kmeans, "umap_gmm": run_umap_gmm,
-               "decflow_v1": lambda X, y, seed: run_decflow(X, y, seed, **PREVIOUS_DEFAULT)}
+    dev = {"device": args.device}
+    methods = {"decflow": lambda X, y, seed: run_decflow(X, y, seed, **dev),
+               "kmeans": run_kmeans, "umap_gmm": run_umap_gmm,
+               "decflow_v1": lambda X, y, seed: run_decflow(X, y, seed, **PREVIOUS_DEFAULT, **dev)}
     if not args.no_peers and args.peer_python:
         methods["clustpy_dec"] = run_peer(args.peer_python, "DEC")
         methods["clustpy_idec"] = run_peer(args.peer_python, "IDEC")
     wanted = args.methods.split(",")
-    results = {"machine": {"platform": platform.platform(), "python": platform.python_version(),
-                           "processor": platform.processor()}, "seeds": seeds, "datasets": {}}
+    results = {"machine": machine(), "seeds": seeds, "datasets": {}}
     for name in args.datasets.split(","):
         if name == "usps" and not USPS.exists():
             print(f"usps: skipped, {USPS} not found (the development data sits in ../shared)")
@@ -153,7 +171,8 @@ def main(argv=None):
             rows = []
             for seed in mseeds:
                 rows.append(fn(X, y, seed))
-                print(name, method, seed, {k: round(v, 4) for k, v in rows[-1].items()},
+                print(name, method, seed,
+                      {k: round(v, 4) if isinstance(v, float) else v for k, v in rows[-1].items()},
                       flush=True)
             ds["methods"][method] = {"runs": rows, "seeds": mseeds, "summary": summarise(rows)}
     out = Path(args.out)
@@ -171,7 +190,8 @@ def to_markdown(results):
             s = m["summary"]
             phases = " / ".join(f"{s[k]['mean']:.0f}" for k in
                                 ("seconds_pretrain", "seconds_init", "seconds_finetune") if k in s)
-            lines.append(f"| {name} ({ds['n_rows']}) | {method} | {len(m['seeds'])} "
+            label = f"{method} ({', '.join(s['device'])})" if "device" in s else method
+            lines.append(f"| {name} ({ds['n_rows']}) | {label} | {len(m['seeds'])} "
                          f"| {s['acc']['mean']:.3f} | {s['acc']['min']:.3f} "
                          f"| {s['nmi']['mean']:.3f} | {s['ari']['mean']:.3f} "
                          f"| {s['seconds']['mean']:.0f} | {phases or '-'} |")
