@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import dask
 import distributed
 from threadpoolctl import ThreadpoolController
 
@@ -48,8 +49,14 @@ def dask_client(compute: ComputeConfig, *, timeout: float = 15.0) -> Iterator[di
     # dashboard, by default on :8787, which warns when another cluster holds that port: give it
     # a free loopback port instead. silence_logs applies only while the cluster lives:
     # start/stop chatter stays out of flow logs, real errors still show.
+    #
+    # The nannies restart a killed worker process themselves. Dask's SpecCluster would also
+    # close the nanny of a worker still missing `lost-worker-timeout` (15 s) after a loss; when
+    # one worker is lost twice about that far apart, the first loss's timer fires while the
+    # worker restarts, closes its nanny mid-restart and the run goes on with one worker fewer.
+    # That timer is meant for lost batch jobs, not for local processes: switch it off here.
     network = {"host": "127.0.0.1"} if compute.processes else {}
-    with distributed.LocalCluster(
+    cluster_kwargs = dict(
         n_workers=compute.n_workers,
         threads_per_worker=compute.threads_per_worker,
         processes=compute.processes,
@@ -58,8 +65,14 @@ def dask_client(compute: ComputeConfig, *, timeout: float = 15.0) -> Iterator[di
         silence_logs=logging.ERROR,
         **({"memory_limit": compute.memory_limit} if compute.memory_limit else {}),
         **network,
-    ) as cluster, distributed.Client(cluster, timeout=timeout) as client:
+    )
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": _NEVER}), \
+            distributed.LocalCluster(**cluster_kwargs) as cluster, \
+            distributed.Client(cluster, timeout=timeout) as client:
         yield client
+
+
+_NEVER = "3650d"  # outlives any run: an asyncio timer that is dropped when the cluster closes
 
 
 _blas_lock = threading.Lock()

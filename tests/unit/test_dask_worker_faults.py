@@ -12,6 +12,7 @@ import signal
 import time
 from pathlib import Path
 
+import dask
 import distributed
 import numpy as np
 import pandas as pd
@@ -91,6 +92,8 @@ def _live_worker_pids(client, gone: int) -> set[int]:
     dead worker (a broadcast to it fails with CommClosedError), so poll, with a deadline."""
     deadline = time.monotonic() + WORKER_TIMEOUT
     while True:
+        nannies = client.cluster.workers  # the embedded cluster's nannies, by worker name
+        assert len(nannies) == 2, f"the cluster closed a nanny, left: {sorted(nannies)}"
         pids = set(client.run(os.getpid, on_error="ignore").values())
         if len(pids) == 2 and gone not in pids:
             return pids
@@ -254,3 +257,24 @@ def test_scoring_with_a_worker_killed_writes_the_same_labels(client, tmp_path, m
     labels = _label(client, tmp_path, model, before_scoring=arm)
     killed()
     pd.testing.assert_frame_equal(labels, labels_reference)
+
+
+# --- the embedded cluster itself ------------------------------------------------------------------
+
+def test_a_killed_worker_restarts_even_when_the_lost_worker_timer_fires_meanwhile():
+    """Dask's SpecCluster closes the nanny of a worker still missing ``lost-worker-timeout``
+    (15 s) after it was lost, unless a worker of that name has registered again. A worker
+    killed twice about 15 s apart is restarting when the first loss's timer fires: the nanny
+    was closed mid-restart and the cluster went on with one worker (seen once in CI, in the
+    model-fetch test above). A timeout of 0 s fires that timer during every restart."""
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "0s"}):
+        with dask_client(ComputeConfig(n_workers=2, threads_per_worker=1,
+                                       processes=True)) as c:
+            pids = c.run(os.getpid)
+            _live_worker_pids(c, gone=-1)
+            victim = min(pids.values())
+            os.kill(victim, signal.SIGKILL)  # a local process: the embedded cluster's worker
+            after = _live_worker_pids(c, gone=victim)
+            assert len(after - set(pids.values())) == 1
+        # the caller's own Dask settings are back once the cluster is gone
+        assert dask.config.get("distributed.deploy.lost-worker-timeout") == "0s"
