@@ -256,6 +256,10 @@ def plot_sizes_vs_last_night(report: DriftReport):
     return fig
 
 
+NOTHING_TO_COMPARE = ("nothing to compare yet: churn needs a champion's labels,\n"
+                      "size shift needs an earlier night")
+
+
 def plot_history(frame: pd.DataFrame, *, max_churn: float | None = None,
                  max_size_shift: float | None = None):
     """Label churn and size shift per night, with the thresholds as dashed lines and
@@ -285,6 +289,9 @@ def plot_history(frame: pd.DataFrame, *, max_churn: float | None = None,
     ax.set_xticks(x, frame["run_date"], rotation=45 if len(x) > 6 else 0, ha="right"
                   if len(x) > 6 else "center", fontsize="small")
     ax.set_ylim(bottom=0)
+    if frame[["label_churn", "size_shift_tvd"]].astype(float).isna().all(axis=None):
+        ax.set_ylim(0, 1)
+        ax.text(0.5, 0.5, NOTHING_TO_COMPARE, ha="center", va="center", transform=ax.transAxes)
     ax.set_ylabel("share of rows (0..1)")
     ax.set_title(f"drift over the last {len(frame)} night(s)")
     ax.grid(alpha=0.3)

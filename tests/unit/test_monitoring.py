@@ -67,7 +67,13 @@ def test_pictures_are_figures(tmp_path):
     assert "shift 0.400 (TVD)" in sizes.axes[0].get_title()
     empty = monitoring.plot_history(pd.DataFrame(columns=monitoring.HISTORY_COLUMNS))
     assert empty.axes[0].texts[0].get_text() == "no nights recorded"
-    for fig in (sizes, empty):
+    # The first night has no champion and no earlier night: no point to draw, so say why.
+    first = pd.DataFrame([{**{c: float("nan") for c in monitoring.HISTORY_COLUMNS},
+                           "run_date": "2026-11-21", "status": "FINISHED", "alert": False}])
+    lone = monitoring.plot_history(first, max_churn=0.2)
+    assert [t.get_text() for t in lone.axes[0].texts] == [monitoring.NOTHING_TO_COMPARE]
+    assert [t.get_text() for t in lone.axes[0].get_xticklabels()] == ["2026-11-21"]
+    for fig in (sizes, empty, lone):
         assert isinstance(fig, Figure)
         fig.savefig(tmp_path / "f.png", dpi=40)
 
