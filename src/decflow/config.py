@@ -289,7 +289,11 @@ class PromotionConfig(_Section):
 
     auto_promote: bool = True  # the nightly flow runs the gate and promotes a passing challenger
     reference_rows: int = Field(default=5000, ge=10)  # sample of the run's window used to compare
-    min_cluster_ratio: float = Field(default=0.5, ge=0)  # smallest share >= ratio * 1/k; no empty
+    # Degenerate clusters are refused, unbalanced ones are not (README "Promotion"): every
+    # cluster holds at least min_cluster_rows rows and none more than max_cluster_share of them.
+    min_cluster_rows: int = Field(default=2, ge=1)  # 0 rows: empty; 1 row: a lone row, no group
+    max_cluster_share: float = Field(default=0.99, gt=0, le=1)  # above: collapsed into one
+    min_cluster_ratio: float = Field(default=0.0, ge=0)  # optional floor: smallest share >= ratio/k
     max_silhouette_drop: float = Field(default=0.05, ge=0)  # challenger >= champion - margin
     max_confidence_drop: float = Field(default=0.05, ge=0)
     max_supervised_drop: float = Field(default=0.02, ge=0)  # ACC/NMI margin (label column only)

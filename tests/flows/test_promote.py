@@ -174,7 +174,7 @@ def test_collapsed_challenger_is_rejected_with_the_failing_gate_named(story):
     assert story["bad_aliases"] == {"champion": "2", "challenger": "3", "previous": "1"}
     tags = version_tags(config, 3)
     assert tags["promotion.decision"] == "reject"
-    assert tags["promotion.gate.cluster_sizes"].startswith("fail value=0 threshold=0.125")
+    assert tags["promotion.gate.cluster_sizes"].startswith("fail value=0 threshold=2 (on ")
     assert "cluster_sizes" in tags["promotion.failed_gates"].split(",")
     assert tags["promotion.summary"].startswith("version 3 rejected, champion 2 stays")
     artifact = latest_artifact("promotion-decision")

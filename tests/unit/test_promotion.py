@@ -12,7 +12,7 @@ from decflow import DeepEmbeddedClustering, registry
 from decflow.config import FeaturesConfig, PromotionConfig
 from decflow.features import FeatureEncoder
 from decflow.promotion import (ReferenceScores, compare_models, evaluate_gates, reference_sample,
-                               score_reference)
+                               score_reference, size_gate)
 
 # tests/conftest.py FAST settings, with the k-means init (no UMAP); importing them from
 # conftest is ambiguous when tests/flows/conftest.py is collected too.
@@ -59,19 +59,61 @@ def test_collapsed_challenger_fails_sizes_and_silhouette():
     assert {g.name for g in d.failed} == {"cluster_sizes", "silhouette", "confidence"}
     assert "3 of 4 clusters empty" in gates(d)["cluster_sizes"].detail
     assert d.to_tags()["promotion.gate.cluster_sizes"].startswith(
-        "fail value=0 threshold=0.125")
+        "fail value=0 threshold=2 (on 200 reference rows")
     assert d.to_tags()["promotion.failed_gates"] == "cluster_sizes,silhouette,confidence"
     assert d.summary().startswith("version 2 rejected, champion 1 stays: failed cluster_sizes")
 
 
-def test_small_cluster_fails_the_size_gate_at_the_configured_ratio():
-    labels = np.concatenate([np.repeat([0, 1, 2], 60), np.full(20, 3)])  # share 0.1 < 0.125
+def test_small_cluster_passes_by_default_and_fails_an_explicit_ratio_floor():
+    labels = np.concatenate([np.repeat([0, 1, 2], 60), np.full(20, 3)])  # share 0.1
     d = evaluate_gates(None, scores(labels), POLICY, validation_success=True)
-    assert [g.name for g in d.failed] == ["cluster_sizes"]
-    relaxed = evaluate_gates(None, scores(labels), PromotionConfig(min_cluster_ratio=0.4),
-                             validation_success=True)
-    assert relaxed.promote
-    assert gates(relaxed)["comparison"].detail.startswith("no champion to compare with")
+    assert d.promote
+    assert gates(d)["comparison"].detail.startswith("no champion to compare with")
+    strict = evaluate_gates(None, scores(labels), PromotionConfig(min_cluster_ratio=0.5),
+                            validation_success=True)  # 0.5 / 4 of 200 rows: 25
+    assert [g.name for g in strict.failed] == ["cluster_sizes"]
+    assert gates(strict)["cluster_sizes"].to_tag().startswith("fail value=20 threshold=25")
+    assert "cluster 3 holds 20 rows, fewer than 25" in gates(strict)["cluster_sizes"].detail
+
+
+# True class sizes of the labelled tabular sets (from their sources; the gate sees only sizes).
+DRY_BEAN = [3546, 2636, 2027, 1928, 1630, 1322, 522]  # BOMBAY: 3.8% with k = 7
+KDD_CUP_99 = [280790, 107201, 97278, 2203, 1589, 1247, 1040, 1020, 979, 264, 231, 53, 30, 21,
+              20, 12, 10, 9, 8, 7, 4, 3, 2]  # 23 connection types, the rarest 2 of 494,021
+
+
+@pytest.mark.parametrize("sizes", [DRY_BEAN, KDD_CUP_99], ids=["dry-bean", "kdd-cup-99"])
+def test_the_default_size_gate_accepts_true_unbalanced_partitions(sizes):
+    gate = size_gate(sizes, POLICY, "rows")
+    assert gate.passed, gate.detail
+    assert gate.value == min(sizes) and gate.threshold == 2
+
+
+@pytest.mark.parametrize("sizes, problem", [
+    ([500, 300, 0, 200], "1 of 4 clusters empty"),
+    ([3546, 2636, 2027, 1928, 1630, 1322, 0], "1 of 7 clusters empty"),
+    ([700, 299, 1], "cluster 2 holds 1 row, fewer than 2"),
+    ([9990, 2, 2, 2, 2, 2], "collapsed: cluster 0 holds 99.9% of the rows, more than 99%"),
+    ([1000, 0, 0, 0], "3 of 4 clusters empty"),
+], ids=["empty", "empty-beside-true-sizes", "one-row", "collapsed-into-one", "all-in-one"])
+def test_the_default_size_gate_refuses_empty_one_row_and_collapsed_clusters(sizes, problem):
+    gate = size_gate(sizes, POLICY, "rows")
+    assert not gate.passed
+    assert problem in gate.detail
+
+
+def test_the_size_gate_judges_the_training_sizes_when_the_model_carries_them():
+    # 5 reference rows cannot show a 1% cluster; the 1,000 training rows do
+    reference = ReferenceScores(np.array([0, 0, 1, 1, 0]), np.full(5, 0.9), 0.5, 3,
+                                training_sizes=np.array([600, 390, 10]))
+    d = evaluate_gates(None, reference, POLICY, validation_success=True)
+    assert d.promote
+    assert gates(d)["cluster_sizes"].detail.startswith("on 1000 training rows: smallest "
+                                                       "cluster 2 10 rows (1.00%)")
+    empty = ReferenceScores(reference.labels, reference.confidence, 0.5, 3,
+                            training_sizes=np.array([600, 400, 0]))
+    assert [g.name for g in evaluate_gates(None, empty, POLICY, validation_success=True).failed
+            ] == ["cluster_sizes"]
 
 
 def test_margins_validation_agreement_floor_and_supervised_gates():
@@ -114,6 +156,7 @@ def test_score_reference_and_compare_models_on_a_fitted_model():
         est = DeepEmbeddedClustering(3, random_state=0, **FAST).fit(X)
     s = score_reference(encoder, est, frame)
     assert s.n_clusters == 3 and s.sizes.sum() == 120 and s.silhouette > 0.3
+    assert s.training_sizes.tolist() == np.bincount(est.labels_, minlength=3).tolist()
     d = compare_models((encoder, est), (encoder, est), frame, POLICY, label_column="truth",
                        validation_success=True, candidate_version="2", champion_version="1")
     assert d.promote and {"acc", "nmi"} <= set(gates(d))
