@@ -140,6 +140,9 @@ class FeaturesConfig(_Section):
     # (all by one common scale: columns in one unit keep their relative spread), "auto": shared
     # when no column's std exceeds 10x the median std of the numeric columns, else column.
     numeric_scaling: Literal["auto", "column", "shared"] = "auto"
+    # "relevance": each column weighted in [0, 1] by how much of it the other columns predict
+    # (label-free; noise columns get 0); "equal": every column weighs as one numeric column
+    column_weighting: Literal["relevance", "equal"] = "relevance"
     max_categories: int = Field(default=50, ge=1)  # most frequent kept, the rest -> unknown
     text_components: int = Field(default=32, ge=1)
 

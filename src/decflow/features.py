@@ -19,6 +19,16 @@
 - text: TF-IDF (sklearn defaults: lower-case, ``\\b\\w\\w+\\b`` tokens, smooth idf, l2 rows) and
   truncated SVD to ``text_components`` dimensions. The fitted vocabulary, idf and SVD
   components are stored as plain lists and the transform is reimplemented with numpy/scipy.
+
+Weight of a column. A categorical column's one-hot block and a text column's SVD block are
+scaled to a total variance of 1 on the training rows: each declared column starts with the
+weight of one standardised numeric column (a two-valued categorical column then sits exactly
+as its standardised 0/1 indicator would). With ``column_weighting="relevance"`` (the default)
+every column is then multiplied by a weight in [0, 1] measured on the training rows without
+labels: how much of the column its nearest rows in the *other* columns predict
+(``decflow.relevance``). A column that nothing else in the table predicts (a random code, an
+unrelated number or text) gets weight 0 and no longer shapes the clusters; columns that share
+structure keep weight 1. ``weights_`` and ``relevance_`` hold the measures per column.
 """
 
 import hashlib
@@ -34,12 +44,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .config import FeaturesConfig
+from .relevance import RELEVANCE_ROWS, column_relevance
 
 UNKNOWN = "__unknown__"
 TEXT_MAX_FEATURES = 5000  # TF-IDF vocabulary cap: bounds the JSON state (components are k x V)
 _TOKEN_PATTERN = re.compile(r"(?u)\b\w\w+\b")  # TfidfVectorizer's default token_pattern
 _FORMAT = "decflow.FeatureEncoder"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: per-column "block_scale" and "weight" (files of version 1: both 1)
+_READABLE_VERSIONS = (1, 2)
 
 
 class FeatureEncoder:
@@ -55,6 +67,9 @@ class FeatureEncoder:
         n_features_out_: width of the output vectors.
         feature_names_out_: one name per output column: ``"x"``, ``"c=red"``,
             ``"c=__unknown__"``, ``"pixels[0]"``, ``"title:svd0"``.
+        weights_: ``{column: weight}`` in [0, 1] (all 1 with ``column_weighting="equal"``).
+        relevance_: ``{column: R^2}`` predicted from the other columns (None where not
+            measured: equal weighting, a single column, too few distinct rows).
     """
 
     def __init__(self, features: FeaturesConfig):
@@ -104,7 +119,47 @@ class FeatureEncoder:
         self.state_ = state
         self.feature_names_out_ = self._names()
         self.n_features_out_ = len(self.feature_names_out_)
+        for col in [*f.categorical, *f.text]:  # one unit of variance per declared column
+            block = _ENCODE[state[col]["kind"]](df[col], state[col], col).astype(np.float64)
+            total = float(block.var(axis=0).sum())
+            state[col]["block_scale"] = 1.0 / np.sqrt(total) if total > 1e-12 else 1.0
+        self._fit_weights(df)
         return self
+
+    def _fit_weights(self, df: pd.DataFrame) -> None:
+        """Set each column's ``weight`` (see the module docstring) from a seeded sample."""
+        cols = self.features.columns()
+        for col in cols:
+            self.state_[col]["weight"] = 1.0
+            self.state_[col]["relevance"] = None
+        if self.features.column_weighting != "relevance" or len(cols) < 2:
+            return
+        rows = min(len(df), 4 * RELEVANCE_ROWS)
+        sample = df.iloc[np.sort(np.random.default_rng(0).choice(len(df), rows, replace=False))]
+        blocks = [self._encode_column(sample, col) for col in cols]
+        relevance, weight = column_relevance(blocks)
+        for col, r, w in zip(cols, relevance, weight):
+            self.state_[col]["weight"] = float(w)
+            self.state_[col]["relevance"] = None if np.isnan(r) else float(r)
+
+    @property
+    def weights_(self) -> dict[str, float]:
+        self._check_fitted()
+        return {c: float(self.state_[c].get("weight", 1.0)) for c in self.features.columns()}
+
+    @property
+    def relevance_(self) -> dict[str, float | None]:
+        self._check_fitted()
+        return {c: self.state_[c].get("relevance") for c in self.features.columns()}
+
+    def _encode_column(self, df: pd.DataFrame, col: str) -> np.ndarray:
+        """One column's (n, width) block, scaled by its ``block_scale`` and ``weight``."""
+        st = self.state_[col]
+        block = _ENCODE[st["kind"]](df[col], st, col)
+        factor = st.get("block_scale", 1.0) * st.get("weight", 1.0)
+        if factor != 1.0:
+            block = block * np.float32(factor)
+        return block
 
     def transform(self, df: pd.DataFrame) -> np.ndarray:
         """Encode ``df``.
@@ -123,8 +178,7 @@ class FeatureEncoder:
         out = np.empty((len(df), self.n_features_out_), dtype=np.float32)
         j = 0
         for col in self.features.columns():
-            st = self.state_[col]
-            block = _ENCODE[st["kind"]](df[col], st, col)
+            block = self._encode_column(df, col)
             out[:, j:j + block.shape[1]] = block
             j += block.shape[1]
         return out
@@ -191,8 +245,9 @@ class FeatureEncoder:
     def load(cls, path) -> "FeatureEncoder":
         """Read a file written by ``save``; the result transforms exactly as the saved encoder."""
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
-        if doc.get("format") != _FORMAT or doc.get("version") != _FORMAT_VERSION:
-            raise ValueError(f"{path} is not a FeatureEncoder file of version {_FORMAT_VERSION} "
+        if doc.get("format") != _FORMAT or doc.get("version") not in _READABLE_VERSIONS:
+            raise ValueError(f"{path} is not a FeatureEncoder file of a version in "
+                             f"{list(_READABLE_VERSIONS)} "
                              f"(format={doc.get('format')!r}, version={doc.get('version')!r})")
         enc = cls(FeaturesConfig.model_validate(doc["features"]))
         missing = sorted(set(enc.features.columns()) - set(doc["state"]))

@@ -52,7 +52,11 @@ def test_categorical_keeps_most_frequent_and_has_unknown_bucket():
     enc = FeatureEncoder(FeaturesConfig(categorical=["c"], max_categories=2)).fit(df)
     assert enc.feature_names_out_ == ["c=blue", "c=red", "c=__unknown__"]
     out = enc.transform(pd.DataFrame({"c": ["red", "blue", "pink", "never-seen", None]}))
-    np.testing.assert_array_equal(out, [[0, 1, 0], [1, 0, 0], [0, 0, 1], [0, 0, 1], [0, 0, 1]])
+    # one-hot, scaled to one unit of variance on the training rows: shares 3/7, 2/7, 2/7
+    scale = 1 / np.sqrt(1 - (9 + 4 + 4) / 49)
+    np.testing.assert_allclose(out, scale * np.array(
+        [[0, 1, 0], [1, 0, 0], [0, 0, 1], [0, 0, 1], [0, 0, 1]]), rtol=1e-6)
+    assert enc.transform(df).var(axis=0).sum() == pytest.approx(1.0)
     assert enc.schema()["c"] == {"kind": "categorical", "dtype": "string",
                                  "categories": ["blue", "red"]}
 
@@ -100,11 +104,13 @@ def test_text_reimplementation_equals_sklearn(frame):
     tfidf = TfidfVectorizer().fit(docs)
     svd = TruncatedSVD(n_components=3, random_state=0).fit(tfidf.transform(docs))
     expected = svd.transform(tfidf.transform(docs))
+    expected /= np.sqrt(expected.var(axis=0).sum())  # one unit of variance, as any column
     assert enc.feature_names_out_ == ["t:svd0", "t:svd1", "t:svd2"]
     np.testing.assert_allclose(enc.transform(frame), expected, atol=1e-6)
     # unseen words are ignored, an all-unknown document is the zero vector
     out = enc.transform(pd.DataFrame({"t": ["RED Apple zebra", "zebra"]}))
-    np.testing.assert_allclose(out[0], svd.transform(tfidf.transform(["red apple"]))[0], atol=1e-6)
+    np.testing.assert_allclose(out[0], enc.state_["t"]["block_scale"]
+                               * svd.transform(tfidf.transform(["red apple"]))[0], atol=1e-6)
     assert not out[1].any()
 
 
@@ -170,7 +176,8 @@ def test_integer_categories_survive_nulls_turning_the_column_float():
     enc = FeatureEncoder(FeaturesConfig(categorical=["c"])).fit(pd.DataFrame({"c": [3, 3, 7]}))
     assert enc.feature_names_out_ == ["c=3", "c=7", "c=__unknown__"]
     out = enc.transform(pd.DataFrame({"c": [3.0, np.nan, 7.0]}))
-    np.testing.assert_array_equal(out, [[1, 0, 0], [0, 0, 1], [0, 1, 0]])
+    assert enc.state_["c"]["block_scale"] == pytest.approx(1.5)  # shares 2/3, 1/3
+    np.testing.assert_allclose(out / 1.5, [[1, 0, 0], [0, 0, 1], [0, 1, 0]], rtol=1e-6)
 
 
 def test_numeric_columns_of_one_unit_share_one_scale():
