@@ -73,7 +73,7 @@ def recluster(config: PipelineConfig = PipelineConfig(), run_date: dt.date | Non
                              config.validation.min_window_days)
         report = validate_features(window, config, run_id)
         train = sample_training_rows(window, config)
-        encoder, X = embed_features(train, config)
+        encoder, X = embed_features(train, config, run_id)
         old_version, champion = load_model(config)
         warm = champion_weights(champion, encoder, config)
         model = pretrain_autoencoder(X, config, run_id, warm, progress)

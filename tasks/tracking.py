@@ -160,8 +160,9 @@ def log_dict(config: PipelineConfig, run_id: str, data: dict, path: str) -> None
 def log_metrics(config: PipelineConfig, run_id: str, metrics: dict[str, float],
                 step: int = 0) -> None:
     now = int(dt.datetime.now().timestamp() * 1000)
-    client(config).log_batch(run_id, metrics=[Metric(k, float(v), now, step)
-                                              for k, v in metrics.items()])
+    items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    for start in range(0, len(items), 1000):  # MLflow takes at most 1,000 metrics a call
+        client(config).log_batch(run_id, metrics=items[start:start + 1000])
 
 
 def log_figure(config: PipelineConfig, run_id: str, figure, path: str) -> None:

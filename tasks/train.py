@@ -1,5 +1,7 @@
 """Feature embedding, pretraining, Dask centroid initialisation, DEC fine-tuning, evaluation."""
 
+import re
+
 import numpy as np
 import pandas as pd
 from prefect import task
@@ -13,12 +15,12 @@ from decflow.compute import dask_client
 from decflow.config import PipelineConfig
 from decflow.dask_kmeans import kmeans_dask
 from decflow.features import FeatureEncoder
-from decflow.initialization import select_manifold_init
+from decflow.initialization import select_manifold_init, view_dimensions
 from decflow.scoring import source_columns
 from decflow.storage import WindowScan
 from decflow.tracking import MlflowCallback
 
-from .tracking import client, log_figure, log_metrics
+from .tracking import client, log_dict, log_figure, log_metrics
 from .runtime import redact_errors
 
 
@@ -39,11 +41,25 @@ def sample_training_rows(window: WindowScan, config: PipelineConfig) -> pd.DataF
 
 @task(name="embed_features", cache_policy=NO_CACHE)
 @redact_errors
-def embed_features(frame: pd.DataFrame, config: PipelineConfig
+def embed_features(frame: pd.DataFrame, config: PipelineConfig, run_id: str | None = None
                    ) -> tuple[FeatureEncoder, np.ndarray]:
-    """Fit the feature encoder on the training rows and embed them."""
+    """Fit the feature encoder on the training rows and embed them; log each column's weight
+    and relevance (``features/column_weights.json``, metrics ``feature_weight.<column>``)."""
     encoder = FeatureEncoder(config.features)
-    return encoder, encoder.fit_transform(frame)
+    X = encoder.fit_transform(frame)
+    if run_id is not None:
+        weights = {c: {"weight": w, "relevance": encoder.relevance_[c]}
+                   for c, w in encoder.weights_.items()}
+        log_dict(config, run_id, {"column_weighting": config.features.column_weighting,
+                                  "columns": weights}, "features/column_weights.json")
+        log_metrics(config, run_id, {f"feature_weight.{_metric_name(c)}": w
+                                     for c, w in encoder.weights_.items()})
+    return encoder, X
+
+
+def _metric_name(column: str) -> str:
+    """A column name as MLflow accepts in a metric key (letters, digits, ``_-.`` and space)."""
+    return re.sub(r"[^\w\-. ]", "_", column)
 
 
 @task(name="pretrain_autoencoder", cache_policy=NO_CACHE)
@@ -71,8 +87,9 @@ def pretrain_autoencoder(X: np.ndarray, config: PipelineConfig, run_id: str,
 def init_centroids(est: DeepEmbeddedClustering, X: np.ndarray, config: PipelineConfig,
                    run_id: str) -> tuple[np.ndarray, np.ndarray | None]:
     """k-means over Dask on the embedding, or (``model.init="manifold"``) Gaussian mixtures on
-    ``model.init_views`` UMAP views of it, each also started from the Dask k-means centres of
-    its view, the candidate with the highest silhouette in its view kept. The views are fitted
+    ``model.init_views`` UMAP views of it (or of the scaled input, ``model.view_space``),
+    each also started from the Dask k-means centres of its view, the candidate with the
+    highest silhouette in its view kept. The views are fitted
     on at most ``model.init_view_rows`` rows; the chosen one places the others.
 
     Returns:
@@ -84,7 +101,7 @@ def init_centroids(est: DeepEmbeddedClustering, X: np.ndarray, config: PipelineC
     t0 = time.perf_counter()
     k, seed = config.model.n_clusters, config.train.random_state
     Z = est.transform(X)
-    runs = []
+    runs, extra = [], {}
     with dask_client(config.compute) as dask:
         def dask_kmeans(space):
             runs.append(kmeans_dask(space, k, client=dask, random_state=seed,
@@ -92,16 +109,22 @@ def init_centroids(est: DeepEmbeddedClustering, X: np.ndarray, config: PipelineC
             return runs[-1].cluster_centers
 
         if config.model.init == "manifold":
+            S, space = est.view_data(X)
+            client(config).set_tag(run_id, "decflow.init_view_space", space)
             chosen = select_manifold_init(Z, k, n_views=config.model.init_views,
                                           n_init=config.kmeans.n_init, random_state=seed,
                                           external_means=dask_kmeans,
-                                          view_rows=config.model.init_view_rows)
+                                          view_rows=config.model.init_view_rows,
+                                          views_of=S if space == "input" else None,
+                                          view_dims=view_dimensions(
+                                              k, config.model.n_components))
             centers, target = chosen.centers, chosen.resp
             km = runs[chosen.chosen // 2]  # two candidates per view: restarts, Dask start
             extra = {"init_silhouette": chosen.silhouettes[chosen.chosen],
-                     "init_candidate": chosen.chosen, "init_view_rows": chosen.view_rows}
+                     "init_candidate": chosen.chosen, "init_view_rows": chosen.view_rows,
+                     "input_dimension": est.input_dimension_}
         else:
-            centers, target, extra = dask_kmeans(Z), None, {}
+            centers, target = dask_kmeans(Z), None
             km = runs[-1]
     log_metrics(config, run_id, {"kmeans_inertia": km.inertia, "kmeans_n_iter": km.n_iter,
                                  **extra,

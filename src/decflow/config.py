@@ -209,11 +209,15 @@ class ModelConfig(_Section):
     gamma: float = Field(default=0.1, ge=0)  # IDEC reconstruction weight; 0 = plain DEC
     input_dropout: float = Field(default=0.2, ge=0, lt=1)
     init: Literal["manifold", "k-means"] = "manifold"
+    # where the manifold views are fitted: "auto" (the scaled input when its effective
+    # dimension is at most n_components, else the embedding z), "embedding" or "input"
+    view_space: Literal["auto", "embedding", "input"] = "auto"
     # UMAP views the manifold initialisation fits; the highest silhouette (label-free) wins
     init_views: int = Field(default=5, ge=1)
     # rows the views are fitted on (a seeded sample); the chosen view places the rest; null: all
     init_view_rows: int | None = Field(default=50000, ge=3)
-    min_cluster_size: float = Field(default=0.1, ge=0)  # fraction of n/k below which a cluster is degenerate
+    # a cluster empty or under this fraction of n/k is degenerate (warned; 0: empty ones only)
+    min_cluster_size: float = Field(default=0.0, ge=0)
 
     @model_validator(mode="after")
     def _check(self):

@@ -17,6 +17,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import __version__
 from .initialization import kmeans_init, manifold_init
+from .initialization import effective_dimension, view_dimensions
+from .initialization import view_space as choose_view_space
 from .nn import Autoencoder, ClusteringLayer
 from .training import encode, fit_dec, pretrain_autoencoder
 
@@ -76,6 +78,12 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         the centroids directly (for example from a distributed k-means) and skips both.
     n_init : int, default=10
         Restarts of the k-means / Gaussian mixture initialisation.
+    view_space : {"auto", "embedding", "input"}, default="auto"
+        Where the "manifold" initialisation fits its views: on the embedding z, or on the
+        scaled input itself. "auto" takes the input when its effective dimension (participation
+        ratio of the covariance spectrum) is at most ``n_components``: the autoencoder then
+        compresses nothing and its embedding distorts what the input shows (see
+        ``decflow.initialization``).
     init_views : int, default=5
         UMAP views fitted by the "manifold" initialisation; the candidate partition with the
         highest silhouette in its own view is kept (label-free; see
@@ -92,9 +100,11 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
     input_scaling : {"global", "none"}, default="global"
         "global" centres each feature and divides all by one common scale, keeping the relative
         scale of features (pixels, precomputed embeddings); "none" uses X as given.
-    min_cluster_size : float, default=0.1
-        A cluster smaller than this fraction of n_samples / n_clusters counts as degenerate:
-        re-seeded after initialisation, reported by a ``DegenerateClusterWarning`` afterwards.
+    min_cluster_size : float, default=0.0
+        A cluster that is empty or smaller than this fraction of n_samples / n_clusters counts
+        as degenerate: re-seeded after a k-means initialisation, reported by a
+        ``DegenerateClusterWarning`` afterwards. The default flags empty clusters only: real
+        tables hold true groups far below 1/k of the rows.
     device : {"auto", "cpu", "cuda", ...}, default="auto"
         "auto" uses CUDA when present (bf16 mixed precision, data kept on the GPU when it fits).
     random_state : int or None, default=None
@@ -115,6 +125,11 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         Wall seconds per phase: ``pretrain``, ``init``, ``finetune``.
     degenerate_clusters_ : dict
         Cluster id -> size for clusters left empty or tiny at the end of fitting.
+    view_space_ : str
+        "embedding" or "input": where the manifold views were fitted ("none" for other inits).
+    input_dimension_ : float
+        Effective dimension of the scaled input (participation ratio), which "auto" compares
+        with ``n_components``.
     n_features_in_ : int
     """
 
@@ -122,9 +137,9 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
                  gamma=0.1, pretrain_epochs="auto", pretrain_steps=4500,
                  pretrain_optimizer="adamw", pretrain_lr=1e-3, input_dropout=0.2,
                  finetune_lr=1e-4, update_interval=None, tol=0.001, max_iter="auto",
-                 batch_size=256, init="manifold", n_init=10, init_views=5,
+                 batch_size=256, init="manifold", n_init=10, view_space="auto", init_views=5,
                  init_view_rows=50000, anchor_updates="all", input_scaling="global",
-                 min_cluster_size=0.1, device="auto", random_state=None, callbacks=None):
+                 min_cluster_size=0.0, device="auto", random_state=None, callbacks=None):
         self.n_clusters = n_clusters
         self.n_components = n_components
         self.hidden = hidden
@@ -142,6 +157,7 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.init = init
         self.n_init = n_init
+        self.view_space = view_space
         self.init_views = init_views
         self.init_view_rows = init_view_rows
         self.anchor_updates = anchor_updates
@@ -240,8 +256,9 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
                 centers = _check_centers(init, self.n_clusters, self.n_components)
             else:
                 Z = encode(self.autoencoder_, Xt, device).cpu().numpy()
-                centers, target = self._initial_centers(Z, seed)
-                centers = self._reseed_degenerate(Z, centers)
+                centers, target = self._initial_centers(Z, seed, X)
+                if target is None:  # a target (the mixture's posteriors) defines its clusters
+                    centers = self._reseed_degenerate(Z, centers)
             if target is not None:
                 target = np.asarray(target, dtype=np.float32)
                 if target.shape != (n, self.n_clusters):
@@ -354,6 +371,7 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
                 "n_iter_": self.n_iter_, "converged_": self.converged_,
                 "history_": self.history_, "timings_": self.timings_,
                 "degenerate_clusters_": {str(k): v for k, v in self.degenerate_clusters_.items()},
+                "view_space_": getattr(self, "view_space_", "none"),
             }),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -394,6 +412,7 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         est.history_ = fitted["history_"]
         est.timings_ = fitted["timings_"]
         est.degenerate_clusters_ = {int(k): v for k, v in fitted["degenerate_clusters_"].items()}
+        est.view_space_ = fitted.get("view_space_", "none")
         est.autoencoder_ = Autoencoder(est.n_features_in_, list(est.hidden), est.n_components,
                                        est.input_dropout)
         est.autoencoder_.load_state_dict({k.removeprefix("autoencoder."): v
@@ -429,6 +448,9 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
             raise ValueError(f"gamma={self.gamma!r} must be >= 0")
         if self.alpha <= 0:
             raise ValueError(f"alpha={self.alpha!r} must be > 0")
+        if self.view_space not in ("auto", "embedding", "input"):
+            raise ValueError(f"view_space={self.view_space!r} must be 'auto', 'embedding' or "
+                             "'input'")
         if self.input_scaling not in ("global", "none"):
             raise ValueError(f"input_scaling={self.input_scaling!r} must be 'global' or 'none'")
         if self.pretrain_optimizer != "adamw":
@@ -463,13 +485,41 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
             return int(np.clip(30 * steps_per_epoch, 500, 20000))
         return int(self.max_iter)
 
-    def _initial_centers(self, Z, seed):
+    def view_data(self, X) -> tuple[np.ndarray, str]:
+        """The rows the manifold views are fitted on, and where they live.
+
+        Args:
+            X: (n_samples, n_features), the rows ``pretrain`` saw.
+
+        Returns:
+            ((n_samples, m) float32, "embedding" or "input"): the embedding z, or the scaled
+            input when ``view_space`` (resolved by ``decflow.initialization.view_space``)
+            says so. Sets ``view_space_`` and ``input_dimension_`` (the input's effective
+            dimension).
+        """
+        check_is_fitted(self, "autoencoder_")
+        X = _check_array(X, "X")
+        Xs = ((X - self.scaler_mean_) / np.float32(self.scaler_scale_)).astype(np.float32)
+        self.input_dimension_ = effective_dimension(Xs)
+        self.view_space_ = choose_view_space(self.input_dimension_, self.n_components,
+                                             self.view_space)
+        if self.view_space_ == "input":
+            return Xs, self.view_space_
+        return self.transform(X), self.view_space_
+
+    def _initial_centers(self, Z, seed, X):
+        self.view_space_ = "none"
         if not isinstance(self.init, str):
             return np.asarray(self.init, dtype=np.float32), None
         if self.init == "k-means":
             return kmeans_init(Z, self.n_clusters, self.n_init, seed), None
+        S, _ = self.view_data(X)
+        _log.info("initialisation: %d UMAP views of the %s", self.init_views,
+                  "scaled input" if self.view_space_ == "input" else "embedding z")
         return manifold_init(Z, self.n_clusters, self.n_init, seed, n_views=self.init_views,
-                             view_rows=self.init_view_rows)
+                             view_rows=self.init_view_rows,
+                             views_of=S if self.view_space_ == "input" else None,
+                             view_dims=view_dimensions(self.n_clusters, self.n_components))
 
     def _min_size(self, n: int) -> float:
         return self.min_cluster_size * n / self.n_clusters
@@ -480,7 +530,7 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         d2 = ((Z[:, None, :] - centers[None]) ** 2).sum(-1)
         labels = d2.argmin(1)
         sizes = np.bincount(labels, minlength=self.n_clusters)
-        bad = np.flatnonzero(sizes < self._min_size(len(Z)))
+        bad = np.flatnonzero((sizes == 0) | (sizes < self._min_size(len(Z))))
         if len(bad) == 0:
             return centers
         far = np.argsort(-d2[np.arange(len(Z)), labels])
@@ -494,7 +544,7 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def _report_degenerate(self, labels):
         sizes = np.bincount(labels, minlength=self.n_clusters)
-        bad = np.flatnonzero(sizes < self._min_size(len(labels)))
+        bad = np.flatnonzero((sizes == 0) | (sizes < self._min_size(len(labels))))
         self.degenerate_clusters_ = {int(j): int(sizes[j]) for j in bad}
         if bad.size:
             n_empty = int((sizes == 0).sum())
@@ -592,7 +642,8 @@ def estimator_from_config(config, callbacks=None) -> DeepEmbeddedClustering:
         min_cluster_size=m.min_cluster_size, pretrain_epochs=t.pretrain_epochs,
         pretrain_steps=t.pretrain_steps, pretrain_lr=t.pretrain_lr, finetune_lr=t.finetune_lr,
         update_interval=t.update_interval, tol=t.tol, max_iter=t.max_iter,
-        batch_size=t.batch_size, n_init=config.kmeans.n_init, init_views=m.init_views,
+        batch_size=t.batch_size, n_init=config.kmeans.n_init, view_space=m.view_space,
+        init_views=m.init_views,
         init_view_rows=m.init_view_rows,
         anchor_updates=t.anchor_updates, device=t.device,
         random_state=t.random_state, callbacks=callbacks)

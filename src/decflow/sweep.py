@@ -385,7 +385,13 @@ def run_sweep(config, ks: Sequence[int], *, run_date=None, seeds: int = 3,
         f"({epochs} epochs)")
     est.pretrain(X, epochs=epochs)
     timings["pretrain"] = est.timings_["pretrain"]
-    result = sweep_k(est.transform(X), ks, init=config.model.init, seeds=seeds, y=y,
+    # the views of the space the nightly run would draw its clusters in (model.view_space)
+    S, space = est.view_data(X) if config.model.init == "manifold" else (est.transform(X),
+                                                                          "embedding")
+    say(f"views of the {'scaled input' if space == 'input' else 'embedding z'} "
+        f"(effective input dimension {est.input_dimension_:.1f})"
+        if config.model.init == "manifold" else "k-means on the embedding z")
+    result = sweep_k(S, ks, init=config.model.init, seeds=seeds, y=y,
                      random_state=t.random_state or 0, n_init=config.kmeans.n_init,
                      progress=progress)
     timings.update(result.timings)
@@ -396,6 +402,7 @@ def run_sweep(config, ks: Sequence[int], *, run_date=None, seeds: int = 3,
                "label_column": src.label_column if y is not None else None,
                "pretrain_epochs": len(est.history_["pretrain_loss"]),
                "pretrain_epochs_overridden": pretrain_epochs is not None,
+               "view_space": space,
                "configured_k": config.model.n_clusters}
     return replace(result, timings=timings, context=context)
 

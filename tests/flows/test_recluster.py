@@ -84,6 +84,14 @@ def test_registered_version_has_both_aliases_and_the_run_is_tracked(pipeline):
     assert {"plots/training_curves.png", "plots/cluster_sizes.png",
             "plots/embedding_2d.png"} <= artifacts
     assert result["metrics"]["acc"] > 0.9  # four well-separated blobs
+    # every column shares the blobs: full weight each, logged with its relevance
+    assert {k: v for k, v in run.data.metrics.items() if k.startswith("feature_weight.")} == {
+        "feature_weight.x": 1.0, "feature_weight.c": 1.0, "feature_weight.emb": 1.0}
+    with open(client.download_artifacts(result["run_id"], "features/column_weights.json")) as f:
+        weights = json.load(f)
+    assert weights["column_weighting"] == "relevance"
+    assert set(weights["columns"]) == {"x", "c", "emb"}
+    assert all(w["relevance"] > 0.3 for w in weights["columns"].values())
 
 
 def test_cluster_profiles_name_what_each_cluster_is(pipeline, tmp_path):

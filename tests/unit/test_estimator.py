@@ -87,6 +87,7 @@ def test_save_load_round_trip(fitted, blobs, tmp_path):
     np.testing.assert_array_equal(loaded.predict_proba(X), fitted.predict_proba(X))
     assert loaded.get_params()["n_clusters"] == 4
     assert loaded.history_ == fitted.history_
+    assert loaded.view_space_ == fitted.view_space_ == "input"  # 4 blobs span 3 directions
     assert not list(tmp_path.glob("*.tmp"))
 
 
@@ -134,6 +135,18 @@ def test_degenerate_clusters_are_reported(blobs):
         est.fit(X)
     assert est.degenerate_clusters_
     assert all(size < 0.9 * len(X) / 12 for size in est.degenerate_clusters_.values())
+
+
+@pytest.mark.parametrize("setting, space", [("auto", "input"), ("embedding", "embedding")])
+def test_views_of_the_input_when_it_spans_fewer_directions_than_z(setting, space):
+    # 200 rows on a 2-d plane inside 12 columns: an embedding of 4 compresses nothing
+    rng = np.random.default_rng(0)
+    plane = np.repeat([[0, 0], [8, 0], [0, 8]], [70, 70, 60], axis=0) + rng.normal(size=(200, 2))
+    X = (plane @ rng.normal(size=(2, 12))).astype(np.float32)
+    est = DeepEmbeddedClustering(3, random_state=0, view_space=setting, **FAST).fit(X)
+    assert est.view_space_ == space and est.input_dimension_ < 2.01
+    truth = np.repeat([0, 1, 2], [70, 70, 60])
+    assert cluster_accuracy(truth, est.labels_) > 0.95
 
 
 def test_library_never_imports_prefect():

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 import decflow.initialization as init_module
-from decflow.initialization import (partition_silhouette, select_manifold_init, view_seeds)
+from decflow.initialization import (effective_dimension, partition_silhouette,
+                                    select_manifold_init, view_dimensions, view_seeds,
+                                    view_space)
 from decflow.nn import ClusteringLayer
 from decflow.training import fit_dec
 
@@ -109,6 +111,60 @@ def test_a_sample_no_smaller_than_the_rows_changes_nothing(monkeypatch):
     assert fitted == [160] * 4 and every.view_rows == same.view_rows == 160
     np.testing.assert_array_equal(every.resp, same.resp)
     np.testing.assert_array_equal(every.centers, same.centers)
+
+
+def test_effective_dimension_counts_the_directions_rows_spread_in():
+    rng = np.random.default_rng(0)
+    assert effective_dimension(rng.normal(size=(4000, 8))) == pytest.approx(8, rel=0.05)
+    line = np.outer(rng.normal(size=500), rng.normal(size=6)) + 1e-6 * rng.normal(size=(500, 6))
+    assert effective_dimension(line) == pytest.approx(1, abs=1e-3)
+    assert effective_dimension(np.ones((20, 3))) == 1.0
+    # 16 columns driven by 3 factors span about 3 directions, whatever their count
+    wide = rng.normal(size=(2000, 3)) @ rng.normal(size=(3, 16))
+    assert effective_dimension(wide) < 3.01
+
+
+def test_view_space_takes_the_input_when_the_embedding_would_not_compress():
+    assert view_space(2.4, 10) == "input"  # a table of few directions (Dry Bean: 2.4)
+    assert view_space(10.0, 10) == "input"
+    assert view_space(13.2, 10) == "embedding"  # pixels (digits: 13.2)
+    assert view_space(2.4, 10, "embedding") == "embedding"
+    assert view_space(13.2, 10, "input") == "input"
+    with pytest.raises(ValueError, match="view space 'raw' must be one of"):
+        view_space(3.0, 10, "raw")
+
+
+def test_views_have_k_dimensions_but_no_more_than_the_embedding():
+    assert view_dimensions(7, 10) == 7
+    assert view_dimensions(26, 10) == 10
+    assert view_dimensions(26, 32) == 26
+
+
+def test_views_of_other_rows_give_centroids_in_z(monkeypatch):
+    """The views are fitted on ``views_of`` (here the blobs), the centroids are the
+    posterior-weighted means of Z (here another space of the same rows)."""
+    rng = np.random.default_rng(3)
+    clean, truth = _blobs(rng, 0)
+    Z = rng.normal(size=(160, 5)).astype(np.float32) + 3 * truth[:, None]
+    fitted = []
+    real = init_module._fit_view
+
+    def spy(rows, k, seed, n_neighbors=20):
+        fitted.append((rows.shape, k))
+        return real(rows, k, seed, n_neighbors)
+
+    monkeypatch.setattr(init_module, "_fit_view", spy)
+    chosen = select_manifold_init(Z, 4, n_views=2, n_init=2, random_state=0,
+                                  views_of=clean, view_dims=3)
+    assert fitted == [((160, 2), 3), ((160, 2), 3)]
+    from sklearn.metrics import adjusted_rand_score
+    labels = chosen.resp.argmax(axis=1)
+    assert adjusted_rand_score(truth, labels) > 0.99
+    assert chosen.centers.shape == (4, 5)
+    for j in range(4):
+        np.testing.assert_allclose(chosen.centers[j], Z[labels == j].mean(axis=0), atol=0.05)
+    with pytest.raises(ValueError, match="views_of has 10 rows, Z has 160"):
+        select_manifold_init(Z, 4, views_of=clean[:10])
 
 
 def test_view_rows_must_exceed_the_clusters():
