@@ -9,22 +9,27 @@ One profile per cluster id ``0..k-1`` (empty clusters included, with size 0 and 
   ``+2.1`` means the cluster's mean is 2.1 standard deviations above the mean of all other
   rows. Nulls and non-finite values are ignored; the pooled std is that of the two groups
   (cluster, rest) around their own means. A constant column scores 0; when both groups are
-  constant but differ, the column's overall std is used instead. Only features with a non-zero
-  score are listed. Elements of a vector column count as numeric features named ``name[i]`` when
+  constant but differ, the column's overall std is used instead. A feature is listed only when
+  the difference is both material and clear: ``|value| >= MIN_EFFECT`` (0.2, Cohen's "small")
+  and its two-sample statistic ``|value| * sqrt(n_in * n_out / n)`` at least ``MIN_Z`` (4), so
+  that a column of noise, whose clusters differ by chance, is not named. Elements of a vector column count as numeric features named ``name[i]`` when
   the vector has at most ``MAX_VECTOR_ELEMENTS`` elements; longer vectors (pixels, embeddings)
   are skipped, as their single elements do not describe anything to a reader.
 - ``categories``: over-represented values of each categorical column, ranked by
   ``lift = share_in / share_overall`` = P(value | cluster) / P(value); ``×3`` means the value is
   three times as common in the cluster as overall. Nulls count as the value ``"(null)"``. A value
-  is listed only if its lift is above 1 and it holds at least ``max(MIN_COUNT, MIN_SHARE x size)``
-  of the cluster's rows, so that one stray row cannot give a huge lift.
+  is listed only if its lift is above 1, it holds at least ``max(MIN_COUNT, MIN_SHARE x size)``
+  of the cluster's rows, so that one stray row cannot give a huge lift, and its share in the
+  cluster is ``MIN_Z`` standard errors above its share overall (binomial), so that the values
+  of a random column are not named.
 - ``terms``: terms of each text column that are more common in the cluster than in the rest
   (scikit-learn's ``CountVectorizer``: lower-case, ``\\b\\w\\w+\\b`` tokens, English stop words
   removed, the ``MAX_TERMS`` most frequent terms of the column kept; nothing downloaded).
   ``share_in`` / ``share_out`` are the fractions of the cluster's / other rows containing the
   term, ``score = share_in x ln(p_in / p_out)`` with the smoothed fractions
   ``p = (rows with the term + 0.5) / (rows + 1)``: high for terms that are both frequent in the
-  cluster and rarer elsewhere. Same minimum count as categories; only positive scores listed.
+  cluster and rarer elsewhere. Same minimum count as categories; only positive scores listed,
+  and only where the two shares differ by ``MIN_Z`` standard errors (two-proportion test).
 - ``exemplars``: ids of the cluster's rows nearest its centroid in embedding space (smallest
   ``distance``), nearest first, ties in row order.
 
@@ -46,6 +51,8 @@ MAX_VECTOR_ELEMENTS = 64  # longer vector columns are left out of the numeric ra
 MAX_TERMS = 20_000  # vocabulary cap per text column: bounds memory at (k, MAX_TERMS)
 MIN_COUNT = 2  # a category / term needs at least this many rows of the cluster ...
 MIN_SHARE = 0.01  # ... and at least this share of them
+MIN_EFFECT = 0.2  # |standardised mean difference| a listed numeric feature needs
+MIN_Z = 4.0  # standard errors a listed difference needs (numeric, category, term)
 NULL_CATEGORY = "(null)"
 _BLOCK = 32  # numeric columns summarised per pass: bounds memory at (n, _BLOCK) floats
 _EPS = 1e-12
@@ -339,6 +346,10 @@ def _numeric_profiles(frame, features, labels, member, top):
     M_in = np.concatenate(means_in, axis=1)
     M_out = np.concatenate(means_out, axis=1)
     score = np.nan_to_num(np.abs(D), nan=0.0, posinf=0.0)
+    n_in = np.asarray(member.sum(axis=1), dtype=np.float64)  # (k, 1)
+    n = float(member.shape[1])
+    clear = score * np.sqrt(n_in * np.maximum(n - n_in, 0) / max(n, 1.0)) >= MIN_Z
+    score = np.where((score >= MIN_EFFECT) & clear, score, 0.0)
     order = np.argsort(-score, axis=1, kind="stable")[:, :top]
     for c in range(k):
         out[c] = [{"feature": names[j], "value": _float(D[c, j]), "mean_in": _float(M_in[c, j]),
@@ -366,7 +377,9 @@ def _category_profiles(frame, columns, labels, sizes, min_count, top):
         share_in = count / sizes[c]
         share_all = np.bincount(codes, minlength=m)[code] / n
         lift = share_in / share_all
-        keep = (count >= min_count[c]) & (lift > 1 + 1e-9)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = (share_in - share_all) / np.sqrt(share_all * (1 - share_all) / sizes[c])
+        keep = (count >= min_count[c]) & (lift > 1 + 1e-9) & (np.nan_to_num(z) >= MIN_Z)
         c, code, count, share_in, share_all, lift = (a[keep] for a in
                                                      (c, code, count, share_in, share_all, lift))
         order = np.lexsort((code, -count, -lift, c))
@@ -405,8 +418,12 @@ def _term_profiles(frame, columns, member, sizes, min_count, top):
             share_in, share_out = df_in / n_in, df_out / n_out
         score = np.nan_to_num(share_in) * np.log(((df_in + 0.5) / (n_in + 1))
                                                  / ((df_out + 0.5) / (n_out + 1)))
+        pooled = (df_in + df_out) / n
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = (share_in - share_out) / np.sqrt(pooled * (1 - pooled) * (1 / n_in + 1 / n_out))
         # a cluster holding every row has no rest to compare with
-        score = np.where((df_in >= min_count[:, None]) & (n_out > 0), score, 0.0)
+        score = np.where((df_in >= min_count[:, None]) & (n_out > 0)
+                         & (np.nan_to_num(z) >= MIN_Z), score, 0.0)
         order = np.argsort(-score, axis=1, kind="stable")[:, :top]
         for c in range(k):
             out[c] += [{"column": col, "term": str(vocab[j]), "share_in": _float(share_in[c, j]),
