@@ -85,9 +85,10 @@ def effective_dimension(X: np.ndarray, max_rows: int = DIMENSION_ROWS,
 
 def view_dimensions(n_clusters: int, n_components: int) -> int:
     """Dimensions of a manifold view: k (the N2D recipe), but no more than the embedding z
-    has (``n_components``). A 26-d view of Letter's 16 columns scattered its 26 classes: the
-    picked partitions scored 0.36/0.34/0.35 ACC (NMI 0.50) over 3 seeds, against 0.377/0.372/
-    0.386 (NMI 0.51) with 10-d views, which also fit faster."""
+    has (``n_components``). 26-d views of Letter's 16 columns scattered its 26 classes: the
+    estimator scored 0.373/0.339/0.345 ACC (NMI 0.49-0.50) over 3 seeds; with 10-d views the
+    picked partitions scored 0.377/0.372/0.386 (NMI 0.51-0.52) and the estimator 0.393/0.372/
+    0.371 (benchmarks/results/tabular_quality.md), and the views fit faster."""
     return max(1, min(int(n_clusters), int(n_components)))
 
 
