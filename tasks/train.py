@@ -109,7 +109,7 @@ def init_centroids(est: DeepEmbeddedClustering, X: np.ndarray, config: PipelineC
             return runs[-1].cluster_centers
 
         if config.model.init == "manifold":
-            S, space = est.view_data(X)
+            S, space = est.view_data(X, Z)
             client(config).set_tag(run_id, "decflow.init_view_space", space)
             chosen = select_manifold_init(Z, k, n_views=config.model.init_views,
                                           n_init=config.kmeans.n_init, random_state=seed,

@@ -17,7 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import __version__
 from .initialization import kmeans_init, manifold_init
-from .initialization import effective_dimension, view_dimensions
+from .initialization import VIEW_SPACES, effective_dimension, view_dimensions
 from .initialization import view_space as choose_view_space
 from .nn import Autoencoder, ClusteringLayer
 from .training import encode, fit_dec, pretrain_autoencoder
@@ -448,9 +448,8 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
             raise ValueError(f"gamma={self.gamma!r} must be >= 0")
         if self.alpha <= 0:
             raise ValueError(f"alpha={self.alpha!r} must be > 0")
-        if self.view_space not in ("auto", "embedding", "input"):
-            raise ValueError(f"view_space={self.view_space!r} must be 'auto', 'embedding' or "
-                             "'input'")
+        if self.view_space not in VIEW_SPACES:
+            raise ValueError(f"view_space={self.view_space!r} must be one of {VIEW_SPACES}")
         if self.input_scaling not in ("global", "none"):
             raise ValueError(f"input_scaling={self.input_scaling!r} must be 'global' or 'none'")
         if self.pretrain_optimizer != "adamw":
@@ -485,11 +484,12 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
             return int(np.clip(30 * steps_per_epoch, 500, 20000))
         return int(self.max_iter)
 
-    def view_data(self, X) -> tuple[np.ndarray, str]:
+    def view_data(self, X, Z=None) -> tuple[np.ndarray, str]:
         """The rows the manifold views are fitted on, and where they live.
 
         Args:
             X: (n_samples, n_features), the rows ``pretrain`` saw.
+            Z: the embedding of X when the caller has it already (not encoded again).
 
         Returns:
             ((n_samples, m) float32, "embedding" or "input"): the embedding z, or the scaled
@@ -505,7 +505,7 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
                                              self.view_space)
         if self.view_space_ == "input":
             return Xs, self.view_space_
-        return self.transform(X), self.view_space_
+        return (self.transform(X) if Z is None else Z), self.view_space_
 
     def _initial_centers(self, Z, seed, X):
         self.view_space_ = "none"
@@ -513,7 +513,7 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
             return np.asarray(self.init, dtype=np.float32), None
         if self.init == "k-means":
             return kmeans_init(Z, self.n_clusters, self.n_init, seed), None
-        S, _ = self.view_data(X)
+        S, _ = self.view_data(X, Z)
         _log.info("initialisation: %d UMAP views of the %s", self.init_views,
                   "scaled input" if self.view_space_ == "input" else "embedding z")
         return manifold_init(Z, self.n_clusters, self.n_init, seed, n_views=self.init_views,
@@ -521,8 +521,10 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
                              views_of=S if self.view_space_ == "input" else None,
                              view_dims=view_dimensions(self.n_clusters, self.n_components))
 
-    def _min_size(self, n: int) -> float:
-        return self.min_cluster_size * n / self.n_clusters
+    def _degenerate(self, sizes: np.ndarray) -> np.ndarray:
+        """Ids of clusters that are empty or under ``min_cluster_size`` x n / k."""
+        return np.flatnonzero((sizes == 0) |
+                              (sizes < self.min_cluster_size * sizes.sum() / self.n_clusters))
 
     def _reseed_degenerate(self, Z, centers):
         """Move centroids of empty/tiny clusters onto the points farthest from their centroid
@@ -530,7 +532,7 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         d2 = ((Z[:, None, :] - centers[None]) ** 2).sum(-1)
         labels = d2.argmin(1)
         sizes = np.bincount(labels, minlength=self.n_clusters)
-        bad = np.flatnonzero((sizes == 0) | (sizes < self._min_size(len(Z))))
+        bad = self._degenerate(sizes)
         if len(bad) == 0:
             return centers
         far = np.argsort(-d2[np.arange(len(Z)), labels])
@@ -544,7 +546,7 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def _report_degenerate(self, labels):
         sizes = np.bincount(labels, minlength=self.n_clusters)
-        bad = np.flatnonzero((sizes == 0) | (sizes < self._min_size(len(labels))))
+        bad = self._degenerate(sizes)
         self.degenerate_clusters_ = {int(j): int(sizes[j]) for j in bad}
         if bad.size:
             n_empty = int((sizes == 0).sum())
