@@ -22,7 +22,8 @@ Labels are used for scoring only. The data sets are read from ../shared/data/*.c
 KDD Cup 99 is also a scale case (494,021 rows; the flow trains on a 200,000-row sample):
 each row records its wall time, and the flow's rows the peak RSS of every process of the run
 (the flow's process and its Dask workers, sampled every 0.2 s). Run it alone.
-Writes <out>.json and <out>.md (default benchmarks/results/tabular_quality).
+Writes <out>.json and <out>.md (default benchmarks/results/tabular_quality), again after every
+row, so a run stopped part-way keeps the rows it finished.
 """
 
 import argparse
@@ -251,6 +252,9 @@ def main(argv=None) -> int:
                 r = {"dataset": name, "method": method, "seed": seed, **r}
                 rows.append(r)
                 print(json.dumps(r), flush=True)
+                # after every row: a long run (KDD Cup 99) stopped part-way keeps what it measured
+                out = stamped(args, rows=rows, skipped=skipped, datasets=sets)
+                write_results(args.out, out, to_markdown(out))
     out = stamped(args, rows=rows, skipped=skipped, datasets=sets)
     write_results(args.out, out, to_markdown(out))
     return 0
