@@ -47,8 +47,8 @@ def embedding(rows: int, k: int = 10, dims: int = 10, seed: int = 0, with_labels
 
 
 def run(Z, k, views, seed, view_rows=None, truth=None) -> dict:
-    from decflow.initialization import select_manifold_init
-    from decflow.metrics import supervised_scores
+    from decflow.model.initialization import select_manifold_init
+    from decflow.model.metrics import supervised_scores
 
     t = time.perf_counter()
     chosen = select_manifold_init(Z, k, n_views=views, n_init=10, random_state=seed,

@@ -36,10 +36,11 @@ def main(argv=None):
     os.environ["PREFECT_HOME"] = str(home / "prefect")
     (home / "prefect").mkdir()
 
-    from decflow import DeepEmbeddedClustering, storage
-    from decflow.demo import demo_config, write_demo_source
-    from decflow.features import FeatureEncoder
-    from decflow.metrics import supervised_scores
+    from decflow import DeepEmbeddedClustering
+    from decflow.data import storage
+    from decflow.data.demo import demo_config, write_demo_source
+    from decflow.model.features import FeatureEncoder
+    from decflow.model.metrics import supervised_scores
 
     run_date = dt.date(2026, 11, 21)
     config = demo_config(str(home))

@@ -44,7 +44,7 @@ def write_source(uri: str, X: np.ndarray, y: np.ndarray, kind: str) -> list[str]
     or as numeric columns `p000`..; returns the feature column names."""
     import pyarrow as pa
 
-    from decflow.storage import write_partition
+    from decflow.data.storage import write_partition
 
     cols = {"id": pa.array(np.arange(len(X), dtype=np.int64)),
             "digit": pa.array(y.astype(np.int64))}
@@ -64,8 +64,8 @@ def run_pipeline(X, y, kind: str, seed: int, numeric_scaling: str = "auto") -> d
     import pandas as pd
 
     from decflow.config import PipelineConfig
-    from decflow.metrics import supervised_scores
-    from decflow.storage import read_partition
+    from decflow.data.storage import read_partition
+    from decflow.model.metrics import supervised_scores
     from flows.recluster import recluster
 
     with tempfile.TemporaryDirectory(prefix="decflow-pq-") as home:
@@ -108,7 +108,7 @@ def run_pipeline(X, y, kind: str, seed: int, numeric_scaling: str = "auto") -> d
 
 def run_estimator(X, y, seed: int) -> dict:
     from decflow import DeepEmbeddedClustering
-    from decflow.metrics import supervised_scores
+    from decflow.model.metrics import supervised_scores
 
     t = time.perf_counter()
     est = DeepEmbeddedClustering(n_clusters=int(len(np.unique(y))), random_state=seed).fit(X)

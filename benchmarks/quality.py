@@ -47,7 +47,7 @@ PREVIOUS_DEFAULT = {"init_views": 1, "anchor_updates": 5, "pretrain_steps": 6000
 
 def run_decflow(X, y, seed, **params):
     from decflow import DeepEmbeddedClustering
-    from decflow.metrics import supervised_scores
+    from decflow.model.metrics import supervised_scores
 
     t = time.perf_counter()
     est = DeepEmbeddedClustering(n_clusters=len(np.unique(y)), random_state=seed,
@@ -61,7 +61,7 @@ def run_decflow(X, y, seed, **params):
 def run_kmeans(X, y, seed):
     from sklearn.cluster import KMeans
 
-    from decflow.metrics import supervised_scores
+    from decflow.model.metrics import supervised_scores
 
     t = time.perf_counter()
     labels = KMeans(len(np.unique(y)), n_init=20, random_state=seed).fit_predict(X)
@@ -72,7 +72,7 @@ def run_umap_gmm(X, y, seed):
     import umap
     from sklearn.mixture import GaussianMixture
 
-    from decflow.metrics import supervised_scores
+    from decflow.model.metrics import supervised_scores
 
     k = len(np.unique(y))
     t = time.perf_counter()

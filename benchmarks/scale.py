@@ -11,7 +11,7 @@ Parts (``--parts``, comma list; all by default):
   forward    the "physical limit": decflow's encoder + soft assignment over rows in memory in
              one process (``forward_rows_per_s``), rows/s.
   score      score + write-back of every row of a small and a large synthetic table
-             (``decflow.synthetic``): ``decflow backfill --force`` over all partitions as a
+             (``decflow.data.synthetic``): ``decflow backfill --force`` over all partitions as a
              subprocess, with the model the small recluster run registered. Rows/s of the
              labelling phase and of the whole CLI run against the forward pass on the same
              rows; peak RSS of every process.
@@ -87,8 +87,8 @@ def forward_rows_per_s(model, X, *, batch_size: int = 4096, device: str = "cpu")
     """
     import torch
 
-    from decflow.estimator import DeepEmbeddedClustering
-    from decflow.losses import soft_assignment
+    from decflow.model.estimator import DeepEmbeddedClustering
+    from decflow.model.losses import soft_assignment
 
     est = (DeepEmbeddedClustering.load(model, device=device)
            if isinstance(model, (str, os.PathLike)) else model)
@@ -275,9 +275,9 @@ def bench_kmeans(args, res: Results) -> None:
     from sklearn.cluster import KMeans
     from threadpoolctl import threadpool_limits
 
-    from decflow.compute import dask_client
     from decflow.config import ComputeConfig
-    from decflow.dask_kmeans import kmeans_dask
+    from decflow.engine.compute import dask_client
+    from decflow.engine.kmeans import kmeans_dask
 
     d, k, seed = args.kmeans_dims, args.kmeans_clusters, args.seed
     km = {"n_init": args.kmeans_n_init, "max_iter": args.kmeans_max_iter, "tol": args.kmeans_tol}
@@ -355,9 +355,9 @@ def bench_forward(args, res: Results) -> None:
     change the speed; the architecture is the pipeline's default)."""
     import pyarrow.parquet as pq
 
-    from decflow.estimator import DeepEmbeddedClustering
-    from decflow.features import FeatureEncoder
-    from decflow.synthetic import generate_source, synthetic_config
+    from decflow.data.synthetic import generate_source, synthetic_config
+    from decflow.model.estimator import DeepEmbeddedClustering
+    from decflow.model.features import FeatureEncoder
 
     n = args.forward_rows
     uri = str(Path(args.workdir) / "forward" / "source")
@@ -407,7 +407,7 @@ def pipeline_config(args, source_uri: str, labels_uri: str):
     import yaml
 
     from decflow.config import PipelineConfig
-    from decflow.synthetic import synthetic_config
+    from decflow.data.synthetic import synthetic_config
 
     config = synthetic_config(
         source_uri, home=str(Path(args.workdir) / "home"), n_clusters=args.clusters,
@@ -432,7 +432,7 @@ def pipeline_config(args, source_uri: str, labels_uri: str):
 
 def _source(args, size: str, rows: int) -> dict:
     """Generate (or reuse, when the same settings made it) the ``size`` table."""
-    from decflow.synthetic import generate_source
+    from decflow.data.synthetic import generate_source
 
     base = Path(args.workdir) / "sources"
     uri = str(base / size)
@@ -469,7 +469,7 @@ def _cli_env(args) -> dict:
 def bench_pipeline(args, res: Results, parts: list[str]) -> None:
     """recluster small (registers the model) -> score small, large -> recluster large."""
     from decflow.config import dump_config
-    from decflow.tracking import get_version, load_components
+    from decflow.registry.tracking import get_version, load_components
 
     work = Path(args.workdir)
     shutil.rmtree(work / "home", ignore_errors=True)  # a fresh registry, labels and Prefect db

@@ -35,8 +35,8 @@ def main():
     stem = Path(args.out) if args.out else HERE / "results" / (
         "sweep_k_demo" + (f"_e{args.pretrain_epochs}" if args.pretrain_epochs else ""))
 
-    from decflow.demo import demo_config, write_demo_source
-    from flows.sweep import sweep_k_command
+    from decflow.data.demo import demo_config, write_demo_source
+    from decflow.insight.sweep_report import sweep_k_command
 
     home = Path(tempfile.mkdtemp(prefix="decflow-sweep-k-"))
     try:

@@ -128,7 +128,7 @@ BASELINES = {"k-means": run_kmeans, "GMM": run_gmm, "UMAP + GMM": run_umap_gmm}
 def write_source(uri: str, frame, y) -> None:
     import pyarrow as pa
 
-    from decflow.storage import write_partition
+    from decflow.data.storage import write_partition
 
     table = pa.Table.from_pandas(frame.assign(id=np.arange(len(frame), dtype=np.int64),
                                               **{"class": y}), preserve_index=False)
@@ -150,8 +150,8 @@ def run_pipeline(frame, y, numeric, categorical, seed: int) -> dict:
     import pandas as pd
     from mlflow import MlflowClient
 
-    from decflow.metrics import supervised_scores
-    from decflow.storage import read_partition
+    from decflow.data.storage import read_partition
+    from decflow.model.metrics import supervised_scores
     from flows.recluster import recluster
     from scale import RssSampler
 
@@ -195,9 +195,9 @@ def run_pipeline(frame, y, numeric, categorical, seed: int) -> dict:
 
 def run_estimator(frame, y, numeric, categorical, seed: int) -> dict:
     from decflow.config import FeaturesConfig
-    from decflow.estimator import DeepEmbeddedClustering
-    from decflow.features import FeatureEncoder
-    from decflow.metrics import supervised_scores
+    from decflow.model.estimator import DeepEmbeddedClustering
+    from decflow.model.features import FeatureEncoder
+    from decflow.model.metrics import supervised_scores
 
     X = FeatureEncoder(FeaturesConfig(numeric=numeric, categorical=categorical)
                        ).fit_transform(frame)
@@ -227,7 +227,7 @@ def main(argv=None) -> int:
                          "settings")
     args = ap.parse_args(argv)
 
-    from decflow.metrics import supervised_scores
+    from decflow.model.metrics import supervised_scores
 
     rows, skipped, sets = [], [], {}
     if args.append and Path(args.out + ".json").exists():

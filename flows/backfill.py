@@ -5,9 +5,9 @@ import time
 
 from prefect import flow
 
-from decflow import storage
 from decflow.config import PipelineConfig, redact
-from decflow.tracking import CHAMPION
+from decflow.data import storage
+from decflow.registry.tracking import CHAMPION
 from flows.recluster import recluster
 from tasks.backfill import backfill_partitions, publish_backfill_summary
 from tasks.runtime import prepare_run, redact_errors

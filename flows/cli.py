@@ -207,7 +207,7 @@ def demo(home: HomeOpt = Path(".decflow"),
     with embedded MLflow (sqlite), Prefect (ephemeral) and Dask (LocalCluster)."""
     _state["home"] = str(home)
     _environment(home)
-    from decflow.demo import demo_config, write_demo_source
+    from decflow.data.demo import demo_config, write_demo_source
     from flows.recluster import recluster, yesterday
 
     day = _date(run_date, "--run-date") or yesterday()
@@ -266,8 +266,9 @@ def validate(config: ConfigOpt,
     """Run the data checks only; exit code 1 when an expectation fails."""
     cfg = _setup(config, sets)
 
-    from decflow import scoring, storage
-    from decflow.compute import dask_client
+    from decflow.data import storage
+    from decflow.engine import partitions as scoring
+    from decflow.engine.compute import dask_client
     from flows.recluster import yesterday
 
     day = _date(date, "--date") or yesterday()
@@ -479,7 +480,7 @@ def promote(config: ConfigOpt,
     from rich.table import Table
 
     from decflow.config import redact
-    from decflow.tracking import get_version
+    from decflow.registry.tracking import get_version
     from flows.promote import promote as promote_flow
 
     day = _date(date, "--date")
@@ -511,7 +512,7 @@ def adopt(config: ConfigOpt,
     version whose artifact store you trust (or retrain and register a new version)."""
     cfg = _setup(config, sets)
 
-    from decflow.tracking import adopt_version
+    from decflow.registry.tracking import adopt_version
 
     out = adopt_version(cfg.tracking_uri(), cfg.registry.model_name, version)
     typer.echo(f"model {cfg.registry.model_name!r} version {out['version']}: recorded the "
@@ -539,7 +540,7 @@ def report(config: ConfigOpt,
     promotion gates, drift, cluster profiles, pictures) to open in any browser."""
     cfg = _setup(config, sets)
 
-    from flows.report import report_command
+    from decflow.insight.report import report_command
 
     path = report_command(cfg, _date(run_date, "--run-date"), run_id, out)
     typer.echo(f"run report: {path.resolve()}")
@@ -567,7 +568,7 @@ def sweep_k(config: ConfigOpt,
     its reason. Nothing is registered or written besides the three files."""
     cfg = _setup(config, sets)
 
-    from flows.sweep import sweep_k_command
+    from decflow.insight.sweep_report import sweep_k_command
 
     sweep_k_command(cfg, k, _date(run_date, "--run-date"), seeds,
                     out or Path(cfg.home) / "reports" / "sweep-k", pretrain_epochs)
@@ -590,8 +591,8 @@ def history(config: ConfigOpt,
     from rich.console import Console
     from rich.table import Table
 
-    from decflow.monitoring import cell_text
-    from flows.history import history_command
+    from decflow.insight.monitoring import cell_text
+    from decflow.insight.monitoring import history_command
 
     frame, paths = history_command(cfg, days, out)
     if frame.empty:
@@ -649,7 +650,7 @@ def backfill(config: ConfigOpt,
     cfg = _setup(config, sets)
 
     from decflow.config import redact
-    from decflow.tracking import get_version
+    from decflow.registry.tracking import get_version
     from flows.backfill import BackfillFailed, backfill as backfill_flow
 
     d1, d2 = _date(start, "--start"), _date(end, "--end")
@@ -695,7 +696,7 @@ def generate(rows: Annotated[int, typer.Option(
     """Write a synthetic source table: a known mixture of clusters (4 numeric, 2 categorical
     and a 56-length vector feature, the true cluster in `cluster`), partitioned by date."""
     from decflow.config import dump_config
-    from decflow.synthetic import generate_source, synthetic_config
+    from decflow.data.synthetic import generate_source, synthetic_config
 
     if rows < days:
         raise typer.BadParameter(f"--rows {rows} is fewer than --days {days}: every partition "

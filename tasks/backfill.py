@@ -8,9 +8,11 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from decflow import scoring, storage, validation
-from decflow.compute import dask_client
 from decflow.config import PipelineConfig
+from decflow.data import storage
+from decflow.data import validation
+from decflow.engine import partitions as scoring
+from decflow.engine.compute import dask_client
 from decflow.errors import Conflict
 
 from .labels import labels_spec

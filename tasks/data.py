@@ -7,12 +7,14 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from decflow import scoring, storage, validation
-from decflow.compute import dask_client
 from decflow.config import PipelineConfig, SourceConfig, redact
+from decflow.data import storage
+from decflow.data import validation
+from decflow.data.storage import Lineage, WindowScan
+from decflow.data.validation import ValidationReport
+from decflow.engine import partitions as scoring
+from decflow.engine.compute import dask_client
 from decflow.errors import DataError
-from decflow.storage import Lineage, WindowScan
-from decflow.validation import ValidationReport
 
 from .runtime import redact_errors, retry_on_io
 from .tracking import log_dict

@@ -12,9 +12,12 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from decflow import monitoring, profiles, registry, storage
 from decflow.config import PipelineConfig
-from decflow.estimator import DeepEmbeddedClustering
+from decflow.data import storage
+from decflow.insight import monitoring
+from decflow.insight import profiles
+from decflow.model.estimator import DeepEmbeddedClustering
+from decflow.registry import aliases as registry
 
 from .runtime import redact_errors
 from .tracking import client, log_dict, log_figure, log_metrics, log_text, run_url
@@ -138,7 +141,7 @@ def publish_report(config: PipelineConfig, run_id: str, run_date: dt.date) -> di
     as still running; ``decflow report`` renders it again after the fact."""
     from prefect.artifacts import create_link_artifact
 
-    from flows.report import REPORT_ARTIFACT, log_report, report_path
+    from decflow.insight.report import REPORT_ARTIFACT, log_report, report_path
 
     path = report_path(config, run_date.isoformat())
     artifact = log_report(config, run_id, out=path)

@@ -5,10 +5,11 @@ import datetime as dt
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from decflow import scoring, validation
-from decflow.compute import dask_client
 from decflow.config import PipelineConfig
-from decflow.storage import WindowScan
+from decflow.data import validation
+from decflow.data.storage import WindowScan
+from decflow.engine import partitions as scoring
+from decflow.engine.compute import dask_client
 
 from .data import publish_validation
 from .runtime import redact_errors

@@ -12,10 +12,14 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from decflow import alignment, promotion, registry, storage, tracking
 from decflow.config import PipelineConfig, redact
+from decflow.data import storage
+from decflow.engine.partitions import source_columns
 from decflow.errors import ConfigError, Conflict
-from decflow.scoring import source_columns
+from decflow.model import alignment
+from decflow.registry import aliases as registry
+from decflow.registry import promotion
+from decflow.registry import tracking
 
 from .runtime import redact_errors, registry_lock
 from .tracking import client, log_dict, log_metrics

@@ -1,6 +1,6 @@
 """Model logging, registration and champion lookup.
 
-No Prefect retries here: MLflow's own HTTP retries are bounded (``decflow.tracking.HTTP_BUDGET``)
+No Prefect retries here: MLflow's own HTTP retries are bounded (``decflow.registry.tracking.HTTP_BUDGET``)
 and a server that does not answer fails the run with ``ServiceUnavailable`` within that budget;
 retrying the task would multiply the wait (and a retried registration could register twice).
 """
@@ -11,11 +11,11 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from decflow import tracking
 from decflow.config import PipelineConfig
-from decflow.features import FeatureEncoder
-from decflow.storage import Lineage
-from decflow.validation import ValidationReport
+from decflow.data.storage import Lineage
+from decflow.data.validation import ValidationReport
+from decflow.model.features import FeatureEncoder
+from decflow.registry import tracking
 
 from .data import lineage_tags
 from .runtime import redact_errors

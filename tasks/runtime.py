@@ -9,8 +9,9 @@ import functools
 import logging
 import os
 
-from decflow import locks, storage
+from decflow import locks
 from decflow.config import PipelineConfig, apply_environment, redact
+from decflow.data import storage
 
 LIBRARY_LOGGER = "decflow"
 

@@ -8,17 +8,19 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from decflow import DeepEmbeddedClustering, evaluation, storage
-from decflow.estimator import estimator_from_config
-from decflow.callbacks import LogProgress, ProgressBar
-from decflow.compute import dask_client
+from decflow import DeepEmbeddedClustering
 from decflow.config import PipelineConfig
-from decflow.dask_kmeans import kmeans_dask
-from decflow.features import FeatureEncoder
-from decflow.initialization import select_manifold_init, view_dimensions
-from decflow.scoring import source_columns
-from decflow.storage import WindowScan
-from decflow.tracking import MlflowCallback
+from decflow.data import storage
+from decflow.data.storage import WindowScan
+from decflow.engine.compute import dask_client
+from decflow.engine.kmeans import kmeans_dask
+from decflow.engine.partitions import source_columns
+from decflow.insight import evaluation
+from decflow.model.callbacks import LogProgress, ProgressBar
+from decflow.model.estimator import estimator_from_config
+from decflow.model.features import FeatureEncoder
+from decflow.model.initialization import select_manifold_init, view_dimensions
+from decflow.registry.tracking import MlflowCallback
 
 from .tracking import client, log_dict, log_figure, log_metrics
 from .runtime import redact_errors

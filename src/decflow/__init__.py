@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from .estimator import DeepEmbeddedClustering, DegenerateClusterWarning  # noqa: E402
+from decflow.model.estimator import DeepEmbeddedClustering, DegenerateClusterWarning  # noqa: E402
 
 __all__ = ["DeepEmbeddedClustering", "DegenerateClusterWarning", "__version__"]

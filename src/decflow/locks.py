@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import Conflict
+from decflow.errors import Conflict
 
 _POLL_S = 0.2
 

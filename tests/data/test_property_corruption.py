@@ -26,11 +26,14 @@ import pytest
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
-from decflow import DeepEmbeddedClustering, scoring, storage, validation
-from decflow.compute import dask_client
+from decflow import DeepEmbeddedClustering
 from decflow.config import PipelineConfig
+from decflow.data import storage
+from decflow.data import validation
+from decflow.engine import partitions as scoring
+from decflow.engine.compute import dask_client
 from decflow.errors import DataError
-from decflow.features import FeatureEncoder
+from decflow.model.features import FeatureEncoder
 
 DAY = dt.date(2026, 11, 21)
 OTHER = DAY - dt.timedelta(days=1)  # a labels partition no run here may touch

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from decflow.config import FeaturesConfig, SourceConfig, ValidationConfig
-from decflow.validation import (
+from decflow.data.validation import (
     DataValidationError,
     ValidationReport,
     build_suite,

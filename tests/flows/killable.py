@@ -24,8 +24,8 @@ Hooks (moments are counted from 1 in the order the child reaches them):
   partition directory exists), ``row-group`` (one more row group in the hidden temporary file),
   ``closed`` (the temporary is complete, not yet renamed), ``renamed`` (it replaced the
   partition's file).
-* ``finetune``: DEC fine-tuning begins (``decflow.training`` dispatches its first callback).
-* ``gate``: the promotion gate begins (``decflow.promotion.compare_models``), after the model
+* ``finetune``: DEC fine-tuning begins (``decflow.model.training`` dispatches its first callback).
+* ``gate``: the promotion gate begins (``decflow.registry.promotion.compare_models``), after the model
   version was registered.
 
 ``stop_at`` 0 (or a moment never reached) lets the command run to its end.
@@ -64,7 +64,7 @@ def _partition(path: str) -> str:
 
 
 def hook_write(moment: Moments) -> None:
-    from decflow import storage
+    from decflow.data import storage
 
     cls = storage.PartitionWriter
     enter, write = cls.__enter__, cls.write
@@ -99,7 +99,7 @@ def hook_write(moment: Moments) -> None:
 
 
 def hook_finetune(moment: Moments) -> None:
-    from decflow import training
+    from decflow.model import training
 
     dispatch = training.dispatch
 
@@ -112,7 +112,7 @@ def hook_finetune(moment: Moments) -> None:
 
 
 def hook_gate(moment: Moments) -> None:
-    from decflow import promotion
+    from decflow.registry import promotion
 
     compare = promotion.compare_models
 

@@ -16,9 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from decflow import scoring, storage
 from decflow.config import dump_config
-from decflow.tracking import get_version
+from decflow.data import storage
+from decflow.engine import partitions as scoring
+from decflow.registry.tracking import get_version
 from flowkit import RUN_DATE, latest_artifact, make_rows, tiny_config
 from flows.backfill import BackfillFailed, backfill
 from flows.cli import app

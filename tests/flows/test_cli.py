@@ -5,8 +5,8 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from flowkit import RUN_DATE, tiny_config, write_source
-from decflow import storage
 from decflow.config import dump_config, load_config
+from decflow.data import storage
 from flows.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from decflow import registry, storage
 from decflow.config import dump_config
+from decflow.data import storage
 from decflow.errors import Conflict
+from decflow.registry import aliases as registry
 from flowkit import RUN_DATE, tiny_config, write_source
 from flows import recluster as recluster_module
 from flows.recluster import recluster

@@ -12,8 +12,8 @@ from prefect.states import Scheduled
 from typer.testing import CliRunner
 
 from flowkit import RUN_DATE, tiny_config, write_source
-from decflow import storage
 from decflow.config import PipelineConfig, dump_config
+from decflow.data import storage
 from flows.cli import app
 from flows.recluster import recluster
 

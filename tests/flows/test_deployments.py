@@ -20,8 +20,8 @@ from prefect.states import Cancelled, Completed, Pending, Running, Scheduled
 from typer.testing import CliRunner
 
 from flowkit import RUN_DATE, tiny_config, write_source
-from decflow import storage
 from decflow.config import PipelineConfig, dump_config
+from decflow.data import storage
 from flows import deployments as defs
 from flows.cli import app
 from flows.recluster import default_run_date, recluster, yesterday

@@ -46,7 +46,7 @@ def test_a_data_error_exits_1_with_its_message(config_file, monkeypatch):
         raise DataError("file ds=2026-11-21/part-0.parquet is not Parquet: magic bytes not "
                         "found")
 
-    monkeypatch.setattr("decflow.storage.scan_window", corrupt)
+    monkeypatch.setattr("decflow.data.storage.scan_window", corrupt)
     out = validate(config_file)
     assert out.exit_code == 1, out.output
     assert ("data error: file ds=2026-11-21/part-0.parquet is not Parquet: magic bytes not "
@@ -88,7 +88,7 @@ def test_an_internal_error_exits_4_with_one_line_and_a_traceback_file(config_fil
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("decflow.storage.scan_window", boom)
+    monkeypatch.setattr("decflow.data.storage.scan_window", boom)
     out = validate(config_file)
     assert out.exit_code == 4, out.output
     assert "internal error: RuntimeError: boom\n" in out.output
@@ -104,7 +104,7 @@ def test_traceback_option_prints_the_traceback(config_file, tmp_path, monkeypatc
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("decflow.storage.scan_window", boom)
+    monkeypatch.setattr("decflow.data.storage.scan_window", boom)
     out = validate(config_file, "--traceback")
     assert out.exit_code == 4, out.output
     assert "Traceback (most recent call last)" in out.output
@@ -117,7 +117,7 @@ def test_a_service_unavailable_exits_3(config_file, monkeypatch):
         raise ServiceUnavailable("Dask scheduler tcp://10.0.0.5:8786 did not answer within "
                                  "30 s")
 
-    monkeypatch.setattr("decflow.compute.dask_client", down)
+    monkeypatch.setattr("decflow.engine.compute.dask_client", down)
     out = validate(config_file)
     assert out.exit_code == 3, out.output
     assert ("service unavailable: Dask scheduler tcp://10.0.0.5:8786 did not answer within "
@@ -128,7 +128,7 @@ def test_messages_are_redacted(config_file, tmp_path, monkeypatch):
     def leak(*args, **kwargs):
         raise RuntimeError("cannot reach http://u:s3cret@host/api")
 
-    monkeypatch.setattr("decflow.storage.scan_window", leak)
+    monkeypatch.setattr("decflow.data.storage.scan_window", leak)
     out = validate(config_file)
     assert out.exit_code == 4, out.output
     assert "internal error: RuntimeError: cannot reach http://u:***@host/api" in out.output
@@ -150,7 +150,7 @@ def test_a_flow_failure_maps_by_its_exception_type(config_file, monkeypatch, err
 
     # raised inside the rollback flow's task: the CLI gets the exception back from Prefect
     # (whose own failure log prints the traceback: not asserted here)
-    monkeypatch.setattr("decflow.registry.rollback_champion", fail)
+    monkeypatch.setattr("decflow.registry.aliases.rollback_champion", fail)
     out = runner.invoke(app, ["rollback", "--config", str(config_file)])
     assert out.exit_code == code, out.output
     assert line in out.output

@@ -5,8 +5,8 @@ import datetime as dt
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
-from decflow import storage
 from decflow.config import load_config
+from decflow.data import storage
 from flows.cli import app
 
 runner = CliRunner()

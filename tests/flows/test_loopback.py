@@ -9,8 +9,8 @@ import subprocess
 import psutil
 from typer.testing import CliRunner
 
-from decflow.compute import dask_client
 from decflow.config import ComputeConfig
+from decflow.engine.compute import dask_client
 from flows import cli
 from testkit import listening
 

@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from decflow import storage
+from decflow.data import storage
 from flowkit import RUN_DATE, latest_artifact, make_rows, tiny_config
 from flows.cli import app
 from flows.recluster import recluster

@@ -23,8 +23,8 @@ from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 
 from flowkit import RUN_DATE, tiny_config, write_source
-from decflow import tracking
 from decflow.errors import ServiceUnavailable
+from decflow.registry import tracking
 from flows import recluster as recluster_module
 from flows.recluster import recluster
 from flows.score import score

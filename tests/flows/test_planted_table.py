@@ -12,9 +12,9 @@ import pyarrow as pa
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from decflow import storage
 from decflow.config import PipelineConfig, dump_config
-from decflow.metrics import ari
+from decflow.data import storage
+from decflow.model.metrics import ari
 from flows.cli import app
 
 RUN_DATE = dt.date(2026, 11, 21)

@@ -37,9 +37,9 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
-from decflow import storage
 from decflow.config import dump_config
-from decflow.tracking import DECISION_TAG, PENDING
+from decflow.data import storage
+from decflow.registry.tracking import DECISION_TAG, PENDING
 from flowkit import DAYS, RUN_DATE, tiny_config, write_source
 
 KILLABLE = Path(__file__).with_name("killable.py")

@@ -16,9 +16,13 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from flowkit import RUN_DATE, latest_artifact, tiny_config, write_source
-from decflow import DeepEmbeddedClustering, promotion, registry, storage, tracking
+from decflow import DeepEmbeddedClustering
 from decflow.config import dump_config
-from decflow.features import FeatureEncoder
+from decflow.data import storage
+from decflow.model.features import FeatureEncoder
+from decflow.registry import aliases as registry
+from decflow.registry import promotion
+from decflow.registry import tracking
 from flows.cli import app
 from flows.promote import promote, rollback
 from flows.recluster import recluster

@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from flowkit import RUN_DATE, tiny_config, write_source
-from decflow import storage
+from decflow.data import storage
 from decflow.errors import DataError
 from flows.recluster import recluster
 

@@ -4,7 +4,7 @@ the Prefect server hold it redacted, and the error keeps its type (so its exit c
 import pytest
 from mlflow.exceptions import MlflowException
 
-from decflow import storage
+from decflow.data import storage
 from flowkit import RUN_DATE, tiny_config, write_source
 from flows.score import score
 from tasks.runtime import redact_errors

@@ -14,9 +14,11 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from flowkit import RUN_DATE, tiny_config, write_source
-from decflow import DeepEmbeddedClustering, storage, tracking
+from decflow import DeepEmbeddedClustering
 from decflow.config import dump_config
-from decflow.features import FeatureEncoder
+from decflow.data import storage
+from decflow.model.features import FeatureEncoder
+from decflow.registry import tracking
 from flows import promote as promote_module
 from flows.cli import app
 from flows.promote import promote, rollback

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
-from decflow import storage
+from decflow.data import storage
 from decflow.errors import ConfigError, DataError
 from flowkit import DAYS, RUN_DATE, make_rows, tiny_config, write_source
 from flows.backfill import backfill

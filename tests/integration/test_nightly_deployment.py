@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 import api
 import servers
 from decflow.config import dump_config
-from decflow.synthetic import generate_source, synthetic_config
+from decflow.data.synthetic import generate_source, synthetic_config
 
 NIGHT_1 = dt.date(2026, 11, 21)
 NIGHT_2 = NIGHT_1 + dt.timedelta(days=1)

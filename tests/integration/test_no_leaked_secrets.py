@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 import api
 import servers
 from decflow.config import dump_config
-from decflow.synthetic import generate_source, synthetic_config
+from decflow.data.synthetic import generate_source, synthetic_config
 
 SENTINEL = "s3ntinel-Pa55w0rd-d0-not-log"
 NIGHT = dt.date(2026, 11, 21)

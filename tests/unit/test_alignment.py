@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from decflow import DeepEmbeddedClustering
-from decflow.alignment import align_clusters, co_assignment, label_churn, match_clusters
+from decflow.model.alignment import align_clusters, co_assignment, label_churn, match_clusters
 
 # tests/conftest.py FAST settings, with the k-means init (no UMAP); importing them from
 # conftest is ambiguous when tests/flows/conftest.py is collected too.

@@ -9,10 +9,10 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import adjusted_rand_score
 from sklearn.preprocessing import StandardScaler
 
-from decflow import dask_kmeans
-from decflow.compute import dask_client
 from decflow.config import ComputeConfig
-from decflow.dask_kmeans import KMeansResult, kmeans_dask, predict_dask
+from decflow.engine import kmeans as dask_kmeans
+from decflow.engine.compute import dask_client
+from decflow.engine.kmeans import KMeansResult, kmeans_dask, predict_dask
 
 
 @pytest.fixture(scope="module")

@@ -20,11 +20,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from decflow import DeepEmbeddedClustering, dask_kmeans, scoring, storage
-from decflow.compute import dask_client
+from decflow import DeepEmbeddedClustering
 from decflow.config import ComputeConfig, PipelineConfig
-from decflow.dask_kmeans import kmeans_dask, predict_dask
-from decflow.features import FeatureEncoder
+from decflow.data import storage
+from decflow.engine import kmeans as dask_kmeans
+from decflow.engine import partitions as scoring
+from decflow.engine.compute import dask_client
+from decflow.engine.kmeans import kmeans_dask, predict_dask
+from decflow.model.features import FeatureEncoder
 from testkit import FAST
 
 N_ROWS, CHUNK = 4000, 500  # k-means: 8 row partitions

@@ -7,7 +7,7 @@ import pytest
 
 from testkit import FAST
 from decflow import DeepEmbeddedClustering, DegenerateClusterWarning
-from decflow.metrics import cluster_accuracy
+from decflow.model.metrics import cluster_accuracy
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_determinism_with_random_state(blobs):
 
 
 def test_init_array_skips_internal_kmeans(blobs, monkeypatch):
-    import decflow.estimator as estimator_module
+    import decflow.model.estimator as estimator_module
 
     X, _ = blobs
     ref = DeepEmbeddedClustering(4, init="k-means", random_state=0, **FAST).fit(X)
@@ -155,7 +155,7 @@ def test_library_never_imports_prefect():
                  if any(line.strip().startswith(("import prefect", "from prefect"))
                         for line in p.read_text().splitlines())]
     assert offenders == []
-    code = ("import sys, decflow, decflow.estimator, decflow.training, decflow.metrics; "
+    code = ("import sys, decflow, decflow.model.estimator, decflow.model.training, decflow.model.metrics; "
             "sys.exit(1 if any(m.split('.')[0] == 'prefect' for m in sys.modules) else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from decflow.evaluation import (cluster_sizes, evaluate, plot_cluster_sizes, plot_confidence,
+from decflow.insight.evaluation import (cluster_sizes, evaluate, plot_cluster_sizes, plot_confidence,
                                 plot_projection, plot_training_curves)
 
 HISTORY = {"pretrain_loss": [1.0, 0.5, 0.25],

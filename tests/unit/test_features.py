@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from decflow.config import FeaturesConfig
-from decflow.features import FeatureEncoder
+from decflow.model.features import FeatureEncoder
 
 DOCS = ["the red apple is sweet", "green apple pie", "a red car and a blue car",
         "blue sky over the green hills", "apple and pear juice", "fast red car",
@@ -213,7 +213,7 @@ def test_numeric_columns_of_different_units_are_standardised_each():
 
 
 def test_numeric_scaling_rule():
-    from decflow.features import SHARED_SPREAD_RATIO, numeric_scaling
+    from decflow.model.features import SHARED_SPREAD_RATIO, numeric_scaling
 
     assert SHARED_SPREAD_RATIO == 10.0
     assert numeric_scaling([1.0, 2.0, 10.0]) == "shared"  # 10 x the median 2 is still shared

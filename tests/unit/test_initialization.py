@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-import decflow.initialization as init_module
-from decflow.initialization import (effective_dimension, partition_silhouette,
+import decflow.model.initialization as init_module
+from decflow.model.initialization import (effective_dimension, partition_silhouette,
                                     select_manifold_init, view_dimensions, view_seeds,
                                     view_space)
-from decflow.nn import ClusteringLayer
-from decflow.training import fit_dec
+from decflow.model.nn import ClusteringLayer
+from decflow.model.training import fit_dec
 
 
 def test_view_seeds_keep_the_first_and_derive_distinct_others():
@@ -181,7 +181,7 @@ def _fine_tune(anchor_updates, tol):
     """Two blobs apart along feature 0; the target splits by the sign of feature 1 instead,
     across both blobs. DEC's own target p(q) drifts to the density gap; a target kept
     throughout holds its split."""
-    from decflow.nn import Autoencoder
+    from decflow.model.nn import Autoencoder
 
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)

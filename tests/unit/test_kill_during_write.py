@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from decflow import storage
+from decflow.data import storage
 
 DAY = "2026-11-21"
 GROUPS = 8  # row groups per written file
@@ -22,12 +22,12 @@ GROUPS = 8  # row groups per written file
 WRITER = textwrap.dedent("""
     import importlib.util, os, sys, types
     import pyarrow as pa
-    # decflow.storage without the package's __init__ (which loads torch): a quick start
+    # decflow.data.storage without the package's __init__ (which loads torch): a quick start
     spec = importlib.util.find_spec("decflow")
     package = types.ModuleType("decflow")
     package.__path__ = list(spec.submodule_search_locations)
     sys.modules["decflow"] = package
-    from decflow import storage
+    from decflow.data import storage
 
     root, version, out = sys.argv[1], sys.argv[2], int(sys.argv[3])
     def table(g):

@@ -1,6 +1,6 @@
 import torch
 
-from decflow.losses import kl_divergence, soft_assignment, target_distribution
+from decflow.model.losses import kl_divergence, soft_assignment, target_distribution
 
 
 def test_soft_assignment_hand_worked_two_centroids():

@@ -1,6 +1,6 @@
 import numpy as np
 
-from decflow.metrics import cluster_accuracy, cluster_size_summary, supervised_scores
+from decflow.model.metrics import cluster_accuracy, cluster_size_summary, supervised_scores
 
 
 def test_accuracy_is_invariant_to_relabelling():

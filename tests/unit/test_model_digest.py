@@ -16,9 +16,10 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from decflow import DeepEmbeddedClustering, tracking
+from decflow import DeepEmbeddedClustering
 from decflow.config import FeaturesConfig
-from decflow.features import FeatureEncoder
+from decflow.model.features import FeatureEncoder
+from decflow.registry import tracking
 
 MODEL = "digest-test"
 FEATURES = FeaturesConfig(numeric=["x"], categorical=["colour"], vector={"v": 4})
@@ -81,7 +82,7 @@ def test_registration_records_a_digest_of_every_file(store):
     stored = {p.relative_to(store.root).as_posix() for p in store.root.rglob("*") if p.is_file()}
     assert set(manifest["files"]) == stored - {tracking.MANIFEST}
     assert {"MLmodel", "pyfunc_model.py", "artifacts/encoder.json",
-            "artifacts/estimator.safetensors", "code/decflow/tracking.py"} <= set(manifest["files"])
+            "artifacts/estimator.safetensors", "code/decflow/registry/tracking.py"} <= set(manifest["files"])
     for rel, digest in manifest["files"].items():
         assert digest == hashlib.sha256((store.root / rel).read_bytes()).hexdigest(), rel
 

@@ -8,7 +8,7 @@ import pytest
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
 
-from decflow import monitoring
+from decflow.insight import monitoring
 
 
 def test_size_shift_is_total_variation_and_psi():

@@ -16,10 +16,10 @@ import pytest
 
 from decflow import DegenerateClusterWarning
 from decflow.config import PipelineConfig
-from decflow.estimator import estimator_from_config
-from decflow.features import FeatureEncoder
-from decflow.metrics import ari
-from decflow.profiles import cluster_profiles
+from decflow.insight.profiles import cluster_profiles
+from decflow.model.estimator import estimator_from_config
+from decflow.model.features import FeatureEncoder
+from decflow.model.metrics import ari
 
 WORDS = np.array([f"word{i}" for i in range(400)])
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from decflow.config import FeaturesConfig
-from decflow.profiles import ClusterProfiles, cluster_profiles
+from decflow.insight.profiles import ClusterProfiles, cluster_profiles
 
 SIZES = (300, 200, 100)  # clusters 0, 1, 2; cluster 3 of k=4 stays empty
 K = 4

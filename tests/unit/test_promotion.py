@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from decflow import DeepEmbeddedClustering, registry
+from decflow import DeepEmbeddedClustering
+from decflow.registry import aliases as registry
 from decflow.config import FeaturesConfig, PromotionConfig
-from decflow.features import FeatureEncoder
-from decflow.promotion import (ReferenceScores, compare_models, evaluate_gates, reference_sample,
+from decflow.model.features import FeatureEncoder
+from decflow.registry.promotion import (ReferenceScores, compare_models, evaluate_gates, reference_sample,
                                score_reference, size_gate)
 
 # tests/conftest.py FAST settings, with the k-means init (no UMAP); importing them from

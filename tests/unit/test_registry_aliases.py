@@ -8,7 +8,8 @@ newest judged version and, when it is "promote", ``previous``/``champion``. A ro
 import pytest
 from mlflow import MlflowClient
 
-from decflow import registry, tracking
+from decflow.registry import aliases as registry
+from decflow.registry import tracking
 
 
 @pytest.fixture(scope="module")

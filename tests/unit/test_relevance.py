@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from decflow.config import FeaturesConfig
-from decflow.features import FeatureEncoder
-from decflow.relevance import column_relevance, relevance_weights
+from decflow.model.features import FeatureEncoder
+from decflow.model.relevance import column_relevance, relevance_weights
 
 
 def groups_and_noise(n=600, seed=0):

@@ -13,12 +13,12 @@ import pytest
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
 
-from decflow import report
 from decflow.config import FeaturesConfig, PipelineConfig
+from decflow.data.validation import ExpectationResult, ValidationReport
 from decflow.errors import ConfigError
-from decflow.profiles import cluster_profiles
-from decflow.promotion import Gate, PromotionDecision
-from decflow.validation import ExpectationResult, ValidationReport
+from decflow.insight import report
+from decflow.insight.profiles import cluster_profiles
+from decflow.registry.promotion import Gate, PromotionDecision
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -218,7 +218,7 @@ def test_write_report_is_atomic(report_runs, tmp_path, monkeypatch):
 
 
 def test_report_command_and_log_report(report_runs, tmp_path):
-    from flows.report import REPORT_ARTIFACT, log_report, report_command
+    from decflow.insight.report import REPORT_ARTIFACT, log_report, report_command
 
     config = PipelineConfig(home=str(tmp_path / "home"),
                             registry={"tracking_uri": report_runs.uri, "experiment": EXPERIMENT})

@@ -7,7 +7,7 @@ Without Chromium these tests skip, unless INTEGRATION_REQUIRED=1 (CI), where the
 import pytest
 
 import browser
-from decflow import report
+from decflow.insight import report
 from test_report import K, report_runs  # noqa: F401  (the store, built once per session)
 
 @pytest.fixture(scope="module", autouse=True)

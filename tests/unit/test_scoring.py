@@ -13,13 +13,15 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from decflow import DeepEmbeddedClustering, scoring, storage
-from decflow.compute import dask_client
+from decflow import DeepEmbeddedClustering
 from decflow.config import PipelineConfig
+from decflow.data import storage
+from decflow.data.validation import DataValidationError, check
+from decflow.engine import partitions as scoring
+from decflow.engine.compute import dask_client
 from decflow.errors import DataError
-from decflow.features import FeatureEncoder
-from decflow.tracking import score_frame
-from decflow.validation import DataValidationError, check
+from decflow.model.features import FeatureEncoder
+from decflow.model.scoring import score_frame
 from testkit import FAST
 
 DAYS = [dt.date(2026, 11, 20) + dt.timedelta(days=i) for i in range(3)]

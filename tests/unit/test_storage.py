@@ -6,7 +6,7 @@ import pytest
 
 import pyarrow as pa
 
-from decflow import storage
+from decflow.data import storage
 
 
 def test_write_partition_tolerates_a_temporary_that_vanishes(tmp_path, monkeypatch):
@@ -43,7 +43,7 @@ def _source(tmp_path):
 def test_a_missing_source_dataset_is_a_data_error(tmp_path):
     import pytest
 
-    from decflow import storage
+    from decflow.data import storage
     from decflow.errors import DataError
 
     with pytest.raises(DataError, match=r"source dataset not found: .*source"):
@@ -56,7 +56,7 @@ def test_a_corrupt_or_truncated_file_is_a_data_error_naming_it(tmp_path, content
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from decflow import storage
+    from decflow.data import storage
     from decflow.errors import DataError
 
     part = tmp_path / "source" / "ds=2026-11-21"

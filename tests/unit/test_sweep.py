@@ -1,4 +1,4 @@
-"""decflow.sweep and `sweep_k_command`: k ranges, the recommendation rule, sweeps on blobs of
+"""decflow.insight.sweep and `sweep_k_command`: k ranges, the recommendation rule, sweeps on blobs of
 known k, the chart, and the command end to end on a tiny source table.
 
 Sweeps here use init="k-means" or a stand-in for the UMAP view: numba's first UMAP compilation
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from decflow.errors import ConfigError, DataError
-from decflow.sweep import SweepRow, parse_k_range, recommend_k, run_sweep, sweep_k
+from decflow.insight.sweep import SweepRow, parse_k_range, recommend_k, run_sweep, sweep_k
 
 FAST = dict(init="k-means", n_init=3)
 
@@ -152,7 +152,7 @@ def test_missing_labels_are_left_out_of_acc(blobs5, swept):
 
 
 def test_manifold_sweep_draws_one_view_per_seed(blobs5, monkeypatch):
-    import decflow.initialization
+    import decflow.model.initialization
 
     calls = []
 
@@ -160,7 +160,7 @@ def test_manifold_sweep_draws_one_view_per_seed(blobs5, monkeypatch):
         calls.append((n_components, random_state))
         return np.asarray(Z, dtype=np.float32) * 2.0
 
-    monkeypatch.setattr(decflow.initialization, "manifold_view", view)
+    monkeypatch.setattr(decflow.model.initialization, "manifold_view", view)
     Z, _ = blobs5
     result = sweep_k(Z, [4, 5, 6], seeds=2, random_state=7, n_init=3, view_components=8)
     assert calls == [(8, 7), (8, 8)]  # once per seed, shared by every k
@@ -258,12 +258,12 @@ def test_sweep_k_command_writes_table_chart_and_recommendation(tiny, tmp_path,
 
 
 def test_failed_write_leaves_no_files(blobs5, tmp_path, monkeypatch):
-    import flows.sweep
-    from decflow.sweep import SweepResult
+    from decflow.insight.sweep import SweepResult
+    import decflow.insight.sweep_report
 
     Z, _ = blobs5
     done = sweep_k(Z, [4, 5], **FAST)
-    monkeypatch.setattr(flows.sweep, "run_sweep", lambda *a, **kw: done)
+    monkeypatch.setattr(decflow.insight.sweep_report, "run_sweep", lambda *a, **kw: done)
 
     def broken(self):
         raise RuntimeError("no chart today")
@@ -271,7 +271,7 @@ def test_failed_write_leaves_no_files(blobs5, tmp_path, monkeypatch):
     monkeypatch.setattr(SweepResult, "plot", broken)
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="no chart today"):
-        flows.sweep.sweep_k_command(None, "4,5", None, 3, out, None)
+        decflow.insight.sweep_report.sweep_k_command(None, "4,5", None, 3, out, None)
     assert list(out.iterdir()) == []  # neither the JSON nor the Markdown, no temporary folder
 
 
@@ -282,7 +282,7 @@ def test_failed_write_leaves_no_files(blobs5, tmp_path, monkeypatch):
 ])
 def test_command_rejects_bad_options_before_reading(tiny, tmp_path, ks, seeds, epochs,
                                                     message):
-    from flows.sweep import sweep_k_command
+    from decflow.insight.sweep_report import sweep_k_command
 
     kit, config = tiny
     missing = config.model_copy(update={"source": config.source.model_copy(

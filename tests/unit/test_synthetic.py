@@ -12,10 +12,11 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 from sklearn.preprocessing import StandardScaler
 
-from decflow import storage, synthetic
 from decflow.config import dump_config, load_config
-from decflow.features import FeatureEncoder
-from decflow.synthetic import generate_source, synthetic_config
+from decflow.data import storage
+from decflow.data import synthetic
+from decflow.data.synthetic import generate_source, synthetic_config
+from decflow.model.features import FeatureEncoder
 
 END = dt.date(2026, 11, 21)
 DAYS = [dt.date(2026, 11, 19), dt.date(2026, 11, 20), END]

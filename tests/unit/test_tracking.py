@@ -14,9 +14,10 @@ from mlflow import MlflowClient
 from mlflow.types.schema import Array
 
 from decflow import DeepEmbeddedClustering
-from decflow import registry, tracking
 from decflow.config import FeaturesConfig
-from decflow.features import FeatureEncoder
+from decflow.model.features import FeatureEncoder
+from decflow.registry import aliases as registry
+from decflow.registry import tracking
 
 MODEL = "decflow-test"
 TINY = dict(n_components=4, hidden=(32, 32), pretrain_epochs=5, max_iter=30, n_init=2,
@@ -165,7 +166,7 @@ def test_logged_model_is_code_plus_safe_artifacts(trained):
     root = Path(logged.artifact_location.removeprefix("file://"))
     files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
     assert {"MLmodel", "pyfunc_model.py", "artifacts/encoder.json",
-            "artifacts/estimator.safetensors", "code/decflow/estimator.py",
+            "artifacts/estimator.safetensors", "code/decflow/model/estimator.py",
             "requirements.txt"} <= files
     assert not any(f.endswith((".pkl", ".pyc")) for f in files)
     reqs = (root / "requirements.txt").read_text().split()

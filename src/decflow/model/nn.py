@@ -5,7 +5,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .losses import soft_assignment
+from decflow.model.losses import soft_assignment
 
 
 def _mlp(widths: Sequence[int], final_activation: bool) -> nn.Sequential:

@@ -35,13 +35,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from . import storage, validation
-from .compute import keep_large_allocations, one_blas_thread
-from .config import FeaturesConfig, PipelineConfig, SourceConfig, ValidationConfig
-from .errors import DataError
-from .estimator import DeepEmbeddedClustering
-from .features import FeatureEncoder
-from .storage import Chunk, WindowScan
+from decflow.config import FeaturesConfig, PipelineConfig, SourceConfig, ValidationConfig
+from decflow.data import storage
+from decflow.data import validation
+from decflow.data.storage import Chunk, WindowScan
+from decflow.engine.compute import keep_large_allocations, one_blas_thread
+from decflow.errors import DataError
+from decflow.model.estimator import DeepEmbeddedClustering
+from decflow.model.features import FeatureEncoder
 
 _log = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ def score_table(frame: pd.DataFrame, model, plan: Plan, partition: str = "") -> 
             the encoding or the embedding, and would be labelled with a NaN confidence). The
             message names the partition and a few ids; nothing is written.
     """
-    from .tracking import score_frame
+    from decflow.model.scoring import score_frame
 
     encoder, estimator = model
     id_column = plan.source.id_column

@@ -21,7 +21,7 @@ from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 
-from .compute import one_blas_thread
+from decflow.engine.compute import one_blas_thread
 
 _log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ weight of one standardised numeric column (a two-valued categorical column then 
 as its standardised 0/1 indicator would). With ``column_weighting="relevance"`` (the default)
 every column is then multiplied by a weight in [0, 1] measured on the training rows without
 labels: how much of the column its nearest rows in the *other* columns predict
-(``decflow.relevance``). A column that nothing else in the table predicts (a random code, an
+(``decflow.model.relevance``). A column that nothing else in the table predicts (a random code, an
 unrelated number or text) gets weight 0 and no longer shapes the clusters; columns that share
 structure keep weight 1. ``weights_`` and ``relevance_`` hold the measures per column.
 """
@@ -43,8 +43,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .config import FeaturesConfig
-from .relevance import RELEVANCE_ROWS, column_relevance
+from decflow.config import FeaturesConfig
+from decflow.model.relevance import RELEVANCE_ROWS, column_relevance
 
 UNKNOWN = "__unknown__"
 TEXT_MAX_FEATURES = 5000  # TF-IDF vocabulary cap: bounds the JSON state (components are k x V)

@@ -25,11 +25,11 @@ from pathlib import Path
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
-from . import __version__
-from .config import redact
-from .errors import ConfigError
-from .profiles import label_text
-from .tracking import mlflow_client
+from decflow import __version__
+from decflow.config import PipelineConfig, redact
+from decflow.errors import ConfigError
+from decflow.insight.profiles import label_text
+from decflow.registry.tracking import mlflow_client
 
 FLOW = "recluster"
 # Shown first, in this order; every other metric follows by name.
@@ -49,6 +49,7 @@ ARTIFACTS = {"config": "config.yaml", "validation": "validation/result.json",
              "alignment": "alignment/cluster_ids.json", "promotion": "promotion/decision.json",
              "profiles": "profiles/cluster_profiles.json", "drift": "monitoring/drift.json"}
 PLOTS_DIR = "plots"
+REPORT_ARTIFACT = "report/report.html"  # the page, logged into its own run
 _PNG = b"\x89PNG\r\n\x1a\n"
 _MAX_ITEMS = 5  # features, categories, terms, exemplars per profile cell
 
@@ -147,6 +148,34 @@ def save_page(page: str, out: Path) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return out
+
+
+def report_path(config: PipelineConfig, run_date: str) -> Path:
+    """Where a run's report goes by default: ``<home>/reports/recluster-<run date>.html``."""
+    return Path(config.home) / "reports" / f"recluster-{run_date}.html"
+
+
+def report_command(config: PipelineConfig, run_date: dt.date | None = None,
+                   run_id: str | None = None, out: Path | None = None) -> Path:
+    """Write the report of a recluster run (by id, by run date, else the newest); returns
+    the file written."""
+    uri, experiment = config.tracking_uri(), config.registry.experiment
+    run = find_run(uri, experiment, run_date=run_date, run_id=run_id)
+    day = run.data.tags.get("decflow.run_date") or run.info.run_id
+    return write_report(uri, experiment, out or report_path(config, day),
+                               run_id=run.info.run_id)
+
+
+def log_report(config: PipelineConfig, run_id: str, out: Path | None = None) -> str:
+    """Render the report of ``run_id`` once and log it into that run as
+    ``report/report.html`` (and, with ``out``, write the same page there atomically); returns
+    the artifact's URI."""
+    client = mlflow_client(config.tracking_uri())
+    page = render_report(config.tracking_uri(), run_id)
+    client.log_text(run_id, page, REPORT_ARTIFACT)
+    if out is not None:
+        save_page(page, out)
+    return f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{REPORT_ARTIFACT}"
 
 
 # --------------------------------------------------------------------------- reading

@@ -11,7 +11,7 @@ import dask
 import distributed
 from threadpoolctl import ThreadpoolController
 
-from .config import ComputeConfig
+from decflow.config import ComputeConfig
 
 
 @contextmanager

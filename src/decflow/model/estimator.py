@@ -15,12 +15,12 @@ import torch
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from . import __version__
-from .initialization import kmeans_init, manifold_init
-from .initialization import VIEW_SPACES, effective_dimension, view_dimensions
-from .initialization import view_space as choose_view_space
-from .nn import Autoencoder, ClusteringLayer
-from .training import encode, fit_dec, pretrain_autoencoder
+from decflow import __version__
+from decflow.model.initialization import VIEW_SPACES, effective_dimension, view_dimensions
+from decflow.model.initialization import kmeans_init, manifold_init
+from decflow.model.initialization import view_space as choose_view_space
+from decflow.model.nn import Autoencoder, ClusteringLayer
+from decflow.model.training import encode, fit_dec, pretrain_autoencoder
 
 _FORMAT = "decflow.dec/1"
 _INIT_CHOICES = ("manifold", "k-means")
@@ -83,11 +83,11 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         scaled input itself. "auto" takes the input when its effective dimension (participation
         ratio of the covariance spectrum) is at most ``n_components``: the autoencoder then
         compresses nothing and its embedding distorts what the input shows (see
-        ``decflow.initialization``).
+        ``decflow.model.initialization``).
     init_views : int, default=5
         UMAP views fitted by the "manifold" initialisation; the candidate partition with the
         highest silhouette in its own view is kept (label-free; see
-        ``decflow.initialization``).
+        ``decflow.model.initialization``).
     init_view_rows : int or None, default=50000
         The views are fitted on a seeded sample of at most this many rows; the chosen view
         then places the other rows, whose mixture posteriors complete the target (a UMAP fit
@@ -109,7 +109,7 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         "auto" uses CUDA when present (bf16 mixed precision, data kept on the GPU when it fits).
     random_state : int or None, default=None
         Seed for weights, shuffling and initialisation; on CPU a fixed seed gives identical labels.
-    callbacks : list of decflow.callbacks.Callback, default=None
+    callbacks : list of decflow.model.callbacks.Callback, default=None
 
     Attributes
     ----------
@@ -117,7 +117,7 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
     labels_ : ndarray (n_samples,)
     n_iter_ : int
         Fine-tuning optimiser steps taken.
-    autoencoder_ : decflow.nn.Autoencoder
+    autoencoder_ : decflow.model.nn.Autoencoder
     history_ : dict
         ``pretrain_loss`` (one value per epoch) and ``finetune`` (one dict per target update:
         ``kl``, ``reconstruction``, ``delta_label``, ``step``).
@@ -493,7 +493,7 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
 
         Returns:
             ((n_samples, m) float32, "embedding" or "input"): the embedding z, or the scaled
-            input when ``view_space`` (resolved by ``decflow.initialization.view_space``)
+            input when ``view_space`` (resolved by ``decflow.model.initialization.view_space``)
             says so. Sets ``view_space_`` and ``input_dimension_`` (the input's effective
             dimension).
         """

@@ -58,7 +58,7 @@ from itertools import combinations
 
 import numpy as np
 
-from .metrics import ari, cluster_size_summary, silhouette_sample, supervised_scores
+from decflow.model.metrics import ari, cluster_size_summary, silhouette_sample, supervised_scores
 
 INIT_CHOICES = ("manifold", "k-means")
 _INT = re.compile(r"[+-]?\d+")
@@ -302,7 +302,7 @@ def sweep_k(Z, ks: Sequence[int], *, init: str = "manifold", seeds: int = 3, y=N
 
     t0 = time.perf_counter()
     if init == "manifold":
-        from .initialization import manifold_view
+        from decflow.model.initialization import manifold_view
 
         say(f"UMAP views of {n} rows ({view_components}-d, seeds {seed_values})")
         spaces = [manifold_view(Z, view_components, s) for s in seed_values]
@@ -348,12 +348,12 @@ def run_sweep(config, ks: Sequence[int], *, run_date=None, seeds: int = 3,
     Raises:
         DataError: the source has no partitions, or the window holds no rows.
     """
-    from . import storage
-    from .config import redact
-    from .errors import DataError
-    from .estimator import estimator_from_config
-    from .features import FeatureEncoder
-    from .scoring import source_columns
+    from decflow.config import redact
+    from decflow.data import storage
+    from decflow.engine.partitions import source_columns
+    from decflow.errors import DataError
+    from decflow.model.estimator import estimator_from_config
+    from decflow.model.features import FeatureEncoder
 
     say = progress or _log.info
     src, t = config.source, config.train
@@ -416,7 +416,7 @@ def _partition(M: np.ndarray, Z: np.ndarray, k: int, seed: int, init: str, n_ini
     km = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(M)
     if init == "k-means":
         return km.labels_
-    from .initialization import gmm_refine
+    from decflow.model.initialization import gmm_refine
 
     _, resp = gmm_refine(M, Z, k, means_init=km.cluster_centers_, random_state=seed)
     return resp.argmax(axis=1)

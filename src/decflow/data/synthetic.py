@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .config import PipelineConfig
-from .storage import PART_FILE, parse_date, partition_dir
+from decflow.config import PipelineConfig
+from decflow.data.storage import PART_FILE, parse_date, partition_dir
 
 # Spread of the cluster means per dimension, in units of the within-cluster noise (see the
 # module docstring for what it gives).

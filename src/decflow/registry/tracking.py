@@ -18,7 +18,7 @@ server that does not answer into ``decflow.errors.ServiceUnavailable``.
 
 Aliases, no stages: ``champion`` serves labels, ``challenger`` is the newest judged candidate,
 ``previous`` the last champion (for rollback). Registration sets none: a version is judged first
-(see ``decflow.registry.apply_verdict``).
+(see ``decflow.registry.aliases.apply_verdict``).
 """
 
 import contextlib
@@ -51,11 +51,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature, infer_signature
 from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
-from .callbacks import Callback
-from .config import redact
-from .errors import ConfigError, ServiceUnavailable
-from .estimator import DeepEmbeddedClustering
-from .features import FeatureEncoder
+from decflow.config import redact
+from decflow.errors import ConfigError, ServiceUnavailable
+from decflow.model.callbacks import Callback
+from decflow.model.estimator import DeepEmbeddedClustering
+from decflow.model.features import FeatureEncoder
+from decflow.model.scoring import score_frame
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 ALIASES = (CHAMPION, CHALLENGER, PREVIOUS)
@@ -204,31 +205,6 @@ def fail_stale_runs(tracking_uri: str, experiment_id: str, still_running: Callab
                        f"{f' by run {by}' if by else ''}")
         client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
     return [r.info.run_id for r in stale]
-
-
-# ------------------------------------------------------------------------------ scoring
-def score_frame(encoder, estimator, df: pd.DataFrame) -> pd.DataFrame:
-    """Score rows with a fitted feature encoder and DEC estimator.
-
-    Used by the logged pyfunc and by the flows, so both give identical labels.
-
-    Args:
-        encoder: fitted ``decflow.features.FeatureEncoder``.
-        estimator: fitted ``decflow.DeepEmbeddedClustering``.
-        df: (n rows) with the source feature columns; other columns are ignored.
-
-    Returns:
-        DataFrame (n rows, ``df``'s index) with ``cluster_id`` int32, ``confidence`` float32
-        (max_j q_ij) and ``distance`` float32 (to the assigned centroid in embedding space).
-    """
-    if len(df) == 0:
-        ids = np.empty(0, np.int32)
-        conf = dist = np.empty(0, np.float32)
-    else:
-        ids, conf, dist = estimator.score_samples(encoder.transform(df))
-    return pd.DataFrame({"cluster_id": np.asarray(ids, dtype=np.int32),
-                         "confidence": np.asarray(conf, dtype=np.float32),
-                         "distance": np.asarray(dist, dtype=np.float32)}, index=df.index)
 
 
 # --------------------------------------------------------------------------- experiments
@@ -417,7 +393,7 @@ def log_model(run_id: str, tracking_uri: str, estimator, encoder, input_example:
             local = tmp / "model"
             mlflow.pyfunc.save_model(
                 local, python_model=str(_PYFUNC_CODE), artifacts=artifacts,
-                code_paths=[str(Path(__file__).parent)], signature=signature,
+                code_paths=[str(Path(__file__).parents[1])], signature=signature,
                 input_example=example, pip_requirements=pip_requirements(),
                 mlflow_model=mlflow_model)
             for cache in list(local.rglob("__pycache__")):
@@ -440,7 +416,7 @@ def register_model(tracking_uri: str, model_uri: str, model_name: str, *, run_id
 
     The registered model is created if missing. The new version gets ``tags``, the tag
     ``promotion.decision`` = ``pending`` (until a promotion gate judges it, see
-    ``decflow.registry.apply_verdict``) and ``decflow.manifest_sha256``, the digest of its
+    ``decflow.registry.aliases.apply_verdict``) and ``decflow.manifest_sha256``, the digest of its
     file manifest (from the LoggedModel's tag, else of the stored manifest). Even the first
     version gets no alias: only a judged version may hold one.
 
@@ -573,7 +549,7 @@ def _stored_manifest_digest(tracking_uri: str, source: str) -> str:
                     tracking_uri=tracking_uri)
         except (MlflowException, OSError) as exc:
             raise ValueError(f"{source} has no {MANIFEST} ({exc}): log the model with "
-                             f"decflow.tracking.log_model, which records its file digests"
+                             f"decflow.registry.tracking.log_model, which records its file digests"
                              ) from exc
         return _sha256(Path(path))
 

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from .metrics import cluster_size_summary, silhouette_sample, supervised_scores
+from decflow.model.metrics import cluster_size_summary, silhouette_sample, supervised_scores
 
 
 def cluster_sizes(labels, n_clusters: int) -> dict[int, int]:

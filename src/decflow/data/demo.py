@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .config import FeaturesConfig, PipelineConfig, SourceConfig, ValidationConfig
-from .storage import parse_date, write_partition
+from decflow.config import FeaturesConfig, PipelineConfig, SourceConfig, ValidationConfig
+from decflow.data.storage import parse_date, write_partition
 
 DEMO_DAYS = 3
 

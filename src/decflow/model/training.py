@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional as F
 
-from .callbacks import dispatch
-from .losses import kl_divergence, target_distribution
-from .nn import Autoencoder, ClusteringLayer
+from decflow.model.callbacks import dispatch
+from decflow.model.losses import kl_divergence, target_distribution
+from decflow.model.nn import Autoencoder, ClusteringLayer
 
 
 @dataclass

@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .config import FeaturesConfig
-from .features import _as_strings, _documents, _numeric, _stack_vectors
+from decflow.config import FeaturesConfig
+from decflow.model.features import _as_strings, _documents, _numeric, _stack_vectors
 
 MAX_VECTOR_ELEMENTS = 64  # longer vector columns are left out of the numeric ranking
 MAX_TERMS = 20_000  # vocabulary cap per text column: bounds memory at (k, MAX_TERMS)

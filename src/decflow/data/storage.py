@@ -34,8 +34,8 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .config import SourceConfig
-from .errors import ConfigError, DataError
+from decflow.config import SourceConfig
+from decflow.errors import ConfigError, DataError
 
 _log = logging.getLogger(__name__)
 

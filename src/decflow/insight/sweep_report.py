@@ -1,9 +1,9 @@
-"""`decflow sweep-k`: sweep candidate k on the training sample, write the table, the chart and
-the recommendation (``decflow.sweep`` explains the proxy and the rule).
+"""What `decflow sweep-k` gives its user: the sweep run over candidate k, its table, chart and
+recommendation written as three files and printed (``decflow.insight.sweep`` explains the proxy
+and the rule).
 
-A plain function, not a Prefect flow: it reads the source and writes three files under ``out``,
-and registers, tracks and labels nothing, so it needs no server and leaves nothing for the
-nightly's stores.
+It reads the source and writes three files under ``out``, and registers, tracks and labels
+nothing, so it needs no server and leaves nothing for the nightly's stores.
 """
 
 import datetime as dt
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from decflow.config import PipelineConfig
 from decflow.errors import ConfigError
-from decflow.sweep import SweepResult, parse_k_range, run_sweep
+from decflow.insight.sweep import SweepResult, parse_k_range, run_sweep
 
 FILES = ("sweep_k.json", "sweep_k.md", "sweep_k.png")
 

@@ -1,6 +1,6 @@
 """Champion/challenger promotion policy: score both models on the same reference rows, run gates.
 
-Pure library code: nothing here reads or writes the registry (``decflow.registry`` moves the
+Pure library code: nothing here reads or writes the registry (``decflow.registry.aliases`` moves the
 aliases) and nothing imports prefect. The gates, in evaluation order:
 
 ``validation``     the candidate's data passed validation (version tag ``validation.success``).
@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from .config import PromotionConfig
-from .metrics import ari, cluster_accuracy, nmi, silhouette_sample
+from decflow.config import PromotionConfig
+from decflow.model.metrics import ari, cluster_accuracy, nmi, silhouette_sample
 
 PROMOTE, REJECT, ALREADY_CHAMPION = "promote", "reject", "already_champion"
 TAG_PREFIX = "promotion."

@@ -9,7 +9,7 @@ Tables of any size are validated batch by batch: ``validate_batch`` runs every p
 expectation on one batch and returns a small ``BatchValidation`` (counts, a few offending rows
 with their partition); ``merge_batches`` adds batches up into one report and checks the
 table-wide expectations on the totals: the row count, and id uniqueness from ``Duplicates``
-(exact: ``find_duplicates`` over hash buckets of every batch's ids, see ``decflow.scoring``).
+(exact: ``find_duplicates`` over hash buckets of every batch's ids, see ``decflow.engine.partitions``).
 ``validate_frame`` is the one-batch case.
 
 What the config-derived suite checks, in this order:
@@ -315,7 +315,7 @@ def find_duplicates(parts: list[tuple[np.ndarray, np.ndarray | None]], sample_si
 
     With ``per_partition`` an id may repeat across partitions (daily snapshot tables) and
     only repeats within one partition count. Over Dask, ids are first split by hash into
-    buckets so each call sees one bucket of the whole window (see ``decflow.scoring``); here
+    buckets so each call sees one bucket of the whole window (see ``decflow.engine.partitions``); here
     they only need to fit one process.
     """
     if per_partition and parts:

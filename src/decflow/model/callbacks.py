@@ -34,7 +34,7 @@ class PrintProgress(Callback):
 
 
 class LogProgress(Callback):
-    """Logs training progress to the ``decflow.training`` logger: the start and end of each phase,
+    """Logs training progress to the ``decflow.model.training`` logger: the start and end of each phase,
     about ``lines`` evenly spaced pretraining epochs and every fine-tuning target update.
 
     Unlike ``ProgressBar`` it needs no terminal, so it is what scheduled runs show (the Prefect
@@ -43,7 +43,7 @@ class LogProgress(Callback):
 
     def __init__(self, lines: int = 10, logger: logging.Logger | None = None):
         self.lines = lines
-        self.logger = logger or logging.getLogger("decflow.training")
+        self.logger = logger or logging.getLogger("decflow.model.training")
         self._every = 1
 
     def on_phase_begin(self, phase, info):

@@ -21,8 +21,8 @@ import logging
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from .errors import Conflict
-from .tracking import CHALLENGER, CHAMPION, PREVIOUS, mlflow_client
+from decflow.errors import Conflict
+from decflow.registry.tracking import CHALLENGER, CHAMPION, PREVIOUS, mlflow_client
 
 _log = logging.getLogger(__name__)
 

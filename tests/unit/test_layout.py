@@ -1,0 +1,94 @@
+"""The layout is the architecture: imports go one way, between the layers (src <- tasks <- flows)
+and between the library's subpackages, and every package folder is installed."""
+
+import ast
+import tomllib
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parents[2]
+SRC = ROOT / "src" / "decflow"
+# The library's subpackages, each allowed to import only the ones of a lower rank (and the
+# top-level modules: config, errors, locks, the version). Same rank: independent of each other.
+RANK = {"model": 1, "data": 1, "engine": 2, "registry": 2, "insight": 3}
+
+
+def imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every import in ``path``, also those inside functions; ``from x
+    import y`` gives ``x.y`` (y may be a module or a name)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found += [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found.append((node.lineno, "." * node.level + (node.module or "")))
+    return found
+
+
+def subpackage(module: str) -> str | None:
+    """``decflow.engine.partitions.x`` -> ``engine``; top-level modules -> None."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 and parts[1] in RANK else None
+
+
+def library_modules():
+    return sorted(SRC.rglob("*.py"))
+
+
+def test_every_library_folder_is_a_ranked_subpackage():
+    folders = {p.name for p in SRC.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders == set(RANK)
+    assert all((SRC / name / "__init__.py").is_file() for name in RANK)
+
+
+def test_library_imports_go_one_way_between_subpackages():
+    offenders = []
+    for path in library_modules():
+        here = path.relative_to(SRC).parts[0] if len(path.relative_to(SRC).parts) > 1 else None
+        for line, module in imports(path):
+            if module.startswith("."):
+                offenders.append(f"{path.relative_to(ROOT)}:{line} relative import {module}")
+                continue
+            if module.split(".")[0] in {"tasks", "flows", "prefect"}:
+                offenders.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+                continue
+            if not module.startswith("decflow."):
+                continue
+            there = subpackage(module)
+            if there is None or there == here:
+                continue
+            if path == SRC / "__init__.py":
+                continue  # the package's face: ``from decflow import DeepEmbeddedClustering``
+            if here is None or RANK[there] >= RANK[here]:
+                offenders.append(f"{path.relative_to(ROOT)}:{line} ({here or 'top level'}) "
+                                 f"imports {module} ({there})")
+    assert offenders == []
+
+
+def test_tasks_never_import_flows():
+    offenders = [f"{p.relative_to(ROOT)}:{line} imports {m}"
+                 for p in sorted((ROOT / "tasks").rglob("*.py")) for line, m in imports(p)
+                 if m.split(".")[0] == "flows"]
+    assert offenders == []
+
+
+def test_flows_folder_holds_flows_and_their_command_line_only():
+    """Every module under flows/ defines a Prefect flow, except the CLI and the deployments'
+    definitions that serve them; plain helpers live in the library."""
+    allowed = {"__init__", "cli", "deployments"}
+    plain = [p.name for p in sorted((ROOT / "flows").glob("*.py"))
+             if p.stem not in allowed and "@flow" not in p.read_text()]
+    assert plain == []
+
+
+def test_every_package_folder_is_installed():
+    """A folder missing from pyproject's list works in an editable install and is absent from
+    a wheel (the container image): the list and the folders agree."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    declared = set(config["packages"])
+    on_disk = {"decflow"} | {f"decflow.{p.parent.name}" for p in SRC.glob("*/__init__.py")} \
+        | {p.parent.name for p in ROOT.glob("*/__init__.py")
+           if p.parent.name in {"tasks", "flows"}}
+    assert declared == on_disk
