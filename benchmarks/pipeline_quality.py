@@ -65,6 +65,7 @@ def run_pipeline(X, y, kind: str, seed: int, numeric_scaling: str = "auto") -> d
 
     from decflow.config import PipelineConfig
     from decflow.data.storage import read_partition
+    from decflow.errors import Rejected
     from decflow.model.metrics import supervised_scores
     from flows.recluster import recluster
 

@@ -151,6 +151,7 @@ def run_pipeline(frame, y, numeric, categorical, seed: int) -> dict:
     from mlflow import MlflowClient
 
     from decflow.data.storage import read_partition
+    from decflow.errors import Rejected
     from decflow.model.metrics import supervised_scores
     from flows.recluster import recluster
     from scale import RssSampler
@@ -164,7 +165,7 @@ def run_pipeline(frame, y, numeric, categorical, seed: int) -> dict:
         with RssSampler(os.getpid()) as rss:
             try:
                 result = recluster(config=config, run_date=RUN_DATE)
-            except RuntimeError as exc:  # a first version rejected by the gates labels nothing
+            except Rejected as exc:  # a first version rejected by the gates labels nothing
                 result = {"error": str(exc)[:300]}
         wall = time.perf_counter() - t
         memory = rss.summary()

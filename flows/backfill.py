@@ -5,7 +5,7 @@ import time
 
 from prefect import flow
 
-from decflow.config import PipelineConfig, redact
+from decflow.config import PipelineConfig
 from decflow.data import storage
 from decflow.registry.tracking import CHAMPION
 from flows.recluster import recluster
@@ -44,10 +44,7 @@ def backfill(config: PipelineConfig, start: dt.date, end: dt.date, model: str = 
                              f"model={model!r} and force={force} do not apply")
         rows = [retrain_day(config, day) for day in days]
     else:
-        version, scorer = load_model(config, model)
-        if version is None:
-            raise ValueError(f"model {config.registry.model_name!r} has no version or alias "
-                             f"{model!r} in {redact(config.tracking_uri())}")
+        version, scorer = load_model(config, model, required=True)
         rows = backfill_partitions(config, days, version, scorer, force)
     summary = publish_backfill_summary(rows)
     if any(r["status"] == "failed" for r in rows):

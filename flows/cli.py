@@ -8,9 +8,13 @@ reaches the CLI and is mapped by its type):
 ====  =========================================================================================
 0     success
 1     the data failed its checks or is unusable (``decflow.errors.DataError``, which includes
-      ``DataValidationError``); also a promotion rejected by its gates, a backfill with failed
+      ``DataValidationError``); also a promotion rejected by its gates (``Rejected``: a first
+      version that fails them leaves no champion to label with), a registered model whose
+      files differ from their recorded digests (``ModelIntegrityError``: check the artifact
+      store, then ``decflow adopt`` a version you trust, or retrain), a backfill with failed
       partitions, a rollback with nothing to roll back to
-2     usage or config error (a bad option, ``typer.BadParameter``, ``ConfigError``)
+2     usage or config error (a bad option, ``typer.BadParameter``, ``ConfigError``; also a
+      model version or alias that does not exist, the same from every command)
 3     a service unavailable (``decflow.errors.ServiceUnavailable``): retry later
 4     internal error (any other exception): one line ``internal error: <Type>: <message>``;
       the traceback is written to ``<home>/errors/<UTC time>-<pid>.txt``, or printed with
@@ -46,13 +50,18 @@ _state: dict[str, Any] = {"home": None}
 def _fail(exc: Exception, show_traceback: bool) -> int:
     """Print what went wrong (secrets redacted) and return the exit code for ``exc``."""
     from decflow.config import redact
-    from decflow.errors import ConfigError, Conflict, DataError, ServiceUnavailable
+    from decflow.errors import (ConfigError, Conflict, DataError, ModelIntegrityError, Rejected,
+                                ServiceUnavailable)
 
     message = redact(str(exc))
     if isinstance(exc, ConfigError):
         code, line = EXIT_USAGE, f"config error: {message}"
     elif isinstance(exc, DataError):
         code, line = EXIT_DATA, f"data error: {message}"
+    elif isinstance(exc, Rejected):
+        code, line = EXIT_DATA, f"rejected: {message}"
+    elif isinstance(exc, ModelIntegrityError):
+        code, line = EXIT_DATA, f"model integrity: {message}"
     elif isinstance(exc, ServiceUnavailable):
         code, line = EXIT_SERVICE, f"service unavailable: {message}"
     elif isinstance(exc, Conflict):
@@ -151,6 +160,14 @@ def _setup(config: Path, sets: list[str] | None = None):
     cfg = _load(config, sets)
     _environment(cfg.home)
     return cfg
+
+
+def _require_model(cfg, ref: str) -> None:
+    """Every command given a model reference checks it first, the same way (``ConfigError``:
+    exit code 2 naming the model, the reference and the store), before any flow starts."""
+    from decflow.registry.tracking import require_version
+
+    require_version(cfg.tracking_uri(), cfg.registry.model_name, ref)
 
 
 def _load(config: Path, sets: list[str] | None = None):
@@ -294,6 +311,7 @@ def score(config: ConfigOpt,
           sets: SetOpt = None):
     """Label one partition with a registered model (write-back only, no training)."""
     cfg = _setup(config, sets)
+    _require_model(cfg, model_version or "champion")
 
     from flows.score import score as score_flow
 
@@ -479,15 +497,10 @@ def promote(config: ConfigOpt,
     from rich.console import Console
     from rich.table import Table
 
-    from decflow.config import redact
-    from decflow.registry.tracking import get_version
     from flows.promote import promote as promote_flow
 
     day = _date(date, "--date")
-    if get_version(cfg.tracking_uri(), cfg.registry.model_name, candidate) is None:
-        raise typer.BadParameter(f"model {cfg.registry.model_name!r} has no version or alias "
-                                 f"{candidate!r} in {redact(cfg.tracking_uri())}",
-                                 param_hint="--candidate")
+    _require_model(cfg, candidate)
     out = promote_flow(config=cfg, candidate=candidate, run_date=day)
     table = Table(title=f"promotion of {cfg.registry.model_name} version {out['candidate']}")
     for col in ("gate", "result", "value", "threshold", "detail"):
@@ -649,8 +662,6 @@ def backfill(config: ConfigOpt,
     partition does not stop the others and is reported with its cause (exit code 1)."""
     cfg = _setup(config, sets)
 
-    from decflow.config import redact
-    from decflow.registry.tracking import get_version
     from flows.backfill import BackfillFailed, backfill as backfill_flow
 
     d1, d2 = _date(start, "--start"), _date(end, "--end")
@@ -659,9 +670,8 @@ def backfill(config: ConfigOpt,
     if retrain and (model != "champion" or force):
         raise typer.BadParameter("--retrain trains a new model for each date and always runs; "
                                  "--model and --force do not apply", param_hint="--retrain")
-    if not retrain and get_version(cfg.tracking_uri(), cfg.registry.model_name, model) is None:
-        raise typer.BadParameter(f"model {cfg.registry.model_name!r} has no version or alias "
-                                 f"{model!r} in {redact(cfg.tracking_uri())}", param_hint="--model")
+    if not retrain:
+        _require_model(cfg, model)
     try:
         rows = backfill_flow(config=cfg, start=d1, end=d2, model=model, force=force,
                              retrain=retrain)

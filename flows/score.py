@@ -4,7 +4,7 @@ import datetime as dt
 
 from prefect import flow
 
-from decflow.config import PipelineConfig, redact
+from decflow.config import PipelineConfig
 from tasks.data import scan_window
 from tasks.labels import label_partition
 from tasks.runtime import night_lock, prepare_run, redact_errors
@@ -23,8 +23,5 @@ def score(config: PipelineConfig, run_date: dt.date, model: str = "champion") ->
 
 def _score(config: PipelineConfig, run_date: dt.date, model: str) -> dict:
     partition = scan_window(config.source, run_date, 1)
-    version, scorer = load_model(config, model)
-    if version is None:
-        raise ValueError(f"model {config.registry.model_name!r} has no version or alias "
-                         f"{model!r} in {redact(config.tracking_uri())}")
+    version, scorer = load_model(config, model, required=True)
     return label_partition(partition, version, scorer, config)

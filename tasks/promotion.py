@@ -12,11 +12,12 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from decflow.config import PipelineConfig, redact
+from decflow.config import PipelineConfig
 from decflow.data import storage
 from decflow.engine.partitions import source_columns
-from decflow.errors import ConfigError, Conflict
+from decflow.errors import Conflict, Rejected
 from decflow.model import alignment
+from decflow.model.scoring import score_frame
 from decflow.registry import aliases as registry
 from decflow.registry import promotion
 from decflow.registry import tracking
@@ -29,15 +30,7 @@ from .tracking import client, log_dict, log_metrics
 @redact_errors
 def find_version(config: PipelineConfig, ref: str):
     """The ModelVersion behind an alias or version number; ConfigError when there is none."""
-    version = tracking.get_version(config.tracking_uri(), config.registry.model_name, ref)
-    if version is None:
-        hint = ""
-        if str(ref) == tracking.CHALLENGER:
-            hint = ("; `challenger` is set when a gate judges a version and cleared by a "
-                    "rollback of that version: name the version to gate (candidate=N)")
-        raise ConfigError(f"model {config.registry.model_name!r} has no version or alias "
-                          f"{ref!r} in {redact(config.tracking_uri())}{hint}")
-    return version
+    return tracking.require_version(config.tracking_uri(), config.registry.model_name, ref)
 
 
 @task(name="sample_reference_rows", cache_policy=NO_CACHE)
@@ -138,9 +131,10 @@ def apply_decision(config: PipelineConfig, decision: promotion.PromotionDecision
 
 def require_champion(config: PipelineConfig, decision: promotion.PromotionDecision) -> None:
     """After the gate of a model's first version: labels need a champion, so a rejected first
-    version fails the run (RuntimeError naming the failed gates); nothing was written."""
+    version fails the run (``Rejected`` naming the failed gates; exit code 1); nothing was
+    written."""
     if decision.champion is None and not decision.promote:
-        raise RuntimeError(f"no champion to label with: {decision.summary()}; the first version "
+        raise Rejected(f"no champion to label with: {decision.summary()}; the first version "
                            f"of {config.registry.model_name!r} must pass the gates before it "
                            f"serves (nothing was written)")
 
@@ -181,7 +175,7 @@ def align_cluster_ids(est, X: np.ndarray, frame: pd.DataFrame, champion_version,
         client(config).set_tag(run_id, "alignment.skipped",
                                f"champion needs columns the rows lack: {missing}")
         return None
-    reference = tracking.score_frame(champion.encoder, champion.estimator, frame)["cluster_id"]
+    reference = score_frame(champion.encoder, champion.estimator, frame)["cluster_id"]
     result = alignment.align_clusters(est, X, reference.to_numpy(),
                                       champion.estimator.n_clusters)
     summary = {"reference_version": str(champion_version.version), **result.to_dict()}

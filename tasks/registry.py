@@ -23,11 +23,15 @@ from .runtime import redact_errors
 
 @task(name="load_model", cache_policy=NO_CACHE)
 @redact_errors
-def load_model(config: PipelineConfig, ref: str = tracking.CHAMPION):
+def load_model(config: PipelineConfig, ref: str = tracking.CHAMPION, required: bool = False):
     """(ModelVersion, LoadedModel(encoder, estimator)) behind an alias or version number, or
-    (None, None) when there is none; its files are checked against their recorded digests."""
+    (None, None) when there is none (``ConfigError`` when ``required``); its files are checked
+    against their recorded digests."""
     uri, name = config.tracking_uri(), config.registry.model_name
-    version = tracking.get_version(uri, name, ref)
+    if required:
+        version = tracking.require_version(uri, name, ref)
+    else:
+        version = tracking.get_version(uri, name, ref)
     if version is None:
         return None, None
     return version, tracking.load_components(uri, name, str(version.version))

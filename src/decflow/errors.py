@@ -5,6 +5,12 @@
 - ``ConfigError``: the configuration or the command line asks for something invalid.
 - ``ServiceUnavailable``: a server the run needs (MLflow, Prefect, Dask, the object store)
   did not answer within its time budget. Retry later; nothing was written or moved.
+- ``Rejected``: a model version failed the promotion gates where the command needed it to
+  pass (a model's first version: there is no champion to label with). Nothing was written.
+- ``ModelIntegrityError``: a registered model's files differ from the digests recorded when it
+  was registered (or none were recorded). Nothing of it was loaded; check the artifact store,
+  then ``decflow adopt`` or retrain.
+- ``Conflict``: another run holds the night or the registry. Retry when it is done.
 
 Anything else is an internal error (a bug). Each is a ``ValueError``/``RuntimeError`` subclass
 so existing ``except ValueError`` callers keep working.
@@ -24,6 +30,16 @@ class ConfigError(ValueError):
 class ServiceUnavailable(RuntimeError):
     """A server the run needs did not answer in time; the message names it (without secrets)
     and the time budget spent."""
+
+
+class Rejected(RuntimeError):
+    """A model version failed its promotion gates where the command needed it to pass; the
+    message names the failed gates. Nothing was written or promoted."""
+
+
+class ModelIntegrityError(RuntimeError):
+    """A registered model's files do not match the digests recorded at registration (or none
+    were recorded); the message names the file and how to adopt or replace the version."""
 
 
 class Conflict(RuntimeError):

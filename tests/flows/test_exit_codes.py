@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 
 from flowkit import RUN_DATE, tiny_config, write_source
 from decflow.config import dump_config
-from decflow.errors import ConfigError, DataError, ServiceUnavailable
+from decflow.errors import ConfigError, DataError, ModelIntegrityError, ServiceUnavailable
 from flows.cli import app
 
 runner = CliRunner()
@@ -154,3 +154,47 @@ def test_a_flow_failure_maps_by_its_exception_type(config_file, monkeypatch, err
     out = runner.invoke(app, ["rollback", "--config", str(config_file)])
     assert out.exit_code == code, out.output
     assert line in out.output
+
+
+@pytest.mark.parametrize("command", [
+    ["score", "--date", str(RUN_DATE), "--model-version", "9"],
+    ["promote", "--candidate", "9"],
+    ["backfill", "--start", str(RUN_DATE), "--end", str(RUN_DATE), "--model", "9"],
+    ["adopt", "--version", "9"],
+], ids=lambda c: c[0])
+def test_a_model_reference_that_does_not_exist_is_exit_2_from_every_command(
+        config_file, tmp_path, command):
+    out = runner.invoke(app, [command[0], "--config", str(config_file), *command[1:]])
+    assert out.exit_code == 2, out.output
+    assert "config error: model 'tiny' has no version or alias '9' in sqlite:///" in out.output
+    assert not (tmp_path / "home" / "errors").exists()  # the user's mistake, not a bug
+
+
+def test_a_model_whose_files_differ_from_their_digests_exits_1_naming_adopt(config_file,
+                                                                           tmp_path,
+                                                                           monkeypatch):
+    def tampered(*args, **kwargs):
+        raise ModelIntegrityError("model 'tiny' version 1: file estimator.safetensors has "
+                                  "sha256 ab12, recorded cd34; if you trust this version, run "
+                                  "`decflow adopt --version 1`")
+
+    monkeypatch.setattr("decflow.registry.tracking.require_version", tampered)
+    out = runner.invoke(app, ["score", "--config", str(config_file), "--date", str(RUN_DATE)])
+    assert out.exit_code == 1, out.output
+    assert ("model integrity: model 'tiny' version 1: file estimator.safetensors has sha256 "
+            "ab12") in out.output
+    assert "internal error" not in out.output
+    assert not (tmp_path / "home" / "errors").exists()
+
+
+def test_a_first_version_rejected_by_the_gates_exits_1_and_labels_nothing(config_file,
+                                                                         tmp_path):
+    # every cluster must hold a million training rows: the first version cannot pass
+    out = runner.invoke(app, ["run", "--config", str(config_file), "--run-date", str(RUN_DATE),
+                              "--set", "promotion.min_cluster_rows=1000000"])
+    assert out.exit_code == 1, out.output
+    assert "rejected: no champion to label with: version 1 rejected" in out.output
+    assert "cluster_sizes" in out.output
+    assert "internal error" not in out.output
+    assert not (tmp_path / "home" / "errors").exists()
+    assert not (tmp_path / "home" / "labels").exists()

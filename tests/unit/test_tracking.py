@@ -15,6 +15,7 @@ from mlflow.types.schema import Array
 
 from decflow import DeepEmbeddedClustering
 from decflow.config import FeaturesConfig
+from decflow.errors import ConfigError
 from decflow.model.features import FeatureEncoder
 from decflow.registry import aliases as registry
 from decflow.registry import tracking
@@ -220,7 +221,7 @@ def test_helpers_leave_no_global_mlflow_state(trained):
 
 
 def test_unknown_reference_is_a_clear_error(trained):
-    with pytest.raises(ValueError, match="has no version or alias 'previous'"):
+    with pytest.raises(ConfigError, match="has no version or alias 'previous'"):
         tracking.load_scorer(trained.uri, MODEL, "previous")
     with pytest.raises(ValueError, match=r"missing feature columns: \['v'\]"):
         tracking.as_model_input(trained.encoder, trained.df.drop(columns="v"))

@@ -52,7 +52,7 @@ from mlflow.models import Model, ModelSignature, infer_signature
 from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
 from decflow.config import redact
-from decflow.errors import ConfigError, ServiceUnavailable
+from decflow.errors import ConfigError, ModelIntegrityError, ServiceUnavailable
 from decflow.model.callbacks import Callback
 from decflow.model.estimator import DeepEmbeddedClustering
 from decflow.model.features import FeatureEncoder
@@ -82,11 +82,6 @@ _REQUIREMENTS = ("torch", "numpy", "pandas", "scikit-learn", "safetensors", "sci
                  "pydantic", "pyyaml")
 _PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 _log = logging.getLogger(__name__)
-
-
-class ModelIntegrityError(RuntimeError):
-    """A registered model's files differ from the digests recorded at registration (a file
-    changed, added or missing, or no digest recorded); the message names the file."""
 
 
 # ------------------------------------------------------------------------------ outages
@@ -584,6 +579,20 @@ def get_version(tracking_uri: str, model_name: str, ref: str) -> ModelVersion | 
         raise
 
 
+def require_version(tracking_uri: str, model_name: str, ref: str) -> ModelVersion:
+    """``get_version``, or ``ConfigError`` naming the model, the reference and the store: the
+    one check of every command that is given a model reference (CLI exit code 2)."""
+    mv = get_version(tracking_uri, model_name, ref)
+    if mv is None:
+        hint = ""
+        if str(ref) == CHALLENGER:
+            hint = ("; `challenger` is set when a gate judges a version and cleared by a "
+                    "rollback of that version: name the version to gate")
+        raise ConfigError(f"model {model_name!r} has no version or alias {str(ref)!r} in "
+                          f"{redact(tracking_uri)}{hint}")
+    return mv
+
+
 def model_version_uri(model_name: str, ref: str) -> str:
     """``models:/<name>/<version>`` for a version number, ``models:/<name>@<alias>`` otherwise."""
     ref = str(ref)
@@ -674,7 +683,7 @@ def adopt_version(tracking_uri: str, model_name: str, ref: str) -> dict[str, str
     """
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    mv = _version_or_error(tracking_uri, model_name, ref, ConfigError)
+    mv = require_version(tracking_uri, model_name, ref)
     if mv.tags.get(MANIFEST_TAG):
         raise ConfigError(f"model {model_name!r} version {mv.version} already has a content "
                           f"digest ({MANIFEST_TAG}); nothing to adopt")
@@ -700,20 +709,11 @@ def _download_verified(tracking_uri: str, model_name: str, ref: str, dst_path: s
     Resolves the version through our own client: MLflow's ``models:/`` artifact repository
     looks the alias up in the process-wide registry URI and ignores the one it is given.
     """
-    mv = _version_or_error(tracking_uri, model_name, ref, ValueError)
+    mv = require_version(tracking_uri, model_name, ref)
     local = _download(tracking_uri, model_name, mv, dst_path)
     verify_model_dir(local, mv.tags.get(MANIFEST_TAG),
                      f"model {model_name!r} version {mv.version}")
     return local
-
-
-def _version_or_error(tracking_uri: str, model_name: str, ref: str,
-                      error: type[Exception]) -> ModelVersion:
-    mv = get_version(tracking_uri, model_name, ref)
-    if mv is None:
-        raise error(f"model {model_name!r} has no version or alias {ref!r} "
-                    f"in {redact(tracking_uri)}")
-    return mv
 
 
 def _download(tracking_uri: str, model_name: str, mv: ModelVersion, dst_path: str) -> Path:
