@@ -85,7 +85,7 @@ def run_pipeline(X, y, kind: str, seed: int, numeric_scaling: str = "auto") -> d
         t = time.perf_counter()
         try:
             result = recluster(config=config, run_date=RUN_DATE)
-        except RuntimeError as exc:  # a first version rejected by the gates labels nothing
+        except Rejected as exc:  # a first version rejected by the gates labels nothing
             client = MlflowClient(config.tracking_uri())
             exp = client.get_experiment_by_name(config.registry.experiment)
             run = client.search_runs([exp.experiment_id], max_results=1)[0]

@@ -469,7 +469,7 @@ def _cli_env(args) -> dict:
 def bench_pipeline(args, res: Results, parts: list[str]) -> None:
     """recluster small (registers the model) -> score small, large -> recluster large."""
     from decflow.config import dump_config
-    from decflow.registry.tracking import get_version, load_components
+    from decflow.registry.versions import get_version, load_components
 
     work = Path(args.workdir)
     shutil.rmtree(work / "home", ignore_errors=True)  # a fresh registry, labels and Prefect db

@@ -7,7 +7,7 @@ from prefect import flow
 
 from decflow.config import PipelineConfig
 from decflow.data import storage
-from decflow.registry.tracking import CHAMPION
+from decflow.registry.versions import CHAMPION
 from flows.recluster import recluster
 from tasks.backfill import backfill_partitions, publish_backfill_summary
 from tasks.runtime import prepare_run, redact_errors

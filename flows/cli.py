@@ -165,7 +165,7 @@ def _setup(config: Path, sets: list[str] | None = None):
 def _require_model(cfg, ref: str) -> None:
     """Every command given a model reference checks it first, the same way (``ConfigError``:
     exit code 2 naming the model, the reference and the store), before any flow starts."""
-    from decflow.registry.tracking import require_version
+    from decflow.registry.versions import require_version
 
     require_version(cfg.tracking_uri(), cfg.registry.model_name, ref)
 
@@ -525,7 +525,7 @@ def adopt(config: ConfigOpt,
     version whose artifact store you trust (or retrain and register a new version)."""
     cfg = _setup(config, sets)
 
-    from decflow.registry.tracking import adopt_version
+    from decflow.registry.versions import adopt_version
 
     out = adopt_version(cfg.tracking_uri(), cfg.registry.model_name, version)
     typer.echo(f"model {cfg.registry.model_name!r} version {out['version']}: recorded the "

@@ -7,7 +7,7 @@ from prefect import flow
 
 from decflow.config import PipelineConfig
 from decflow.registry.promotion import PromotionDecision
-from decflow.registry.tracking import CHAMPION
+from decflow.registry.versions import CHAMPION
 from tasks.promotion import (apply_decision, compare_models, find_version,
                              load_reference_rows, record_decision, require_champion,
                              rollback_champion)

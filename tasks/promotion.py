@@ -20,7 +20,7 @@ from decflow.model import alignment
 from decflow.model.scoring import score_frame
 from decflow.registry import aliases as registry
 from decflow.registry import promotion
-from decflow.registry import tracking
+from decflow.registry import versions
 
 from .runtime import redact_errors, registry_lock
 from .tracking import client, log_dict, log_metrics
@@ -30,7 +30,7 @@ from .tracking import client, log_dict, log_metrics
 @redact_errors
 def find_version(config: PipelineConfig, ref: str):
     """The ModelVersion behind an alias or version number; ConfigError when there is none."""
-    return tracking.require_version(config.tracking_uri(), config.registry.model_name, ref)
+    return versions.require_version(config.tracking_uri(), config.registry.model_name, ref)
 
 
 @task(name="sample_reference_rows", cache_policy=NO_CACHE)

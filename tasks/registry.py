@@ -1,6 +1,6 @@
 """Model logging, registration and champion lookup.
 
-No Prefect retries here: MLflow's own HTTP retries are bounded (``decflow.registry.tracking.HTTP_BUDGET``)
+No Prefect retries here: MLflow's own HTTP retries are bounded (``decflow.registry.client.HTTP_BUDGET``)
 and a server that does not answer fails the run with ``ServiceUnavailable`` within that budget;
 retrying the task would multiply the wait (and a retried registration could register twice).
 """
@@ -15,7 +15,8 @@ from decflow.config import PipelineConfig
 from decflow.data.storage import Lineage
 from decflow.data.validation import ValidationReport
 from decflow.model.features import FeatureEncoder
-from decflow.registry import tracking
+from decflow.registry import packaging
+from decflow.registry import versions
 
 from .data import lineage_tags
 from .runtime import redact_errors
@@ -23,18 +24,18 @@ from .runtime import redact_errors
 
 @task(name="load_model", cache_policy=NO_CACHE)
 @redact_errors
-def load_model(config: PipelineConfig, ref: str = tracking.CHAMPION, required: bool = False):
+def load_model(config: PipelineConfig, ref: str = versions.CHAMPION, required: bool = False):
     """(ModelVersion, LoadedModel(encoder, estimator)) behind an alias or version number, or
     (None, None) when there is none (``ConfigError`` when ``required``); its files are checked
     against their recorded digests."""
     uri, name = config.tracking_uri(), config.registry.model_name
     if required:
-        version = tracking.require_version(uri, name, ref)
+        version = versions.require_version(uri, name, ref)
     else:
-        version = tracking.get_version(uri, name, ref)
+        version = versions.get_version(uri, name, ref)
     if version is None:
         return None, None
-    return version, tracking.load_components(uri, name, str(version.version))
+    return version, versions.load_components(uri, name, str(version.version))
 
 
 @task(name="champion_weights", cache_policy=NO_CACHE)
@@ -69,7 +70,7 @@ def register_model(est, encoder: FeatureEncoder, frame: pd.DataFrame, lineage: L
     """
     uri = config.tracking_uri()
     example = frame[encoder.features.columns()].head(5)
-    model_uri = tracking.log_model(run_id, uri, est, encoder, example)
+    model_uri = packaging.log_model(run_id, uri, est, encoder, example)
     tags = {**lineage_tags(lineage), "data.run_date": run_date,
             "config_digest": config.digest(), "validation.success": str(report.success),
             "validation.n_expectations": str(len(report.results)),
@@ -81,6 +82,6 @@ def register_model(est, encoder: FeatureEncoder, frame: pd.DataFrame, lineage: L
                      "metric.label_churn_unaligned": f"{alignment['label_churn_unaligned']:.6g}"})
     if profile is not None:
         tags["profiles.artifact"] = profile["artifact"]
-    version = tracking.register_model(uri, model_uri, config.registry.model_name,
+    version = packaging.register_model(uri, model_uri, config.registry.model_name,
                                       run_id=run_id, tags=tags)
     return str(version.version)

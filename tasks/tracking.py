@@ -1,7 +1,7 @@
 """MLflow run lifecycle for flows (a context manager, not a task: it brackets tasks), and the
 links between a Prefect run and its MLflow run.
 
-Every client here is ``decflow.registry.tracking.mlflow_client``: MLflow's HTTP retries are bounded and
+Every client here is ``decflow.registry.client.mlflow_client``: MLflow's HTTP retries are bounded and
 a server that does not answer raises ``ServiceUnavailable`` (no Prefect retries on top).
 """
 
@@ -21,7 +21,8 @@ from prefect.cache_policies import NO_CACHE
 from decflow import __version__
 from decflow.config import PipelineConfig, dump_config, redact
 from decflow.errors import ServiceUnavailable
-from decflow.registry.tracking import ensure_experiment, fail_stale_runs, mlflow_client
+from decflow.registry.client import mlflow_client
+from decflow.registry.runs import ensure_experiment, fail_stale_runs
 from .runtime import redact_errors
 
 _log = logging.getLogger("decflow.registry.tracking")

@@ -20,7 +20,7 @@ from decflow.model.callbacks import LogProgress, ProgressBar
 from decflow.model.estimator import estimator_from_config
 from decflow.model.features import FeatureEncoder
 from decflow.model.initialization import select_manifold_init, view_dimensions
-from decflow.registry.tracking import MlflowCallback
+from decflow.registry.runs import MlflowCallback
 
 from .tracking import client, log_dict, log_figure, log_metrics
 from .runtime import redact_errors

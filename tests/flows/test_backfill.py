@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from decflow.config import dump_config
 from decflow.data import storage
 from decflow.engine import partitions as scoring
-from decflow.registry.tracking import get_version
+from decflow.registry.versions import get_version
 from flowkit import RUN_DATE, latest_artifact, make_rows, tiny_config
 from flows.backfill import BackfillFailed, backfill
 from flows.cli import app

@@ -178,7 +178,7 @@ def test_a_model_whose_files_differ_from_their_digests_exits_1_naming_adopt(conf
                                   "sha256 ab12, recorded cd34; if you trust this version, run "
                                   "`decflow adopt --version 1`")
 
-    monkeypatch.setattr("decflow.registry.tracking.require_version", tampered)
+    monkeypatch.setattr("decflow.registry.versions.require_version", tampered)
     out = runner.invoke(app, ["score", "--config", str(config_file), "--date", str(RUN_DATE)])
     assert out.exit_code == 1, out.output
     assert ("model integrity: model 'tiny' version 1: file estimator.safetensors has sha256 "

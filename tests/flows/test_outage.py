@@ -24,7 +24,8 @@ from mlflow.entities import RunStatus
 
 from flowkit import RUN_DATE, tiny_config, write_source
 from decflow.errors import ServiceUnavailable
-from decflow.registry import tracking
+from decflow.registry import versions
+from decflow.registry.client import http_budget
 from flows import recluster as recluster_module
 from flows.recluster import recluster
 from flows.score import score
@@ -79,7 +80,7 @@ def test_a_server_that_never_answers_fails_within_the_configured_budget(monkeypa
     """The budget is MLflow's own variables; decflow only sets them where they are unset."""
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    budget = tracking.http_budget()
+    budget = http_budget()
     assert budget == {"timeout": 2, "retries": 1, "seconds": 4.0}
     with socket.socket() as hung:  # the kernel accepts connections; nobody ever answers
         hung.bind(("127.0.0.1", 0))
@@ -89,7 +90,7 @@ def test_a_server_that_never_answers_fails_within_the_configured_budget(monkeypa
         with pytest.raises(ServiceUnavailable,
                            match=r"within its budget of 4\.0 s per call \(2 tries of up to 2 s; "
                                  r"MLFLOW_HTTP_REQUEST_TIMEOUT=2, "):
-            tracking.get_version(uri, "tiny", "champion")
+            versions.get_version(uri, "tiny", "champion")
         elapsed = time.monotonic() - start
     assert elapsed < budget["seconds"] + 5.0
 

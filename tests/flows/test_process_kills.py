@@ -39,7 +39,7 @@ from mlflow import MlflowClient
 
 from decflow.config import dump_config
 from decflow.data import storage
-from decflow.registry.tracking import DECISION_TAG, PENDING
+from decflow.registry.versions import DECISION_TAG, PENDING
 from flowkit import DAYS, RUN_DATE, tiny_config, write_source
 
 KILLABLE = Path(__file__).with_name("killable.py")

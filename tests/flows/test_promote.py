@@ -21,8 +21,9 @@ from decflow.config import dump_config
 from decflow.data import storage
 from decflow.model.features import FeatureEncoder
 from decflow.registry import aliases as registry
+from decflow.registry import packaging
 from decflow.registry import promotion
-from decflow.registry import tracking
+from decflow.registry import runs
 from flows.cli import app
 from flows.promote import promote, rollback
 from flows.recluster import recluster
@@ -56,16 +57,16 @@ def log_collapsed_model(config) -> tuple[str, str]:
         est.pretrain(X).fine_tune(X, init=np.zeros((m.n_clusters, m.n_components)))
     assert set(est.labels_) == {0}
     uri = config.tracking_uri()
-    exp = tracking.ensure_experiment(uri, config.registry.experiment, config.artifact_location())
+    exp = runs.ensure_experiment(uri, config.registry.experiment, config.artifact_location())
     run_id = _client(config).create_run(exp, run_name="collapsed").info.run_id
-    model_uri = tracking.log_model(run_id, uri, est, encoder, frame.head(5))
+    model_uri = packaging.log_model(run_id, uri, est, encoder, frame.head(5))
     _client(config).set_terminated(run_id)
     return run_id, model_uri
 
 
 def register_collapsed(config, run_id, model_uri) -> str:
     tags = {"validation.success": "True", "data.run_date": RUN_DATE.isoformat()}
-    return str(tracking.register_model(config.tracking_uri(), model_uri, NAME, run_id=run_id,
+    return str(packaging.register_model(config.tracking_uri(), model_uri, NAME, run_id=run_id,
                                        tags=tags).version)
 
 

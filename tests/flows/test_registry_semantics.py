@@ -18,7 +18,8 @@ from decflow import DeepEmbeddedClustering
 from decflow.config import dump_config
 from decflow.data import storage
 from decflow.model.features import FeatureEncoder
-from decflow.registry import tracking
+from decflow.registry import packaging
+from decflow.registry import runs
 from flows import promote as promote_module
 from flows.cli import app
 from flows.promote import promote, rollback
@@ -55,12 +56,12 @@ def register_by_hand(config) -> str:
                                  hidden=tuple(m.hidden), pretrain_epochs=10, max_iter=20,
                                  random_state=1).fit(X)
     uri = config.tracking_uri()
-    exp = tracking.ensure_experiment(uri, config.registry.experiment, config.artifact_location())
+    exp = runs.ensure_experiment(uri, config.registry.experiment, config.artifact_location())
     run_id = _client(config).create_run(exp, run_name="by-hand").info.run_id
-    model_uri = tracking.log_model(run_id, uri, est, encoder, frame.head(5))
+    model_uri = packaging.log_model(run_id, uri, est, encoder, frame.head(5))
     _client(config).set_terminated(run_id)
     tags = {"validation.success": "True", "data.run_date": RUN_DATE.isoformat()}
-    return str(tracking.register_model(uri, model_uri, NAME, run_id=run_id, tags=tags).version)
+    return str(packaging.register_model(uri, model_uri, NAME, run_id=run_id, tags=tags).version)
 
 
 def attempt(fn, *args, **kwargs):

@@ -2,7 +2,6 @@
 that were validated, no empty night that wipes labels, labels never over the source, and a
 backfill resume that notices a changed source."""
 
-import datetime as dt
 import os
 import shutil
 

@@ -7,7 +7,6 @@ import hashlib
 import os
 from pathlib import Path
 
-import pytest
 
 from flowkit import RUN_DATE, tiny_config, write_source
 from flows.recluster import recluster

@@ -12,7 +12,6 @@ import textwrap
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from decflow.data import storage
 

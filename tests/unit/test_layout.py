@@ -92,3 +92,22 @@ def test_every_package_folder_is_installed():
         | {p.parent.name for p in ROOT.glob("*/__init__.py")
            if p.parent.name in {"tasks", "flows"}}
     assert declared == on_disk
+
+
+def test_every_mlflow_client_is_the_bounded_one():
+    """MLflow is reached only through ``decflow.registry.client.mlflow_client``, whose calls
+    give up within the HTTP budget and say which server did not answer; a plain
+    ``MlflowClient`` would wait minutes per call for a server that is down."""
+    allowed = SRC / "registry" / "client.py"
+    offenders = []
+    for path in [*library_modules(), *sorted((ROOT / "tasks").rglob("*.py")),
+                 *sorted((ROOT / "flows").rglob("*.py"))]:
+        if path == allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                f = node.func
+                name = f.id if isinstance(f, ast.Name) else getattr(f, "attr", None)
+                if name == "MlflowClient":
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []

@@ -17,9 +17,14 @@ import pytest
 from mlflow import MlflowClient
 
 from decflow import DeepEmbeddedClustering
+from decflow import errors
 from decflow.config import FeaturesConfig
+from decflow.model import scoring
 from decflow.model.features import FeatureEncoder
-from decflow.registry import tracking
+from decflow.registry import integrity
+from decflow.registry import packaging
+from decflow.registry import runs
+from decflow.registry import versions
 
 MODEL = "digest-test"
 FEATURES = FeaturesConfig(numeric=["x"], categorical=["colour"], vector={"v": 4})
@@ -44,15 +49,15 @@ def store(tmp_path_factory):
     """A sqlite store with one logged model registered as version 1."""
     tmp = tmp_path_factory.mktemp("digest")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    exp = tracking.ensure_experiment(uri, "digest", (tmp / "mlartifacts").as_uri())
+    exp = runs.ensure_experiment(uri, "digest", (tmp / "mlartifacts").as_uri())
     client = MlflowClient(uri, registry_uri=uri)
     run_id = client.create_run(exp).info.run_id
     df = make_frame()
     encoder = FeatureEncoder(FEATURES).fit(df)
     est = DeepEmbeddedClustering(3, n_components=3, hidden=(16,), pretrain_epochs=3, max_iter=10,
                                  batch_size=32, random_state=0).fit(encoder.transform(df))
-    model_uri = tracking.log_model(run_id, uri, est, encoder, df.head(5))
-    version = tracking.register_model(uri, model_uri, MODEL, run_id=run_id,
+    model_uri = packaging.log_model(run_id, uri, est, encoder, df.head(5))
+    version = packaging.register_model(uri, model_uri, MODEL, run_id=run_id,
                                       tags={"data.run_date": "2026-11-21"})
     client.set_terminated(run_id)
     root = Path(client.get_logged_model(model_uri.removeprefix("models:/"))
@@ -75,28 +80,29 @@ def restore(store):
 
 def test_registration_records_a_digest_of_every_file(store):
     tags = store.client.get_model_version(MODEL, "1").tags
-    manifest_path = store.root / tracking.MANIFEST
+    manifest_path = store.root / integrity.MANIFEST
     data = manifest_path.read_bytes()
-    assert tags[tracking.MANIFEST_TAG] == hashlib.sha256(data).hexdigest()
+    assert tags[integrity.MANIFEST_TAG] == hashlib.sha256(data).hexdigest()
     manifest = json.loads(data)
     stored = {p.relative_to(store.root).as_posix() for p in store.root.rglob("*") if p.is_file()}
-    assert set(manifest["files"]) == stored - {tracking.MANIFEST}
+    assert set(manifest["files"]) == stored - {integrity.MANIFEST}
     assert {"MLmodel", "pyfunc_model.py", "artifacts/encoder.json",
-            "artifacts/estimator.safetensors", "code/decflow/registry/tracking.py"} <= set(manifest["files"])
+            "artifacts/estimator.safetensors", "code/decflow/registry/versions.py"
+            } <= set(manifest["files"])
     for rel, digest in manifest["files"].items():
         assert digest == hashlib.sha256((store.root / rel).read_bytes()).hexdigest(), rel
 
 
 def test_untampered_model_loads_and_the_safe_loader_predicts_like_the_pyfunc(store):
     df = make_frame(n_per=10, seed=1)
-    expected = tracking.score_frame(store.encoder, store.est, df)
-    safe = tracking.load_model_safely(store.uri, MODEL, "1")
+    expected = scoring.score_frame(store.encoder, store.est, df)
+    safe = versions.load_model_safely(store.uri, MODEL, "1")
     pd.testing.assert_frame_equal(safe.predict(df), expected)
-    pyfunc = tracking.load_scorer(store.uri, MODEL, "1")
-    pd.testing.assert_frame_equal(pyfunc.predict(tracking.as_model_input(store.encoder, df)),
+    pyfunc = versions.load_scorer(store.uri, MODEL, "1")
+    pd.testing.assert_frame_equal(pyfunc.predict(scoring.as_model_input(store.encoder, df)),
                                   safe.predict(df))
-    encoder, est = tracking.load_components(store.uri, MODEL, "1")
-    pd.testing.assert_frame_equal(tracking.score_frame(encoder, est, df), expected)
+    encoder, est = versions.load_components(store.uri, MODEL, "1")
+    pd.testing.assert_frame_equal(scoring.score_frame(encoder, est, df), expected)
 
 
 @pytest.mark.parametrize("loader", ["load_components", "load_scorer", "load_model_safely"])
@@ -105,27 +111,27 @@ def test_changed_weights_are_refused_naming_the_file(store, restore, loader):
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF  # one flipped byte in the last weight
     path.write_bytes(bytes(data))
-    with pytest.raises(tracking.ModelIntegrityError,
+    with pytest.raises(errors.ModelIntegrityError,
                        match=r"version 1: file artifacts/estimator\.safetensors has sha256 "):
-        getattr(tracking, loader)(store.uri, MODEL, "1")
+        getattr(versions, loader)(store.uri, MODEL, "1")
 
 
 def test_changed_code_is_refused_before_it_runs(store, restore, tmp_path):
     marker = tmp_path / "code-ran"
     with open(restore / "pyfunc_model.py", "a") as f:
         f.write(f"\nopen({str(marker)!r}, 'w').close()\n")
-    with pytest.raises(tracking.ModelIntegrityError, match=r"file pyfunc_model\.py has sha256 "):
-        tracking.load_scorer(store.uri, MODEL, "1")
+    with pytest.raises(errors.ModelIntegrityError, match=r"file pyfunc_model\.py has sha256 "):
+        versions.load_scorer(store.uri, MODEL, "1")
     assert not marker.exists()
-    with pytest.raises(tracking.ModelIntegrityError, match=r"file pyfunc_model\.py"):
-        tracking.load_components(store.uri, MODEL, "1")
+    with pytest.raises(errors.ModelIntegrityError, match=r"file pyfunc_model\.py"):
+        versions.load_components(store.uri, MODEL, "1")
 
 
 def test_an_added_file_is_refused(store, restore):
     (restore / "code" / "decflow" / "sitecustomize.py").write_text("import os\n")
-    with pytest.raises(tracking.ModelIntegrityError,
+    with pytest.raises(errors.ModelIntegrityError,
                        match=r"file code/decflow/sitecustomize\.py is not in the manifest"):
-        tracking.load_model_safely(store.uri, MODEL, "1")
+        versions.load_model_safely(store.uri, MODEL, "1")
 
 
 def plant_bytecode(root: Path, marker: Path) -> Path:
@@ -150,11 +156,11 @@ def test_planted_bytecode_is_dropped_not_run(store, restore, tmp_path):
     marker = tmp_path / "bytecode-ran"
     plant_bytecode(restore, marker)
     (restore / "registered_model_meta").write_text("model_name: digest-test\n")
-    scorer = tracking.load_scorer(store.uri, MODEL, "1")
+    scorer = versions.load_scorer(store.uri, MODEL, "1")
     assert not marker.exists()
     df = make_frame(n_per=5, seed=2)
-    pd.testing.assert_frame_equal(scorer.predict(tracking.as_model_input(store.encoder, df)),
-                                  tracking.score_frame(store.encoder, store.est, df))
+    pd.testing.assert_frame_equal(scorer.predict(scoring.as_model_input(store.encoder, df)),
+                                  scoring.score_frame(store.encoder, store.est, df))
 
 
 def test_planted_bytecode_runs_when_loaded_without_decflow(store, restore, tmp_path):
@@ -169,9 +175,9 @@ def test_planted_bytecode_runs_when_loaded_without_decflow(store, restore, tmp_p
 
 def test_a_removed_file_is_refused(store, restore):
     (restore / "artifacts" / "encoder.json").unlink()
-    with pytest.raises(tracking.ModelIntegrityError,
+    with pytest.raises(errors.ModelIntegrityError,
                        match=r"file artifacts/encoder\.json .*is missing"):
-        tracking.load_components(store.uri, MODEL, "1")
+        versions.load_components(store.uri, MODEL, "1")
 
 
 def test_a_rewritten_manifest_is_refused(store, restore):
@@ -179,22 +185,22 @@ def test_a_rewritten_manifest_is_refused(store, restore):
     is a version tag in the tracking database, not in the artifact store."""
     path = restore / "artifacts" / "encoder.json"
     path.write_text(path.read_text().replace('"red"', '"RED"'))
-    manifest = json.loads((restore / tracking.MANIFEST).read_text())
+    manifest = json.loads((restore / integrity.MANIFEST).read_text())
     manifest["files"]["artifacts/encoder.json"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    (restore / tracking.MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(tracking.ModelIntegrityError,
-                       match=rf"file {tracking.MANIFEST} has sha256 [0-9a-f]{{64}}, but the "
-                             rf"version's tag {tracking.MANIFEST_TAG} says"):
-        tracking.load_components(store.uri, MODEL, "1")
+    (restore / integrity.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(errors.ModelIntegrityError,
+                       match=rf"file {integrity.MANIFEST} has sha256 [0-9a-f]{{64}}, but the "
+                             rf"version's tag {integrity.MANIFEST_TAG} says"):
+        versions.load_components(store.uri, MODEL, "1")
 
 
 def test_a_version_without_a_digest_is_refused(store):
     client = store.client
     mv = client.create_model_version(MODEL, source=client.get_model_version(MODEL, "1").source,
                                      run_id=store.run_id)
-    with pytest.raises(tracking.ModelIntegrityError,
-                       match=rf"version {mv.version} has no {tracking.MANIFEST_TAG} tag"):
-        tracking.load_components(store.uri, MODEL, str(mv.version))
+    with pytest.raises(errors.ModelIntegrityError,
+                       match=rf"version {mv.version} has no {integrity.MANIFEST_TAG} tag"):
+        versions.load_components(store.uri, MODEL, str(mv.version))
     client.delete_model_version(MODEL, mv.version)
 
 
@@ -211,10 +217,10 @@ def test_a_version_from_before_digests_is_adopted_through_the_cli(store, tmp_pat
 
     old = tmp_path / "old-model"
     shutil.copytree(store.root, old)
-    (old / tracking.MANIFEST).unlink()
+    (old / integrity.MANIFEST).unlink()
     mv = store.client.create_model_version(MODEL, source=old.as_uri(), run_id=store.run_id)
-    with pytest.raises(tracking.ModelIntegrityError, match=r"`decflow adopt --version <N>`"):
-        tracking.load_components(store.uri, MODEL, str(mv.version))
+    with pytest.raises(errors.ModelIntegrityError, match=r"`decflow adopt --version <N>`"):
+        versions.load_components(store.uri, MODEL, str(mv.version))
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"home": str(tmp_path / "home"), "registry": {
         "tracking_uri": store.uri, "model_name": MODEL}}))
@@ -223,25 +229,25 @@ def test_a_version_from_before_digests_is_adopted_through_the_cli(store, tmp_pat
     assert out.exit_code == 0, out.output
     assert f"version {mv.version}: recorded the sha256 of its" in out.output
     tags = store.client.get_model_version(MODEL, str(mv.version)).tags
-    manifest = old / tracking.MANIFEST
-    assert tags[tracking.MANIFEST_TAG] == hashlib.sha256(manifest.read_bytes()).hexdigest()
-    assert tracking.ADOPTED_TAG in tags
-    adopted = tracking.load_components(store.uri, MODEL, str(mv.version))
+    manifest = old / integrity.MANIFEST
+    assert tags[integrity.MANIFEST_TAG] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    assert integrity.ADOPTED_TAG in tags
+    adopted = versions.load_components(store.uri, MODEL, str(mv.version))
     pd.testing.assert_frame_equal(adopted.predict(store.df),
-                                  tracking.load_components(store.uri, MODEL, "1").predict(
+                                  versions.load_components(store.uri, MODEL, "1").predict(
                                       store.df))
     again = runner.invoke(app, ["adopt", "--config", str(config), "--version", str(mv.version)])
     assert again.exit_code == 2 and "already has a content digest" in again.output
     weights = next(old.rglob("estimator.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
-    with pytest.raises(tracking.ModelIntegrityError, match="estimator.safetensors"):
-        tracking.load_components(store.uri, MODEL, str(mv.version))
+    with pytest.raises(errors.ModelIntegrityError, match="estimator.safetensors"):
+        versions.load_components(store.uri, MODEL, str(mv.version))
     store.client.delete_model_version(MODEL, mv.version)
 
 
 def test_the_safe_loader_imports_nothing_from_the_model(store):
     before = {name: getattr(mod, "__file__", None) for name, mod in list(sys.modules.items())}
-    tracking.load_model_safely(store.uri, MODEL, "1")
+    versions.load_model_safely(store.uri, MODEL, "1")
     new = {name: f for name, mod in list(sys.modules.items())
            if (f := getattr(mod, "__file__", None)) and before.get(name) != f}
     assert not [n for n, f in new.items() if "decflow-" in f or "/code/" in f], new

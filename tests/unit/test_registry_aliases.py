@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from decflow.registry import aliases as registry
-from decflow.registry import tracking
+from decflow.registry import versions
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_rollback_clears_challenger_when_it_is_the_demoted_version(model):
     registry.apply_verdict(uri, m, "2", promote=True, expected_champion="1")
     assert registry.rollback_champion(uri, m) == {"restored": "1", "demoted": "2"}
     assert registry.aliases(uri, m) == {"champion": "1", "previous": "2"}
-    assert tracking.get_version(uri, m, "challenger") is None
+    assert versions.get_version(uri, m, "challenger") is None
 
 
 def test_rollback_keeps_a_newer_challenger(model):

@@ -16,9 +16,13 @@ from mlflow.types.schema import Array
 from decflow import DeepEmbeddedClustering
 from decflow.config import FeaturesConfig
 from decflow.errors import ConfigError
+from decflow.model import scoring
 from decflow.model.features import FeatureEncoder
 from decflow.registry import aliases as registry
-from decflow.registry import tracking
+from decflow.registry import integrity
+from decflow.registry import packaging
+from decflow.registry import runs
+from decflow.registry import versions
 
 MODEL = "decflow-test"
 TINY = dict(n_components=4, hidden=(32, 32), pretrain_epochs=5, max_iter=30, n_init=2,
@@ -63,19 +67,19 @@ def trained(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(tmp)
     try:
-        exp_id = tracking.ensure_experiment(uri, "decflow", artifacts)
+        exp_id = runs.ensure_experiment(uri, "decflow", artifacts)
         client = MlflowClient(uri)
         run_id = client.create_run(exp_id).info.run_id
         df = make_frame()
         encoder = FeatureEncoder(FEATURES).fit(df)
         estimator = DeepEmbeddedClustering(
-            3, callbacks=[tracking.MlflowCallback(client, run_id)], **TINY
+            3, callbacks=[runs.MlflowCallback(client, run_id)], **TINY
         ).fit(encoder.transform(df))
         estimator.callbacks = None
-        model_uri = tracking.log_model(run_id, uri, estimator, encoder, df.head(5))
-        v1 = tracking.register_model(uri, model_uri, MODEL, run_id=run_id,
+        model_uri = packaging.log_model(run_id, uri, estimator, encoder, df.head(5))
+        v1 = packaging.register_model(uri, model_uri, MODEL, run_id=run_id,
                                      tags={"data_window": "2026-01-01..2026-01-03"})
-        v2 = tracking.register_model(uri, model_uri, MODEL, run_id=run_id)
+        v2 = packaging.register_model(uri, model_uri, MODEL, run_id=run_id)
         # registration sets no alias; a gate's verdicts would: v1 promoted, v2 judged after it
         registry.apply_verdict(uri, MODEL, "1", promote=True, expected_champion=None)
         registry.apply_verdict(uri, MODEL, "2", promote=False, expected_champion="1")
@@ -88,13 +92,13 @@ def trained(tmp_path_factory):
 
 
 def test_ensure_experiment_is_idempotent_and_keeps_artifact_location(trained):
-    assert tracking.ensure_experiment(trained.uri, "decflow", None) == trained.exp_id
+    assert runs.ensure_experiment(trained.uri, "decflow", None) == trained.exp_id
     exp = trained.client.get_experiment(trained.exp_id)
     assert exp.artifact_location == trained.artifacts
-    other = tracking.ensure_experiment(trained.uri, "other", None)
+    other = runs.ensure_experiment(trained.uri, "other", None)
     assert other != trained.exp_id
     trained.client.delete_experiment(other)
-    assert tracking.ensure_experiment(trained.uri, "other", None) == other
+    assert runs.ensure_experiment(trained.uri, "other", None) == other
     assert trained.client.get_experiment(other).lifecycle_stage == "active"
 
 
@@ -122,7 +126,7 @@ class _RecordingClient:
 
 def test_callback_batches_skips_nan_and_prefixes():
     client = _RecordingClient()
-    cb = tracking.MlflowCallback(client, "r1", prefix="warm/", flush_every=3)
+    cb = runs.MlflowCallback(client, "r1", prefix="warm/", flush_every=3)
     for epoch in (1, 2, 3, 4):
         cb.on_epoch_end("pretrain", epoch, {"loss": 1.0 / epoch})
     assert [len(m) for _, m in client.batches] == [3]  # flushed once 3 values were pending
@@ -140,16 +144,16 @@ def test_callback_batches_skips_nan_and_prefixes():
 def test_registration_sets_no_alias_and_tags_the_version_pending(trained):
     assert (str(trained.v1.version), str(trained.v2.version)) == ("1", "2")  # int on sqlite
     assert trained.v1.aliases == [] and trained.v2.aliases == []
-    v1 = tracking.get_version(trained.uri, MODEL, "1")
+    v1 = versions.get_version(trained.uri, MODEL, "1")
     assert v1.aliases == ["champion"]  # set by the verdicts in the fixture
-    assert {k: v for k, v in v1.tags.items() if k != tracking.MANIFEST_TAG} == {
+    assert {k: v for k, v in v1.tags.items() if k != integrity.MANIFEST_TAG} == {
         "data_window": "2026-01-01..2026-01-03", "promotion.decision": "pending"}
     assert v1.run_id == trained.run_id
-    assert str(tracking.get_version(trained.uri, MODEL, "champion").version) == "1"
-    assert str(tracking.get_version(trained.uri, MODEL, "challenger").version) == "2"
-    assert tracking.get_version(trained.uri, MODEL, "previous") is None
-    assert tracking.get_version(trained.uri, MODEL, "9") is None
-    assert tracking.get_version(trained.uri, "no-such-model", "champion") is None
+    assert str(versions.get_version(trained.uri, MODEL, "champion").version) == "1"
+    assert str(versions.get_version(trained.uri, MODEL, "challenger").version) == "2"
+    assert versions.get_version(trained.uri, MODEL, "previous") is None
+    assert versions.get_version(trained.uri, MODEL, "9") is None
+    assert versions.get_version(trained.uri, "no-such-model", "champion") is None
     # The LoggedModel links to both versions, as mlflow.register_model would record.
     model_id = trained.model_uri.removeprefix("models:/")
     links = json.loads(trained.client.get_logged_model(model_id).tags["mlflow.modelVersions"])
@@ -193,7 +197,7 @@ def test_signature_from_encoder_contract(trained):
 def test_champion_pyfunc_predicts_exactly_like_score_frame(trained, monkeypatch, tmp_path):
     df = make_frame(n_per=20, seed=1).set_index(pd.RangeIndex(100, 160))
     df["v"] = df["v"].map(lambda a: [float(x) for x in a])  # plain lists work too
-    expected = tracking.score_frame(trained.encoder, trained.estimator, df)
+    expected = scoring.score_frame(trained.encoder, trained.estimator, df)
     assert expected.dtypes.astype(str).to_dict() == {
         "cluster_id": "int32", "confidence": "float32", "distance": "float32"}
     assert expected.index.equals(df.index)
@@ -201,15 +205,15 @@ def test_champion_pyfunc_predicts_exactly_like_score_frame(trained, monkeypatch,
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", trained.uri)
     pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
-    got = pyfunc.predict(tracking.as_model_input(trained.encoder, df))
+    got = pyfunc.predict(scoring.as_model_input(trained.encoder, df))
     pd.testing.assert_frame_equal(got, expected)
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
 
-    scorer = tracking.load_scorer(trained.uri, MODEL, "challenger")
-    pd.testing.assert_frame_equal(scorer.predict(tracking.as_model_input(trained.encoder, df)),
+    scorer = versions.load_scorer(trained.uri, MODEL, "challenger")
+    pd.testing.assert_frame_equal(scorer.predict(scoring.as_model_input(trained.encoder, df)),
                                   expected)
-    encoder, estimator = tracking.load_components(trained.uri, MODEL, "1")
-    pd.testing.assert_frame_equal(tracking.score_frame(encoder, estimator, df), expected)
+    encoder, estimator = versions.load_components(trained.uri, MODEL, "1")
+    pd.testing.assert_frame_equal(scoring.score_frame(encoder, estimator, df), expected)
     assert not list(tmp_path.glob("*.db"))
 
 
@@ -222,14 +226,14 @@ def test_helpers_leave_no_global_mlflow_state(trained):
 
 def test_unknown_reference_is_a_clear_error(trained):
     with pytest.raises(ConfigError, match="has no version or alias 'previous'"):
-        tracking.load_scorer(trained.uri, MODEL, "previous")
+        versions.load_scorer(trained.uri, MODEL, "previous")
     with pytest.raises(ValueError, match=r"missing feature columns: \['v'\]"):
-        tracking.as_model_input(trained.encoder, trained.df.drop(columns="v"))
+        scoring.as_model_input(trained.encoder, trained.df.drop(columns="v"))
     with pytest.raises(ValueError, match="input_example is empty"):
-        tracking.log_model(trained.run_id, trained.uri, trained.estimator, trained.encoder,
+        packaging.log_model(trained.run_id, trained.uri, trained.estimator, trained.encoder,
                            trained.df.head(0))
 
 
 def test_score_frame_on_no_rows(trained):
-    out = tracking.score_frame(trained.encoder, trained.estimator, trained.df.head(0))
+    out = scoring.score_frame(trained.encoder, trained.estimator, trained.df.head(0))
     assert len(out) == 0 and list(out.columns) == ["cluster_id", "confidence", "distance"]

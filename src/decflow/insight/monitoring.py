@@ -150,9 +150,9 @@ def history(tracking_uri: str, experiment: str, *, days: int = 30, end=None,
     progress) always stands for its night. Columns: ``HISTORY_COLUMNS``, oldest night first;
     metrics a night did not log are NaN.
     """
-    from mlflow.tracking import MlflowClient
+    from decflow.registry.client import mlflow_client
 
-    client = MlflowClient(tracking_uri)
+    client = mlflow_client(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return pd.DataFrame(columns=HISTORY_COLUMNS)

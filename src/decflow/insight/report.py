@@ -29,7 +29,7 @@ from decflow import __version__
 from decflow.config import PipelineConfig, redact
 from decflow.errors import ConfigError
 from decflow.insight.profiles import label_text
-from decflow.registry.tracking import mlflow_client
+from decflow.registry.client import mlflow_client
 
 FLOW = "recluster"
 # Shown first, in this order; every other metric follows by name.

@@ -27,3 +27,20 @@ def score_frame(encoder, estimator, df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"cluster_id": np.asarray(ids, dtype=np.int32),
                          "confidence": np.asarray(conf, dtype=np.float32),
                          "distance": np.asarray(dist, dtype=np.float32)}, index=df.index)
+
+
+def as_model_input(encoder, df: pd.DataFrame) -> pd.DataFrame:
+    """The encoder's input columns of ``df``, numeric ones float64, as the pyfunc signature wants.
+
+    MLflow's schema check refuses int64 -> float64 ("can not safely convert") and pandas turns
+    an integer column with missing values into float64, so numeric features are declared
+    double and passed as float64. Categorical columns keep their dtype: the encoder compares
+    their ``str`` values, and 1 -> 1.0 would change them.
+    """
+    schema = encoder.schema()
+    missing = [c for c in schema if c not in df.columns]
+    if missing:
+        raise ValueError(f"missing feature columns: {missing} "
+                         f"(the frame has {list(map(str, df.columns))[:20]})")
+    numeric = [c for c, spec in schema.items() if spec["kind"] == "numeric"]
+    return df[list(schema)].astype({c: "float64" for c in numeric})

@@ -18,23 +18,19 @@ under a lock (``tasks.runtime.registry_lock``), so concurrent moves cannot inter
 
 import logging
 
-from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from decflow.errors import Conflict
-from decflow.registry.tracking import CHALLENGER, CHAMPION, PREVIOUS, mlflow_client
+from decflow.registry.client import mlflow_client
+from decflow.registry.versions import CHALLENGER, CHAMPION, PREVIOUS
 
 _log = logging.getLogger(__name__)
-
-
-def _client(tracking_uri: str) -> MlflowClient:
-    return mlflow_client(tracking_uri)
 
 
 def aliases(tracking_uri: str, model_name: str) -> dict[str, str]:
     """``{alias: version}`` of a registered model (empty when the model does not exist)."""
     try:
-        model = _client(tracking_uri).get_registered_model(model_name)
+        model = mlflow_client(tracking_uri).get_registered_model(model_name)
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
             return {}
@@ -55,7 +51,7 @@ def move_aliases(tracking_uri: str, model_name: str, moves: dict[str, str | None
     Raises:
         The first failing write's error, after the aliases already written were restored.
     """
-    client = _client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     before = aliases(tracking_uri, model_name)
     done = []
     try:
@@ -175,7 +171,7 @@ def set_version_tags(tracking_uri: str, model_name: str, version: str, tags: dic
                      *, replace_prefix: str | None = None) -> None:
     """Set tags on a model version; with ``replace_prefix``, first drop its tags under that
     prefix that ``tags`` does not set (stale results of an earlier evaluation)."""
-    client = _client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     version = str(version)
     if replace_prefix:
         old = client.get_model_version(model_name, version).tags
