@@ -27,11 +27,9 @@ def main(argv=None):
                     help="override the shipped 'auto' pretraining budget (quicker runs)")
     ap.add_argument("--out", default=str(HERE / "results" / "orchestration"))
     args = ap.parse_args(argv)
-    for key, value in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
-                       ("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "1"),
-                       ("GX_ANALYTICS_ENABLED", "false"),
-                       ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")):
-        os.environ.setdefault(key, value)
+    from decflow.environment import quiet_defaults
+
+    quiet_defaults()
     home = Path(tempfile.mkdtemp(prefix="decflow-orch-"))
     os.environ["PREFECT_HOME"] = str(home / "prefect")
     (home / "prefect").mkdir()

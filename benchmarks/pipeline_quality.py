@@ -17,7 +17,6 @@ Writes benchmarks/results/pipeline_quality.{json,md} (or --out). USPS is read fr
 import argparse
 import datetime as dt
 import json
-import os
 import sys
 import tempfile
 import time
@@ -28,10 +27,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+from decflow.environment import quiet_defaults  # noqa: E402
+
+quiet_defaults()
 
 from quality import USPS, load  # noqa: E402
 from results_file import stamped, write_results  # noqa: E402

@@ -456,12 +456,9 @@ def _source(args, size: str, rows: int) -> dict:
 
 
 def _cli_env(args) -> dict:
-    env = dict(os.environ)
-    for key, value in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
-                       ("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "1"),
-                       ("GX_ANALYTICS_ENABLED", "false"),
-                       ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")):
-        env.setdefault(key, value)
+    from decflow.environment import quiet_defaults
+
+    env = quiet_defaults(dict(os.environ))
     env["PREFECT_HOME"] = str(Path(args.workdir) / "home" / "prefect")
     return env
 
@@ -730,8 +727,9 @@ def _guarded(name: str, bench, *args) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
+    from decflow.environment import quiet_defaults
+
+    quiet_defaults()
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     machine = machine_info()
     res = Results(f"{machine['cpu']} ({machine['cores']} cores, {machine['ram_gib']} GiB)")

@@ -24,7 +24,7 @@ reaches the CLI and is mapped by its type):
       was written or moved: retry when it is done
 ====  =========================================================================================
 
-Every message printed goes through ``decflow.config.redact`` (no passwords from URIs).
+Every message printed goes through ``decflow.redaction.redact`` (no passwords from URIs).
 """
 
 import datetime as dt
@@ -49,7 +49,7 @@ _state: dict[str, Any] = {"home": None}
 
 def _fail(exc: Exception, show_traceback: bool) -> int:
     """Print what went wrong (secrets redacted) and return the exit code for ``exc``."""
-    from decflow.config import redact
+    from decflow.redaction import redact
     from decflow.errors import (ConfigError, Conflict, DataError, ModelIntegrityError, Rejected,
                                 ServiceUnavailable)
 
@@ -142,12 +142,9 @@ def _environment(home: Path | str | None = None) -> None:
     With ``home`` and no ``PREFECT_API_URL``, Prefect keeps its database under ``home/prefect``,
     so every command of one config (and ``decflow ui`` on it) shares one run history.
     """
-    for key, value in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
-                       ("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "1"),
-                       ("GX_ANALYTICS_ENABLED", "false"),
-                       # a loaded laptop can take longer than the 20 s default
-                       ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")):
-        os.environ.setdefault(key, value)
+    from decflow.environment import quiet_defaults
+
+    quiet_defaults()
     if home is not None and "PREFECT_API_URL" not in os.environ:
         # Prefect's ephemeral mode keeps its database beside the config's other stores.
         prefect_home = Path(home) / "prefect"
@@ -187,7 +184,7 @@ def _report(result: dict, config, last_words: list[str] | None = None) -> None:
     temporary server has said it stopped, so it is the output's last line)."""
     from rich.console import Console
 
-    from decflow.config import redact
+    from decflow.redaction import redact
     from rich.table import Table
 
     console = Console()
@@ -341,7 +338,7 @@ def ui(config: Annotated[Optional[Path], typer.Option(
     Runs of `decflow demo`, `run`, `score`, `backfill`, `promote` and `rollback` with the same
     config appear here. A store that is already a server (an http(s) tracking URI, or
     PREFECT_API_URL) is not started again: its address is printed instead."""
-    from decflow.config import redact
+    from decflow.redaction import redact
 
     if config is not None and home is not None:
         raise typer.BadParameter("give --config or --home, not both (a config names its home)",
@@ -628,8 +625,8 @@ def rollback(config: ConfigOpt, sets: SetOpt = None):
     """Swap champion and previous: the previous champion serves labels again."""
     cfg = _setup(config, sets)
 
-    from decflow.config import redact
     from decflow.errors import ConfigError, DataError
+    from decflow.redaction import redact
     from flows.promote import rollback as rollback_flow
 
     try:

@@ -7,7 +7,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from decflow.config import PipelineConfig, SourceConfig, redact
+from decflow.config import PipelineConfig, SourceConfig
 from decflow.data import storage
 from decflow.data import validation
 from decflow.data.storage import Lineage, WindowScan
@@ -15,6 +15,7 @@ from decflow.data.validation import ValidationReport
 from decflow.engine import partitions as scoring
 from decflow.engine.compute import dask_client
 from decflow.errors import DataError
+from decflow.redaction import redact
 
 from .runtime import redact_errors, retry_on_io
 from .tracking import log_dict

@@ -10,8 +10,9 @@ import logging
 import os
 
 from decflow import locks
-from decflow.config import PipelineConfig, apply_environment, redact
+from decflow.config import PipelineConfig, apply_environment
 from decflow.data import storage
+from decflow.redaction import redact
 
 LIBRARY_LOGGER = "decflow"
 

@@ -19,8 +19,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from decflow import __version__
-from decflow.config import PipelineConfig, dump_config, redact
+from decflow.config import PipelineConfig, dump_config
 from decflow.errors import ServiceUnavailable
+from decflow.redaction import redact
 from decflow.registry.client import mlflow_client
 from decflow.registry.runs import ensure_experiment, fail_stale_runs
 from .runtime import redact_errors

@@ -74,7 +74,7 @@ def pretrain_autoencoder(X: np.ndarray, config: PipelineConfig, run_id: str,
     epochs = None
     if warm_start is not None:
         t = config.train
-        full = est._pretrain_epochs(len(X))
+        full = est.pretrain_epochs_for(len(X))
         epochs = max(1, full // 4) if t.warm_start_epochs == "auto" else t.warm_start_epochs
     est.pretrain(X, warm_start=warm_start, epochs=epochs)
     tags = {"pretrain.warm_start": str(warm_start is not None),

@@ -21,39 +21,9 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, Serializati
                       ValidationError, field_validator, model_serializer, model_validator)
 
 from decflow.errors import ConfigError
+from decflow.redaction import redact, redact_tree
 
 ENV_PREFIX = "DECFLOW_"
-REDACTED = "***"
-
-# user:password@ in any URL, and secret-looking query parameters (?password=, &token=, ...).
-_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@'\"]+):"
-                           r"(?P<secret>[^@\s/'\"]+)@")
-_QUERY_SECRET = re.compile(r"(?P<head>[?&](?:[A-Za-z0-9_.-]*(?:password|passwd|secret|token|"
-                           r"signature|access_key|secret_key|credential)[A-Za-z0-9_.-]*)=)"
-                           r"(?P<secret>[^&\s'\"]+)", re.IGNORECASE)
-
-
-def redact(text: str) -> str:
-    """``text`` with the passwords of URLs in it (``user:pw@host``) and secret-looking query
-    values (``?password=``, ``&token=``, ...) replaced by ``***``.
-
-    Config values are logged (MLflow params, ``config.yaml``), sent as Prefect parameters and
-    printed in reports and errors; every such place goes through this.
-    """
-    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}:{REDACTED}@", text)
-    return _QUERY_SECRET.sub(lambda m: f"{m['head']}{REDACTED}", text)
-
-
-def _redact_tree(value):
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {k: _redact_tree(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redact_tree(v) for v in value]
-    return value
-
-
 def _count_or_auto(value):
     """An integer >= 1 or "auto" (one message for both, instead of one per union member)."""
     if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
@@ -96,7 +66,7 @@ class _Section(BaseModel):
         # JSON is what leaves the process (MLflow params and config.yaml, Prefect parameters,
         # deployment parameters): secrets inside URIs never do. Python mode keeps them.
         data = handler(self)
-        return _redact_tree(data) if info.mode == "json" else data
+        return redact_tree(data) if info.mode == "json" else data
 
     def __repr_args__(self):
         for name, value in super().__repr_args__():

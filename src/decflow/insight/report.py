@@ -26,9 +26,10 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from decflow import __version__
-from decflow.config import PipelineConfig, redact
+from decflow.config import PipelineConfig
 from decflow.errors import ConfigError
 from decflow.insight.profiles import label_text
+from decflow.redaction import redact
 from decflow.registry.client import mlflow_client
 
 FLOW = "recluster"

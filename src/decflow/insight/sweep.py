@@ -58,9 +58,9 @@ from itertools import combinations
 
 import numpy as np
 
+from decflow.model.initialization import INIT_CHOICES
 from decflow.model.metrics import ari, cluster_size_summary, silhouette_sample, supervised_scores
 
-INIT_CHOICES = ("manifold", "k-means")
 _INT = re.compile(r"[+-]?\d+")
 _FORMS = "expected 'A..B', 'A..B..STEP' or 'A,B,C' with integers k >= 2"
 _log = logging.getLogger(__name__)
@@ -348,12 +348,12 @@ def run_sweep(config, ks: Sequence[int], *, run_date=None, seeds: int = 3,
     Raises:
         DataError: the source has no partitions, or the window holds no rows.
     """
-    from decflow.config import redact
     from decflow.data import storage
     from decflow.engine.partitions import source_columns
     from decflow.errors import DataError
     from decflow.model.estimator import estimator_from_config
     from decflow.model.features import FeatureEncoder
+    from decflow.redaction import redact
 
     say = progress or _log.info
     src, t = config.source, config.train
@@ -380,7 +380,7 @@ def run_sweep(config, ks: Sequence[int], *, run_date=None, seeds: int = 3,
     timings = {"load": time.perf_counter() - t0}
 
     est = estimator_from_config(config)
-    epochs = pretrain_epochs if pretrain_epochs is not None else est._pretrain_epochs(len(X))
+    epochs = pretrain_epochs if pretrain_epochs is not None else est.pretrain_epochs_for(len(X))
     say(f"pretraining the autoencoder on {len(X)} rows x {X.shape[1]} features "
         f"({epochs} epochs)")
     est.pretrain(X, epochs=epochs)

@@ -16,14 +16,13 @@ from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from decflow import __version__
-from decflow.model.initialization import VIEW_SPACES, effective_dimension, view_dimensions
-from decflow.model.initialization import kmeans_init, manifold_init
+from decflow.model.initialization import (INIT_CHOICES, VIEW_SPACES, effective_dimension,
+                                          kmeans_init, manifold_init, view_dimensions)
 from decflow.model.initialization import view_space as choose_view_space
 from decflow.model.nn import Autoencoder, ClusteringLayer
 from decflow.model.training import encode, fit_dec, pretrain_autoencoder
 
 _FORMAT = "decflow.dec/1"
-_INIT_CHOICES = ("manifold", "k-means")
 _log = logging.getLogger(__name__)
 
 
@@ -211,7 +210,7 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
                       device, " (warm start)" if warm_start is not None else "")
             t0 = time.perf_counter()
             pretrain_loss = pretrain_autoencoder(
-                self.autoencoder_, Xt, epochs=self._pretrain_epochs(n) if epochs is None
+                self.autoencoder_, Xt, epochs=self.pretrain_epochs_for(n) if epochs is None
                 else int(epochs), batch_size=self.batch_size, lr=self.pretrain_lr,
                 weight_decay=0.0, device=device, generator=self._generator,
                 callbacks=self.callbacks)
@@ -432,8 +431,8 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         if X.shape[0] < k:
             raise ValueError(f"n_samples={X.shape[0]} should be >= n_clusters={k}")
         if isinstance(self.init, str):
-            if self.init not in _INIT_CHOICES:
-                raise ValueError(f"init={self.init!r} must be one of {_INIT_CHOICES} "
+            if self.init not in INIT_CHOICES:
+                raise ValueError(f"init={self.init!r} must be one of {INIT_CHOICES} "
                                  "or an array of centroids")
         else:
             init = np.asarray(self.init)
@@ -468,7 +467,9 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
             raise ValueError(f"init_view_rows={self.init_view_rows!r} must be None or an "
                              f"integer > n_clusters={self.n_clusters}")
 
-    def _pretrain_epochs(self, n: int) -> int:
+    def pretrain_epochs_for(self, n: int) -> int:
+        """Epochs that ``pretrain`` runs on ``n`` rows: ``pretrain_epochs``, or with "auto"
+        about ``pretrain_steps`` optimiser steps, clipped to 50..500 epochs."""
         if self.pretrain_epochs == "auto":
             steps_per_epoch = math.ceil(n / self.batch_size)
             return int(np.clip(round(self.pretrain_steps / steps_per_epoch), 50, 500))

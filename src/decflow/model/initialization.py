@@ -58,6 +58,7 @@ from sklearn.mixture import GaussianMixture
 SILHOUETTE_ROWS = 5000
 # Rows the effective dimension is measured on (a seeded sample).
 DIMENSION_ROWS = 20000
+INIT_CHOICES = ("manifold", "k-means")  # how the centroids start (the estimator's ``init``)
 VIEW_SPACES = ("auto", "embedding", "input")
 
 

@@ -12,8 +12,8 @@ import time
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from decflow.config import redact
 from decflow.errors import ServiceUnavailable
+from decflow.redaction import redact
 
 # MLflow's HTTP client settings for every client made here, unless the environment sets them.
 # MLflow's defaults (7 retries, backoff factor 2, 120 s timeout) wait about 4 minutes per call

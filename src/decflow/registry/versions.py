@@ -26,7 +26,7 @@ import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from decflow.config import redact
+from decflow.redaction import redact
 from decflow.errors import ConfigError
 from decflow.model.estimator import DeepEmbeddedClustering
 from decflow.model.features import FeatureEncoder
