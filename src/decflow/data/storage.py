@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 
 from decflow.config import SourceConfig
 from decflow.errors import ConfigError, DataError
+from decflow.files import replace_durably
 
 _log = logging.getLogger(__name__)
 
@@ -586,9 +587,7 @@ class PartitionWriter:
                 self._writer.close()
             if exc_type is None and self._writer is not None:
                 if isinstance(self.fs, pafs.LocalFileSystem):
-                    with open(self._tmp, "rb") as f:
-                        os.fsync(f.fileno())
-                    os.replace(self._tmp, self.path)
+                    replace_durably(self._tmp, self.path)
                 else:
                     self.fs.move(self._tmp, self.path)
         finally:

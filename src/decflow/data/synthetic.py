@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from decflow.config import PipelineConfig
 from decflow.data.storage import PART_FILE, parse_date, partition_dir
+from decflow.files import replace_durably
 
 # Spread of the cluster means per dimension, in units of the within-cluster noise (see the
 # module docstring for what it gives).
@@ -235,9 +236,7 @@ def _write_groups(fs: pafs.FileSystem, part: str, schema: pa.Schema, groups) -> 
             for table in groups:
                 writer.write_table(table, row_group_size=len(table))
         if local:
-            with open(target, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(target, final)
+            replace_durably(target, final)
     finally:
         if local and os.path.exists(target):
             os.unlink(target)

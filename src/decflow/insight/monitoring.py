@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from decflow.config import PipelineConfig
+from decflow.files import atomic_path
 
 PSI_EPSILON = 1e-4  # share floor in the PSI, so an empty cluster gives a finite value
 
@@ -325,12 +324,6 @@ def history_command(config: PipelineConfig, days: int | None = None, out: Path |
                "markdown": lambda p: Path(p).write_text(history_markdown(frame)),
                "chart": lambda p: fig.savefig(p, dpi=110, format="png")}
     for kind, path in paths.items():
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             writers[kind](tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
     return frame, paths

@@ -19,7 +19,6 @@ import json
 import math
 import os
 import tempfile
-import uuid
 from pathlib import Path
 
 from mlflow.entities import Run
@@ -28,6 +27,7 @@ from mlflow.exceptions import MlflowException
 from decflow import __version__
 from decflow.config import PipelineConfig
 from decflow.errors import ConfigError
+from decflow.files import write_atomic
 from decflow.insight.profiles import label_text
 from decflow.redaction import redact
 from decflow.registry.client import mlflow_client
@@ -134,21 +134,9 @@ def write_report(tracking_uri: str, experiment: str, out: Path, *,
 
 
 def save_page(page: str, out: Path) -> Path:
-    """Write a rendered page to ``out`` atomically (temp file, fsync, rename). Returns ``out``."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    """Write a rendered page to ``out`` whole or not at all (``decflow.files``). Returns
+    ``out``."""
+    return write_atomic(out, page)
 
 
 def report_path(config: PipelineConfig, run_date: str) -> Path:

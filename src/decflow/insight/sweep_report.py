@@ -8,7 +8,6 @@ nothing, so it needs no server and leaves nothing for the nightly's stores.
 
 import datetime as dt
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from decflow.config import PipelineConfig
 from decflow.errors import ConfigError
+from decflow.files import replace_durably
 from decflow.insight.sweep import SweepResult, parse_k_range, run_sweep
 
 FILES = ("sweep_k.json", "sweep_k.md", "sweep_k.png")
@@ -56,7 +56,7 @@ def write_sweep(result: SweepResult, out: Path) -> list[Path]:
         (tmp / FILES[1]).write_text(result.to_markdown())
         result.plot().savefig(tmp / FILES[2], dpi=110)
         for name in FILES:
-            os.replace(tmp / name, out / name)
+            replace_durably(tmp / name, out / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return [out / name for name in FILES]

@@ -3,8 +3,6 @@
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 import warnings
 from numbers import Integral
@@ -15,6 +13,7 @@ import torch
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from decflow.files import atomic_path
 from decflow import __version__
 from decflow.model.initialization import (INIT_CHOICES, VIEW_SPACES, effective_dimension,
                                           kmeans_init, manifold_init, view_dimensions)
@@ -373,15 +372,8 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
                 "view_space_": getattr(self, "view_space_", "none"),
             }),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         return path
 
     @classmethod

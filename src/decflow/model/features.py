@@ -33,9 +33,7 @@ structure keep weight 1. ``weights_`` and ``relevance_`` hold the measures per c
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from decflow.config import FeaturesConfig
+from decflow.files import write_atomic
 from decflow.model.relevance import RELEVANCE_ROWS, column_relevance
 
 UNKNOWN = "__unknown__"
@@ -223,23 +222,14 @@ class FeatureEncoder:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> Path:
-        """Write config and fitted state as one JSON file, atomically (temp file + os.replace)."""
+        """Write config and fitted state as one JSON file (``decflow.files.write_atomic``)."""
         self._check_fitted()
         path = Path(path)
         doc = {"format": _FORMAT, "version": _FORMAT_VERSION,
                "features": self.features.model_dump(mode="json"),
                "state": {col: _to_json(st) for col, st in self.state_.items()}}
         text = json.dumps(doc, allow_nan=False, separators=(",", ":"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_atomic(path, text)
 
     @classmethod
     def load(cls, path) -> "FeatureEncoder":
