@@ -530,11 +530,17 @@ def parse_overrides(items: list[str] | None, option: str = "--set") -> dict[str,
 def _apply_env(data: dict, env: dict[str, str] | None,
                origins: dict[tuple, str] | None = None) -> list[str]:
     """Set ``DECFLOW_<SECTION>__<KEY>`` values on ``data``; returns the dotted keys set and
-    records in ``origins`` which variable set each key path."""
+    records in ``origins`` which variable set each key path.
+
+    A variable is config when its name has ``__`` (a misspelt section or key is an error, as in
+    a file) or is a top-level key (``DECFLOW_HOME``); other ``DECFLOW_*`` variables, such as
+    the ``DECFLOW_VERSION`` some deployment tooling sets, are not decflow's and are left alone.
+    """
     keys = []
     for key, raw in sorted((env if env is not None else os.environ).items()):
         name = key[len(ENV_PREFIX):].lower()
-        if key.startswith(ENV_PREFIX) and name:
+        if key.startswith(ENV_PREFIX) and name and ("__" in name
+                                                     or name in PipelineConfig.model_fields):
             try:
                 value = yaml.safe_load(raw)
             except yaml.YAMLError as exc:

@@ -159,3 +159,25 @@ def test_a_file_that_is_not_text_or_not_a_mapping(tmp_path):
         load_config(path, env={})
     with pytest.raises(ConfigError, match=rf"config file not found: {tmp_path / 'nope.yaml'}"):
         load_config(tmp_path / "nope.yaml", env={})
+
+
+@pytest.mark.parametrize("name", ["DECFLOW_VERSION", "DECFLOW_ENV", "DECFLOW_RELEASE_ID"])
+def test_variables_outside_the_config_forms_are_not_config(base_file, name):
+    """Deployment tooling sets variables such as DECFLOW_VERSION; only DECFLOW_<SECTION>__<KEY>
+    and DECFLOW_<top-level key> are config."""
+    config = load_config(base_file, env={name: "1", "DECFLOW_MODEL__N_CLUSTERS": "7"})
+    assert config.model.n_clusters == 7
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"DECFLOW_MODEL__N_CLUSTERZ": "7"}, "model.n_clusterz: unknown key"),
+    ({"DECFLOW_MODLE__N_CLUSTERS": "7"}, "modle: unknown key"),
+])
+def test_typos_of_real_keys_stay_errors(base_file, env, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(base_file, env=env)
+
+
+def test_a_top_level_key_is_config(base_file, tmp_path):
+    config = load_config(base_file, env={"DECFLOW_HOME": str(tmp_path / "h")})
+    assert config.home == str(tmp_path / "h")
