@@ -71,3 +71,58 @@ def test_a_corrupt_or_truncated_file_is_a_data_error_naming_it(tmp_path, content
     with pytest.raises(DataError, match=r"ds=2026-11-21/part-1.parquet is not a readable "
                                         r"Parquet file"):
         storage.scan_window(_source(tmp_path), "2026-11-21")
+
+
+# How the writers a source table comes from name the files of one partition. Data: every name
+# that does not start with "_" or "."; side files and in-flight folders: those that do.
+WRITERS = {
+    "spark": {"data": ["part-00000-3f2a9c1e-7b44-4d1e-9a51-0c8d2b6e4f10-c000.snappy.parquet",
+                       "part-00001-3f2a9c1e-7b44-4d1e-9a51-0c8d2b6e4f10-c000.snappy.parquet"],
+              "side": ["_SUCCESS", "._SUCCESS.crc",
+                       ".part-00000-3f2a9c1e-7b44-4d1e-9a51-0c8d2b6e4f10-c000.snappy.parquet.crc",
+                       "_temporary/0/_temporary/attempt_202611210000_0001_m_000002_5/"
+                       "part-00002-3f2a9c1e-7b44-4d1e-9a51-0c8d2b6e4f10-c000.snappy.parquet",
+                       "_committed_8791245", "_started_8791245"]},
+    "hive": {"data": ["000000_0", "000001_0", "000002_0_copy_1"],
+             "side": [".hive-staging_hive_2026-11-21_00-00-00_000_1/-ext-10000/000000_0"]},
+    "pandas": {"data": ["0a1b2c3d4e5f40718293a4b5c6d7e8f9-0.parquet"],
+               "side": ["_metadata", "_common_metadata"]},
+    "duckdb": {"data": ["data_0.parquet", "data_1.parquet"], "side": []},
+    "pyarrow": {"data": ["part-0.parquet", "part-1.parquet"],
+                "side": [".part-0.parquet.4c1d.tmp"]},
+}
+
+
+def _write_named(folder, name, rows, start):
+    import pyarrow.parquet as pq
+
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"id": list(range(start, start + rows)),
+                             "x": [float(i) for i in range(rows)]}), path)
+
+
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+def test_every_data_file_of_a_partition_is_read_whatever_its_writer_names_it(tmp_path, writer):
+    """A partition's data files are all its files except names (of the file or of a folder on
+    its way) that start with "_" or "."; Hive's suffix-less 000000_0 is data like the rest."""
+    source = _source(tmp_path)
+    folder = tmp_path / "source" / "ds=2026-11-21"
+    names = WRITERS[writer]
+    for i, name in enumerate(names["data"]):
+        _write_named(folder, name, rows=40 + i, start=1000 * i)
+    for i, name in enumerate(names["side"]):  # side files hold Parquet too: never read
+        _write_named(folder, name, rows=7, start=900_000 + 1000 * i)
+    scan = storage.scan_window(source, "2026-11-21", 1)
+    assert sorted(os.path.relpath(f.path, folder) for f in scan.files) == sorted(names["data"])
+    assert sum(f.n_rows for f in scan.files) == sum(40 + i for i in range(len(names["data"])))
+
+
+def test_a_file_of_a_partition_that_is_not_parquet_is_refused_by_name(tmp_path):
+    from decflow.errors import DataError
+
+    folder = tmp_path / "source" / "ds=2026-11-21"
+    _write_named(folder, "000000_0", rows=60, start=0)
+    (folder / "README.txt").write_text("exported by the nightly job")
+    with pytest.raises(DataError, match=r"ds=2026-11-21/README\.txt is not a readable Parquet"):
+        storage.scan_window(_source(tmp_path), "2026-11-21", 1)

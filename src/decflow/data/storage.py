@@ -226,11 +226,27 @@ class WindowScan:
         return out
 
 
+def partition_files(fs: pafs.FileSystem, folder: str) -> list[str]:
+    """The data files of one partition folder, sorted: every file below it, except side files,
+    whose name or the name of a folder on their way starts with "_" or "." (Spark's
+    ``_SUCCESS``, ``_committed_*`` and ``_temporary/`` of unfinished tasks, Hadoop's ``.crc``
+    checksums, Hive's ``.hive-staging*/``, pyarrow's ``_metadata``, decflow's own temporaries),
+    the rule Hive-style readers follow. Any other file is data, with or without a suffix
+    (Hive's ``000000_0``, Spark's ``part-*.snappy.parquet``, DuckDB's ``data_0.parquet``): it is
+    read, or refused by name when it is not Parquet, never skipped."""
+    selector = pafs.FileSelector(folder, recursive=True)
+    prefix = folder.rstrip("/") + "/"
+    return sorted(f.path for f in fs.get_file_info(selector)
+                  if f.type == pafs.FileType.File
+                  and not any(part.startswith(("_", "."))
+                              for part in f.path[len(prefix):].split("/")))
+
+
 def scan_window(source: SourceConfig, run_date, window_days: int | None = None) -> WindowScan:
     """Describe the ``window_days`` partitions ending at ``run_date`` from file footers alone.
 
-    Missing partitions inside the window are reported in the lineage; files whose names start
-    with "." or "_" (temporaries, markers) are ignored, as pyarrow's dataset discovery does.
+    Missing partitions inside the window are reported in the lineage. Each partition's files
+    are ``partition_files``: every file but side files, whatever its name or suffix.
 
     Raises:
         DataError: the source dataset does not exist, or a file is not readable Parquet.
@@ -244,11 +260,7 @@ def scan_window(source: SourceConfig, run_date, window_days: int | None = None) 
     missing = [d.isoformat() for d in window if d not in present]
     files, columns = [], []
     for d in days:
-        sel = pafs.FileSelector(partition_dir(root, source.date_column, d), recursive=True)
-        paths = sorted(f.path for f in fs.get_file_info(sel)
-                       if f.type == pafs.FileType.File and f.path.endswith(".parquet")
-                       and not os.path.basename(f.path).startswith((".", "_")))
-        for path in paths:
+        for path in partition_files(fs, partition_dir(root, source.date_column, d)):
             info = fs.get_file_info(path)
             meta = _footer(fs, path)
             groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
