@@ -87,9 +87,45 @@ def _fail(exc: Exception, show_traceback: bool) -> int:
     return code
 
 
+# One word per thing on every command: the night is --run-date, a registered model (version
+# number or alias) is --model, a folder written is --out-dir, a dataset written is --out-uri
+# (report's --out stays: one file). The old spellings are accepted for one release, hidden from
+# --help, with a note on stderr.
+RENAMED = {
+    "validate": {"--date": "--run-date"},
+    "score": {"--date": "--run-date", "--model-version": "--model"},
+    "promote": {"--date": "--run-date", "--candidate": "--model"},
+    "adopt": {"--version": "--model"},
+    "generate": {"--end-date": "--run-date", "--out": "--out-uri"},
+    "sweep-k": {"--out": "--out-dir"},
+    "history": {"--out": "--out-dir"},
+}
+
+
+def _renamed(command: str, args: list[str]) -> list[str]:
+    """``args`` of ``command`` with old option spellings replaced (``--date X`` and
+    ``--date=X``), up to a ``--``; each replacement noted on stderr."""
+    renames, out = RENAMED.get(command, {}), []
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + args[i:]
+        name, eq, value = arg.partition("=")
+        if name in renames:
+            typer.echo(f"note: {command} {name} is now {renames[name]} ({name} goes away in "
+                       f"the next release)", err=True)
+            arg = renames[name] + eq + value
+        out.append(arg)
+    return out
+
+
 class _ExitCodes(TyperGroup):
     """Maps every command's exceptions to the exit codes of the module docstring, in one place;
-    typer's own exits and usage errors (code 2) pass through."""
+    typer's own exits and usage errors (code 2) pass through. Also takes the old spellings of
+    renamed options (``RENAMED``)."""
+
+    def resolve_command(self, ctx, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        return name, command, _renamed(name, rest)
 
     def invoke(self, ctx):
         _state["home"] = None
@@ -125,6 +161,25 @@ SetOpt = Annotated[Optional[list[str]], typer.Option(
          "the config file < DECFLOW_<SECTION>__<KEY> environment variables < --set.")]
 HomeOpt = Annotated[Path, typer.Option(help="Directory for the embedded stores (MLflow sqlite "
                                             "database and artifacts, Prefect database, labels).")]
+# `ui` and `serve` also run without a config (the embedded defaults).
+OptionalConfigOpt = Annotated[Optional[Path], typer.Option(
+    "--config", "-c", exists=True, dir_okay=False,
+    help="Pipeline config (YAML); default: the embedded defaults. DECFLOW_<SECTION>__<KEY> "
+         "environment variables override its values.")]
+CronOpt = Annotated[Optional[str], typer.Option(
+    help="Nightly schedule as a cron string (default: '0 2 * * *', 02:00).")]
+TimezoneOpt = Annotated[Optional[str], typer.Option(
+    help="IANA time zone of the nightly schedule, e.g. Europe/Berlin (default: UTC).")]
+
+
+def RunDateOpt(help: str):  # noqa: N802 - an option type, named like the others
+    """``--run-date``: the night (a date partition, YYYY-MM-DD), with this help."""
+    return Annotated[Optional[str], typer.Option("--run-date", help=help)]
+
+
+def ModelOpt(help: str):  # noqa: N802
+    """``--model``: a registered version number or alias, with this help."""
+    return Annotated[str, typer.Option("--model", help=help)]
 
 
 def _date(value: Optional[str], name: str) -> Optional[dt.date]:
@@ -213,8 +268,8 @@ def _report(result: dict, config, last_words: list[str] | None = None) -> None:
 
 @app.command()
 def demo(home: HomeOpt = Path(".decflow"),
-         run_date: Annotated[Optional[str], typer.Option(
-             help="Last of the 3 demo dates and the run date (default: yesterday).")] = None,
+         run_date: RunDateOpt("Last of the 3 demo dates and the run date (default: "
+                              "yesterday).") = None,
          pretrain_epochs: Annotated[Optional[int], typer.Option(
              help="Override pretraining epochs (default: the shipped 'auto' budget).")] = None):
     """Write scikit-learn's digits as a 3-day source table under HOME and run `recluster` on it
@@ -248,8 +303,8 @@ def demo(home: HomeOpt = Path(".decflow"),
 
 @app.command()
 def run(config: ConfigOpt,
-        run_date: Annotated[Optional[str], typer.Option(
-            help="Date to label; the training window ends here (default: yesterday).")] = None,
+        run_date: RunDateOpt("Date to label; the training window ends here (default: "
+                             "yesterday).") = None,
         sets: SetOpt = None):
     """Run the nightly `recluster` flow once: validate, train, register, write labels."""
     cfg = _setup(config, sets)
@@ -271,10 +326,9 @@ def show_config(config: ConfigOpt, sets: SetOpt = None):
 
 @app.command()
 def validate(config: ConfigOpt,
-             date: Annotated[Optional[str], typer.Option(
-                 help="Partition to check (default: yesterday).")] = None,
+             run_date: RunDateOpt("Partition to check (default: yesterday).") = None,
              window: Annotated[bool, typer.Option(
-                 help="Check the whole training window ending at --date instead of one "
+                 help="Check the whole training window ending at --run-date instead of one "
                       "partition.")] = False,
              sets: SetOpt = None):
     """Run the data checks only; exit code 1 when an expectation fails."""
@@ -285,7 +339,7 @@ def validate(config: ConfigOpt,
     from decflow.engine.compute import dask_client
     from flows.recluster import yesterday
 
-    day = _date(date, "--date") or yesterday()
+    day = _date(run_date, "--run-date") or yesterday()
     scan = storage.scan_window(cfg.source, day, None if window else 1)
     if window:
         storage.check_window_days(scan, cfg.validation.min_window_days)
@@ -301,28 +355,23 @@ def validate(config: ConfigOpt,
 
 @app.command()
 def score(config: ConfigOpt,
-          date: Annotated[str, typer.Option(help="Partition to label (YYYY-MM-DD).")],
-          model_version: Annotated[Optional[str], typer.Option(
-              help="Registered version number or alias to score with (default: champion).")]
-          = None,
+          run_date: Annotated[str, typer.Option(
+              "--run-date", help="Partition to label (YYYY-MM-DD).")],
+          model: ModelOpt("Registered version number or alias to score with.") = "champion",
           sets: SetOpt = None):
     """Label one partition with a registered model (write-back only, no training)."""
     cfg = _setup(config, sets)
-    _require_model(cfg, model_version or "champion")
+    _require_model(cfg, model)
 
     from flows.score import score as score_flow
 
-    out = score_flow(config=cfg, run_date=_date(date, "--date"), model=model_version or
-                     "champion")
+    out = score_flow(config=cfg, run_date=_date(run_date, "--run-date"), model=model)
     typer.echo(f"wrote {out['rows']} labels to {out['path']} with model version "
                f"{out['model_version']}")
 
 
 @app.command()
-def ui(config: Annotated[Optional[Path], typer.Option(
-           "--config", "-c", exists=True, dir_okay=False,
-           help="Show this config's stores: its home's Prefect database and its MLflow "
-                "tracking store.")] = None,
+def ui(config: OptionalConfigOpt = None,
        home: Annotated[Optional[Path], typer.Option(
            help="Show the embedded stores under this directory (default: .decflow; "
                 "not with --config).")] = None,
@@ -405,15 +454,7 @@ def _loopback(host: str) -> bool:
 
 
 @app.command()
-def serve(config: Annotated[Optional[Path], typer.Option(
-              "--config", "-c", exists=True, dir_okay=False,
-              help="Pipeline config (YAML) that every deployment passes as its `config` "
-                   "parameter (default: the embedded defaults). Read once, at start.")] = None,
-          timezone: Annotated[Optional[str], typer.Option(
-              help="IANA time zone of the nightly schedule, e.g. Europe/Berlin "
-                   "(default: UTC).")] = None,
-          cron: Annotated[Optional[str], typer.Option(
-              help="Nightly schedule as a cron string (default: '0 2 * * *', 02:00).")] = None,
+def serve(config: OptionalConfigOpt = None, timezone: TimezoneOpt = None, cron: CronOpt = None,
           sets: SetOpt = None):
     """Serve the `recluster/nightly`, `backfill/on-demand` and `promote/on-demand` deployments
     from this process (Prefect's serve(), no work pool); Ctrl-C stops. Needs a Prefect server,
@@ -441,12 +482,7 @@ def deploy(config: ConfigOpt,
            work_pool: Annotated[str, typer.Option(
                help="Work pool whose workers run the flows (created as a process pool when "
                     "missing).")] = "decflow",
-           timezone: Annotated[Optional[str], typer.Option(
-               help="IANA time zone of the nightly schedule (default: UTC).")] = None,
-           cron: Annotated[Optional[str], typer.Option(
-               help="Nightly schedule as a cron string (default: '0 2 * * *', 02:00).")]
-           = None,
-           sets: SetOpt = None):
+           timezone: TimezoneOpt = None, cron: CronOpt = None, sets: SetOpt = None):
     """Create or update the `recluster/nightly`, `backfill/on-demand` and `promote/on-demand`
     deployments on the Prefect server (PREFECT_API_URL) with this config as their `config`
     parameter; a worker of the pool runs them (`prefect worker start --pool decflow`).
@@ -480,12 +516,9 @@ def deploy(config: ConfigOpt,
 
 @app.command()
 def promote(config: ConfigOpt,
-            candidate: Annotated[str, typer.Option(
-                help="Registered version number or alias to gate (default: challenger).")]
-            = "challenger",
-            date: Annotated[Optional[str], typer.Option(
-                help="Compare both models on this partition (YYYY-MM-DD) instead of the "
-                     "window the candidate was trained on.")] = None,
+            model: ModelOpt("Registered version number or alias to gate.") = "challenger",
+            run_date: RunDateOpt("Compare both models on this partition instead of the window "
+                                 "the candidate was trained on.") = None,
             sets: SetOpt = None):
     """Gate a candidate against the champion on the same rows; promote it when every gate
     passes (champion <- candidate, previous <- old champion). Exit code 1 when rejected."""
@@ -496,9 +529,9 @@ def promote(config: ConfigOpt,
 
     from flows.promote import promote as promote_flow
 
-    day = _date(date, "--date")
-    _require_model(cfg, candidate)
-    out = promote_flow(config=cfg, candidate=candidate, run_date=day)
+    day = _date(run_date, "--run-date")
+    _require_model(cfg, model)
+    out = promote_flow(config=cfg, candidate=model, run_date=day)
     table = Table(title=f"promotion of {cfg.registry.model_name} version {out['candidate']}")
     for col in ("gate", "result", "value", "threshold", "detail"):
         table.add_column(col)
@@ -513,9 +546,9 @@ def promote(config: ConfigOpt,
 
 @app.command()
 def adopt(config: ConfigOpt,
-          version: Annotated[str, typer.Option(
-              help="Version number (or alias) registered before decflow recorded content "
-                   "digests.")],
+          model: Annotated[str, typer.Option(
+              "--model", help="Version number (or alias) registered before decflow recorded "
+                              "content digests.")],
           sets: SetOpt = None):
     """Record the content digest of a version registered before decflow recorded them, so it
     loads again. Its files *as they are now* are trusted from here on: run it only for a
@@ -524,7 +557,7 @@ def adopt(config: ConfigOpt,
 
     from decflow.registry.versions import adopt_version
 
-    out = adopt_version(cfg.tracking_uri(), cfg.registry.model_name, version)
+    out = adopt_version(cfg.tracking_uri(), cfg.registry.model_name, model)
     typer.echo(f"model {cfg.registry.model_name!r} version {out['version']}: recorded the "
                f"sha256 of its {out['files']} files (manifest sha256 "
                f"{out['manifest_sha256']}); decflow verifies them before every load")
@@ -538,13 +571,12 @@ def _cell(value) -> str:
 
 @app.command()
 def report(config: ConfigOpt,
-           run_date: Annotated[Optional[str], typer.Option(
-               help="The night whose newest recluster run to show (default: the newest run).")
-           ] = None,
+           run_date: RunDateOpt("The night whose newest recluster run to show (default: the "
+                                "newest run).") = None,
            run_id: Annotated[Optional[str], typer.Option(help="An MLflow run id instead.")] = None,
            out: Annotated[Optional[Path], typer.Option(
-               help="HTML file to write (default: <home>/reports/recluster-<run date>.html).")
-           ] = None,
+               dir_okay=False, help="HTML file to write (default: "
+                                    "<home>/reports/recluster-<run date>.html).")] = None,
            sets: SetOpt = None):
     """Write a nightly run's report: one self-contained HTML page (summary, validation, metrics,
     promotion gates, drift, cluster profiles, pictures) to open in any browser."""
@@ -562,12 +594,11 @@ def sweep_k(config: ConfigOpt,
                 "--k", help="The k to try: 4..16, 4..16..2 (a step) or 4,6,8.")] = "4..16",
             seeds: Annotated[int, typer.Option(
                 help="Restarts per k; their agreement (ARI) is the stability.")] = 3,
-            run_date: Annotated[Optional[str], typer.Option(
-                help="Last date of the training window (default: the newest partition).")
-            ] = None,
-            out: Annotated[Optional[Path], typer.Option(
-                help="Folder for sweep_k.json, sweep_k.md and sweep_k.png "
-                     "(default: <home>/reports/sweep-k).")] = None,
+            run_date: RunDateOpt("Last date of the training window (default: the newest "
+                                 "partition).") = None,
+            out_dir: Annotated[Optional[Path], typer.Option(
+                file_okay=False, help="Folder for sweep_k.json, sweep_k.md and sweep_k.png "
+                                      "(default: <home>/reports/sweep-k).")] = None,
             pretrain_epochs: Annotated[Optional[int], typer.Option(
                 help="Pretraining epochs (default: the config's, as the nightly run; fewer is "
                      "faster but the embedding is less separated).")] = None,
@@ -581,7 +612,7 @@ def sweep_k(config: ConfigOpt,
     from decflow.insight.sweep_report import sweep_k_command
 
     sweep_k_command(cfg, k, _date(run_date, "--run-date"), seeds,
-                    out or Path(cfg.home) / "reports" / "sweep-k", pretrain_epochs)
+                    out_dir or Path(cfg.home) / "reports" / "sweep-k", pretrain_epochs)
 
 
 @app.command()
@@ -589,9 +620,9 @@ def history(config: ConfigOpt,
             days: Annotated[Optional[int], typer.Option(
                 min=1, help="Nights to show, ending at the newest (default: "
                             "monitoring.history_days, 30).")] = None,
-            out: Annotated[Optional[Path], typer.Option(
-                help="Folder for history.csv, history.md and drift_history.png "
-                     "(default: <home>/reports).")] = None,
+            out_dir: Annotated[Optional[Path], typer.Option(
+                file_okay=False, help="Folder for history.csv, history.md and "
+                                      "drift_history.png (default: <home>/reports).")] = None,
             sets: SetOpt = None):
     """Drift and churn over the last nights: one row per night (its model and champion,
     promotion, label churn vs the champion, cluster-size shift vs the night before, quality,
@@ -604,7 +635,7 @@ def history(config: ConfigOpt,
     from decflow.insight.monitoring import cell_text
     from decflow.insight.monitoring import history_command
 
-    frame, paths = history_command(cfg, days, out)
+    frame, paths = history_command(cfg, days, out_dir)
     if frame.empty:
         typer.echo(f"no nightly runs recorded in experiment {cfg.registry.experiment!r}")
     else:
@@ -685,11 +716,10 @@ def generate(rows: Annotated[int, typer.Option(
                  min=1, help="Rows in all, split evenly over the dates.")],
              days: Annotated[int, typer.Option(
                  min=1, help="Number of consecutive daily partitions.")],
-             out: Annotated[str, typer.Option(
+             out_uri: Annotated[str, typer.Option(
                  help="Dataset root to write: a local path or a pyarrow URI (s3://...). "
                       "Existing partitions of the same dates are replaced.")],
-             end_date: Annotated[Optional[str], typer.Option(
-                 help="Last date (YYYY-MM-DD; default: yesterday).")] = None,
+             run_date: RunDateOpt("Last date written (default: yesterday).") = None,
              clusters: Annotated[int, typer.Option(
                  min=2, help="Clusters in the mixture (model.n_clusters of --config-out).")] = 10,
              seed: Annotated[int, typer.Option(
@@ -708,7 +738,8 @@ def generate(rows: Annotated[int, typer.Option(
     if rows < days:
         raise typer.BadParameter(f"--rows {rows} is fewer than --days {days}: every partition "
                                  "needs at least one row", param_hint="--rows")
-    day = _date(end_date, "--end-date") or dt.date.today() - dt.timedelta(days=1)
+    day = _date(run_date, "--run-date") or dt.date.today() - dt.timedelta(days=1)
+    out = out_uri
     parts = generate_source(out, rows=rows, days=days, end_date=day, n_clusters=clusters,
                             seed=seed, rows_per_group=rows_per_group)
     for p in parts:

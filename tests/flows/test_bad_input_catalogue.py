@@ -159,8 +159,8 @@ def one_day_window(src):
 
 
 # Each case: (mutate source, config changes, command, exit code, message pattern)
-SCORE = ["score", "--date", str(RUN_DATE), "--model-version", "champion"]
-VALIDATE_WINDOW = ["validate", "--date", str(RUN_DATE), "--window"]
+SCORE = ["score", "--run-date", str(RUN_DATE), "--model", "champion"]
+VALIDATE_WINDOW = ["validate", "--run-date", str(RUN_DATE), "--window"]
 CASES = {
     "nan-numeric": (nan_numeric, {}, SCORE, 1, r"not_be_null on column 'x'"),
     "inf-numeric": (inf_numeric, {}, SCORE, 1, r"column 'x'.*(finite|inf)"),
@@ -221,7 +221,7 @@ CASES = {
     "unknown-device": (None, {"train": {"device": "quantum"}}, SCORE, 2, r"train.device"),
     "date-column-with-path": (None, {"source": {"date_column": "../ds"}}, SCORE, 2,
                               r"source.date_column"),
-    "bad-date": (None, {}, ["score", "--date", "21/11/2026"], 2, r"YYYY-MM-DD"),
+    "bad-date": (None, {}, ["score", "--run-date", "21/11/2026"], 2, r"YYYY-MM-DD"),
 }
 
 

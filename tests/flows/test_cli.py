@@ -1,13 +1,15 @@
 """The `decflow` command line (typer) against real stores."""
 
+import datetime as dt
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from flowkit import RUN_DATE, tiny_config, write_source
 from decflow.config import dump_config, load_config
 from decflow.data import storage
-from flows.cli import app
+from flows.cli import RENAMED, _renamed, app
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -19,7 +21,7 @@ def test_help_lists_every_command_and_explains_options():
     for cmd in ("demo", "run", "validate", "score", "ui"):
         assert cmd in out.output
     sub = runner.invoke(app, ["score", "--help"])
-    assert "--model-version" in sub.output and "--date" in sub.output
+    assert "--model" in sub.output and "--run-date" in sub.output
 
 
 def test_example_config_loads():
@@ -39,7 +41,7 @@ def test_unknown_config_key_is_an_error(tmp_path):
 def test_bad_date_is_a_parameter_error(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(dump_config(tiny_config(tmp_path, str(tmp_path / "src"))))
-    out = runner.invoke(app, ["validate", "--config", str(path), "--date", "21/11/2026"])
+    out = runner.invoke(app, ["validate", "--config", str(path), "--run-date", "21/11/2026"])
     assert out.exit_code == 2 and "YYYY-MM-DD" in out.output
 
 
@@ -53,13 +55,13 @@ def test_validate_reports_failures_with_exit_code_1(tmp_path):
     write_source(source, mutate=nan)
     path = tmp_path / "c.yaml"
     path.write_text(dump_config(tiny_config(tmp_path, source)))
-    out = runner.invoke(app, ["validate", "--config", str(path), "--date", str(RUN_DATE)])
+    out = runner.invoke(app, ["validate", "--config", str(path), "--run-date", str(RUN_DATE)])
     assert out.exit_code == 1
     assert "expect_column_values_to_not_be_null on column 'x'" in out.output
     good = tmp_path / "good"
     write_source(str(good))
     path.write_text(dump_config(tiny_config(tmp_path, str(good))))
-    out = runner.invoke(app, ["validate", "--config", str(path), "--date", str(RUN_DATE),
+    out = runner.invoke(app, ["validate", "--config", str(path), "--run-date", str(RUN_DATE),
                               "--window"])
     assert out.exit_code == 0, out.output
     assert "270 rows" in out.output and "passed" in out.output
@@ -75,13 +77,13 @@ def test_run_then_score_with_a_chosen_version(tmp_path):
     assert out.exit_code == 0, out.output
     assert "labels" in out.output and "champion" in out.output
     day = "2026-11-20"
-    out = runner.invoke(app, ["score", "--config", str(path), "--date", day,
-                              "--model-version", "1"])
+    out = runner.invoke(app, ["score", "--config", str(path), "--run-date", day,
+                              "--model", "1"])
     assert out.exit_code == 0, repr(out.exception)
     labels = storage.read_partition(config.labels_uri(), "ds", day)
     assert len(labels) == 90 and set(labels["model_version"]) == {"1"}
-    out = runner.invoke(app, ["score", "--config", str(path), "--date", day,
-                              "--model-version", "7"])
+    out = runner.invoke(app, ["score", "--config", str(path), "--run-date", day,
+                              "--model", "7"])
     assert out.exit_code == 2, out.output
     assert "config error: model 'tiny' has no version or alias '7'" in out.output
 
@@ -142,3 +144,60 @@ def test_ui_takes_a_config_or_a_home_not_both(tmp_path):
     path.write_text(dump_config(tiny_config(tmp_path, str(tmp_path / "src"))))
     out = runner.invoke(app, ["ui", "--config", str(path), "--home", str(tmp_path)])
     assert out.exit_code == 2 and "not both" in out.output
+
+
+def _options_in_help(command: str) -> set[str]:
+    import re
+
+    out = runner.invoke(app, [command, "--help"], terminal_width=200)
+    assert out.exit_code == 0, out.output
+    return set(re.findall(r"(--[a-z][a-z-]*)", out.output))
+
+
+@pytest.mark.parametrize("command", sorted(RENAMED))
+def test_renamed_options_show_only_their_new_spelling(command):
+    shown = _options_in_help(command)
+    for old, new in RENAMED[command].items():
+        assert new in shown
+        assert old not in shown
+
+
+def test_the_one_vocabulary_across_commands():
+    for command in ("validate", "score", "promote", "run", "report", "sweep-k", "generate"):
+        assert "--run-date" in _options_in_help(command)
+    for command in ("score", "promote", "adopt", "backfill"):
+        assert "--model" in _options_in_help(command)
+
+
+@pytest.mark.parametrize("args", [
+    ["score", "--date", str(RUN_DATE), "--model-version", "9"],
+    ["score", f"--date={RUN_DATE}", "--model-version=9"],
+    ["promote", "--candidate", "9", "--date", str(RUN_DATE)],
+    ["adopt", "--version", "9"],
+], ids=["score", "score-equals", "promote", "adopt"])
+def test_old_spellings_still_work_for_one_release(tmp_path, args):
+    source = str(tmp_path / "src")
+    write_source(source)
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(tiny_config(tmp_path / "home", source)))
+    out = runner.invoke(app, [args[0], "--config", str(path), *args[1:]])
+    # parsed: the model reference '9' reached the one model check
+    assert out.exit_code == 2, out.output
+    assert "config error: model 'tiny' has no version or alias '9'" in out.output
+    old = [a.partition("=")[0] for a in args[1:] if a.startswith("--")]
+    for name in old:
+        assert f"note: {args[0]} {name} is now {RENAMED[args[0]][name]}" in out.output
+
+
+def test_generate_takes_its_old_spellings(tmp_path):
+    out = runner.invoke(app, ["generate", "--rows", "40", "--days", "2", "--out",
+                              str(tmp_path / "src"), "--end-date", "2026-11-21"])
+    assert out.exit_code == 0, out.output
+    assert storage.list_partitions(str(tmp_path / "src"), "ds") == [dt.date(2026, 11, 20),
+                                                                     dt.date(2026, 11, 21)]
+
+
+def test_old_spellings_are_renamed_up_to_a_double_dash():
+    assert _renamed("history", ["--out", "a", "--", "--out"]) == ["--out-dir", "a", "--", "--out"]
+    assert _renamed("sweep-k", ["--out=b"]) == ["--out-dir=b"]
+    assert _renamed("run", ["--date", "x"]) == ["--date", "x"]  # run never had --date

@@ -106,7 +106,7 @@ def story(tmp_path_factory):
     def lock_after_a_manual_promote(cfg):
         if not calls:
             calls.append("manual")
-            out["manual"] = _cli(path, "promote", "--candidate", out["first"]["model_version"])
+            out["manual"] = _cli(path, "promote", "--model", out["first"]["model_version"])
             out["manual_aliases"] = registry.aliases(config.tracking_uri(), NAME)
         return real_lock(cfg)
 
@@ -127,7 +127,7 @@ def story(tmp_path_factory):
     def apply_with_a_manual_promote(*args, **kwargs):
         if "late" not in out:
             out["before_nightly_moves"] = registry.aliases(config.tracking_uri(), NAME)
-            out["late"] = _cli(path, "promote", "--candidate", out["raced_version"],
+            out["late"] = _cli(path, "promote", "--model", out["raced_version"],
                                DECFLOW_REGISTRY__LOCK_WAIT_S="0")
             out["late_aliases"] = registry.aliases(config.tracking_uri(), NAME)
         return real_apply(*args, **kwargs)

@@ -60,7 +60,7 @@ def test_the_file_then_the_environment_then_set(pipeline):
 
 def test_set_reaches_the_run(pipeline):
     """validate's row check follows the value of the highest-precedence source."""
-    base = ["validate", "--config", str(pipeline), "--date", str(RUN_DATE)]
+    base = ["validate", "--config", str(pipeline), "--run-date", str(RUN_DATE)]
     assert runner.invoke(app, base, env={}).exit_code == 0  # 90 rows >= 20 (the file)
     env = {"DECFLOW_VALIDATION__MIN_ROWS": "500"}
     out = runner.invoke(app, base, env=env)
@@ -85,7 +85,7 @@ def test_set_reaches_the_run(pipeline):
                              r"model\.n_clusters is 4, not a section"),
 ])
 def test_a_bad_set_is_a_config_error_naming_the_key(pipeline, item, message):
-    out = runner.invoke(app, ["validate", "--config", str(pipeline), "--date", str(RUN_DATE),
+    out = runner.invoke(app, ["validate", "--config", str(pipeline), "--run-date", str(RUN_DATE),
                               "--set", item], env={})
     assert out.exit_code == 2, out.output
     assert re.search(message, out.output), out.output

@@ -22,7 +22,7 @@ def config_file(tmp_path):
 
 
 def validate(config_file, *options):
-    return runner.invoke(app, [*options, "validate", "--config", str(config_file), "--date",
+    return runner.invoke(app, [*options, "validate", "--config", str(config_file), "--run-date",
                                str(RUN_DATE)])
 
 
@@ -36,7 +36,7 @@ def test_a_failed_expectation_exits_1(tmp_path):
     write_source(source, mutate=nan)
     path = tmp_path / "c.yaml"
     path.write_text(dump_config(tiny_config(tmp_path, source)))
-    out = runner.invoke(app, ["validate", "--config", str(path), "--date", str(RUN_DATE)])
+    out = runner.invoke(app, ["validate", "--config", str(path), "--run-date", str(RUN_DATE)])
     assert out.exit_code == 1, out.output
     assert "expect_column_values_to_not_be_null on column 'x'" in out.output
 
@@ -62,7 +62,7 @@ def test_an_unknown_config_key_exits_2_naming_it(tmp_path):
 
 
 def test_a_bad_date_exits_2(config_file):
-    out = runner.invoke(app, ["validate", "--config", str(config_file), "--date", "21/11/2026"])
+    out = runner.invoke(app, ["validate", "--config", str(config_file), "--run-date", "21/11/2026"])
     assert out.exit_code == 2, out.output
     assert "'21/11/2026' is not a date (YYYY-MM-DD)" in out.output
 
@@ -157,10 +157,10 @@ def test_a_flow_failure_maps_by_its_exception_type(config_file, monkeypatch, err
 
 
 @pytest.mark.parametrize("command", [
-    ["score", "--date", str(RUN_DATE), "--model-version", "9"],
-    ["promote", "--candidate", "9"],
+    ["score", "--run-date", str(RUN_DATE), "--model", "9"],
+    ["promote", "--model", "9"],
     ["backfill", "--start", str(RUN_DATE), "--end", str(RUN_DATE), "--model", "9"],
-    ["adopt", "--version", "9"],
+    ["adopt", "--model", "9"],
 ], ids=lambda c: c[0])
 def test_a_model_reference_that_does_not_exist_is_exit_2_from_every_command(
         config_file, tmp_path, command):
@@ -176,10 +176,10 @@ def test_a_model_whose_files_differ_from_their_digests_exits_1_naming_adopt(conf
     def tampered(*args, **kwargs):
         raise ModelIntegrityError("model 'tiny' version 1: file estimator.safetensors has "
                                   "sha256 ab12, recorded cd34; if you trust this version, run "
-                                  "`decflow adopt --version 1`")
+                                  "`decflow adopt --model 1`")
 
     monkeypatch.setattr("decflow.registry.versions.require_version", tampered)
-    out = runner.invoke(app, ["score", "--config", str(config_file), "--date", str(RUN_DATE)])
+    out = runner.invoke(app, ["score", "--config", str(config_file), "--run-date", str(RUN_DATE)])
     assert out.exit_code == 1, out.output
     assert ("model integrity: model 'tiny' version 1: file estimator.safetensors has sha256 "
             "ab12") in out.output

@@ -15,8 +15,8 @@ runner = CliRunner()
 def test_generate_writes_partitions_and_a_config(tmp_path):
     out = tmp_path / "src"
     config_path = tmp_path / "conf" / "synthetic.yaml"
-    result = runner.invoke(app, ["generate", "--rows", "1200", "--days", "4", "--out", str(out),
-                                 "--end-date", "2026-11-21", "--clusters", "5", "--seed", "3",
+    result = runner.invoke(app, ["generate", "--rows", "1200", "--days", "4", "--out-uri", str(out),
+                                 "--run-date", "2026-11-21", "--clusters", "5", "--seed", "3",
                                  "--rows-per-group", "100", "--config-out", str(config_path)])
     assert result.exit_code == 0, result.output
     days = [dt.date(2026, 11, d) for d in (18, 19, 20, 21)]
@@ -38,13 +38,13 @@ def test_generate_writes_partitions_and_a_config(tmp_path):
 
 def test_generate_rejects_fewer_rows_than_days(tmp_path):
     result = runner.invoke(app, ["generate", "--rows", "3", "--days", "5",
-                                 "--out", str(tmp_path / "src")])
+                                 "--out-uri", str(tmp_path / "src")])
     assert result.exit_code == 2
     assert "--rows 3 is fewer than --days 5" in result.output
     assert not (tmp_path / "src").exists()
 
 
 def test_generate_rejects_a_bad_end_date(tmp_path):
-    result = runner.invoke(app, ["generate", "--rows", "10", "--days", "2", "--out",
-                                 str(tmp_path / "src"), "--end-date", "21/11/2026"])
+    result = runner.invoke(app, ["generate", "--rows", "10", "--days", "2", "--out-uri",
+                                 str(tmp_path / "src"), "--run-date", "21/11/2026"])
     assert result.exit_code == 2 and "YYYY-MM-DD" in result.output

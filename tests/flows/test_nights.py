@@ -102,7 +102,7 @@ def test_history_prints_every_night_and_writes_the_chart(nights, tmp_path, monke
     from decflow.config import dump_config
 
     path.write_text(dump_config(config))
-    out = CliRunner().invoke(app, ["history", "--config", str(path), "--out",
+    out = CliRunner().invoke(app, ["history", "--config", str(path), "--out-dir",
                                    str(tmp_path / "h")])
     assert out.exit_code == 0, out.output
     for night in NIGHTS:
@@ -118,7 +118,7 @@ def test_history_prints_every_night_and_writes_the_chart(nights, tmp_path, monke
     assert table["model_version"].tolist() == ["1", "2", "3"]
     assert (tmp_path / "h" / "drift_history.png").read_bytes()[:4] == b"\x89PNG"
     # --days counts nights back from the newest.
-    two = CliRunner().invoke(app, ["history", "--config", str(path), "--days", "2", "--out",
+    two = CliRunner().invoke(app, ["history", "--config", str(path), "--days", "2", "--out-dir",
                                    str(tmp_path / "h2")])
     assert two.exit_code == 0, two.output
     assert str(NIGHTS[0]) not in two.output and str(NIGHTS[1]) in two.output

@@ -196,15 +196,15 @@ def test_cli_rollback_and_promote(story, tmp_path):
     assert out.exit_code == 0, out.output
     assert "champion is version 1" in out.output
     assert aliases(config)["champion"] == "1"
-    out = runner.invoke(app, ["promote", "--config", str(path), "--candidate", "2",
-                              "--date", RUN_DATE.isoformat()])
+    out = runner.invoke(app, ["promote", "--config", str(path), "--model", "2",
+                              "--run-date", RUN_DATE.isoformat()])
     assert out.exit_code == 0, out.output
     assert "promoted over champion 1" in out.output
     out = runner.invoke(app, ["promote", "--config", str(path)])  # the collapsed challenger
     assert out.exit_code == 1
     assert "cluster_sizes" in out.output and "rejected" in out.output
     assert aliases(config) == {"champion": "2", "challenger": "3", "previous": "1"}
-    out = runner.invoke(app, ["promote", "--config", str(path), "--candidate", "9"])
+    out = runner.invoke(app, ["promote", "--config", str(path), "--model", "9"])
     assert out.exit_code == 2 and "no version or alias '9'" in out.output
 
 

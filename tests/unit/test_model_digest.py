@@ -219,13 +219,13 @@ def test_a_version_from_before_digests_is_adopted_through_the_cli(store, tmp_pat
     shutil.copytree(store.root, old)
     (old / integrity.MANIFEST).unlink()
     mv = store.client.create_model_version(MODEL, source=old.as_uri(), run_id=store.run_id)
-    with pytest.raises(errors.ModelIntegrityError, match=r"`decflow adopt --version <N>`"):
+    with pytest.raises(errors.ModelIntegrityError, match=r"`decflow adopt --model <N>`"):
         versions.load_components(store.uri, MODEL, str(mv.version))
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"home": str(tmp_path / "home"), "registry": {
         "tracking_uri": store.uri, "model_name": MODEL}}))
     runner = CliRunner()
-    out = runner.invoke(app, ["adopt", "--config", str(config), "--version", str(mv.version)])
+    out = runner.invoke(app, ["adopt", "--config", str(config), "--model", str(mv.version)])
     assert out.exit_code == 0, out.output
     assert f"version {mv.version}: recorded the sha256 of its" in out.output
     tags = store.client.get_model_version(MODEL, str(mv.version)).tags
@@ -236,7 +236,7 @@ def test_a_version_from_before_digests_is_adopted_through_the_cli(store, tmp_pat
     pd.testing.assert_frame_equal(adopted.predict(store.df),
                                   versions.load_components(store.uri, MODEL, "1").predict(
                                       store.df))
-    again = runner.invoke(app, ["adopt", "--config", str(config), "--version", str(mv.version)])
+    again = runner.invoke(app, ["adopt", "--config", str(config), "--model", str(mv.version)])
     assert again.exit_code == 2 and "already has a content digest" in again.output
     weights = next(old.rglob("estimator.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-1] + b"\0")

@@ -236,7 +236,7 @@ def test_sweep_k_command_writes_table_chart_and_recommendation(tiny, tmp_path,
     path.write_text(dump_config(config))
     out = tmp_path / "out" / "sweep"
     run = CliRunner().invoke(app, ["sweep-k", "--config", str(path), "--k", "2..6", "--seeds",
-                                   "2", "--run-date", str(kit.RUN_DATE), "--out", str(out),
+                                   "2", "--run-date", str(kit.RUN_DATE), "--out-dir", str(out),
                                    "--pretrain-epochs", "30"])
     assert run.exit_code == 0, run.output
     assert sorted(p.name for p in out.iterdir()) == ["sweep_k.json", "sweep_k.md",
@@ -252,7 +252,7 @@ def test_sweep_k_command_writes_table_chart_and_recommendation(tiny, tmp_path,
     assert data["reason"] in " ".join(run.output.split())
     # A bad range is a usage error (exit 2) naming it, before any data is read.
     bad = CliRunner().invoke(app, ["sweep-k", "--config", str(path), "--k", "9..4",
-                                   "--out", str(tmp_path / "never")])
+                                   "--out-dir", str(tmp_path / "never")])
     assert bad.exit_code == 2 and "k range '9..4' is reversed" in bad.output
     assert not (tmp_path / "never").exists()
 

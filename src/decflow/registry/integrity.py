@@ -65,7 +65,7 @@ def verify_model_dir(root: Path, manifest_sha256: str | None, what: str) -> None
         raise ModelIntegrityError(
             f"{what} has no {MANIFEST_TAG} tag (registered without a content digest, before "
             f"decflow recorded them): refusing to load it; if its files are the ones you "
-            f"registered, `decflow adopt --version <N>` records their digest now, else "
+            f"registered, `decflow adopt --model <N>` records their digest now, else "
             f"register the model again with decflow")
     if not (root / MANIFEST).is_file():
         raise ModelIntegrityError(f"{what}: file {MANIFEST} recorded at registration is "
