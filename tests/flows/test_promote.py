@@ -12,6 +12,7 @@ import warnings
 
 import numpy as np
 import pytest
+from prefect.exceptions import ParameterTypeError
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
@@ -212,5 +213,5 @@ def test_flows_validate_their_parameters():
     params = promote.validate_parameters({"config": {}, "candidate": "3",
                                           "run_date": "2026-11-21"})
     assert params["run_date"] == dt.date(2026, 11, 21)
-    with pytest.raises(Exception, match="n_clusterz"):
+    with pytest.raises(ParameterTypeError, match=r"config\.model\.n_clusterz: Extra inputs"):
         rollback.validate_parameters({"config": {"model": {"n_clusterz": 5}}})

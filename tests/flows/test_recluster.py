@@ -8,6 +8,7 @@ import mlflow
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from prefect.exceptions import ParameterTypeError
 from mlflow import MlflowClient
 
 from flowkit import RUN_DATE, tiny_config, write_source
@@ -247,7 +248,7 @@ def test_flow_validates_its_config_parameter():
                                             "run_date": "2026-11-21"})
     assert params["config"].model.n_clusters == 5
     assert str(params["run_date"]) == "2026-11-21"
-    with pytest.raises(Exception, match="n_clusterz"):
+    with pytest.raises(ParameterTypeError, match=r"config\.model\.n_clusterz: Extra inputs"):
         recluster.validate_parameters({"config": {"model": {"n_clusterz": 5}}})
 
 
