@@ -340,9 +340,8 @@ def validate(config: ConfigOpt,
     from flows.recluster import yesterday
 
     day = _date(run_date, "--run-date") or yesterday()
-    scan = storage.scan_window(cfg.source, day, None if window else 1)
-    if window:
-        storage.check_window_days(scan, cfg.validation.min_window_days)
+    scan = storage.scan_night(cfg.source, day, None if window else 1,
+                              cfg.validation.min_window_days)
     lineage = scan.lineage
     with dask_client(cfg.compute) as client:
         report = scoring.validate_scan(client, scan, cfg)

@@ -6,7 +6,7 @@ from prefect import flow
 
 from decflow.config import PipelineConfig
 from flows.promote import gate_candidate
-from tasks.data import scan_window, snapshot_partition, validate_features
+from tasks.data import scan_night, snapshot_night, validate_features
 from tasks.insight import monitor_drift, profile_clusters, publish_report
 from tasks.labels import label_partition
 from tasks.runtime import night_lock, prepare_run, redact_errors
@@ -69,7 +69,7 @@ def recluster(config: PipelineConfig = PipelineConfig(), run_date: dt.date | Non
     day = run_date.isoformat()
     tags = {"decflow.flow": "recluster", "decflow.run_date": day}
     with night_lock(config, run_date), tracked_run(config, f"recluster-{day}", tags) as run_id:
-        window = scan_window(config.source, run_date, None,
+        window = scan_night(config.source, run_date, None,
                              config.validation.min_window_days)
         report = validate_features(window, config, run_id)
         train = sample_training_rows(window, config)
@@ -90,7 +90,7 @@ def recluster(config: PipelineConfig = PipelineConfig(), run_date: dt.date | Non
             decision = gate_candidate(config, version, sample_reference_rows(train, config),
                                       need_champion=True)
         champion_version, champion = load_model(config)
-        today, late = snapshot_partition(window, run_date)
+        today, late = snapshot_night(window, run_date)
         written = label_partition(today, champion_version, champion, config, run_id, late)
         drift = monitor_drift(config, run_id, run_date, written, champion.estimator.n_clusters,
                               alignment["label_churn"] if alignment else None,

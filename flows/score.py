@@ -5,7 +5,7 @@ import datetime as dt
 from prefect import flow
 
 from decflow.config import PipelineConfig
-from tasks.data import scan_window
+from tasks.data import scan_night
 from tasks.labels import label_partition
 from tasks.runtime import night_lock, prepare_run, redact_errors
 from tasks.registry import load_model
@@ -22,6 +22,6 @@ def score(config: PipelineConfig, run_date: dt.date, model: str = "champion") ->
 
 
 def _score(config: PipelineConfig, run_date: dt.date, model: str) -> dict:
-    partition = scan_window(config.source, run_date, 1)
+    partition = scan_night(config.source, run_date, 1)
     version, scorer = load_model(config, model, required=True)
     return label_partition(partition, version, scorer, config)

@@ -126,3 +126,39 @@ def test_a_file_of_a_partition_that_is_not_parquet_is_refused_by_name(tmp_path):
     (folder / "README.txt").write_text("exported by the nightly job")
     with pytest.raises(DataError, match=r"ds=2026-11-21/README\.txt is not a readable Parquet"):
         storage.scan_window(_source(tmp_path), "2026-11-21", 1)
+
+
+def test_a_night_must_exist_and_hold_rows(tmp_path):
+    import pyarrow.parquet as pq
+
+    from decflow.errors import DataError
+
+    source = _source(tmp_path)
+    _write_named(tmp_path / "source" / "ds=2026-11-20", "part-0.parquet", rows=30, start=0)
+    with pytest.raises(DataError, match=r"source partition ds=2026-11-21 is missing in .*"
+                                        r"\(partitions found in the window: \['2026-11-20'\]\)"):
+        storage.scan_night(source, "2026-11-21")
+    empty = tmp_path / "source" / "ds=2026-11-21" / "part-0.parquet"
+    empty.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"id": pa.array([], pa.int64()), "x": pa.array([], pa.float64())}),
+                   empty)
+    with pytest.raises(DataError, match=r"ds=2026-11-21 has no rows \(1 Parquet files, 0 rows\)"):
+        storage.scan_night(source, "2026-11-21", 1)
+    _write_named(empty.parent, "part-1.parquet", rows=5, start=100)
+    assert storage.scan_night(source, "2026-11-21").n_rows == 35  # the window: both days
+
+
+def test_the_night_as_validated_and_the_files_that_landed_since(tmp_path):
+    from decflow.errors import DataError
+
+    folder = tmp_path / "source" / "ds=2026-11-21"
+    _write_named(folder, "part-0.parquet", rows=30, start=0)
+    window = storage.scan_night(_source(tmp_path), "2026-11-21")
+    _write_named(folder, "part-1.parquet", rows=4, start=500)  # lands after validation
+    snapshot, late = storage.snapshot_night(window, "2026-11-21")
+    assert [f.name for f in snapshot.files] == ["ds=2026-11-21/part-0.parquet"]
+    assert late == ["ds=2026-11-21/part-1.parquet"]
+    _write_named(folder, "part-0.parquet", rows=31, start=0)  # a validated file changes
+    with pytest.raises(DataError, match=r"source files changed after validation, before "
+                                        r"labelling: \['ds=2026-11-21/part-0.parquet'\]"):
+        storage.snapshot_night(window, "2026-11-21")

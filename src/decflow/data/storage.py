@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from decflow.config import SourceConfig
 from decflow.errors import ConfigError, DataError
 from decflow.files import replace_durably
+from decflow.redaction import redact
 
 _log = logging.getLogger(__name__)
 
@@ -277,6 +278,54 @@ def scan_window(source: SourceConfig, run_date, window_days: int | None = None) 
     lineage = _lineage(source.uri, [d.isoformat() for d in days], missing, files,
                        [*columns, source.date_column] if files else [])
     return WindowScan(source.uri, source.date_column, files, lineage)
+
+
+def scan_night(source: SourceConfig, run_date, window_days: int | None = None,
+               min_days: int | None = None) -> WindowScan:
+    """``scan_window`` for a night's work: the training window ending at ``run_date``
+    (``window_days`` None: the config's, and at least ``min_days`` of its days), or
+    ``window_days`` days; the night itself must exist and hold rows. No rows are read.
+
+    Raises:
+        DataError: the source is missing; the night's partition is missing or has no rows (an
+            empty night would replace its labels with none); too few days of the window.
+    """
+    scan = scan_window(source, run_date, window_days)
+    if window_days is None:
+        check_window_days(scan, min_days)
+    day = parse_date(run_date)
+    name = f"{source.date_column}={day.isoformat()}"
+    if day.isoformat() in scan.lineage.missing_partitions:
+        raise DataError(f"source partition {name} is missing in {redact(source.uri)} "
+                        f"(partitions found in the window: {scan.lineage.partitions or 'none'})")
+    files = scan.partition(day).files
+    if not sum(f.n_rows for f in files):
+        raise DataError(f"source partition {name} has no rows ({len(files)} Parquet files, 0 "
+                        f"rows) in {redact(source.uri)}: nothing to label; the labels of {name} "
+                        f"are kept")
+    return scan
+
+
+def snapshot_night(window: WindowScan, run_date) -> tuple[WindowScan, list[str]]:
+    """The night's files exactly as ``window`` validated them, and the names of files that
+    landed there since (not labelled: they were not validated; a backfill labels them later).
+
+    Raises:
+        DataError: a validated file changed or disappeared since (its rows cannot be labelled
+            as validated).
+    """
+    day = parse_date(run_date)
+    snapshot = window.partition(day)
+    now = scan_window(SourceConfig(uri=window.source_uri, date_column=window.date_column),
+                      day, 1)
+    current = {f.path: f for f in now.files}
+    changed = [f.name for f in snapshot.files
+               if f.path not in current or current[f.path].fingerprint != f.fingerprint]
+    if changed:
+        raise DataError(f"source files changed after validation, before labelling: {changed}; "
+                        f"nothing was labelled: rerun the night")
+    known = {f.path for f in snapshot.files}
+    return snapshot, [f.name for f in now.files if f.path not in known]
 
 
 def check_window_days(scan: WindowScan, min_days: int | None) -> None:
