@@ -9,48 +9,14 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from decflow.config import PipelineConfig
-from decflow.data import storage
 from decflow.data import validation
+from decflow.data.resume import plan_day
 from decflow.engine import partitions as scoring
 from decflow.engine.compute import dask_client
 from decflow.errors import Conflict
 
 from .labels import labels_spec
 from .runtime import night_lock, redact_errors
-
-
-def _planned(config: PipelineConfig, day: dt.date, version, force: bool
-             ) -> tuple[dict, storage.WindowScan | None]:
-    """A day's summary row and its scan: missing, failed (unreadable) or skipped already, or an
-    empty status when it must run.
-
-    A partition is skipped only when its labels come from the same model version *and* from
-    the same source files (digest and row count recorded in the labels file): rows added,
-    replaced or removed since are labelled again.
-    """
-    row = {"date": day.isoformat(), "rows": 0, "status": "", "seconds": 0.0, "detail": ""}
-    src = config.source
-    if day not in storage.list_partitions(src.uri, src.date_column):
-        row.update(status="missing", detail=f"no source partition {src.date_column}={day}")
-        return row, None
-    try:  # an unreadable file fails its day only
-        scan = storage.scan_window(src, day, 1)
-    except (OSError, ValueError) as exc:
-        row.update(status="failed", detail=f"{type(exc).__name__}: {exc}")
-        return row, None
-    existing = storage.labels_versions(config.labels_uri(), src.date_column, day)
-    same_model = (existing is not None and existing.n_rows
-                  and existing.model_versions == {str(version.version)}
-                  and existing.model_names == {config.registry.model_name})
-    if same_model and not force:
-        if (existing.source_digest, existing.source_rows) == (scan.lineage.digest,
-                                                              scan.n_rows):
-            row.update(status="skipped", rows=existing.n_rows,
-                       detail=f"already labelled by version {version.version}")
-            return row, scan
-        row["detail"] = (f"source changed since it was labelled ({existing.source_rows} -> "
-                         f"{scan.n_rows} rows); ")
-    return row, scan
 
 
 @task(name="backfill_partitions", cache_policy=NO_CACHE)
@@ -65,7 +31,8 @@ def backfill_partitions(config: PipelineConfig, days: list[dt.date], version, mo
     Returns:
         One summary row per day (labelled/skipped/missing/failed), in the order of ``days``.
     """
-    planned = [_planned(config, day, version, force) for day in days]
+    planned = [plan_day(config.source, config.labels_uri(), config.registry.model_name,
+                        str(version.version), day, force) for day in days]
     rows = [row for row, _ in planned]
     with contextlib.ExitStack() as held:
         for day, (row, _) in zip(days, planned):
