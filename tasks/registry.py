@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from decflow.config import PipelineConfig
 from decflow.data.storage import Lineage
 from decflow.data.validation import ValidationReport
+from decflow.model.estimator import compatible_weights
 from decflow.model.features import FeatureEncoder
 from decflow.registry import packaging
 from decflow.registry import versions
@@ -44,12 +45,8 @@ def champion_weights(champion, encoder: FeatureEncoder, config: PipelineConfig) 
     """Autoencoder weights of the champion when its feature schema and architecture match."""
     if champion is None or not config.train.warm_start:
         return None
-    old = champion.estimator
-    same_arch = (list(old.hidden) == list(config.model.hidden)
-                 and old.n_components == config.model.n_components)
-    if champion.encoder.schema_digest() != encoder.schema_digest() or not same_arch:
-        return None
-    return {k: v.clone() for k, v in old.autoencoder_.state_dict().items()}
+    return compatible_weights(champion.encoder, champion.estimator, encoder,
+                              config.model.hidden, config.model.n_components)
 
 
 @task(name="register_model", cache_policy=NO_CACHE)

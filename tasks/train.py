@@ -121,7 +121,7 @@ def init_centroids(est: DeepEmbeddedClustering, X: np.ndarray, config: PipelineC
                                           view_dims=view_dimensions(
                                               k, config.model.n_components))
             centers, target = chosen.centers, chosen.resp
-            km = runs[chosen.chosen // 2]  # two candidates per view: restarts, Dask start
+            km = runs[chosen.chosen_view]  # one Dask k-means per view
             extra = {"init_silhouette": chosen.silhouettes[chosen.chosen],
                      "init_candidate": chosen.chosen, "init_view_rows": chosen.view_rows,
                      "input_dimension": est.input_dimension_}

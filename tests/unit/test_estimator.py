@@ -195,3 +195,25 @@ def test_permute_clusters_relabels_consistently(blobs):
     np.testing.assert_array_equal(order[est.labels_], before)
     with pytest.raises(ValueError, match="permutation"):
         est.permute_clusters([0, 0, 1, 2])
+
+
+def test_warm_start_weights_only_for_the_same_layout_and_architecture(fitted, blobs):
+    import pandas as pd
+
+    from decflow.config import FeaturesConfig
+    from decflow.model.estimator import compatible_weights
+    from decflow.model.features import FeatureEncoder
+
+    X, _ = blobs
+    frame = pd.DataFrame(X, columns=[f"c{i}" for i in range(12)])
+    encoder = FeatureEncoder(FeaturesConfig(numeric=list(frame.columns))).fit(frame)
+    same = FeatureEncoder(FeaturesConfig(numeric=list(frame.columns))).fit(frame)
+    fewer = FeatureEncoder(FeaturesConfig(numeric=list(frame.columns[:11]))).fit(frame)
+    hidden, k = list(fitted.hidden), fitted.n_components
+    weights = compatible_weights(encoder, fitted, same, hidden, k)
+    expected = fitted.autoencoder_.state_dict()
+    assert weights.keys() == expected.keys()
+    assert all(w.data_ptr() != expected[n].data_ptr() for n, w in weights.items())  # a copy
+    assert compatible_weights(encoder, fitted, fewer, hidden, k) is None  # another layout
+    assert compatible_weights(encoder, fitted, same, hidden + [8], k) is None
+    assert compatible_weights(encoder, fitted, same, hidden, k + 1) is None

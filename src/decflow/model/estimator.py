@@ -642,3 +642,15 @@ def estimator_from_config(config, callbacks=None) -> DeepEmbeddedClustering:
         init_view_rows=m.init_view_rows,
         anchor_updates=t.anchor_updates, device=t.device,
         random_state=t.random_state, callbacks=callbacks)
+
+
+def compatible_weights(old_encoder, old_estimator: DeepEmbeddedClustering, encoder,
+                       hidden, n_components: int) -> dict | None:
+    """A copy of a fitted model's autoencoder weights when a new model can start from them
+    (warm start): the same feature layout (``schema_digest``) and the same architecture
+    (``hidden`` widths and ``n_components``); None otherwise."""
+    same_arch = (list(old_estimator.hidden) == list(hidden)
+                 and old_estimator.n_components == n_components)
+    if old_encoder.schema_digest() != encoder.schema_digest() or not same_arch:
+        return None
+    return {k: v.clone() for k, v in old_estimator.autoencoder_.state_dict().items()}

@@ -157,6 +157,8 @@ class ManifoldInit:
         chosen: index of the chosen candidate in ``silhouettes``.
         view_seeds: the UMAP seed of each view.
         view_rows: rows the views were fitted on (all rows unless ``view_rows`` sampled them).
+        chosen_view: index (in ``view_seeds``) of the view the chosen candidate was fitted in;
+            also the index of that view's ``external_means`` call.
     """
 
     centers: np.ndarray
@@ -165,6 +167,7 @@ class ManifoldInit:
     chosen: int = 0
     view_seeds: list[int | None] = field(default_factory=list)
     view_rows: int = 0
+    chosen_view: int = 0
 
 
 def view_seeds(random_state: int | None, n_views: int) -> list[int | None]:
@@ -226,15 +229,15 @@ def select_manifold_init(Z: np.ndarray, n_clusters: int, *, n_views: int = 1, n_
                                                                     replace=False))
     Zv = S if sample is None else S[sample]
     seeds = view_seeds(random_state, n_views)
-    best, sils, chosen = None, [], 0
-    for seed in seeds:
+    best, sils, chosen, chosen_view = None, [], 0, 0
+    for view, seed in enumerate(seeds):
         reducer, M = _fit_view(Zv, view_dims or n_clusters, seed, n_neighbors)
         starts = [None] + ([external_means(M)] if external_means is not None else [])
         for means in starts:
             gmm, resp = _fit_mixture(M, n_clusters, means, n_init, seed)
             sil = partition_silhouette(M, resp.argmax(axis=1))
             if best is None or sil > max(sils):
-                best, chosen = (reducer, M, gmm, resp), len(sils)
+                best, chosen, chosen_view = (reducer, M, gmm, resp), len(sils), view
             sils.append(sil)
     reducer, M, gmm, resp = best
     if sample is not None:  # place the other rows in the chosen view, keep the sample's own
@@ -246,7 +249,7 @@ def select_manifold_init(Z: np.ndarray, n_clusters: int, *, n_views: int = 1, n_
             M_all[rest] = reducer.transform(S[rest])
         resp = gmm.predict_proba(M_all)
     return ManifoldInit(_weighted_means(resp, Z), resp.astype(np.float32), sils, chosen, seeds,
-                        len(Zv))
+                        len(Zv), chosen_view)
 
 
 def manifold_view(Z: np.ndarray, n_components: int, random_state: int | None,
