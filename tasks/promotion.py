@@ -14,7 +14,6 @@ from prefect.cache_policies import NO_CACHE
 
 from decflow.config import PipelineConfig
 from decflow.data import storage
-from decflow.engine.partitions import source_columns
 from decflow.errors import Conflict, Rejected
 from decflow.model import alignment
 from decflow.model.scoring import score_frame
@@ -58,7 +57,7 @@ def load_reference_rows(config: PipelineConfig, version, run_date: dt.date | Non
         day = run_date or version.tags.get("data.run_date")
         raise ValueError(f"no source rows to compare on for {day} in {config.source.uri}")
     return storage.sample_window(scan, config.promotion.reference_rows,
-                                 source_columns(config.source, config.features),
+                                 config.source_columns(),
                                  config.train.random_state or 0)
 
 

@@ -14,10 +14,9 @@ from decflow.data import storage
 from decflow.data.storage import WindowScan
 from decflow.engine.compute import dask_client
 from decflow.engine.kmeans import kmeans_dask
-from decflow.engine.partitions import source_columns
 from decflow.insight import evaluation
 from decflow.model.callbacks import LogProgress, ProgressBar
-from decflow.model.estimator import estimator_from_config
+from decflow.model.estimator import pretrain_from_config
 from decflow.model.features import FeatureEncoder
 from decflow.model.initialization import select_manifold_init, view_dimensions
 from decflow.registry.runs import MlflowCallback
@@ -36,9 +35,7 @@ def _callbacks(config: PipelineConfig, run_id: str, progress: bool) -> list:
 def sample_training_rows(window: WindowScan, config: PipelineConfig) -> pd.DataFrame:
     """Bound the training set: a uniform sample of at most train.max_train_rows rows of the
     window, spread over its partitions by their row counts, read row group by row group."""
-    return storage.sample_window(window, config.train.max_train_rows,
-                                 source_columns(config.source, config.features),
-                                 config.train.random_state)
+    return storage.training_sample(window, config)
 
 
 @task(name="embed_features", cache_policy=NO_CACHE)
@@ -70,13 +67,7 @@ def pretrain_autoencoder(X: np.ndarray, config: PipelineConfig, run_id: str,
                          warm_start: dict | None = None, progress: bool = False
                          ) -> DeepEmbeddedClustering:
     """Pretrain the autoencoder (warm start from the champion's weights when given)."""
-    est = estimator_from_config(config, _callbacks(config, run_id, progress))
-    epochs = None
-    if warm_start is not None:
-        t = config.train
-        full = est.pretrain_epochs_for(len(X))
-        epochs = max(1, full // 4) if t.warm_start_epochs == "auto" else t.warm_start_epochs
-    est.pretrain(X, warm_start=warm_start, epochs=epochs)
+    est = pretrain_from_config(config, X, _callbacks(config, run_id, progress), warm_start)
     tags = {"pretrain.warm_start": str(warm_start is not None),
             "pretrain.epochs": str(len(est.history_["pretrain_loss"]))}
     client(config).set_tag(run_id, "decflow.warm_start", tags["pretrain.warm_start"])

@@ -361,6 +361,11 @@ class PipelineConfig(_Section):
         host, _, path = rest.partition("/")
         return f"{scheme}://{host.rpartition('@')[2]}/{path}".rstrip("/")
 
+    def source_columns(self) -> list[str]:
+        """The columns a run reads: the id, the features and (when set) the label column."""
+        cols = [self.source.id_column, *self.features.columns()]
+        return cols + [self.source.label_column] if self.source.label_column else cols
+
     def labels_uri(self) -> str:
         return self.labels.uri or str(Path(self.home) / "labels")
 

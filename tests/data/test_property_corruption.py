@@ -107,7 +107,7 @@ def world(tmp_path_factory):
     config = _config(base / "home", source, labels)
     scan = storage.scan_window(config.source, DAY, 1)
     train = storage.sample_window(scan, 10 * ROWS,
-                                  scoring.source_columns(config.source, config.features))
+                                  config.source_columns())
     encoder = FeatureEncoder(config.features)
     # any fitted model will do: k-means init is seconds where manifold init takes ~30 s
     estimator = DeepEmbeddedClustering(

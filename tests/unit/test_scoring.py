@@ -62,8 +62,7 @@ def model(tmp_path_factory):
     _write_source(root / "source")
     config = _config(root)
     scan = storage.scan_window(config.source, DAYS[-1])
-    train = storage.sample_window(scan, 900, scoring.source_columns(config.source,
-                                                                    config.features))
+    train = storage.sample_window(scan, 900, config.source_columns())
     encoder = FeatureEncoder(config.features)
     est = DeepEmbeddedClustering(3, **FAST).fit(encoder.fit_transform(train))
     return encoder, est
@@ -311,7 +310,7 @@ def test_files_of_one_window_must_agree_on_the_columns(tmp_path, model, change, 
         with pytest.raises(DataError, match=expected):
             scoring.validate_scan(client, scan, config)
     with pytest.raises(DataError, match=expected):
-        storage.sample_window(scan, 100, scoring.source_columns(config.source, config.features))
+        storage.sample_window(scan, 100, config.source_columns())
     # the first file lacking the column: it must not vanish for all files
     _rewrite(tmp_path / "source" / f"ds={DAYS[0]}" / "part-0.parquet",
              lambda t: t.drop_columns(["y"]))

@@ -328,6 +328,14 @@ def snapshot_night(window: WindowScan, run_date) -> tuple[WindowScan, list[str]]
     return snapshot, [f.name for f in now.files if f.path not in known]
 
 
+def training_sample(scan: WindowScan, config) -> pd.DataFrame:
+    """The nightly's training rows (and ``decflow sweep-k``'s): a uniform sample of at most
+    ``train.max_train_rows`` rows of the window, seeded by ``train.random_state``, with the
+    columns the run reads (``PipelineConfig.source_columns``)."""
+    t = config.train
+    return sample_window(scan, t.max_train_rows, config.source_columns(), t.random_state)
+
+
 def check_window_days(scan: WindowScan, min_days: int | None) -> None:
     """The training window holds at least ``min_days`` of its daily partitions.
 

@@ -120,12 +120,6 @@ class ChunkResult:
     buckets: list[np.ndarray] = field(default_factory=list)  # ids by hash bucket
 
 
-def source_columns(source: SourceConfig, features: FeaturesConfig) -> list[str]:
-    """The columns a run reads: id, features and (when set) the label column."""
-    cols = [source.id_column, *features.columns()]
-    return cols + [source.label_column] if source.label_column else cols
-
-
 def partition_name(date_column: str, day: str) -> str:
     return f"{date_column}={day}"
 
@@ -392,7 +386,7 @@ def bucket_count(n_rows: int) -> int:
 def make_plan(config: PipelineConfig, n_rows: int, labels: LabelsSpec | None = None) -> Plan:
     """The chunk tasks' plan for a scan of ``n_rows`` rows under ``config``."""
     return Plan(config.source, config.features, config.validation,
-                source_columns(config.source, config.features), config.compute.batch_rows,
+                config.source_columns(), config.compute.batch_rows,
                 bucket_count(n_rows), labels)
 
 

@@ -349,9 +349,8 @@ def run_sweep(config, ks: Sequence[int], *, run_date=None, seeds: int = 3,
         DataError: the source has no partitions, or the window holds no rows.
     """
     from decflow.data import storage
-    from decflow.engine.partitions import source_columns
     from decflow.errors import DataError
-    from decflow.model.estimator import estimator_from_config
+    from decflow.model.estimator import pretrain_from_config
     from decflow.model.features import FeatureEncoder
     from decflow.redaction import redact
 
@@ -372,18 +371,15 @@ def run_sweep(config, ks: Sequence[int], *, run_date=None, seeds: int = 3,
         raise DataError(f"the window {span} of {redact(src.uri)} holds no rows "
                         f"(partitions found: {scan.lineage.partitions or 'none'}): nothing to "
                         f"sweep on")
-    frame = storage.sample_window(scan, t.max_train_rows, source_columns(src, config.features),
-                                  t.random_state)
+    frame = storage.training_sample(scan, config)
     encoder = FeatureEncoder(config.features)
     X = encoder.fit_transform(frame)
     y = frame[src.label_column].to_numpy() if src.label_column in frame else None
     timings = {"load": time.perf_counter() - t0}
 
-    est = estimator_from_config(config)
-    epochs = pretrain_epochs if pretrain_epochs is not None else est.pretrain_epochs_for(len(X))
-    say(f"pretraining the autoencoder on {len(X)} rows x {X.shape[1]} features "
-        f"({epochs} epochs)")
-    est.pretrain(X, epochs=epochs)
+    say(f"pretraining the autoencoder on {len(X)} rows x {X.shape[1]} features"
+        + (f" ({pretrain_epochs} epochs)" if pretrain_epochs is not None else ""))
+    est = pretrain_from_config(config, X, epochs=pretrain_epochs)
     timings["pretrain"] = est.timings_["pretrain"]
     # the views of the space the nightly run would draw its clusters in (model.view_space)
     S, space = est.view_data(X) if config.model.init == "manifold" else (est.transform(X),

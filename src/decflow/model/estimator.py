@@ -644,6 +644,25 @@ def estimator_from_config(config, callbacks=None) -> DeepEmbeddedClustering:
         random_state=t.random_state, callbacks=callbacks)
 
 
+def pretrain_from_config(config, X: np.ndarray, callbacks=None, warm_start: dict | None = None,
+                         epochs: int | None = None) -> DeepEmbeddedClustering:
+    """``estimator_from_config`` with its autoencoder pretrained on ``X``: the nightly run's
+    and ``decflow sweep-k``'s pretraining.
+
+    Args:
+        X: (n, d) encoded training rows.
+        warm_start: autoencoder weights to start from (``compatible_weights``); then a
+            quarter of the full budget runs (``train.warm_start_epochs`` "auto") or that many.
+        epochs: override the number of epochs (the sweep's ``--pretrain-epochs``).
+    """
+    est = estimator_from_config(config, callbacks)
+    if epochs is None and warm_start is not None:
+        t = config.train
+        epochs = (max(1, est.pretrain_epochs_for(len(X)) // 4)
+                  if t.warm_start_epochs == "auto" else t.warm_start_epochs)
+    return est.pretrain(X, warm_start=warm_start, epochs=epochs)
+
+
 def compatible_weights(old_encoder, old_estimator: DeepEmbeddedClustering, encoder,
                        hidden, n_components: int) -> dict | None:
     """A copy of a fitted model's autoencoder weights when a new model can start from them
