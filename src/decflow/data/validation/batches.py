@@ -1,0 +1,162 @@
+"""Validating a table batch by batch: ``validate_batch`` on each batch, ``merge_batches`` for
+the table-wide checks (row count, id uniqueness); ``validate_frame`` is the one-batch case."""
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+import pandas as pd
+from decflow.config import FeaturesConfig, SourceConfig, ValidationConfig
+from decflow.data.validation.columns import prepare_frame
+from decflow.data.validation.duplicates import Duplicates, find_duplicates
+from decflow.data.validation.gx import run_expectations
+from decflow.data.validation.results import ExpectationResult, ValidationReport
+from decflow.data.validation.suite import suite_expectations
+from decflow.data.validation.wording import Context, Partial, partial_result, expectation_spec, describe
+if TYPE_CHECKING:
+    pass
+
+
+def validate_frame(df: pd.DataFrame, source: SourceConfig, features: FeaturesConfig,
+                   validation: ValidationConfig) -> ValidationReport:
+    """Run the suite from ``build_suite`` on ``df``; never raises for bad data (see ``check``).
+
+    The in-memory form of ``validate_batch`` + ``merge_batches``: ``df`` is one batch.
+
+    Args:
+        df: rows to validate, shape (n_rows, n_columns); not modified.
+
+    Returns:
+        ValidationReport with one result per evaluated expectation, in suite order.
+
+    Raises:
+        ValueError: ``df`` is not a DataFrame, has duplicate column names, or the user suite
+            file is unusable.
+    """
+    batch = validate_batch(df, source, features, validation)
+    dups = None
+    if source.id_column in df.columns:
+        per_day = validation.unique_ids == "partition" and source.date_column in df.columns
+        days = (pd.factorize(df[source.date_column])[0] if per_day else None)
+        dups = find_duplicates([(df[source.id_column].to_numpy(dtype=object), days)],
+                               validation.sample_size, per_partition=per_day)
+    return merge_batches([batch], dups, source, features, validation)
+
+
+@dataclass(frozen=True)
+class BatchValidation:
+    """The suite's outcome on one batch of rows: small, picklable, added up by ``merge_batches``.
+
+    Table-wide checks (row count, id uniqueness) are not in it: ``merge_batches`` evaluates
+    them over all batches.
+    """
+
+    n_rows: int
+    partials: dict  # suite index -> Partial; absent: not evaluated on this batch
+    columns: list[str]  # the batch's columns (for "missing column" messages)
+
+    @property
+    def ok(self) -> bool:
+        """No per-row expectation failed on this batch."""
+        return all(p.success for p in self.partials.values())
+
+
+def validate_batch(df: pd.DataFrame, source: SourceConfig, features: FeaturesConfig,
+                   validation: ValidationConfig, partition: str | None = None,
+                   first_row: int = 0) -> BatchValidation:
+    """Every per-row expectation of the suite on one batch of rows.
+
+    Args:
+        df: the batch, (n_rows, n_columns); not modified.
+        partition: the batch's partition (e.g. ``ds=2026-11-24``), named in samples.
+        first_row: position of the batch's first row in its file, for rows without an id.
+
+    Raises:
+        ValueError: ``df`` is not a DataFrame, has duplicate column names, or the user suite
+            file is unusable.
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise ValueError(f"df must be a pandas DataFrame, got {type(df).__name__}")
+    dup = sorted({str(c) for c in df.columns[df.columns.duplicated()]})
+    if dup:
+        raise ValueError(f"frame has duplicate column names: {dup}")
+
+    expectations = suite_expectations(source, features, validation)
+    frame, data = prepare_frame(df, features)
+    ctx = Context(frame, data, source.id_column, validation, len(df), partition, first_row)
+    specs = [expectation_spec(e) for e in expectations]
+    present = set(frame.columns)
+    partials: dict[int, Partial] = {}
+    table_wide = {i for i, s in enumerate(specs) if s["check"] in ("row_count", "unique")}
+
+    # Phase 1: existence and value types; later checks depend on their outcome.
+    phase1 = [i for i, s in enumerate(specs)
+              if s["check"] == "exists" or (s["check"] == "type" and s["column"] in present)]
+    for i, r in zip(phase1, run_expectations(frame, [expectations[i] for i in phase1])):
+        partials[i] = partial_result(specs[i], r, ctx)
+    blocked = {s["column"] for i, s in enumerate(specs)
+               if i in partials and s["check"] in ("exists", "type") and not partials[i].success}
+    blocked |= {s["column"] for s in specs
+                if s["check"] != "user" and s["column"] is not None and s["column"] not in present}
+
+    # Phase 2: values, on columns that exist and hold the right kind of values.
+    phase2, skipped = [], {}
+    for i, s in enumerate(specs):
+        if i in partials or s["check"] == "row_count":
+            continue
+        if s["column"] in blocked:
+            skipped[s["column"]] = skipped.get(s["column"], 0) + 1
+        elif i in table_wide:
+            partials[i] = Partial(success=True)  # evaluated by merge_batches
+        elif s["check"] == "user" and s["column"] is not None and s["column"] not in present:
+            partials[i] = Partial(success=False, error=f"column '{s['column']}' is missing",
+                                   partitions=[partition] if partition else [])
+        else:
+            phase2.append(i)
+    for i, r in zip(phase2, run_expectations(frame, [expectations[i] for i in phase2])):
+        partials[i] = partial_result(specs[i], r, ctx)
+
+    # The failed existence/type check says what it blocked, so a missing column is reported once.
+    for i, s in enumerate(specs):
+        p = partials.get(i)
+        if p is not None and not p.success and s["check"] in ("exists", "type"):
+            p.skipped = skipped.pop(s["column"], 0)
+    return BatchValidation(len(df), partials, [str(c) for c in data.columns])
+
+
+def merge_batches(batches: list[BatchValidation], duplicates: Duplicates | None,
+                  source: SourceConfig, features: FeaturesConfig,
+                  validation: ValidationConfig) -> ValidationReport:
+    """One report for all batches: counts add up, samples fill up to ``sample_size``.
+
+    The row count is checked on the total; id uniqueness on ``duplicates`` (exact, from
+    ``find_duplicates`` over every batch's ids; None when the id column is missing). A user
+    expectation on an aggregate (a column's max, mean, ...) is checked on each batch and
+    passes when it passes on every batch.
+    """
+    expectations = suite_expectations(source, features, validation)
+    specs = [expectation_spec(e) for e in expectations]
+    size = validation.sample_size
+    n_rows = sum(b.n_rows for b in batches)
+    merged: dict[int, Partial] = {}
+    for b in batches:
+        for i, p in b.partials.items():
+            merged[i] = merged[i].add(p, size) if i in merged else p
+    columns = batches[0].columns if batches else []
+    results = {}
+    for i, spec in enumerate(specs):
+        if spec["check"] == "row_count":
+            ok = n_rows >= validation.min_rows
+            results[i] = ExpectationResult(
+                spec["type"], None, ok, f"found {n_rows} rows, expected at least "
+                                        f"{validation.min_rows} (validation.min_rows)")
+        elif spec["check"] == "unique" and i in merged and duplicates is not None:
+            d = duplicates
+            details = (f"{d.n_rows} rows share {d.n_values} duplicated id value(s), e.g. "
+                       f"{json.dumps(d.sample)}") if d.n_rows else "all unique"
+            results[i] = ExpectationResult(spec["type"], spec["column"], not d.n_rows, details,
+                                           d.sample, d.partitions)
+        elif i in merged:
+            results[i] = describe(spec, merged[i], n_rows, validation, columns)
+    ordered = [results[i] for i in sorted(results)]
+    return ValidationReport(success=all(r.success for r in ordered), n_rows=n_rows,
+                            results=ordered)

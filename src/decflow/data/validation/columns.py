@@ -1,0 +1,147 @@
+"""Helper columns GX can check: per-value kinds, vector lengths and non-finite elements
+(``<col>__type``, ``<col>__length``, ``<col>__nonfinite``) derived on a copy of a frame."""
+
+import math
+from typing import TYPE_CHECKING, Any
+import numpy as np
+import pandas as pd
+from decflow.config import FeaturesConfig
+if TYPE_CHECKING:
+    pass
+
+
+def feature_kinds(features: FeaturesConfig) -> dict[str, str]:
+    return {**{c: "numeric" for c in features.numeric},
+            **{c: "categorical" for c in features.categorical},
+            **{c: "vector" for c in features.vector},
+            **{c: "text" for c in features.text}}
+
+
+def helper_column(column: str, what: str) -> str:
+    return f"{column}__{what}"
+
+
+def prepare_frame(df: pd.DataFrame, features: FeaturesConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The frame GX validates, and ``df`` with a RangeIndex (for samples).
+
+    Both have a RangeIndex, so GX's unexpected indices are row positions. The GX frame adds the
+    helper columns and replaces each vector column by its per-row kind (same nulls): GX hashes
+    every batch it loads and falls back to pickling the whole frame when a column holds
+    unhashable arrays, which for 10k x 64 vectors cost more than the validation itself.
+    """
+    data = df.reset_index(drop=True)
+    helpers, stand_ins = {}, {}
+    for col, kind in feature_kinds(features).items():
+        if col not in data.columns:
+            continue
+        helpers[helper_column(col, "type")] = _value_kinds(data[col])
+        if kind == "vector":
+            stand_ins[col] = helpers[helper_column(col, "type")]
+            helpers[helper_column(col, "length")], helpers[helper_column(col, "nonfinite")] = \
+                _vector_stats(data[col])
+    return data.assign(**stand_ins, **helpers), data
+
+
+_KIND_OF_TYPE: dict[type, str] = {}
+
+
+def _cached_kind(v: Any) -> str:
+    """``_value_kind`` through a per-type cache (a kind depends on the value's type only)."""
+    t = type(v)
+    kind = _KIND_OF_TYPE.get(t)
+    if kind is None:
+        kind = _KIND_OF_TYPE[t] = _value_kind(v)
+    return kind
+
+
+def _value_kind(v: Any) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return "bool"
+    if isinstance(v, (int, np.integer)):
+        return "int"
+    if isinstance(v, (float, np.floating)):
+        return "float"
+    if isinstance(v, str):
+        return "str"
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return "list"
+    return type(v).__name__
+
+
+def _dtype_kind(dtype) -> str | None:
+    """The kind every non-null value of ``dtype`` has, or None when values must be looked at."""
+    if pd.api.types.is_bool_dtype(dtype):
+        return "bool"
+    if pd.api.types.is_integer_dtype(dtype):
+        return "int"
+    if pd.api.types.is_float_dtype(dtype):
+        return "float"
+    if isinstance(dtype, pd.StringDtype):
+        return "str"
+    return None
+
+
+def _value_kinds(s: pd.Series) -> pd.Series:
+    """Per-row value kind ("int", "float", "bool", "str", "list" or a type name); None if null."""
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        cats = _value_kinds(pd.Series(s.dtype.categories)).to_numpy(dtype=object)
+        codes = s.cat.codes.to_numpy()
+        out = np.full(len(s), None, dtype=object)
+        out[codes >= 0] = cats[codes[codes >= 0]]
+        return pd.Series(out, index=s.index, dtype=object)
+    kind = _dtype_kind(s.dtype)
+    if kind is not None:
+        out = np.full(len(s), kind, dtype=object)
+    else:
+        out = np.empty(len(s), dtype=object)
+        out[:] = [_cached_kind(v) for v in s.to_numpy(dtype=object)]
+    out[s.isna().to_numpy()] = None
+    return pd.Series(out, index=s.index, dtype=object)
+
+
+def _vector_stats(s: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Per-row list length and count of non-finite/non-numeric elements; <NA> for non-lists.
+
+    Numeric 1-d arrays (what Parquet list columns become) of the most common length are
+    checked in one vectorised pass; other values one by one.
+    """
+    n = len(s)
+    lengths = np.zeros(n, dtype=np.int64)
+    bad = np.zeros(n, dtype=np.int64)
+    missing = np.ones(n, dtype=bool)
+    values = s.to_numpy(dtype=object)
+    fast = np.fromiter((type(v) is np.ndarray and v.ndim == 1 and v.dtype.kind in "iuf"
+                        for v in values), dtype=bool, count=n)
+    if fast.any():
+        rows = np.flatnonzero(fast)
+        lens = np.fromiter((len(values[i]) for i in rows), dtype=np.int64, count=len(rows))
+        common = np.bincount(lens).argmax()
+        rows = rows[lens == common]
+        if len(rows) and common:
+            block = np.stack(values[rows])
+            bad[rows] = common - np.isfinite(block).sum(axis=1)
+        lengths[rows], missing[rows] = common, False
+        fast[:] = False
+        fast[rows] = True
+    for i in np.flatnonzero(~fast):
+        v = values[i]
+        if isinstance(v, (list, tuple, np.ndarray)):
+            lengths[i], bad[i], missing[i] = len(v), _n_bad_elements(v), False
+    return (pd.Series(pd.arrays.IntegerArray(lengths, missing.copy()), index=s.index),
+            pd.Series(pd.arrays.IntegerArray(bad, missing), index=s.index))
+
+
+def _n_bad_elements(v) -> int:
+    """How many elements of one vector are not finite real numbers (nested counts as bad)."""
+    try:
+        a = np.asarray(v)
+    except ValueError:  # ragged nesting
+        return len(v)
+    if a.ndim != 1:
+        return len(v)
+    if a.dtype.kind in "biuf":
+        return int(a.size - np.count_nonzero(np.isfinite(a)))
+    if a.dtype.kind == "O":
+        return sum(1 for x in a if isinstance(x, (bool, np.bool_, str))
+                   or not isinstance(x, (int, float, np.number)) or not math.isfinite(x))
+    return int(a.size)  # strings, dates, ...
