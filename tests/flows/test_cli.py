@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from flowkit import RUN_DATE, tiny_config, write_source
 from decflow.config import dump_config, load_config
 from decflow.data import storage
-from flows.cli import RENAMED, _renamed, app
+from flows.cli import RENAMED, rename_options, app
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -198,6 +198,6 @@ def test_generate_takes_its_old_spellings(tmp_path):
 
 
 def test_old_spellings_are_renamed_up_to_a_double_dash():
-    assert _renamed("history", ["--out", "a", "--", "--out"]) == ["--out-dir", "a", "--", "--out"]
-    assert _renamed("sweep-k", ["--out=b"]) == ["--out-dir=b"]
-    assert _renamed("run", ["--date", "x"]) == ["--date", "x"]  # run never had --date
+    assert rename_options("history", ["--out", "a", "--", "--out"]) == ["--out-dir", "a", "--", "--out"]
+    assert rename_options("sweep-k", ["--out=b"]) == ["--out-dir=b"]
+    assert rename_options("run", ["--date", "x"]) == ["--date", "x"]  # run never had --date

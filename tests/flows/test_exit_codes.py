@@ -1,4 +1,4 @@
-"""The CLI's exit codes tell the kinds of failure apart (table in ``flows/cli.py``): 1 data,
+"""The CLI's exit codes tell the kinds of failure apart (table in ``flows/cli/app.py``): 1 data,
 2 usage or config, 3 a service unavailable, 4 internal error; messages are redacted."""
 
 import pytest

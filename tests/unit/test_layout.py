@@ -88,9 +88,11 @@ def test_every_package_folder_is_installed():
     a wheel (the container image): the list and the folders agree."""
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     declared = set(config["packages"])
-    on_disk = {"decflow"} | {f"decflow.{p.parent.name}" for p in SRC.glob("*/__init__.py")} \
-        | {p.parent.name for p in ROOT.glob("*/__init__.py")
-           if p.parent.name in {"tasks", "flows"}}
+    on_disk = {".".join(p.parent.relative_to(SRC.parent).parts)
+               for p in SRC.rglob("__init__.py")}
+    for layer in ("tasks", "flows"):
+        on_disk |= {".".join(p.parent.relative_to(ROOT).parts)
+                    for p in (ROOT / layer).rglob("__init__.py")}
     assert declared == on_disk
 
 

@@ -1,0 +1,154 @@
+"""The `decflow` command line: demo, run, validate, score, promote, rollback, backfill, serve,
+deploy, ui, adopt, show-config, history, report, sweep-k, generate. Every command that takes ``--config`` takes
+``--set section.key=value`` (repeatable) over the file and the ``DECFLOW_*`` environment.
+
+Exit codes (the same for every command; flows run in-process, so a failed flow's exception
+reaches the CLI and is mapped by its type):
+
+====  =========================================================================================
+0     success
+1     the data failed its checks or is unusable (``decflow.errors.DataError``, which includes
+      ``DataValidationError``); also a promotion rejected by its gates (``Rejected``: a first
+      version that fails them leaves no champion to label with), a registered model whose
+      files differ from their recorded digests (``ModelIntegrityError``: check the artifact
+      store, then ``decflow adopt`` a version you trust, or retrain), a backfill with failed
+      partitions, a rollback with nothing to roll back to
+2     usage or config error (a bad option, ``typer.BadParameter``, ``ConfigError``; also a
+      model version or alias that does not exist, the same from every command)
+3     a service unavailable (``decflow.errors.ServiceUnavailable``): retry later
+4     internal error (any other exception): one line ``internal error: <Type>: <message>``;
+      the traceback is written to ``<home>/errors/<UTC time>-<pid>.txt``, or printed with
+      ``decflow --traceback <command> ...``
+5     conflict (``decflow.errors.Conflict``): another run is writing the same night's labels,
+      or moving the model's aliases, or moved them since this run's gate compared; nothing
+      was written or moved: retry when it is done
+====  =========================================================================================
+
+Every message printed goes through ``decflow.redaction.redact`` (no passwords from URIs).
+"""
+
+import datetime as dt
+import os
+import traceback as tb
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from typer.core import TyperGroup
+
+from flows.cli.options import state
+
+EXIT_DATA, EXIT_USAGE, EXIT_SERVICE, EXIT_INTERNAL, EXIT_CONFLICT = 1, 2, 3, 4, 5
+
+
+
+
+def _fail(exc: Exception, show_traceback: bool) -> int:
+    """Print what went wrong (secrets redacted) and return the exit code for ``exc``."""
+    from decflow.errors import (
+        ConfigError,
+        Conflict,
+        DataError,
+        ModelIntegrityError,
+        Rejected,
+        ServiceUnavailable,
+    )
+    from decflow.redaction import redact
+
+    message = redact(str(exc))
+    if isinstance(exc, ConfigError):
+        code, line = EXIT_USAGE, f"config error: {message}"
+    elif isinstance(exc, DataError):
+        code, line = EXIT_DATA, f"data error: {message}"
+    elif isinstance(exc, Rejected):
+        code, line = EXIT_DATA, f"rejected: {message}"
+    elif isinstance(exc, ModelIntegrityError):
+        code, line = EXIT_DATA, f"model integrity: {message}"
+    elif isinstance(exc, ServiceUnavailable):
+        code, line = EXIT_SERVICE, f"service unavailable: {message}"
+    elif isinstance(exc, Conflict):
+        code, line = EXIT_CONFLICT, f"conflict: {message}"
+    else:
+        code, line = EXIT_INTERNAL, f"internal error: {type(exc).__name__}" + (
+            f": {message}" if message else "")
+    text = redact("".join(tb.format_exception(exc)))
+    if show_traceback:
+        typer.echo(text, err=True)
+    elif code == EXIT_INTERNAL:
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        path = Path(state["home"] or ".decflow") / "errors" / f"{stamp}-{os.getpid()}.txt"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            line += (f"\ntraceback written to {path} (`decflow --traceback <command> ...` "
+                     "prints it instead)")
+        except OSError as write_error:
+            typer.echo(text, err=True)
+            line += f"\n(traceback printed above: cannot write {path}: {write_error})"
+    typer.echo(line, err=True)
+    return code
+
+
+# One word per thing on every command: the night is --run-date, a registered model (version
+# number or alias) is --model, a folder written is --out-dir, a dataset written is --out-uri
+# (report's --out stays: one file). The old spellings are accepted for one release, hidden from
+# --help, with a note on stderr.
+RENAMED = {
+    "validate": {"--date": "--run-date"},
+    "score": {"--date": "--run-date", "--model-version": "--model"},
+    "promote": {"--date": "--run-date", "--candidate": "--model"},
+    "adopt": {"--version": "--model"},
+    "generate": {"--end-date": "--run-date", "--out": "--out-uri"},
+    "sweep-k": {"--out": "--out-dir"},
+    "history": {"--out": "--out-dir"},
+}
+
+
+def rename_options(command: str, args: list[str]) -> list[str]:
+    """``args`` of ``command`` with old option spellings replaced (``--date X`` and
+    ``--date=X``), up to a ``--``; each replacement noted on stderr."""
+    renames, out = RENAMED.get(command, {}), []
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + args[i:]
+        name, eq, value = arg.partition("=")
+        if name in renames:
+            typer.echo(f"note: {command} {name} is now {renames[name]} ({name} goes away in "
+                       f"the next release)", err=True)
+            arg = renames[name] + eq + value
+        out.append(arg)
+    return out
+
+
+class _ExitCodes(TyperGroup):
+    """Maps every command's exceptions to the exit codes of the module docstring, in one place;
+    typer's own exits and usage errors (code 2) pass through. Also takes the old spellings of
+    renamed options (``RENAMED``)."""
+
+    def resolve_command(self, ctx, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        return name, command, rename_options(name, rest)
+
+    def invoke(self, ctx):
+        state["home"] = None
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise
+        except Exception as exc:
+            raise typer.Exit(_fail(exc, bool(ctx.params.get("traceback")))) from None
+
+
+app = typer.Typer(cls=_ExitCodes, add_completion=False, no_args_is_help=True,
+                  pretty_exceptions_show_locals=False,
+                  help="Nightly re-clustering of a growing table with Deep Embedded Clustering. "
+                       "Exit codes: 0 success, 1 data failed its checks (or a promotion was "
+                       "rejected), 2 usage or config error, 3 a service unavailable, 4 internal "
+                       "error, 5 conflict (another run holds the night or the registry).")
+
+
+@app.callback()
+def _options(traceback: Annotated[bool, typer.Option(
+        "--traceback", help="On an error, print the full traceback (secrets redacted) instead "
+                            "of writing an internal error's to <home>/errors/.")] = False):
+    """Global options (given before the command)."""

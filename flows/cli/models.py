@@ -1,0 +1,86 @@
+"""The registry's commands: promote (gate a candidate), rollback, adopt."""
+
+from typing import Annotated
+
+import typer
+
+from flows.cli.app import app
+from flows.cli.options import (
+    ConfigOpt,
+    ModelOpt,
+    RunDateOpt,
+    SetOpt,
+    cell,
+    date_option,
+    require_model,
+    setup,
+)
+
+
+@app.command()
+def promote(config: ConfigOpt,
+            model: ModelOpt("Registered version number or alias to gate.") = "challenger",
+            run_date: RunDateOpt("Compare both models on this partition instead of the window "
+                                 "the candidate was trained on.") = None,
+            sets: SetOpt = None):
+    """Gate a candidate against the champion on the same rows; promote it when every gate
+    passes (champion <- candidate, previous <- old champion). Exit code 1 when rejected."""
+    cfg = setup(config, sets)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from flows.promote import promote as promote_flow
+
+    day = date_option(run_date, "--run-date")
+    require_model(cfg, model)
+    out = promote_flow(config=cfg, candidate=model, run_date=day)
+    table = Table(title=f"promotion of {cfg.registry.model_name} version {out['candidate']}")
+    for col in ("gate", "result", "value", "threshold", "detail"):
+        table.add_column(col)
+    for g in out["gates"]:
+        table.add_row(g["name"], "pass" if g["passed"] else "FAIL", cell(g["value"]),
+                      cell(g["threshold"]), g["detail"])
+    console = Console(width=160)
+    console.print(table)
+    console.print(out["summary"])
+    raise typer.Exit(1 if out["decision"] == "reject" else 0)
+
+
+@app.command()
+def adopt(config: ConfigOpt,
+          model: Annotated[str, typer.Option(
+              "--model", help="Version number (or alias) registered before decflow recorded "
+                              "content digests.")],
+          sets: SetOpt = None):
+    """Record the content digest of a version registered before decflow recorded them, so it
+    loads again. Its files *as they are now* are trusted from here on: run it only for a
+    version whose artifact store you trust (or retrain and register a new version)."""
+    cfg = setup(config, sets)
+
+    from decflow.registry.versions import adopt_version
+
+    out = adopt_version(cfg.tracking_uri(), cfg.registry.model_name, model)
+    typer.echo(f"model {cfg.registry.model_name!r} version {out['version']}: recorded the "
+               f"sha256 of its {out['files']} files (manifest sha256 "
+               f"{out['manifest_sha256']}); decflow verifies them before every load")
+
+
+@app.command()
+def rollback(config: ConfigOpt, sets: SetOpt = None):
+    """Swap champion and previous: the previous champion serves labels again."""
+    cfg = setup(config, sets)
+
+    from decflow.errors import ConfigError, DataError
+    from decflow.redaction import redact
+    from flows.promote import rollback as rollback_flow
+
+    try:
+        out = rollback_flow(config=cfg)
+    except (ConfigError, DataError):
+        raise  # their own exit codes
+    except ValueError as exc:  # nothing to roll back to
+        typer.echo(redact(str(exc)), err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{cfg.registry.model_name}: champion is version {out['restored']} again; "
+               f"version {out['demoted']} is now 'previous'")
