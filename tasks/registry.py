@@ -79,6 +79,6 @@ def register_model(est, encoder: FeatureEncoder, frame: pd.DataFrame, lineage: L
                      "metric.label_churn_unaligned": f"{alignment['label_churn_unaligned']:.6g}"})
     if profile is not None:
         tags["profiles.artifact"] = profile["artifact"]
-    version = packaging.register_model(uri, model_uri, config.registry.model_name,
+    version = packaging.register_version(uri, model_uri, config.registry.model_name,
                                       run_id=run_id, tags=tags)
     return str(version.version)

@@ -67,7 +67,7 @@ def log_collapsed_model(config) -> tuple[str, str]:
 
 def register_collapsed(config, run_id, model_uri) -> str:
     tags = {"validation.success": "True", "data.run_date": RUN_DATE.isoformat()}
-    return str(packaging.register_model(config.tracking_uri(), model_uri, NAME, run_id=run_id,
+    return str(packaging.register_version(config.tracking_uri(), model_uri, NAME, run_id=run_id,
                                        tags=tags).version)
 
 

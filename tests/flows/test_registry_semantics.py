@@ -61,7 +61,7 @@ def register_by_hand(config) -> str:
     model_uri = packaging.log_model(run_id, uri, est, encoder, frame.head(5))
     _client(config).set_terminated(run_id)
     tags = {"validation.success": "True", "data.run_date": RUN_DATE.isoformat()}
-    return str(packaging.register_model(uri, model_uri, NAME, run_id=run_id, tags=tags).version)
+    return str(packaging.register_version(uri, model_uri, NAME, run_id=run_id, tags=tags).version)
 
 
 def attempt(fn, *args, **kwargs):

@@ -9,7 +9,7 @@ from decflow.model.initialization import (effective_dimension, partition_silhoue
                                     select_manifold_init, view_dimensions, view_seeds,
                                     view_space)
 from decflow.model.nn import ClusteringLayer
-from decflow.model.training import fit_dec
+from decflow.model.training import dec_loop
 
 
 def test_view_seeds_keep_the_first_and_derive_distinct_others():
@@ -196,7 +196,7 @@ def _fine_tune(anchor_updates, tol):
     with torch.no_grad():
         z = ae.encode(X)
     centers = torch.stack([z[target[:, j] > 0].mean(0) for j in range(2)])
-    result = fit_dec(ae, ClusteringLayer(centers), X, gamma=0.0, update_interval=6, tol=tol,
+    result = dec_loop(ae, ClusteringLayer(centers), X, gamma=0.0, update_interval=6, tol=tol,
                      max_iter=600, batch_size=16, lr=1e-3, device=torch.device("cpu"),
                      generator=g, initial_target=target, anchor_updates=anchor_updates)
     agreement = float((result.labels == target.argmax(1)).float().mean())

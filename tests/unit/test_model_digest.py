@@ -57,7 +57,7 @@ def store(tmp_path_factory):
     est = DeepEmbeddedClustering(3, n_components=3, hidden=(16,), pretrain_epochs=3, max_iter=10,
                                  batch_size=32, random_state=0).fit(encoder.transform(df))
     model_uri = packaging.log_model(run_id, uri, est, encoder, df.head(5))
-    version = packaging.register_model(uri, model_uri, MODEL, run_id=run_id,
+    version = packaging.register_version(uri, model_uri, MODEL, run_id=run_id,
                                       tags={"data.run_date": "2026-11-21"})
     client.set_terminated(run_id)
     root = Path(client.get_logged_model(model_uri.removeprefix("models:/"))

@@ -77,9 +77,9 @@ def trained(tmp_path_factory):
         ).fit(encoder.transform(df))
         estimator.callbacks = None
         model_uri = packaging.log_model(run_id, uri, estimator, encoder, df.head(5))
-        v1 = packaging.register_model(uri, model_uri, MODEL, run_id=run_id,
+        v1 = packaging.register_version(uri, model_uri, MODEL, run_id=run_id,
                                      tags={"data_window": "2026-01-01..2026-01-03"})
-        v2 = packaging.register_model(uri, model_uri, MODEL, run_id=run_id)
+        v2 = packaging.register_version(uri, model_uri, MODEL, run_id=run_id)
         # registration sets no alias; a gate's verdicts would: v1 promoted, v2 judged after it
         registry.apply_verdict(uri, MODEL, "1", promote=True, expected_champion=None)
         registry.apply_verdict(uri, MODEL, "2", promote=False, expected_champion="1")

@@ -19,7 +19,7 @@ from decflow.model.initialization import (INIT_CHOICES, VIEW_SPACES, effective_d
                                           kmeans_init, manifold_init, view_dimensions)
 from decflow.model.initialization import view_space as choose_view_space
 from decflow.model.nn import Autoencoder, ClusteringLayer
-from decflow.model.training import encode, fit_dec, pretrain_autoencoder
+from decflow.model.training import encode, dec_loop, pretrain_loop
 
 _FORMAT = "decflow.dec/1"
 _log = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
             _log.info("pretraining the autoencoder on %d rows x %d features on %s%s", n, d,
                       device, " (warm start)" if warm_start is not None else "")
             t0 = time.perf_counter()
-            pretrain_loss = pretrain_autoencoder(
+            pretrain_loss = pretrain_loop(
                 self.autoencoder_, Xt, epochs=self.pretrain_epochs_for(n) if epochs is None
                 else int(epochs), batch_size=self.batch_size, lr=self.pretrain_lr,
                 weight_decay=0.0, device=device, generator=self._generator,
@@ -267,7 +267,7 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
             t0 = time.perf_counter()
             self._clustering = ClusteringLayer(torch.from_numpy(centers), self.alpha).to(device)
             steps_per_epoch = math.ceil(n / self.batch_size)
-            result = fit_dec(
+            result = dec_loop(
                 self.autoencoder_, self._clustering, Xt, gamma=self.gamma,
                 update_interval=self.update_interval or steps_per_epoch, tol=self.tol,
                 max_iter=self._max_iter(steps_per_epoch, kept_target=target is not None

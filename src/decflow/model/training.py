@@ -66,10 +66,10 @@ def encode(autoencoder: Autoencoder, X: torch.Tensor, device: torch.device,
     return torch.cat(out)
 
 
-def pretrain_autoencoder(autoencoder: Autoencoder, X: torch.Tensor, *, epochs: int,
-                         batch_size: int, lr: float, weight_decay: float,
-                         device: torch.device, generator: torch.Generator,
-                         callbacks=()) -> list[float]:
+def pretrain_loop(autoencoder: Autoencoder, X: torch.Tensor, *, epochs: int,
+                  batch_size: int, lr: float, weight_decay: float,
+                  device: torch.device, generator: torch.Generator,
+                  callbacks=()) -> list[float]:
     """Minimise reconstruction MSE of the (denoising) autoencoder.
 
     The learning rate follows a cosine schedule to 0, which converges markedly better than a
@@ -113,11 +113,11 @@ class FinetuneResult:
     history: list[dict] = field(default_factory=list)
 
 
-def fit_dec(autoencoder: Autoencoder, clustering: ClusteringLayer, X: torch.Tensor, *,
-            gamma: float, update_interval: int, tol: float, max_iter: int, batch_size: int,
-            lr: float, device: torch.device, generator: torch.Generator,
-            initial_target: torch.Tensor | None = None, anchor_updates: int | None = 0,
-            on_update=None, callbacks=()) -> FinetuneResult:
+def dec_loop(autoencoder: Autoencoder, clustering: ClusteringLayer, X: torch.Tensor, *,
+             gamma: float, update_interval: int, tol: float, max_iter: int, batch_size: int,
+             lr: float, device: torch.device, generator: torch.Generator,
+             initial_target: torch.Tensor | None = None, anchor_updates: int | None = 0,
+             on_update=None, callbacks=()) -> FinetuneResult:
     """DEC self-training: every ``update_interval`` steps recompute the target P over all rows,
     then minimise KL(P || Q) (+ gamma * reconstruction MSE for IDEC) on mini-batches.
 

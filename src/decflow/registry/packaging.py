@@ -86,7 +86,7 @@ def log_model(run_id: str, tracking_uri: str, estimator, encoder, input_example:
     requirements and a signature inferred from ``input_example`` and its predictions. Before
     upload, the sha256 of every file goes into ``decflow-manifest.json`` (uploaded with them)
     and the manifest's own sha256 into the LoggedModel tag ``decflow.manifest_sha256``, from
-    the bytes written here (``register_model`` copies it to the version).
+    the bytes written here (``register_version`` copies it to the version).
 
     Args:
         run_id: the (active or finished) MLflow run that trained the model; it is not ended.
@@ -139,7 +139,7 @@ def log_model(run_id: str, tracking_uri: str, estimator, encoder, input_example:
     return f"models:/{logged.model_id}"
 
 
-def register_model(tracking_uri: str, model_uri: str, model_name: str, *, run_id: str,
+def register_version(tracking_uri: str, model_uri: str, model_name: str, *, run_id: str,
                    tags: dict[str, str] | None = None) -> ModelVersion:
     """Register ``model_uri`` (from ``log_model``, or the artifact URI of a model directory it
     wrote) as a new version of ``model_name``; no alias moves.
