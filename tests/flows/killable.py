@@ -79,23 +79,18 @@ def hook_write(moment: Moments) -> None:
         self._groups = getattr(self, "_groups", 0) + 1
         moment(f"row-group {_partition(self.path)} {self._groups}")
 
-    class _Os:
-        """``os`` for the storage module, with ``replace`` reporting around the rename."""
+    replace = storage.replace_durably  # the one rename of a finished file (decflow.files)
 
-        def __getattr__(self, name):
-            return getattr(os, name)
-
-        @staticmethod
-        def replace(src, dst):
-            if os.path.basename(dst) == storage.PART_FILE:
-                moment(f"closed {_partition(dst)}")
-                os.replace(src, dst)
-                moment(f"renamed {_partition(dst)}")
-            else:
-                os.replace(src, dst)
+    def replace_(src, dst):
+        if os.path.basename(dst) == storage.PART_FILE:
+            moment(f"closed {_partition(dst)}")
+            replace(src, dst)
+            moment(f"renamed {_partition(dst)}")
+        else:
+            replace(src, dst)
 
     cls.__enter__, cls.write = __enter__, write_
-    storage.os = _Os()
+    storage.replace_durably = replace_
 
 
 def hook_finetune(moment: Moments) -> None:
