@@ -3,7 +3,7 @@ order `decflow --help` lists them. Exit codes and the one vocabulary of options:
 ``flows.cli.app``; shared options: ``flows.cli.options``."""
 
 # isort: off
-from flows.cli import nightly  # noqa: F401  (registers demo, run, validate, score, backfill, generate)
+from flows.cli import nightly  # noqa: F401  (demo, run, validate, score, backfill, generate)
 from flows.cli import models  # noqa: F401  (promote, rollback, adopt)
 from flows.cli import results  # noqa: F401  (show-config, report, history, sweep-k)
 from flows.cli import servers  # noqa: F401  (ui, serve, deploy)

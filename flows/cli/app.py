@@ -1,6 +1,7 @@
 """The `decflow` command line: demo, run, validate, score, promote, rollback, backfill, serve,
-deploy, ui, adopt, show-config, history, report, sweep-k, generate. Every command that takes ``--config`` takes
-``--set section.key=value`` (repeatable) over the file and the ``DECFLOW_*`` environment.
+deploy, ui, adopt, show-config, history, report, sweep-k, generate. Every command that takes
+``--config`` takes ``--set section.key=value`` (repeatable) over the file and the
+``DECFLOW_*`` environment.
 
 Exit codes (the same for every command; flows run in-process, so a failed flow's exception
 reaches the CLI and is mapped by its type):
@@ -56,18 +57,16 @@ def _fail(exc: Exception, show_traceback: bool) -> int:
     from decflow.redaction import redact
 
     message = redact(str(exc))
-    if isinstance(exc, ConfigError):
-        code, line = EXIT_USAGE, f"config error: {message}"
-    elif isinstance(exc, DataError):
-        code, line = EXIT_DATA, f"data error: {message}"
-    elif isinstance(exc, Rejected):
-        code, line = EXIT_DATA, f"rejected: {message}"
-    elif isinstance(exc, ModelIntegrityError):
-        code, line = EXIT_DATA, f"model integrity: {message}"
-    elif isinstance(exc, ServiceUnavailable):
-        code, line = EXIT_SERVICE, f"service unavailable: {message}"
-    elif isinstance(exc, Conflict):
-        code, line = EXIT_CONFLICT, f"conflict: {message}"
+    kinds = ((ConfigError, EXIT_USAGE, "config error"),
+             (DataError, EXIT_DATA, "data error"),
+             (Rejected, EXIT_DATA, "rejected"),
+             (ModelIntegrityError, EXIT_DATA, "model integrity"),
+             (ServiceUnavailable, EXIT_SERVICE, "service unavailable"),
+             (Conflict, EXIT_CONFLICT, "conflict"))
+    known = next(((code, f"{what}: {message}") for kind, code, what in kinds
+                  if isinstance(exc, kind)), None)
+    if known is not None:
+        code, line = known
     else:
         code, line = EXIT_INTERNAL, f"internal error: {type(exc).__name__}" + (
             f": {message}" if message else "")
