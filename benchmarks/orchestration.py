@@ -63,7 +63,7 @@ def main(argv=None):
     alone_scores = supervised_scores(frame["digit"], est.labels_)
 
     # 2. the flow (imported late: Prefect's import is part of what a user pays, but not here)
-    from flows.recluster import recluster
+    from decflow.flows.recluster import recluster
 
     t0 = time.perf_counter()
     result = recluster(config=config, run_date=run_date)

@@ -65,7 +65,7 @@ def run_pipeline(X, y, kind: str, seed: int, numeric_scaling: str = "auto") -> d
     from decflow.data.storage import read_partition
     from decflow.errors import Rejected
     from decflow.model.metrics import supervised_scores
-    from flows.recluster import recluster
+    from decflow.flows.recluster import recluster
 
     with tempfile.TemporaryDirectory(prefix="decflow-pq-") as home:
         uri = str(Path(home) / "source")

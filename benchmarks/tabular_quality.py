@@ -152,7 +152,7 @@ def run_pipeline(frame, y, numeric, categorical, seed: int) -> dict:
     from decflow.data.storage import read_partition
     from decflow.errors import Rejected
     from decflow.model.metrics import supervised_scores
-    from flows.recluster import recluster
+    from decflow.flows.recluster import recluster
     from scale import RssSampler
 
     k = len(np.unique(y))

@@ -8,10 +8,10 @@ from prefect import flow
 from decflow.config import PipelineConfig
 from decflow.data import storage
 from decflow.registry.versions import CHAMPION
-from flows.recluster import recluster
-from tasks.backfill import backfill_partitions, publish_backfill_summary
-from tasks.runtime import prepare_run, redact_errors
-from tasks.registry import load_model
+from decflow.flows.recluster import recluster
+from decflow.tasks.backfill import backfill_partitions, publish_backfill_summary
+from decflow.tasks.runtime import prepare_run, redact_errors
+from decflow.tasks.registry import load_model
 
 
 class BackfillFailed(RuntimeError):

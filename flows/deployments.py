@@ -42,9 +42,9 @@ def build_deployments(config: PipelineConfig, cron: str | None = None,
     from prefect.deployments.runner import EntrypointType
     from prefect.schedules import Cron
 
-    from flows.backfill import backfill
-    from flows.promote import promote
-    from flows.recluster import recluster
+    from decflow.flows.backfill import backfill
+    from decflow.flows.promote import promote
+    from decflow.flows.recluster import recluster
 
     secret = config.secrets()
     if secret:

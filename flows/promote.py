@@ -8,11 +8,11 @@ from prefect import flow
 from decflow.config import PipelineConfig
 from decflow.registry.promotion import PromotionDecision
 from decflow.registry.versions import CHAMPION
-from tasks.promotion import (apply_decision, compare_models, find_version,
+from decflow.tasks.promotion import (apply_decision, compare_models, find_version,
                              load_reference_rows, record_decision, require_champion,
                              rollback_champion)
-from tasks.runtime import prepare_run, redact_errors
-from tasks.registry import load_model
+from decflow.tasks.runtime import prepare_run, redact_errors
+from decflow.tasks.registry import load_model
 
 
 def gate_candidate(config: PipelineConfig, candidate: str, reference: pd.DataFrame,

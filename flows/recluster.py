@@ -5,15 +5,15 @@ import datetime as dt
 from prefect import flow
 
 from decflow.config import PipelineConfig
-from flows.promote import gate_candidate
-from tasks.data import scan_night, snapshot_night, validate_features
-from tasks.insight import monitor_drift, profile_clusters, publish_report
-from tasks.labels import label_partition
-from tasks.runtime import night_lock, prepare_run, redact_errors
-from tasks.promotion import align_cluster_ids, sample_reference_rows
-from tasks.registry import champion_weights, load_model, register_model
-from tasks.tracking import link_mlflow_run, tracked_run
-from tasks.train import (embed_features, evaluate_model, fit_dec, init_centroids,
+from decflow.flows.promote import gate_candidate
+from decflow.tasks.data import scan_night, snapshot_night, validate_features
+from decflow.tasks.insight import monitor_drift, profile_clusters, publish_report
+from decflow.tasks.labels import label_partition
+from decflow.tasks.runtime import night_lock, prepare_run, redact_errors
+from decflow.tasks.promotion import align_cluster_ids, sample_reference_rows
+from decflow.tasks.registry import champion_weights, load_model, register_model
+from decflow.tasks.tracking import link_mlflow_run, tracked_run
+from decflow.tasks.train import (embed_features, evaluate_model, fit_dec, init_centroids,
                          pretrain_autoencoder, sample_training_rows)
 
 

@@ -5,10 +5,10 @@ import datetime as dt
 from prefect import flow
 
 from decflow.config import PipelineConfig
-from tasks.data import scan_night
-from tasks.labels import label_partition
-from tasks.runtime import night_lock, prepare_run, redact_errors
-from tasks.registry import load_model
+from decflow.tasks.data import scan_night
+from decflow.tasks.labels import label_partition
+from decflow.tasks.runtime import night_lock, prepare_run, redact_errors
+from decflow.tasks.registry import load_model
 
 
 @flow(name="score", flow_run_name="score-{run_date}-{model}")

@@ -1,3 +1,3 @@
-from flows.cli import app
+from decflow.flows.cli import app
 
 app()

@@ -37,7 +37,7 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-from flows.cli.options import state
+from decflow.flows.cli.options import state
 
 EXIT_DATA, EXIT_USAGE, EXIT_SERVICE, EXIT_INTERNAL, EXIT_CONFLICT = 1, 2, 3, 4, 5
 

@@ -4,8 +4,8 @@ from typing import Annotated
 
 import typer
 
-from flows.cli.app import app
-from flows.cli.options import (
+from decflow.flows.cli.app import app
+from decflow.flows.cli.options import (
     ConfigOpt,
     ModelOpt,
     RunDateOpt,
@@ -30,7 +30,7 @@ def promote(config: ConfigOpt,
     from rich.console import Console
     from rich.table import Table
 
-    from flows.promote import promote as promote_flow
+    from decflow.flows.promote import promote as promote_flow
 
     day = date_option(run_date, "--run-date")
     require_model(cfg, model)
@@ -73,7 +73,7 @@ def rollback(config: ConfigOpt, sets: SetOpt = None):
 
     from decflow.errors import ConfigError, DataError
     from decflow.redaction import redact
-    from flows.promote import rollback as rollback_flow
+    from decflow.flows.promote import rollback as rollback_flow
 
     try:
         out = rollback_flow(config=cfg)

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from flows.cli.app import app
-from flows.cli.options import (
+from decflow.flows.cli.app import app
+from decflow.flows.cli.options import (
     ConfigOpt,
     HomeOpt,
     ModelOpt,
@@ -34,7 +34,7 @@ def demo(home: HomeOpt = Path(".decflow"),
     state["home"] = str(home)
     quiet_environment(home)
     from decflow.data.demo import demo_config, write_demo_source
-    from flows.recluster import recluster, yesterday
+    from decflow.flows.recluster import recluster, yesterday
 
     day = date_option(run_date, "--run-date") or yesterday()
     config = demo_config(str(home))
@@ -66,7 +66,7 @@ def run(config: ConfigOpt,
     """Run the nightly `recluster` flow once: validate, train, register, write labels."""
     cfg = setup(config, sets)
 
-    from flows.recluster import recluster
+    from decflow.flows.recluster import recluster
 
     print_run(recluster(config=cfg, run_date=date_option(run_date, "--run-date"),
                       progress=sys.stderr.isatty()), cfg)
@@ -85,7 +85,7 @@ def validate(config: ConfigOpt,
     from decflow.data import storage
     from decflow.engine import partitions as scoring
     from decflow.engine.compute import dask_client
-    from flows.recluster import yesterday
+    from decflow.flows.recluster import yesterday
 
     day = date_option(run_date, "--run-date") or yesterday()
     scan = storage.scan_night(cfg.source, day, None if window else 1,
@@ -110,7 +110,7 @@ def score(config: ConfigOpt,
     cfg = setup(config, sets)
     require_model(cfg, model)
 
-    from flows.score import score as score_flow
+    from decflow.flows.score import score as score_flow
 
     out = score_flow(config=cfg, run_date=date_option(run_date, "--run-date"), model=model)
     typer.echo(f"wrote {out['rows']} labels to {out['path']} with model version "
@@ -136,8 +136,8 @@ def backfill(config: ConfigOpt,
     partition does not stop the others and is reported with its cause (exit code 1)."""
     cfg = setup(config, sets)
 
-    from flows.backfill import BackfillFailed
-    from flows.backfill import backfill as backfill_flow
+    from decflow.flows.backfill import BackfillFailed
+    from decflow.flows.backfill import backfill as backfill_flow
 
     d1, d2 = date_option(start, "--start"), date_option(end, "--end")
     if d2 < d1:

@@ -5,8 +5,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from flows.cli.app import app
-from flows.cli.options import ConfigOpt, RunDateOpt, SetOpt, date_option, load, setup
+from decflow.flows.cli.app import app
+from decflow.flows.cli.options import ConfigOpt, RunDateOpt, SetOpt, date_option, load, setup
 
 
 @app.command("show-config")

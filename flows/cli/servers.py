@@ -10,8 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from flows.cli.app import app
-from flows.cli.options import (
+from decflow.flows.cli.app import app
+from decflow.flows.cli.options import (
     ConfigOpt,
     CronOpt,
     OptionalConfigOpt,
@@ -116,7 +116,7 @@ def serve(config: OptionalConfigOpt = None, timezone: TimezoneOpt = None, cron: 
     from prefect import serve as serve_deployments
     from prefect.settings import get_current_settings
 
-    from flows.deployments import build_deployments
+    from decflow.flows.deployments import build_deployments
 
     if not get_current_settings().api.url:
         typer.echo("decflow serve needs a Prefect server (an ephemeral one has no scheduler): "
@@ -147,8 +147,8 @@ def deploy(config: ConfigOpt,
     quiet_environment()
     from prefect.settings import get_current_settings
 
-    from flows.deployments import absolute_paths
-    from flows.deployments import deploy as deploy_flows
+    from decflow.flows.deployments import absolute_paths
+    from decflow.flows.deployments import deploy as deploy_flows
 
     if not get_current_settings().api.url:
         typer.echo("decflow deploy needs a Prefect server: set PREFECT_API_URL, e.g. "

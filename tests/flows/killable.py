@@ -125,7 +125,7 @@ def run_command(request: dict) -> int:
     """The hook, then the CLI in this process; its exit code."""
     if request.get("hook"):
         HOOKS[request["hook"]](Moments(int(request.get("stop_at") or 0)))
-    from flows.cli import app
+    from decflow.flows.cli import app
 
     try:
         app(args=request["argv"], prog_name="decflow")
@@ -170,11 +170,11 @@ def main() -> None:
     import safetensors.torch  # noqa: F401
     import torch  # noqa: F401
 
-    import flows.backfill  # noqa: F401
-    import flows.cli  # noqa: F401
-    import flows.promote  # noqa: F401
-    import flows.recluster  # noqa: F401
-    import flows.score  # noqa: F401
+    import decflow.flows.backfill  # noqa: F401
+    import decflow.flows.cli  # noqa: F401
+    import decflow.flows.promote  # noqa: F401
+    import decflow.flows.recluster  # noqa: F401
+    import decflow.flows.score  # noqa: F401
 
     report("ready")
     for line in sys.stdin:

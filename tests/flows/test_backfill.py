@@ -22,8 +22,8 @@ from decflow.data import storage
 from decflow.engine import partitions as scoring
 from decflow.registry.versions import get_version
 from flowkit import RUN_DATE, latest_artifact, make_rows, tiny_config
-from flows.backfill import BackfillFailed, backfill
-from flows.cli import app
+from decflow.flows.backfill import BackfillFailed, backfill
+from decflow.flows.cli import app
 
 DAYS5 = [RUN_DATE - dt.timedelta(days=i) for i in range(4, -1, -1)]
 CORRUPT = DAYS5[1]  # outside the training window of RUN_DATE (the last 3 days)

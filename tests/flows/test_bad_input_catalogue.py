@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 
 from decflow.config import dump_config
 from flowkit import DAYS, RUN_DATE, tiny_config, write_source
-from flows.cli import app
-from flows.recluster import recluster
+from decflow.flows.cli import app
+from decflow.flows.recluster import recluster
 
 runner = CliRunner()
 NIGHT = f"ds={RUN_DATE}"

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from flowkit import RUN_DATE, tiny_config, write_source
 from decflow.config import dump_config, load_config
 from decflow.data import storage
-from flows.cli import RENAMED, rename_options, app
+from decflow.flows.cli import RENAMED, rename_options, app
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()

@@ -24,9 +24,9 @@ from decflow.data import storage
 from decflow.errors import Conflict
 from decflow.registry import aliases as registry
 from flowkit import RUN_DATE, tiny_config, write_source
-from flows import recluster as recluster_module
-from flows.recluster import recluster
-from tasks import promotion as promotion_tasks
+from decflow.flows import recluster as recluster_module
+from decflow.flows.recluster import recluster
+from decflow.tasks import promotion as promotion_tasks
 
 NAME = "tiny"
 LENIENT = {"min_cluster_ratio": 0.0, "max_silhouette_drop": 10.0, "max_confidence_drop": 10.0,

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from decflow.config import dump_config
 from flowkit import RUN_DATE, tiny_config, write_source
-from flows.cli import app
+from decflow.flows.cli import app
 
 runner = CliRunner()
 COMMANDS_WITH_CONFIG = ["run", "validate", "score", "promote", "rollback", "backfill", "deploy",

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from flowkit import RUN_DATE, tiny_config, write_source
 from decflow.config import PipelineConfig, dump_config
 from decflow.data import storage
-from flows.cli import app
-from flows.recluster import recluster
+from decflow.flows.cli import app
+from decflow.flows.recluster import recluster
 
 runner = CliRunner()
 NAMES = ["recluster/nightly", "backfill/on-demand", "promote/on-demand"]

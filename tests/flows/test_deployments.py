@@ -22,9 +22,9 @@ from typer.testing import CliRunner
 from flowkit import RUN_DATE, tiny_config, write_source
 from decflow.config import PipelineConfig, dump_config
 from decflow.data import storage
-from flows import deployments as defs
-from flows.cli import app
-from flows.recluster import default_run_date, recluster, yesterday
+from decflow.flows import deployments as defs
+from decflow.flows.cli import app
+from decflow.flows.recluster import default_run_date, recluster, yesterday
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFECT_YAML = ROOT / "deployments" / "prefect.yaml"

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 from flowkit import RUN_DATE, tiny_config, write_source
 from decflow.config import dump_config
 from decflow.errors import ConfigError, DataError, ModelIntegrityError, ServiceUnavailable
-from flows.cli import app
+from decflow.flows.cli import app
 
 runner = CliRunner()
 

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from decflow.config import load_config
 from decflow.data import storage
-from flows.cli import app
+from decflow.flows.cli import app
 
 runner = CliRunner()
 

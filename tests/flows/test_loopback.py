@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from decflow.config import ComputeConfig
 from decflow.engine.compute import dask_client
-from flows import cli
+from decflow.flows import cli
 from testkit import listening
 
 

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from decflow.data import storage
 from flowkit import RUN_DATE, latest_artifact, make_rows, tiny_config
-from flows.cli import app
-from flows.recluster import recluster
+from decflow.flows.cli import app
+from decflow.flows.recluster import recluster
 
 NIGHTS = [RUN_DATE - dt.timedelta(days=i) for i in (2, 1, 0)]
 SOURCE_DAYS = [RUN_DATE - dt.timedelta(days=i) for i in (4, 3, 2, 1, 0)]

@@ -26,10 +26,10 @@ from flowkit import RUN_DATE, tiny_config, write_source
 from decflow.errors import ServiceUnavailable
 from decflow.registry import versions
 from decflow.registry.client import http_budget
-from flows import recluster as recluster_module
-from flows.recluster import recluster
-from flows.score import score
-from tasks.tracking import tracked_run
+from decflow.flows import recluster as recluster_module
+from decflow.flows.recluster import recluster
+from decflow.flows.score import score
+from decflow.tasks.tracking import tracked_run
 
 SECRET = "s3ntinel-pw"
 BOUND_S = 60.0

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from decflow.config import PipelineConfig, dump_config
 from decflow.data import storage
 from decflow.model.metrics import ari
-from flows.cli import app
+from decflow.flows.cli import app
 
 RUN_DATE = dt.date(2026, 11, 21)
 

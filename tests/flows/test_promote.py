@@ -25,9 +25,9 @@ from decflow.registry import aliases as registry
 from decflow.registry import packaging
 from decflow.registry import promotion
 from decflow.registry import runs
-from flows.cli import app
-from flows.promote import promote, rollback
-from flows.recluster import recluster
+from decflow.flows.cli import app
+from decflow.flows.promote import promote, rollback
+from decflow.flows.recluster import recluster
 
 NAME = "tiny"
 

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from flowkit import RUN_DATE, tiny_config, write_source
 from decflow.data import storage
 from decflow.errors import DataError
-from flows.recluster import recluster
+from decflow.flows.recluster import recluster
 
 LABEL_SCHEMA = {"id": "int64", "cluster_id": "int32", "confidence": "float", "distance": "float",
                 "model_name": "string", "model_version": "string", "run_id": "string",

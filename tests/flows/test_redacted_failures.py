@@ -6,8 +6,8 @@ from mlflow.exceptions import MlflowException
 
 from decflow.data import storage
 from flowkit import RUN_DATE, tiny_config, write_source
-from flows.score import score
-from tasks.runtime import redact_errors
+from decflow.flows.score import score
+from decflow.tasks.runtime import redact_errors
 
 SENTINEL = "s3cr3t-SENTINEL-9f2"
 URI = f"http://decflow:{SENTINEL}@mlflow.internal:5000/api"

@@ -20,10 +20,10 @@ from decflow.data import storage
 from decflow.model.features import FeatureEncoder
 from decflow.registry import packaging
 from decflow.registry import runs
-from flows import promote as promote_module
-from flows.cli import app
-from flows.promote import promote, rollback
-from flows.recluster import recluster
+from decflow.flows import promote as promote_module
+from decflow.flows.cli import app
+from decflow.flows.promote import promote, rollback
+from decflow.flows.recluster import recluster
 
 NAME = "tiny"
 # Generous margins: every promotion below is decided by the alias rules, not by the metrics.

@@ -13,9 +13,9 @@ from mlflow import MlflowClient
 from decflow.data import storage
 from decflow.errors import ConfigError, DataError
 from flowkit import DAYS, RUN_DATE, make_rows, tiny_config, write_source
-from flows.backfill import backfill
-from flows.recluster import recluster
-import flows.recluster as recluster_module
+from decflow.flows.backfill import backfill
+from decflow.flows.recluster import recluster
+import decflow.flows.recluster as recluster_module
 
 
 def _table(cols: dict) -> pa.Table:

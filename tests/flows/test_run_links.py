@@ -5,7 +5,7 @@ import pytest
 from mlflow import MlflowClient
 
 from flowkit import RUN_DATE, tiny_config, write_source
-from flows.recluster import recluster
+from decflow.flows.recluster import recluster
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def failing_flow():
     from prefect import flow
 
     from decflow.config import PipelineConfig
-    from tasks.runtime import prepare_run
+    from decflow.tasks.runtime import prepare_run
 
     @flow(name="fails-with-a-secret")
     def fails(config: PipelineConfig):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 from flowkit import RUN_DATE, tiny_config, write_source
-from flows.recluster import recluster
+from decflow.flows.recluster import recluster
 
 
 def _tree(root: Path) -> dict[str, str]:

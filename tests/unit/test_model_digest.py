@@ -213,7 +213,7 @@ def test_a_version_from_before_digests_is_adopted_through_the_cli(store, tmp_pat
     import yaml
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from decflow.flows.cli import app
 
     old = tmp_path / "old-model"
     shutil.copytree(store.root, old)

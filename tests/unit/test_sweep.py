@@ -229,7 +229,7 @@ def test_sweep_k_command_writes_table_chart_and_recommendation(tiny, tmp_path,
     from typer.testing import CliRunner
 
     from decflow.config import dump_config
-    from flows.cli import app
+    from decflow.flows.cli import app
 
     kit, config = tiny
     path = tmp_path / "config.yaml"

@@ -13,7 +13,7 @@ Each move is a few alias writes; when one fails, the aliases already written are
 they were and the error is raised, so a move happens completely or not at all (short of the
 restore itself failing, which is logged). A verdict checks that the champion is still the one
 the gates compared against (``Conflict`` otherwise); the tasks run the check and the moves
-under a lock (``tasks.runtime.registry_lock``), so concurrent moves cannot interleave.
+under a lock (``decflow.tasks.runtime.registry_lock``), so concurrent moves cannot interleave.
 """
 
 import logging
