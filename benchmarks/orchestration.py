@@ -35,7 +35,7 @@ def main(argv=None):
     (home / "prefect").mkdir()
 
     from decflow import DeepEmbeddedClustering
-    from decflow.data import storage
+    from decflow.data import sources
     from decflow.data.demo import demo_config, write_demo_source
     from decflow.model.features import FeatureEncoder
     from decflow.model.metrics import supervised_scores
@@ -49,7 +49,7 @@ def main(argv=None):
 
     # 1. the estimator alone (its own in-process k-means/GMM initialisation)
     t0 = time.perf_counter()
-    frame, _ = storage.load_window(config.source, run_date)
+    frame, _ = sources.load_window(config.source, run_date)
     X = FeatureEncoder(config.features).fit_transform(frame)
     m, t = config.model, config.train
     est = DeepEmbeddedClustering(

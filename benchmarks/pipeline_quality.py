@@ -42,7 +42,7 @@ def write_source(uri: str, X: np.ndarray, y: np.ndarray, kind: str) -> list[str]
     or as numeric columns `p000`..; returns the feature column names."""
     import pyarrow as pa
 
-    from decflow.data.storage import write_partition
+    from decflow.data.partitioned import write_partition
 
     cols = {"id": pa.array(np.arange(len(X), dtype=np.int64)),
             "digit": pa.array(y.astype(np.int64))}
@@ -62,7 +62,7 @@ def run_pipeline(X, y, kind: str, seed: int, numeric_scaling: str = "auto") -> d
     import pandas as pd
 
     from decflow.config import PipelineConfig
-    from decflow.data.storage import read_partition
+    from decflow.data.partitioned import read_partition
     from decflow.errors import Rejected
     from decflow.model.metrics import supervised_scores
     from decflow.flows.recluster import recluster

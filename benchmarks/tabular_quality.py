@@ -127,7 +127,7 @@ BASELINES = {"k-means": run_kmeans, "GMM": run_gmm, "UMAP + GMM": run_umap_gmm}
 def write_source(uri: str, frame, y) -> None:
     import pyarrow as pa
 
-    from decflow.data.storage import write_partition
+    from decflow.data.partitioned import write_partition
 
     table = pa.Table.from_pandas(frame.assign(id=np.arange(len(frame), dtype=np.int64),
                                               **{"class": y}), preserve_index=False)
@@ -149,7 +149,7 @@ def run_pipeline(frame, y, numeric, categorical, seed: int) -> dict:
     import pandas as pd
     from mlflow import MlflowClient
 
-    from decflow.data.storage import read_partition
+    from decflow.data.partitioned import read_partition
     from decflow.errors import Rejected
     from decflow.model.metrics import supervised_scores
     from decflow.flows.recluster import recluster

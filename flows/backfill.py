@@ -6,7 +6,7 @@ import time
 from prefect import flow
 
 from decflow.config import PipelineConfig
-from decflow.data import storage
+from decflow.data import partitioned
 from decflow.registry.versions import CHAMPION
 from decflow.flows.recluster import recluster
 from decflow.tasks.backfill import backfill_partitions, publish_backfill_summary
@@ -56,7 +56,7 @@ def retrain_day(config: PipelineConfig, day: dt.date) -> dict:
     """The nightly flow as it would have run for ``day`` (a subflow), as a summary row."""
     t0 = time.perf_counter()
     row = {"date": day.isoformat(), "rows": 0, "status": "", "seconds": 0.0, "detail": ""}
-    if day not in storage.list_partitions(config.source.uri, config.source.date_column):
+    if day not in partitioned.list_partitions(config.source.uri, config.source.date_column):
         row.update(status="missing", detail=f"no source partition "
                                             f"{config.source.date_column}={day}")
         return row

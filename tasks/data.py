@@ -8,9 +8,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from decflow.config import PipelineConfig, SourceConfig
-from decflow.data import storage
+from decflow.data import sources
 from decflow.data import validation
-from decflow.data.storage import Lineage, WindowScan
+from decflow.data.sources import Lineage, WindowScan
 from decflow.data.validation import ValidationReport
 from decflow.engine import partitions as scoring
 from decflow.engine.compute import dask_client
@@ -24,17 +24,17 @@ from .tracking import log_dict
 @redact_errors
 def scan_night(source: SourceConfig, run_date: dt.date, window_days: int | None = None,
                min_days: int | None = None) -> WindowScan:
-    """``storage.scan_night``: the window (or partition) ending at a night that exists and has
+    """``sources.scan_night``: the window (or partition) ending at a night that exists and has
     rows, from file footers."""
-    return storage.scan_night(source, run_date, window_days, min_days)
+    return sources.scan_night(source, run_date, window_days, min_days)
 
 
 @task(name="snapshot_night", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io,
       cache_policy=NO_CACHE)
 @redact_errors
 def snapshot_night(window: WindowScan, run_date: dt.date) -> tuple[WindowScan, list[str]]:
-    """``storage.snapshot_night``; files that landed since validation are logged."""
-    snapshot, late = storage.snapshot_night(window, run_date)
+    """``sources.snapshot_night``; files that landed since validation are logged."""
+    snapshot, late = sources.snapshot_night(window, run_date)
     if late:
         get_run_logger().warning("files landed in %s=%s after validation and are not labelled "
                                  "(a backfill labels them): %s", window.date_column,

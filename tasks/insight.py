@@ -13,7 +13,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from decflow.config import PipelineConfig
-from decflow.data import storage
+from decflow.data import partitioned
 from decflow.insight import monitoring
 from decflow.insight import profiles
 from decflow.model.estimator import DeepEmbeddedClustering
@@ -92,10 +92,10 @@ def monitor_drift(config: PipelineConfig, run_id: str, run_date: dt.date, labels
     reasons, a warning is logged, and the Prefect run gets a ``drift-warning`` artifact.
     """
     date_column, uri = config.source.date_column, config.labels_uri()
-    tonight = storage.partition_counts(uri, date_column, run_date, "cluster_id") or {}
-    earlier = [d for d in storage.list_partitions(uri, date_column) if d < run_date]
+    tonight = partitioned.partition_counts(uri, date_column, run_date, "cluster_id") or {}
+    earlier = [d for d in partitioned.list_partitions(uri, date_column) if d < run_date]
     previous = earlier[-1] if earlier else None
-    before = storage.partition_counts(uri, date_column, previous, "cluster_id") \
+    before = partitioned.partition_counts(uri, date_column, previous, "cluster_id") \
         if previous else None
     k = max([n_clusters, *[int(c) + 1 for c in [*tonight, *(before or {})]]])
     mon = config.monitoring

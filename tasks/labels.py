@@ -7,7 +7,7 @@ from prefect.cache_policies import NO_CACHE
 
 from decflow.config import PipelineConfig
 from decflow.data import validation
-from decflow.data.storage import WindowScan
+from decflow.data.sources import WindowScan
 from decflow.engine import partitions as scoring
 from decflow.engine.compute import dask_client
 

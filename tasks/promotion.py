@@ -13,7 +13,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from decflow.config import PipelineConfig
-from decflow.data import storage
+from decflow.data import partitioned, sources
 from decflow.errors import Conflict, Rejected
 from decflow.model import alignment
 from decflow.model.scoring import score_frame
@@ -50,13 +50,13 @@ def load_reference_rows(config: PipelineConfig, version, run_date: dt.date | Non
         if not trained:
             raise ValueError(f"version {version.version} has no data.run_date tag: give the "
                              f"date whose partition to compare on")
-        scan = storage.scan_window(config.source, storage.parse_date(trained))
+        scan = sources.scan_window(config.source, partitioned.parse_date(trained))
     else:
-        scan = storage.scan_window(config.source, run_date, 1)
+        scan = sources.scan_window(config.source, run_date, 1)
     if scan.n_rows == 0:
         day = run_date or version.tags.get("data.run_date")
         raise ValueError(f"no source rows to compare on for {day} in {config.source.uri}")
-    return storage.sample_window(scan, config.promotion.reference_rows,
+    return sources.sample_window(scan, config.promotion.reference_rows,
                                  config.source_columns(),
                                  config.train.random_state or 0)
 

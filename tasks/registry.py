@@ -12,7 +12,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from decflow.config import PipelineConfig
-from decflow.data.storage import Lineage
+from decflow.data.sources import Lineage
 from decflow.data.validation import ValidationReport
 from decflow.model.estimator import compatible_weights
 from decflow.model.features import FeatureEncoder

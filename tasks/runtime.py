@@ -11,7 +11,7 @@ import os
 
 from decflow import locks
 from decflow.config import PipelineConfig, apply_environment
-from decflow.data import storage
+from decflow.data import sources
 from decflow.redaction import redact
 
 LIBRARY_LOGGER = "decflow"
@@ -115,7 +115,7 @@ def prepare_run(config: PipelineConfig) -> PipelineConfig:
     from prefect.runtime import deployment
 
     forward_library_logs()
-    storage.check_locations(config.source.uri, config.labels_uri())
+    sources.check_locations(config.source.uri, config.labels_uri())
     if deployment.id is not None:
         config, keys = apply_environment(config)
         if keys:

@@ -10,8 +10,8 @@ from prefect.cache_policies import NO_CACHE
 
 from decflow import DeepEmbeddedClustering
 from decflow.config import PipelineConfig
-from decflow.data import storage
-from decflow.data.storage import WindowScan
+from decflow.data import sources
+from decflow.data.sources import WindowScan
 from decflow.engine.compute import dask_client
 from decflow.engine.kmeans import kmeans_dask
 from decflow.insight import evaluation
@@ -35,7 +35,7 @@ def _callbacks(config: PipelineConfig, run_id: str, progress: bool) -> list:
 def sample_training_rows(window: WindowScan, config: PipelineConfig) -> pd.DataFrame:
     """Bound the training set: a uniform sample of at most train.max_train_rows rows of the
     window, spread over its partitions by their row counts, read row group by row group."""
-    return storage.training_sample(window, config)
+    return sources.training_sample(window, config)
 
 
 @task(name="embed_features", cache_policy=NO_CACHE)

@@ -82,13 +82,13 @@ def validate(config: ConfigOpt,
     """Run the data checks only; exit code 1 when an expectation fails."""
     cfg = setup(config, sets)
 
-    from decflow.data import storage
+    from decflow.data import sources
     from decflow.engine import partitions as scoring
     from decflow.engine.compute import dask_client
     from decflow.flows.recluster import yesterday
 
     day = date_option(run_date, "--run-date") or yesterday()
-    scan = storage.scan_night(cfg.source, day, None if window else 1,
+    scan = sources.scan_night(cfg.source, day, None if window else 1,
                               cfg.validation.min_window_days)
     lineage = scan.lineage
     with dask_client(cfg.compute) as client:

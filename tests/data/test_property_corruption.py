@@ -3,7 +3,7 @@ labels row per source id, with a cluster in [0, k) and finite scores, or fails w
 ``DataError`` (``DataValidationError`` is one) that says why, leaving every labels file as it
 was. Any other exception is a failure of the property.
 
-Library level: ``storage.scan_window`` + ``scoring.label_partition`` + ``validation.check``, the
+Library level: ``sources.scan_window`` + ``scoring.label_partition`` + ``validation.check``, the
 calls the ``score`` flow makes, on one in-process Dask cluster and one small model fitted per
 module. Each example copies a good two-file partition and a labels dataset, corrupts the copy
 with one to three corruptions (harmless ones included) and labels it.
@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from decflow import DeepEmbeddedClustering
 from decflow.config import PipelineConfig
-from decflow.data import storage
+from decflow.data import partitioned, sources
 from decflow.data import validation
 from decflow.engine import partitions as scoring
 from decflow.engine.compute import dask_client
@@ -77,7 +77,7 @@ def _config(home: Path, source: Path, labels: Path) -> PipelineConfig:
 
 def _label(client, payload, config: PipelineConfig) -> scoring.PartitionOutcome:
     """What the ``score`` flow does to one night: scan, validate + label, fail on errors."""
-    scan = storage.scan_window(config.source, DAY, 1)
+    scan = sources.scan_window(config.source, DAY, 1)
     outcome = scoring.label_partition(client, scan, config, payload, SPEC)
     validation.check(outcome.report)
     return outcome
@@ -105,8 +105,8 @@ def world(tmp_path_factory):
     for i, name in enumerate(FILES):
         pq.write_table(_rows(ROWS, i * ROWS, seed=i), part / name, row_group_size=GROUP)
     config = _config(base / "home", source, labels)
-    scan = storage.scan_window(config.source, DAY, 1)
-    train = storage.sample_window(scan, 10 * ROWS,
+    scan = sources.scan_window(config.source, DAY, 1)
+    train = sources.sample_window(scan, 10 * ROWS,
                                   config.source_columns())
     encoder = FeatureEncoder(config.features)
     # any fitted model will do: k-means init is seconds where manifold init takes ~30 s
@@ -398,7 +398,7 @@ def _labelled_whole_or_not_at_all(world, changes: list[tuple]) -> str:
         assert _snapshot(labels) == before, f"a failed run changed the labels: {exc}"
         return type(exc).__name__
     ids = _source_ids(part)
-    written = pq.read_table(labels / f"ds={DAY}" / storage.PART_FILE)
+    written = pq.read_table(labels / f"ds={DAY}" / partitioned.PART_FILE)
     got = written["id"].to_pylist()
     assert outcome.rows_written == len(got) == len(ids), (outcome.rows_written, len(got),
                                                           len(ids))
@@ -416,7 +416,7 @@ def _labelled_whole_or_not_at_all(world, changes: list[tuple]) -> str:
     after = _snapshot(labels)
     # only the night's labels file was replaced: no other partition touched, no temporary left
     changed = {k for k in set(after) | set(before) if after.get(k) != before.get(k)}
-    assert changed <= {os.path.join(f"ds={DAY}", storage.PART_FILE)}, changed
+    assert changed <= {os.path.join(f"ds={DAY}", partitioned.PART_FILE)}, changed
     return "labelled"
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 
 from decflow.config import PipelineConfig
-from decflow.data.storage import write_partition
+from decflow.data.partitioned import write_partition
 
 RUN_DATE = dt.date(2026, 11, 21)
 DAYS = [RUN_DATE - dt.timedelta(days=i) for i in (2, 1, 0)]

@@ -20,7 +20,7 @@ and writes lines to REPORT_FD (a pipe the test reads)::
 
 Hooks (moments are counted from 1 in the order the child reaches them):
 
-* ``write``: every step of a label write-back (``storage.PartitionWriter``): ``opened`` (the
+* ``write``: every step of a label write-back (``partitioned.PartitionWriter``): ``opened`` (the
   partition directory exists), ``row-group`` (one more row group in the hidden temporary file),
   ``closed`` (the temporary is complete, not yet renamed), ``renamed`` (it replaced the
   partition's file).
@@ -64,9 +64,9 @@ def _partition(path: str) -> str:
 
 
 def hook_write(moment: Moments) -> None:
-    from decflow.data import storage
+    from decflow.data import partitioned
 
-    cls = storage.PartitionWriter
+    cls = partitioned.PartitionWriter
     enter, write = cls.__enter__, cls.write
 
     def __enter__(self):
@@ -79,10 +79,10 @@ def hook_write(moment: Moments) -> None:
         self._groups = getattr(self, "_groups", 0) + 1
         moment(f"row-group {_partition(self.path)} {self._groups}")
 
-    replace = storage.replace_durably  # the one rename of a finished file (decflow.files)
+    replace = partitioned.replace_durably  # the one rename of a finished file (decflow.files)
 
     def replace_(src, dst):
-        if os.path.basename(dst) == storage.PART_FILE:
+        if os.path.basename(dst) == partitioned.PART_FILE:
             moment(f"closed {_partition(dst)}")
             replace(src, dst)
             moment(f"renamed {_partition(dst)}")
@@ -90,7 +90,7 @@ def hook_write(moment: Moments) -> None:
             replace(src, dst)
 
     cls.__enter__, cls.write = __enter__, write_
-    storage.replace_durably = replace_
+    partitioned.replace_durably = replace_
 
 
 def hook_finetune(moment: Moments) -> None:

@@ -18,7 +18,7 @@ from prefect.exceptions import ParameterTypeError
 from typer.testing import CliRunner
 
 from decflow.config import dump_config
-from decflow.data import storage
+from decflow.data import partitioned, sources
 from decflow.engine import partitions as scoring
 from decflow.registry.versions import get_version
 from flowkit import RUN_DATE, latest_artifact, make_rows, tiny_config
@@ -38,7 +38,7 @@ def _write_day(uri: str, day: dt.date, corrupt: bool = False) -> None:
         cols["x"][4] = np.nan
     arrays = {k: (pa.array([list(map(float, e)) for e in v], pa.list_(pa.float32()))
                   if k == "emb" else pa.array(v)) for k, v in cols.items()}
-    storage.write_partition(uri, "ds", day, pa.table(arrays))
+    partitioned.write_partition(uri, "ds", day, pa.table(arrays))
 
 
 def _clear_labels(config) -> None:
@@ -86,10 +86,10 @@ def _files(config) -> dict[str, int]:
 
 def _check_consistent(config, days) -> None:
     """One row per source row, unique ids, one model version per partition, no temporaries."""
-    labels = storage.read_dataset(config.labels_uri(), "ds")
+    labels = partitioned.read_dataset(config.labels_uri(), "ds")
     for day in days:
         part = labels[labels["ds"] == day.isoformat()]
-        source, _ = storage.load_window(config.source, day, 1)
+        source, _ = sources.load_window(config.source, day, 1)
         assert len(part) == len(source) and part["id"].is_unique
         assert set(part["id"]) == set(source["id"])
         assert part["model_version"].nunique() == 1
@@ -133,7 +133,7 @@ def test_backfill_labels_good_partitions_and_reports_the_corrupt_one(trained, mo
         assert CORRUPT.isoformat() in str(err) and NULL_X in str(err)
         artifact = latest_artifact("backfill-summary")
         assert CORRUPT.isoformat() in artifact and "failed" in artifact and NULL_X in artifact
-        assert storage.read_partition(config.labels_uri(), "ds", CORRUPT) is None
+        assert partitioned.read_partition(config.labels_uri(), "ds", CORRUPT) is None
         _check_consistent(config, [d for d in DAYS5 if d != CORRUPT])
 
         # rerun: the 4 are skipped (files untouched), the corrupt one is retried and fails again
@@ -170,7 +170,7 @@ def test_missing_partition_is_reported_not_fatal(trained):
     by_date = {r["date"]: r for r in state.result()}
     assert by_date[LATER.isoformat()]["status"] == "missing"
     assert by_date[RUN_DATE.isoformat()]["status"] == "labelled"
-    assert storage.read_partition(config.labels_uri(), "ds", LATER) is None
+    assert partitioned.read_partition(config.labels_uri(), "ds", LATER) is None
 
 
 def test_two_concurrent_backfills_never_write_a_partition_twice(trained, monkeypatch):
@@ -184,7 +184,7 @@ def test_two_concurrent_backfills_never_write_a_partition_twice(trained, monkeyp
     config, _ = trained
     first_run, a_writing, b_writing = [], threading.Event(), threading.Event()
     written, lock = [], threading.Lock()
-    write = storage.PartitionWriter.write
+    write = partitioned.PartitionWriter.write
 
     def contended_write(self, table):
         with lock:
@@ -196,7 +196,7 @@ def test_two_concurrent_backfills_never_write_a_partition_twice(trained, monkeyp
             assert b_writing.wait(timeout=120)
         return write(self, table)
 
-    monkeypatch.setattr(storage.PartitionWriter, "write", contended_write)
+    monkeypatch.setattr(partitioned.PartitionWriter, "write", contended_write)
     errors, results = [], {}
 
     def run(name, start, end):

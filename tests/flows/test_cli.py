@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from flowkit import RUN_DATE, tiny_config, write_source
 from decflow.config import dump_config, load_config
-from decflow.data import storage
+from decflow.data import partitioned
 from decflow.flows.cli import RENAMED, rename_options, app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,7 +80,7 @@ def test_run_then_score_with_a_chosen_version(tmp_path):
     out = runner.invoke(app, ["score", "--config", str(path), "--run-date", day,
                               "--model", "1"])
     assert out.exit_code == 0, repr(out.exception)
-    labels = storage.read_partition(config.labels_uri(), "ds", day)
+    labels = partitioned.read_partition(config.labels_uri(), "ds", day)
     assert len(labels) == 90 and set(labels["model_version"]) == {"1"}
     out = runner.invoke(app, ["score", "--config", str(path), "--run-date", day,
                               "--model", "7"])
@@ -193,7 +193,7 @@ def test_generate_takes_its_old_spellings(tmp_path):
     out = runner.invoke(app, ["generate", "--rows", "40", "--days", "2", "--out",
                               str(tmp_path / "src"), "--end-date", "2026-11-21"])
     assert out.exit_code == 0, out.output
-    assert storage.list_partitions(str(tmp_path / "src"), "ds") == [dt.date(2026, 11, 20),
+    assert partitioned.list_partitions(str(tmp_path / "src"), "ds") == [dt.date(2026, 11, 20),
                                                                      dt.date(2026, 11, 21)]
 
 

@@ -20,7 +20,7 @@ import pytest
 from mlflow import MlflowClient
 
 from decflow.config import dump_config
-from decflow.data import storage
+from decflow.data import partitioned
 from decflow.errors import Conflict
 from decflow.registry import aliases as registry
 from flowkit import RUN_DATE, tiny_config, write_source
@@ -60,7 +60,7 @@ def _runs(config) -> int:
 
 
 def _labels(config):
-    return storage.read_partition(config.labels_uri(), "ds", RUN_DATE)
+    return partitioned.read_partition(config.labels_uri(), "ds", RUN_DATE)
 
 
 def _label_bytes(config) -> dict[str, bytes]:

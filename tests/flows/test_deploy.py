@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from flowkit import RUN_DATE, tiny_config, write_source
 from decflow.config import PipelineConfig, dump_config
-from decflow.data import storage
+from decflow.data import partitioned
 from decflow.flows.cli import app
 from decflow.flows.recluster import recluster
 
@@ -110,7 +110,7 @@ def test_a_deployed_run_takes_its_workers_decflow_environment(tmp_path, api_url,
     client = MlflowClient(PipelineConfig(home=str(tmp_path)).tracking_uri())
     assert str(client.get_model_version_by_alias("from-worker-env", "champion").version) == "1"
     assert client.search_registered_models("name='from-parameter'") == []
-    labels = storage.read_partition(str(tmp_path / "labels"), "ds", RUN_DATE)
+    labels = partitioned.read_partition(str(tmp_path / "labels"), "ds", RUN_DATE)
     assert set(labels["model_name"]) == {"from-worker-env"}
     with get_client(sync_client=True) as prefect:
         assert prefect.read_flow_run(flow_run.id).name == f"recluster-{RUN_DATE}"

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from flowkit import RUN_DATE, tiny_config, write_source
 from decflow.config import PipelineConfig, dump_config
-from decflow.data import storage
+from decflow.data import partitioned
 from decflow.flows import deployments as defs
 from decflow.flows.cli import app
 from decflow.flows.recluster import default_run_date, recluster, yesterday
@@ -207,7 +207,7 @@ def test_scheduled_nightly_run_labels_the_night_before(tmp_path):
     result = run_flow(recluster, flow_run=run)
     assert result["run_date"] == RUN_DATE.isoformat() == "2026-11-21"
     assert os.listdir(config.labels_uri()) == ["ds=2026-11-21"]
-    assert len(storage.read_partition(config.labels_uri(), "ds", RUN_DATE)) == 90
+    assert len(partitioned.read_partition(config.labels_uri(), "ds", RUN_DATE)) == 90
     with get_client(sync_client=True) as client:
         assert client.read_flow_run(run.id).state.is_completed()
 

@@ -46,7 +46,7 @@ def test_a_data_error_exits_1_with_its_message(config_file, monkeypatch):
         raise DataError("file ds=2026-11-21/part-0.parquet is not Parquet: magic bytes not "
                         "found")
 
-    monkeypatch.setattr("decflow.data.storage.scan_window", corrupt)
+    monkeypatch.setattr("decflow.data.sources.scan_window", corrupt)
     out = validate(config_file)
     assert out.exit_code == 1, out.output
     assert ("data error: file ds=2026-11-21/part-0.parquet is not Parquet: magic bytes not "
@@ -88,7 +88,7 @@ def test_an_internal_error_exits_4_with_one_line_and_a_traceback_file(config_fil
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("decflow.data.storage.scan_window", boom)
+    monkeypatch.setattr("decflow.data.sources.scan_window", boom)
     out = validate(config_file)
     assert out.exit_code == 4, out.output
     assert "internal error: RuntimeError: boom\n" in out.output
@@ -104,7 +104,7 @@ def test_traceback_option_prints_the_traceback(config_file, tmp_path, monkeypatc
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("decflow.data.storage.scan_window", boom)
+    monkeypatch.setattr("decflow.data.sources.scan_window", boom)
     out = validate(config_file, "--traceback")
     assert out.exit_code == 4, out.output
     assert "Traceback (most recent call last)" in out.output
@@ -128,7 +128,7 @@ def test_messages_are_redacted(config_file, tmp_path, monkeypatch):
     def leak(*args, **kwargs):
         raise RuntimeError("cannot reach http://u:s3cret@host/api")
 
-    monkeypatch.setattr("decflow.data.storage.scan_window", leak)
+    monkeypatch.setattr("decflow.data.sources.scan_window", leak)
     out = validate(config_file)
     assert out.exit_code == 4, out.output
     assert "internal error: RuntimeError: cannot reach http://u:***@host/api" in out.output

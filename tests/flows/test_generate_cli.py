@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
 from decflow.config import load_config
-from decflow.data import storage
+from decflow.data import partitioned
 from decflow.flows.cli import app
 
 runner = CliRunner()
@@ -20,12 +20,12 @@ def test_generate_writes_partitions_and_a_config(tmp_path):
                                  "--rows-per-group", "100", "--config-out", str(config_path)])
     assert result.exit_code == 0, result.output
     days = [dt.date(2026, 11, d) for d in (18, 19, 20, 21)]
-    assert storage.list_partitions(str(out), "ds") == days
+    assert partitioned.list_partitions(str(out), "ds") == days
     assert "wrote 1200 rows in 4 partitions (2026-11-18 .. 2026-11-21)" in result.output
     assert f"{out}/ds=2026-11-21/part-0.parquet  300 rows" in result.output
     meta = pq.ParquetFile(out / "ds=2026-11-21" / "part-0.parquet").metadata
     assert meta.num_row_groups == 3
-    labels = storage.read_dataset(str(out), "ds")["cluster"]
+    labels = partitioned.read_dataset(str(out), "ds")["cluster"]
     assert set(labels) == set(range(5))
 
     config = load_config(config_path)

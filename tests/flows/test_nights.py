@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from decflow.data import storage
+from decflow.data import partitioned
 from flowkit import RUN_DATE, latest_artifact, make_rows, tiny_config
 from decflow.flows.cli import app
 from decflow.flows.recluster import recluster
@@ -30,7 +30,7 @@ def _write_source(uri: str) -> None:
                     for k, v in cols.items()}
         arrays = {k: (pa.array([list(map(float, e)) for e in v], pa.list_(pa.float32()))
                       if k == "emb" else pa.array(v)) for k, v in cols.items()}
-        storage.write_partition(uri, "ds", day, pa.table(arrays))
+        partitioned.write_partition(uri, "ds", day, pa.table(arrays))
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +60,8 @@ def test_each_night_logs_churn_and_size_shift_against_the_night_before(nights):
     for result, night in ((second, NIGHTS[1]), (third, NIGHTS[2])):
         drift = _drift_json(config, result["run_id"])
         assert drift["previous_date"] == str(night - dt.timedelta(days=1))
-        before = storage.read_partition(config.labels_uri(), "ds", night - dt.timedelta(days=1))
-        after = storage.read_partition(config.labels_uri(), "ds", night)
+        before = partitioned.read_partition(config.labels_uri(), "ds", night - dt.timedelta(days=1))
+        after = partitioned.read_partition(config.labels_uri(), "ds", night)
         expected = 0.5 * np.abs(np.bincount(after["cluster_id"], minlength=4) / len(after)
                                 - np.bincount(before["cluster_id"], minlength=4)
                                 / len(before)).sum()
@@ -81,7 +81,7 @@ def test_a_night_past_the_size_shift_threshold_stays_green_tagged_and_warned(nig
     quiet, moved = client.get_run(second["run_id"]), client.get_run(third["run_id"])
     assert quiet.data.tags["monitoring.alert"] == "false"
     assert moved.info.status == "FINISHED"  # green: labels written, run finished
-    assert third["labels"]["rows"] == len(storage.read_partition(config.labels_uri(), "ds",
+    assert third["labels"]["rows"] == len(partitioned.read_partition(config.labels_uri(), "ds",
                                                                  RUN_DATE))
     assert moved.data.tags["monitoring.alert"] == "true"
     assert "exceeds monitoring.max_size_shift 0.15" in moved.data.tags["monitoring.alerts"]

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from decflow.config import PipelineConfig, dump_config
-from decflow.data import storage
+from decflow.data import partitioned
 from decflow.model.metrics import ari
 from decflow.flows.cli import app
 
@@ -27,7 +27,7 @@ def test_a_random_category_beside_three_groups_does_not_decide_the_labels(tmp_pa
     centers = np.array([[0.0, 0.0], [6.0, 0.0], [0.0, 6.0]])
     ab = centers[groups] + rng.normal(size=(n, 2))
     source = str(tmp_path / "source")
-    storage.write_partition(source, "ds", RUN_DATE, pa.table({
+    partitioned.write_partition(source, "ds", RUN_DATE, pa.table({
         "id": np.arange(n, dtype=np.int64), "a": ab[:, 0], "b": ab[:, 1],
         "c": rng.choice(["north", "south", "west"], n)}))
     config = PipelineConfig.model_validate({
@@ -42,7 +42,7 @@ def test_a_random_category_beside_three_groups_does_not_decide_the_labels(tmp_pa
     out = CliRunner().invoke(app, ["run", "--config", str(path), "--run-date", str(RUN_DATE)])
     assert out.exit_code == 0, out.output
 
-    labels = storage.read_partition(config.labels_uri(), "ds", RUN_DATE).sort_values("id")
+    labels = partitioned.read_partition(config.labels_uri(), "ds", RUN_DATE).sort_values("id")
     assert len(labels) == n
     assert ari(groups, labels["cluster_id"].to_numpy()) >= 0.95
     client = MlflowClient(config.tracking_uri())

@@ -38,7 +38,7 @@ import pytest
 from mlflow import MlflowClient
 
 from decflow.config import dump_config
-from decflow.data import storage
+from decflow.data import label_store, partitioned
 from decflow.registry.versions import DECISION_TAG, PENDING
 from flowkit import DAYS, RUN_DATE, tiny_config, write_source
 
@@ -174,7 +174,7 @@ def killed_training(zygotes, tmp_path_factory):
     source = base / "source"
     write_source(str(source))
     for day in DAYS:
-        path = source / f"ds={day}" / storage.PART_FILE
+        path = source / f"ds={day}" / partitioned.PART_FILE
         pq.write_table(pq.read_table(path), path, row_group_size=GROUP_ROWS)
     # k-means centroids (UMAP's compilation would cost each child) and one Dask task, so one
     # label row group, per source row group
@@ -183,9 +183,9 @@ def killed_training(zygotes, tmp_path_factory):
     path = base / "tiny.yaml"
     path.write_text(dump_config(config))
     # labels of the run date from an earlier pipeline: the kills must leave them as they are
-    ids = pq.read_table(source / f"ds={RUN_DATE}" / storage.PART_FILE)["id"].to_pandas()
+    ids = pq.read_table(source / f"ds={RUN_DATE}" / partitioned.PART_FILE)["id"].to_pandas()
     n = len(ids)
-    storage.write_partition(config.labels_uri(), "ds", RUN_DATE, storage.labels_table(
+    partitioned.write_partition(config.labels_uri(), "ds", RUN_DATE, label_store.labels_table(
         ids, np.zeros(n), np.ones(n), np.zeros(n), id_column="id", model_name="tiny",
         model_version="0", run_id="earlier"))
     argv = ["run", "-c", path, "--run-date", RUN_DATE]
@@ -230,7 +230,7 @@ def test_the_run_after_the_kills_succeeds_and_only_judged_versions_hold_aliases(
     assert state.aliases["champion"] == "2"
     assert list(state.labels) == [f"ds={RUN_DATE}"]
     table = pq.read_table(Path(killed_training["config"].labels_uri()) / f"ds={RUN_DATE}"
-                          / storage.PART_FILE)
+                          / partitioned.PART_FILE)
     assert table.num_rows == 90 and set(table["model_version"].to_pylist()) == {"2"}
     assert state.runs[done.pid] == "FINISHED"
     # the next run closes the runs its killed predecessors left RUNNING
@@ -241,8 +241,8 @@ def test_the_run_after_the_kills_succeeds_and_only_judged_versions_hold_aliases(
 # --- write-back ------------------------------------------------------------------------------
 def _partitions(labels: Path) -> dict[str, str]:
     """Each partition's labels file, as the sha256 of its bytes."""
-    return {d.name: hashlib.sha256((d / storage.PART_FILE).read_bytes()).hexdigest()
-            for d in sorted(labels.glob("ds=*")) if (d / storage.PART_FILE).exists()}
+    return {d.name: hashlib.sha256((d / partitioned.PART_FILE).read_bytes()).hexdigest()
+            for d in sorted(labels.glob("ds=*")) if (d / partitioned.PART_FILE).exists()}
 
 
 def _labels(path: Path):
@@ -254,7 +254,7 @@ def _check_readers(labels: Path, rows: dict[str, int]) -> None:
     """Plain readers see exactly the partitions in place: no temporary, nothing torn."""
     visible = [p for p in labels.rglob("*") if p.is_file() and not p.name.startswith(".")]
     assert sorted(p.relative_to(labels).as_posix() for p in visible) == \
-        sorted(f"{part}/{storage.PART_FILE}" for part in rows)
+        sorted(f"{part}/{partitioned.PART_FILE}" for part in rows)
     if not rows:
         return
     expected = {part.split("=", 1)[1]: n for part, n in rows.items()}
@@ -288,11 +288,11 @@ def _lane(zygote, config_path: Path, labels: Path, old_state: Path, first: Run, 
         rows = {}
         for p in parts:
             if p in renamed:  # put in place before the kill: the whole new partition
-                assert _labels(labels / p / storage.PART_FILE).equals(new[p]), where
+                assert _labels(labels / p / partitioned.PART_FILE).equals(new[p]), where
                 rows[p] = len(new[p])
             elif p in old:  # the old partition, byte for byte
                 assert now.get(p) == old[p], f"{where}: {p} is not the old file"
-                rows[p] = pq.read_metadata(old_state / p / storage.PART_FILE).num_rows
+                rows[p] = pq.read_metadata(old_state / p / partitioned.PART_FILE).num_rows
             else:  # none before, none now
                 assert p not in now, f"{where}: {p} has a labels file"
         _check_readers(labels, rows)
@@ -303,7 +303,7 @@ def _lane(zygote, config_path: Path, labels: Path, old_state: Path, first: Run, 
         # it relabels exactly the partitions the kill left old, and ends as if never killed
         assert {m.split()[1] for m in again.marks if m.startswith("renamed")} == \
             set(parts) - renamed, where
-        assert {p: _labels(labels / p / storage.PART_FILE) for p in parts} == new, where
+        assert {p: _labels(labels / p / partitioned.PART_FILE) for p in parts} == new, where
         _check_readers(labels, {p: len(t) for p, t in new.items()})
     return outcomes
 
@@ -321,7 +321,7 @@ def test_a_killed_backfill_leaves_each_partition_old_or_new_and_its_rerun_comple
     shutil.copytree(labels, old_state)
     old = _partitions(old_state)
     assert sorted(old) == [f"ds={DAYS[0]}", f"ds={DAYS[1]}"]
-    assert all(set(pq.read_table(old_state / p / storage.PART_FILE)["model_version"]
+    assert all(set(pq.read_table(old_state / p / partitioned.PART_FILE)["model_version"]
                    .to_pylist()) == {"1"} for p in old)
 
     # an uninterrupted run: the moments to draw from and the labels every rerun must end with
@@ -332,7 +332,7 @@ def test_a_killed_backfill_leaves_each_partition_old_or_new_and_its_rerun_comple
     assert first.marks == [m for p in parts for m in
                            (f"opened {p}", *(f"row-group {p} {g}" for g in range(1, 5)),
                             f"closed {p}", f"renamed {p}")]
-    new = {p: _labels(labels / p / storage.PART_FILE) for p in parts}
+    new = {p: _labels(labels / p / partitioned.PART_FILE) for p in parts}
     assert all(set(t["model_version"].to_pylist()) == {"2"} for t in new.values())
 
     # lanes: the first in these stores, the others in copies (their own labels and locks)

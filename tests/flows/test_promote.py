@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from flowkit import RUN_DATE, latest_artifact, tiny_config, write_source
 from decflow import DeepEmbeddedClustering
 from decflow.config import dump_config
-from decflow.data import storage
+from decflow.data import partitioned, sources
 from decflow.model.features import FeatureEncoder
 from decflow.registry import aliases as registry
 from decflow.registry import packaging
@@ -46,7 +46,7 @@ def version_tags(config, version) -> dict[str, str]:
 
 def log_collapsed_model(config) -> tuple[str, str]:
     """A model whose centroids all coincide: every row lands in cluster 0 (a collapse)."""
-    frame, _ = storage.load_window(config.source, RUN_DATE)
+    frame, _ = sources.load_window(config.source, RUN_DATE)
     encoder = FeatureEncoder(config.features)
     X = encoder.fit_transform(frame)
     m = config.model
@@ -93,7 +93,7 @@ def story(tmp_path_factory):
 
     out["nightly"] = recluster(config=config, run_date=RUN_DATE)
     out["nightly_aliases"] = aliases(config)
-    out["nightly_labels"] = storage.read_partition(config.labels_uri(), "ds", RUN_DATE)
+    out["nightly_labels"] = partitioned.read_partition(config.labels_uri(), "ds", RUN_DATE)
     out["nightly_tags"] = version_tags(config, out["nightly"]["model_version"])
 
     out["rollback"] = rollback(config=config)

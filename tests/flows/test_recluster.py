@@ -12,7 +12,7 @@ from prefect.exceptions import ParameterTypeError
 from mlflow import MlflowClient
 
 from flowkit import RUN_DATE, tiny_config, write_source
-from decflow.data import storage
+from decflow.data import partitioned, sources
 from decflow.errors import DataError
 from decflow.flows.recluster import recluster
 
@@ -53,7 +53,7 @@ def _snapshot(config):
 
 def test_labels_partition_has_one_row_per_source_row_with_the_schema(pipeline):
     config, result = pipeline
-    source, _ = storage.load_window(config.source, RUN_DATE, 1)
+    source, _ = sources.load_window(config.source, RUN_DATE, 1)
     path = os.path.join(config.labels_uri(), f"ds={RUN_DATE}", "part-0.parquet")
     table = pq.read_table(path)
     assert {f.name: str(f.type) for f in table.schema} == LABEL_SCHEMA
@@ -150,10 +150,10 @@ def test_champion_pyfunc_reproduces_the_written_labels(pipeline, monkeypatch):
     config, _ = pipeline
     monkeypatch.setenv("MLFLOW_TRACKING_URI", config.tracking_uri())
     model = mlflow.pyfunc.load_model("models:/tiny@champion")
-    source, _ = storage.load_window(config.source, RUN_DATE, 1)
+    source, _ = sources.load_window(config.source, RUN_DATE, 1)
     features = source[config.features.columns()]
     predicted = model.predict(features)
-    labels = storage.read_partition(config.labels_uri(), "ds", RUN_DATE)
+    labels = partitioned.read_partition(config.labels_uri(), "ds", RUN_DATE)
     merged = source[["id"]].assign(expected=predicted["cluster_id"].to_numpy()).merge(labels)
     assert len(merged) == len(source)
     np.testing.assert_array_equal(merged["expected"], merged["cluster_id"])
@@ -163,7 +163,7 @@ def test_rerun_replaces_labels_gates_the_challenger_and_keeps_cluster_ids(pipeli
     config, first = pipeline
     assert first["promotion"]["decision"] == "promote"  # the first version ever, judged alone
     second = recluster(config=config, run_date=RUN_DATE)
-    labels = storage.read_dataset(config.labels_uri(), "ds")
+    labels = partitioned.read_dataset(config.labels_uri(), "ds")
     assert len(labels) == 90 and labels["id"].is_unique
     assert second["model_version"] == "2"
     client = _client(config)

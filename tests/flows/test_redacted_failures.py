@@ -4,7 +4,7 @@ the Prefect server hold it redacted, and the error keeps its type (so its exit c
 import pytest
 from mlflow.exceptions import MlflowException
 
-from decflow.data import storage
+from decflow.data import sources
 from flowkit import RUN_DATE, tiny_config, write_source
 from decflow.flows.score import score
 from decflow.tasks.runtime import redact_errors
@@ -63,7 +63,7 @@ def test_a_failed_runs_states_and_logs_hold_no_secret(tmp_path, monkeypatch):
     def unreachable(*args, **kwargs):
         raise ValueError(f"cannot list partitions at {URI}")
 
-    monkeypatch.setattr(storage, "scan_window", unreachable)
+    monkeypatch.setattr(sources, "scan_window", unreachable)
     state = score(config=config, run_date=RUN_DATE, return_state=True)
     assert state.is_failed()
     with pytest.raises(ValueError, match=r"cannot list partitions at http://decflow:\*\*\*@"):

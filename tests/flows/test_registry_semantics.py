@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from flowkit import RUN_DATE, tiny_config, write_source
 from decflow import DeepEmbeddedClustering
 from decflow.config import dump_config
-from decflow.data import storage
+from decflow.data import sources
 from decflow.model.features import FeatureEncoder
 from decflow.registry import packaging
 from decflow.registry import runs
@@ -48,7 +48,7 @@ def versions(config) -> list[str]:
 
 def register_by_hand(config) -> str:
     """A reasonable model of the window, logged and registered without any flow."""
-    frame, _ = storage.load_window(config.source, RUN_DATE)
+    frame, _ = sources.load_window(config.source, RUN_DATE)
     encoder = FeatureEncoder(config.features)
     X = encoder.fit_transform(frame)
     m = config.model

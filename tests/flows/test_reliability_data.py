@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
-from decflow.data import storage
+from decflow.data import partitioned
 from decflow.errors import ConfigError, DataError
 from flowkit import DAYS, RUN_DATE, make_rows, tiny_config, write_source
 from decflow.flows.backfill import backfill
@@ -59,7 +59,7 @@ def test_a_file_landing_during_training_is_not_labelled(tmp_path, monkeypatch):
     monkeypatch.setattr(recluster_module, "fit_dec", fit_dec_while_a_file_lands)
     result = recluster(config=config, run_date=RUN_DATE)
     assert os.path.exists(late)
-    labels = storage.read_partition(config.labels_uri(), "ds", RUN_DATE)
+    labels = partitioned.read_partition(config.labels_uri(), "ds", RUN_DATE)
     validated = pq.read_table(os.path.join(source, f"ds={RUN_DATE}", "part-0.parquet"),
                               columns=["id"]).column("id").to_pylist()
     assert sorted(labels["id"]) == sorted(validated)  # 90 rows; none of the late file's
@@ -120,7 +120,7 @@ def test_backfill_resume_relabels_a_partition_whose_source_changed(tmp_path):
     assert [r["status"] for r in rows] == ["labelled"], rows
     assert rows[0]["rows"] == 90 + 7
     assert "source changed" in rows[0]["detail"]
-    assert len(storage.read_partition(config.labels_uri(), "ds", day)) == 97
+    assert len(partitioned.read_partition(config.labels_uri(), "ds", day)) == 97
 
 
 def _snapshot_ids(day, cols):
@@ -141,7 +141,7 @@ def test_daily_snapshot_tables_train_with_ids_unique_per_partition(tmp_path):
                          validation={"unique_ids": "partition"})
     result = recluster(config=config, run_date=RUN_DATE)
     assert result["labels"]["rows"] == 90
-    labels = storage.read_partition(config.labels_uri(), "ds", RUN_DATE)
+    labels = partitioned.read_partition(config.labels_uri(), "ds", RUN_DATE)
     assert sorted(labels["id"]) == list(range(90))
 
 

@@ -22,7 +22,7 @@ import pytest
 
 from decflow import DeepEmbeddedClustering
 from decflow.config import ComputeConfig, PipelineConfig
-from decflow.data import storage
+from decflow.data import partitioned, sources
 from decflow.engine import kmeans as dask_kmeans
 from decflow.engine import partitions as scoring
 from decflow.engine.compute import dask_client
@@ -208,7 +208,7 @@ def _write_source(root) -> None:
 def model(tmp_path_factory):
     root = tmp_path_factory.mktemp("fit")
     _write_source(root / "source")
-    frame, _ = storage.load_window(_config(root).source, DAY)
+    frame, _ = sources.load_window(_config(root).source, DAY)
     encoder = FeatureEncoder(_config(root).features)
     # any model will do (the test compares scoring with and without a kill): a quick one
     fast = {**FAST, "pretrain_epochs": 5, "max_iter": 10, "init": "k-means"}
@@ -219,14 +219,14 @@ def _label(client, root, model, before_scoring=lambda payload: None) -> pd.DataF
     """Label the partition through ``scoring.label_partition``; its labels as written."""
     config = _config(root)
     _write_source(root / "source")
-    scan = storage.scan_window(config.source, DAY)
+    scan = sources.scan_window(config.source, DAY)
     assert len(scan.chunks(config.compute.chunk_rows)) == SCORE_ROWS // (2 * GROUP)
     spec = scoring.LabelsSpec("m", "1", "run", dt.datetime(2026, 11, 25, tzinfo=dt.timezone.utc))
     payload = scoring.scatter_model(client, *model)
     before_scoring(payload)
     out = scoring.label_partition(client, scan, config, payload, spec)
     assert out.report.success and out.rows_written == SCORE_ROWS
-    return storage.read_partition(config.labels_uri(), "ds", DAY)[LABEL_COLUMNS]
+    return partitioned.read_partition(config.labels_uri(), "ds", DAY)[LABEL_COLUMNS]
 
 
 @pytest.fixture(scope="module")

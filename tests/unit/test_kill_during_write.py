@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from decflow.data import storage
+from decflow.data import partitioned
 
 DAY = "2026-11-21"
 GROUPS = 8  # row groups per written file
@@ -21,18 +21,18 @@ GROUPS = 8  # row groups per written file
 WRITER = textwrap.dedent("""
     import importlib.util, os, sys, types
     import pyarrow as pa
-    # decflow.data.storage without the package's __init__ (which loads torch): a quick start
+    # decflow.data.partitioned without the package's __init__ (which loads torch): a quick start
     spec = importlib.util.find_spec("decflow")
     package = types.ModuleType("decflow")
     package.__path__ = list(spec.submodule_search_locations)
     sys.modules["decflow"] = package
-    from decflow.data import storage
+    from decflow.data import partitioned
 
     root, version, out = sys.argv[1], sys.argv[2], int(sys.argv[3])
     def table(g):
         ids = pa.array(range(g * 1000, (g + 1) * 1000))
         return pa.table({"id": ids, "model_version": pa.array([version] * 1000)})
-    with storage.PartitionWriter(root, "ds", "%s") as w:
+    with partitioned.PartitionWriter(root, "ds", "%s") as w:
         for g in range(%d):
             w.write(table(g))
             os.write(out, b"g")          # a row group is written
@@ -74,7 +74,7 @@ def _write(root, version, kill_after: int | None):
 def test_a_killed_writer_leaves_the_old_or_the_new_partition(tmp_path):
     root = tmp_path / "labels"
     assert _write(root, "old", None) == 0
-    path = root / f"ds={DAY}" / storage.PART_FILE
+    path = root / f"ds={DAY}" / partitioned.PART_FILE
     assert pq.read_table(path).equals(_expected("old"))
     moments = np.random.default_rng(7).integers(1, GROUPS + 2, size=20)  # 1..GROUPS+1
     seen = set()
@@ -88,7 +88,7 @@ def test_a_killed_writer_leaves_the_old_or_the_new_partition(tmp_path):
             assert _write(root, "old", None) == 0  # back to the old one for the next trial
         seen.add(kill_after <= GROUPS)
         # readers of the dataset see one complete file, whatever the temporaries left
-        assert len(storage.read_dataset(str(root), "ds")) == GROUPS * 1000
+        assert len(partitioned.read_dataset(str(root), "ds")) == GROUPS * 1000
     assert seen == {True, False}  # both kinds of moment were drawn
     # the rerun writes exactly what an uninterrupted write does
     assert _write(root, "new", None) == 0

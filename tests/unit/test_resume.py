@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from decflow.config import SourceConfig
-from decflow.data import storage
+from decflow.data import label_store, partitioned, sources
 from decflow.data.resume import plan_day
 
 DAY = dt.date(2026, 11, 21)
@@ -21,13 +21,13 @@ def _source(tmp_path, rows=30):
 
 
 def _labels(tmp_path, source, version="3", name="tiny"):
-    scan = storage.scan_window(source, DAY, 1)
+    scan = sources.scan_window(source, DAY, 1)
     table = pa.table({"id": list(range(scan.n_rows)), "cluster_id": [0] * scan.n_rows,
                       "model_name": [name] * scan.n_rows,
                       "model_version": [version] * scan.n_rows})
-    with storage.PartitionWriter(str(tmp_path / "labels"), "ds", DAY, metadata={
-            storage.SOURCE_DIGEST_KEY: scan.lineage.digest,
-            storage.SOURCE_ROWS_KEY: scan.n_rows}) as writer:
+    with partitioned.PartitionWriter(str(tmp_path / "labels"), "ds", DAY, metadata={
+            label_store.SOURCE_DIGEST_KEY: scan.lineage.digest,
+            label_store.SOURCE_ROWS_KEY: scan.n_rows}) as writer:
         writer.write(table)
 
 

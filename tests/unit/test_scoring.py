@@ -15,7 +15,7 @@ import pytest
 
 from decflow import DeepEmbeddedClustering
 from decflow.config import PipelineConfig
-from decflow.data import storage
+from decflow.data import partitioned, sources
 from decflow.data.validation import DataValidationError, check
 from decflow.engine import partitions as scoring
 from decflow.engine.compute import dask_client
@@ -61,8 +61,8 @@ def model(tmp_path_factory):
     root = tmp_path_factory.mktemp("fit")
     _write_source(root / "source")
     config = _config(root)
-    scan = storage.scan_window(config.source, DAYS[-1])
-    train = storage.sample_window(scan, 900, config.source_columns())
+    scan = sources.scan_window(config.source, DAYS[-1])
+    train = sources.sample_window(scan, 900, config.source_columns())
     encoder = FeatureEncoder(config.features)
     est = DeepEmbeddedClustering(3, **FAST).fit(encoder.fit_transform(train))
     return encoder, est
@@ -73,7 +73,7 @@ def _spec() -> scoring.LabelsSpec:
 
 
 def _label(config, model, day) -> scoring.PartitionOutcome:
-    scan = storage.scan_window(config.source, day, 1)
+    scan = sources.scan_window(config.source, day, 1)
     with dask_client(config.compute) as client:
         payload = scoring.scatter_model(client, *model)
         return scoring.label_partition(client, scan, config, payload, _spec())
@@ -86,14 +86,14 @@ def test_sample_window_is_proportional_and_reads_only_named_columns(tmp_path):
                              "y": np.zeros(200), "v": [[0.0] * 3] * 200}),
                    tmp_path / "source" / f"ds={DAYS[0]}" / "part-0.parquet", row_group_size=GROUP)
     config = _config(tmp_path)
-    scan = storage.scan_window(config.source, DAYS[-1])
+    scan = sources.scan_window(config.source, DAYS[-1])
     assert scan.rows_per_partition() == {str(DAYS[0]): 200, str(DAYS[1]): ROWS,
                                          str(DAYS[2]): ROWS}
-    sample = storage.sample_window(scan, 140, ["id", "x", "y", "v"], random_state=1)
+    sample = sources.sample_window(scan, 140, ["id", "x", "y", "v"], random_state=1)
     assert sample["ds"].value_counts().to_dict() == {str(DAYS[1]): 60, str(DAYS[2]): 60,
                                                      str(DAYS[0]): 20}
     assert "unused" not in sample and sample["id"].is_unique and len(sample) == 140
-    again = storage.sample_window(scan, 140, ["id", "x", "y", "v"], random_state=1)
+    again = sources.sample_window(scan, 140, ["id", "x", "y", "v"], random_state=1)
     pd.testing.assert_frame_equal(sample, again)
 
 
@@ -104,8 +104,8 @@ def test_scoring_over_a_cluster_matches_in_process_scoring(tmp_path, model):
     assert out.report.success and out.rows_written == ROWS
     # one row group per chunk: two 50-row groups fit in chunk_rows=120
     assert pq.ParquetFile(out.path).metadata.num_row_groups == ROWS // 100
-    labels = storage.read_partition(config.labels_uri(), "ds", DAYS[1])
-    source, _ = storage.load_window(config.source, DAYS[1], 1)
+    labels = partitioned.read_partition(config.labels_uri(), "ds", DAYS[1])
+    source, _ = sources.load_window(config.source, DAYS[1], 1)
     expected = score_frame(*model, source)
     assert labels["id"].tolist() == source["id"].tolist()
     np.testing.assert_array_equal(labels["cluster_id"], expected["cluster_id"])
@@ -121,7 +121,7 @@ def test_the_client_never_holds_the_window(tmp_path, model, monkeypatch):
     _write_source(tmp_path / "source")
     config = _config(tmp_path)
     largest = [0]
-    read_chunk, read_row_group = storage.read_chunk, pq.ParquetFile.read_row_group
+    read_chunk, read_row_group = sources.read_chunk, pq.ParquetFile.read_row_group
 
     def counted_chunk(*args, **kwargs):
         for frame in read_chunk(*args, **kwargs):
@@ -136,15 +136,15 @@ def test_the_client_never_holds_the_window(tmp_path, model, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the window was materialised")
 
-    monkeypatch.setattr(storage, "read_chunk", counted_chunk)
+    monkeypatch.setattr(sources, "read_chunk", counted_chunk)
     monkeypatch.setattr(pq.ParquetFile, "read_row_group", counted_group)
-    monkeypatch.setattr(storage, "load_window", refuse)
-    scan = storage.scan_window(config.source, DAYS[-1])
+    monkeypatch.setattr(sources, "load_window", refuse)
+    scan = sources.scan_window(config.source, DAYS[-1])
     assert scan.n_rows == 3 * ROWS
     with dask_client(config.compute) as client:
         report = check(scoring.validate_scan(client, scan, config))
     assert report.n_rows == 3 * ROWS
-    storage.sample_window(scan, 300, ["id", "x", "y", "v"])
+    sources.sample_window(scan, 300, ["id", "x", "y", "v"])
     assert _label(config, model, DAYS[2]).rows_written == ROWS
     assert 0 < largest[0] <= GROUP
 
@@ -152,7 +152,7 @@ def test_the_client_never_holds_the_window(tmp_path, model, monkeypatch):
 def test_a_bad_row_in_the_last_batch_of_the_last_partition_fails(tmp_path, model):
     _write_source(tmp_path / "source", bad=(DAYS[-1], ROWS - 1))
     config = _config(tmp_path)
-    scan = storage.scan_window(config.source, DAYS[-1])
+    scan = sources.scan_window(config.source, DAYS[-1])
     with dask_client(config.compute) as client:
         report = scoring.validate_scan(client, scan, config)
     with pytest.raises(DataValidationError) as err:
@@ -165,7 +165,7 @@ def test_a_bad_row_in_the_last_batch_of_the_last_partition_fails(tmp_path, model
     # scoring that partition writes nothing
     out = _label(config, model, DAYS[-1])
     assert not out.report.success and out.rows_written == 0
-    assert storage.read_partition(config.labels_uri(), "ds", DAYS[-1]) is None
+    assert partitioned.read_partition(config.labels_uri(), "ds", DAYS[-1]) is None
     assert not os.path.exists(os.path.join(config.labels_uri(), f"ds={DAYS[-1]}"))
 
 
@@ -177,7 +177,7 @@ def test_duplicate_ids_across_partitions_are_found_exactly(tmp_path):
     ids[-1] = 5  # also in DAYS[0]
     pq.write_table(table.set_column(0, "id", pa.array(ids)), part, row_group_size=GROUP)
     config = _config(tmp_path)
-    scan = storage.scan_window(config.source, DAYS[-1])
+    scan = sources.scan_window(config.source, DAYS[-1])
     with dask_client(config.compute) as client:
         plan = scoring.make_plan(config, scan.n_rows)
         plan = scoring.Plan(**{**plan.__dict__, "n_buckets": 3})  # several hash buckets
@@ -194,10 +194,10 @@ def test_labels_are_replaced_old_or_new_at_several_row_groups(tmp_path, model, m
     _write_source(tmp_path / "source")
     config = _config(tmp_path)
     first = _label(config, model, DAYS[0])
-    old = storage.read_partition(config.labels_uri(), "ds", DAYS[0])
+    old = partitioned.read_partition(config.labels_uri(), "ds", DAYS[0])
     assert first.rows_written == ROWS
     mid, go, writes = threading.Event(), threading.Event(), [0]
-    write = storage.PartitionWriter.write
+    write = partitioned.PartitionWriter.write
 
     def paused(self, table):
         write(self, table)
@@ -206,12 +206,12 @@ def test_labels_are_replaced_old_or_new_at_several_row_groups(tmp_path, model, m
             mid.set()
             assert go.wait(timeout=60)
 
-    monkeypatch.setattr(storage.PartitionWriter, "write", paused)
+    monkeypatch.setattr(partitioned.PartitionWriter, "write", paused)
     spec = scoring.LabelsSpec("m", "8", "run2", dt.datetime(2026, 11, 26, tzinfo=dt.timezone.utc))
     result = {}
 
     def rewrite():
-        scan = storage.scan_window(config.source, DAYS[0], 1)
+        scan = sources.scan_window(config.source, DAYS[0], 1)
         with dask_client(config.compute) as client:
             payload = scoring.scatter_model(client, *model)
             result["out"] = scoring.label_partition(client, scan, config, payload, spec)
@@ -220,9 +220,9 @@ def test_labels_are_replaced_old_or_new_at_several_row_groups(tmp_path, model, m
     worker.start()
     try:
         assert mid.wait(timeout=120)
-        during = storage.read_dataset(config.labels_uri(), "ds")
+        during = partitioned.read_dataset(config.labels_uri(), "ds")
         assert len(during) == ROWS and set(during["model_version"]) == {"7"}
-        pd.testing.assert_frame_equal(storage.read_partition(config.labels_uri(), "ds", DAYS[0]),
+        pd.testing.assert_frame_equal(partitioned.read_partition(config.labels_uri(), "ds", DAYS[0]),
                                       old)
     finally:
         go.set()
@@ -274,8 +274,8 @@ def test_an_existing_scheduler_does_the_work(tmp_path, model):
         config = _config(tmp_path, dask_address=address)
         out = _label(config, model, DAYS[0])
         assert out.report.success and out.rows_written == ROWS
-        labels = storage.read_partition(config.labels_uri(), "ds", DAYS[0])
-        source, _ = storage.load_window(config.source, DAYS[0], 1)
+        labels = partitioned.read_partition(config.labels_uri(), "ds", DAYS[0])
+        source, _ = sources.load_window(config.source, DAYS[0], 1)
         np.testing.assert_array_equal(labels["cluster_id"],
                                       score_frame(*model, source)["cluster_id"])
     finally:
@@ -305,15 +305,15 @@ def test_files_of_one_window_must_agree_on_the_columns(tmp_path, model, change, 
     _write_source(tmp_path / "source")
     _rewrite(tmp_path / "source" / f"ds={DAYS[1]}" / "part-0.parquet", change)
     config = _config(tmp_path)
-    scan = storage.scan_window(config.source, DAYS[-1])
+    scan = sources.scan_window(config.source, DAYS[-1])
     with dask_client(config.compute) as client:
         with pytest.raises(DataError, match=expected):
             scoring.validate_scan(client, scan, config)
     with pytest.raises(DataError, match=expected):
-        storage.sample_window(scan, 100, config.source_columns())
+        sources.sample_window(scan, 100, config.source_columns())
     # the first file lacking the column: it must not vanish for all files
     _rewrite(tmp_path / "source" / f"ds={DAYS[0]}" / "part-0.parquet",
              lambda t: t.drop_columns(["y"]))
-    scan = storage.scan_window(config.source, DAYS[-1])
+    scan = sources.scan_window(config.source, DAYS[-1])
     with pytest.raises(DataError, match=r"column 'y' is missing from ds=2026-11-20/"):
         scan.check_columns(["id", "y", "v"])

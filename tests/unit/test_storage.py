@@ -6,7 +6,7 @@ import pytest
 
 import pyarrow as pa
 
-from decflow.data import storage
+from decflow.data import partitioned, sources
 
 
 def test_write_partition_tolerates_a_temporary_that_vanishes(tmp_path, monkeypatch):
@@ -19,8 +19,8 @@ def test_write_partition_tolerates_a_temporary_that_vanishes(tmp_path, monkeypat
         raise FileNotFoundError(path)
 
     monkeypatch.setattr(os.path, "getmtime", vanished)
-    storage.write_partition(str(tmp_path), "ds", "2026-11-20", pa.table({"id": [1, 2]}))
-    assert storage.read_partition(str(tmp_path), "ds", "2026-11-20")["id"].tolist() == [1, 2]
+    partitioned.write_partition(str(tmp_path), "ds", "2026-11-20", pa.table({"id": [1, 2]}))
+    assert partitioned.read_partition(str(tmp_path), "ds", "2026-11-20")["id"].tolist() == [1, 2]
 
 
 def test_write_partition_replaces_and_removes_old_temporaries(tmp_path):
@@ -29,8 +29,8 @@ def test_write_partition_replaces_and_removes_old_temporaries(tmp_path):
     stale.write_bytes(b"half")
     os.utime(stale, (0, 0))  # older than an hour: a crashed writer's
     for ids in ([1, 2, 3], [4, 5]):
-        storage.write_partition(str(tmp_path), "ds", "2026-11-20", pa.table({"id": ids}))
-    assert storage.read_partition(str(tmp_path), "ds", "2026-11-20")["id"].tolist() == [4, 5]
+        partitioned.write_partition(str(tmp_path), "ds", "2026-11-20", pa.table({"id": ids}))
+    assert partitioned.read_partition(str(tmp_path), "ds", "2026-11-20")["id"].tolist() == [4, 5]
     assert os.listdir(stale.parent) == ["part-0.parquet"]
 
 
@@ -43,11 +43,10 @@ def _source(tmp_path):
 def test_a_missing_source_dataset_is_a_data_error(tmp_path):
     import pytest
 
-    from decflow.data import storage
     from decflow.errors import DataError
 
     with pytest.raises(DataError, match=r"source dataset not found: .*source"):
-        storage.scan_window(_source(tmp_path), "2026-11-21")
+        sources.scan_window(_source(tmp_path), "2026-11-21")
 
 
 @pytest.mark.parametrize("content", [b"not a parquet file", b"PAR1" + b"\0" * 40,
@@ -56,7 +55,6 @@ def test_a_corrupt_or_truncated_file_is_a_data_error_naming_it(tmp_path, content
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from decflow.data import storage
     from decflow.errors import DataError
 
     part = tmp_path / "source" / "ds=2026-11-21"
@@ -70,7 +68,7 @@ def test_a_corrupt_or_truncated_file_is_a_data_error_naming_it(tmp_path, content
         (part / "part-1.parquet").write_bytes(content)
     with pytest.raises(DataError, match=r"ds=2026-11-21/part-1.parquet is not a readable "
                                         r"Parquet file"):
-        storage.scan_window(_source(tmp_path), "2026-11-21")
+        sources.scan_window(_source(tmp_path), "2026-11-21")
 
 
 # How the writers a source table comes from name the files of one partition. Data: every name
@@ -113,7 +111,7 @@ def test_every_data_file_of_a_partition_is_read_whatever_its_writer_names_it(tmp
         _write_named(folder, name, rows=40 + i, start=1000 * i)
     for i, name in enumerate(names["side"]):  # side files hold Parquet too: never read
         _write_named(folder, name, rows=7, start=900_000 + 1000 * i)
-    scan = storage.scan_window(source, "2026-11-21", 1)
+    scan = sources.scan_window(source, "2026-11-21", 1)
     assert sorted(os.path.relpath(f.path, folder) for f in scan.files) == sorted(names["data"])
     assert sum(f.n_rows for f in scan.files) == sum(40 + i for i in range(len(names["data"])))
 
@@ -125,7 +123,7 @@ def test_a_file_of_a_partition_that_is_not_parquet_is_refused_by_name(tmp_path):
     _write_named(folder, "000000_0", rows=60, start=0)
     (folder / "README.txt").write_text("exported by the nightly job")
     with pytest.raises(DataError, match=r"ds=2026-11-21/README\.txt is not a readable Parquet"):
-        storage.scan_window(_source(tmp_path), "2026-11-21", 1)
+        sources.scan_window(_source(tmp_path), "2026-11-21", 1)
 
 
 def test_a_night_must_exist_and_hold_rows(tmp_path):
@@ -137,15 +135,15 @@ def test_a_night_must_exist_and_hold_rows(tmp_path):
     _write_named(tmp_path / "source" / "ds=2026-11-20", "part-0.parquet", rows=30, start=0)
     with pytest.raises(DataError, match=r"source partition ds=2026-11-21 is missing in .*"
                                         r"\(partitions found in the window: \['2026-11-20'\]\)"):
-        storage.scan_night(source, "2026-11-21")
+        sources.scan_night(source, "2026-11-21")
     empty = tmp_path / "source" / "ds=2026-11-21" / "part-0.parquet"
     empty.parent.mkdir(parents=True)
     pq.write_table(pa.table({"id": pa.array([], pa.int64()), "x": pa.array([], pa.float64())}),
                    empty)
     with pytest.raises(DataError, match=r"ds=2026-11-21 has no rows \(1 Parquet files, 0 rows\)"):
-        storage.scan_night(source, "2026-11-21", 1)
+        sources.scan_night(source, "2026-11-21", 1)
     _write_named(empty.parent, "part-1.parquet", rows=5, start=100)
-    assert storage.scan_night(source, "2026-11-21").n_rows == 35  # the window: both days
+    assert sources.scan_night(source, "2026-11-21").n_rows == 35  # the window: both days
 
 
 def test_the_night_as_validated_and_the_files_that_landed_since(tmp_path):
@@ -153,12 +151,12 @@ def test_the_night_as_validated_and_the_files_that_landed_since(tmp_path):
 
     folder = tmp_path / "source" / "ds=2026-11-21"
     _write_named(folder, "part-0.parquet", rows=30, start=0)
-    window = storage.scan_night(_source(tmp_path), "2026-11-21")
+    window = sources.scan_night(_source(tmp_path), "2026-11-21")
     _write_named(folder, "part-1.parquet", rows=4, start=500)  # lands after validation
-    snapshot, late = storage.snapshot_night(window, "2026-11-21")
+    snapshot, late = sources.snapshot_night(window, "2026-11-21")
     assert [f.name for f in snapshot.files] == ["ds=2026-11-21/part-0.parquet"]
     assert late == ["ds=2026-11-21/part-1.parquet"]
     _write_named(folder, "part-0.parquet", rows=31, start=0)  # a validated file changes
     with pytest.raises(DataError, match=r"source files changed after validation, before "
                                         r"labelling: \['ds=2026-11-21/part-0.parquet'\]"):
-        storage.snapshot_night(window, "2026-11-21")
+        sources.snapshot_night(window, "2026-11-21")

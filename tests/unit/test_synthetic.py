@@ -13,7 +13,7 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.preprocessing import StandardScaler
 
 from decflow.config import dump_config, load_config
-from decflow.data import storage
+from decflow.data import partitioned, sources
 from decflow.data import synthetic
 from decflow.data.synthetic import generate_source, synthetic_config
 from decflow.model.features import FeatureEncoder
@@ -43,7 +43,7 @@ def test_partitions_row_counts_and_row_groups(tmp_path):
         assert meta.num_rows == p.rows
         sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
         assert sizes == ([500, 500, 1] if p.rows == 1001 else [500, 500])
-    assert storage.list_partitions(str(tmp_path / "src"), "ds") == DAYS
+    assert partitioned.list_partitions(str(tmp_path / "src"), "ds") == DAYS
 
 
 def test_schema_ids_and_labels(tmp_path):
@@ -94,7 +94,7 @@ def test_rewrite_replaces_and_a_failed_write_keeps_the_old_partition(tmp_path, m
 def test_clusters_are_recoverable_and_not_by_chance(tmp_path):
     def kmeans_ari(path, **kwargs):
         _generate(path, **kwargs)
-        frame = storage.read_dataset(str(path), "ds")
+        frame = partitioned.read_dataset(str(path), "ds")
         X = np.hstack([frame[[f"x{i}" for i in range(4)]].to_numpy(),
                        np.stack(frame["v"].to_numpy())])
         X = StandardScaler().fit_transform(X)
@@ -126,7 +126,7 @@ def test_config_declares_the_generated_features(tmp_path):
     assert loaded.features.vector == {"v": 56}
     assert loaded.source.label_column == "cluster" and loaded.model.n_clusters == 10
     assert loaded.train.max_train_rows == 2000 and loaded.train.batch_size == 256  # merged
-    frame, lineage = storage.load_window(loaded.source, END)
+    frame, lineage = sources.load_window(loaded.source, END)
     assert lineage.n_rows == 3001
     X = FeatureEncoder(loaded.features).fit_transform(frame)
     assert X.shape == (3001, 4 + 2 * (8 + 1) + 56)  # one-hot with an unknown bucket

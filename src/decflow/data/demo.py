@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 
 from decflow.config import FeaturesConfig, PipelineConfig, SourceConfig, ValidationConfig
-from decflow.data.storage import parse_date, write_partition
+from decflow.data.partitioned import parse_date, write_partition
 
 DEMO_DAYS = 3
 

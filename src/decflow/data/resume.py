@@ -10,11 +10,11 @@ others.
 import datetime as dt
 
 from decflow.config import SourceConfig
-from decflow.data import storage
+from decflow.data import label_store, partitioned, sources
 
 
 def plan_day(source: SourceConfig, labels_uri: str, model_name: str, version: str,
-             day: dt.date, force: bool = False) -> tuple[dict, storage.WindowScan | None]:
+             day: dt.date, force: bool = False) -> tuple[dict, sources.WindowScan | None]:
     """A date's backfill row and its scan.
 
     Returns:
@@ -23,15 +23,15 @@ def plan_day(source: SourceConfig, labels_uri: str, model_name: str, version: st
         rows = its labels), or "" (to label; ``detail`` says why when its source changed).
     """
     row = {"date": day.isoformat(), "rows": 0, "status": "", "seconds": 0.0, "detail": ""}
-    if day not in storage.list_partitions(source.uri, source.date_column):
+    if day not in partitioned.list_partitions(source.uri, source.date_column):
         row.update(status="missing", detail=f"no source partition {source.date_column}={day}")
         return row, None
     try:  # an unreadable file fails its day only
-        scan = storage.scan_window(source, day, 1)
+        scan = sources.scan_window(source, day, 1)
     except (OSError, ValueError) as exc:
         row.update(status="failed", detail=f"{type(exc).__name__}: {exc}")
         return row, None
-    existing = storage.labels_versions(labels_uri, source.date_column, day)
+    existing = label_store.labels_versions(labels_uri, source.date_column, day)
     same_model = (existing is not None and existing.n_rows
                   and existing.model_versions == {str(version)}
                   and existing.model_names == {model_name})

@@ -22,7 +22,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from decflow.config import PipelineConfig
-from decflow.data.storage import PART_FILE, parse_date, partition_dir
+from decflow.data.partitioned import PART_FILE, parse_date, partition_dir
 from decflow.files import replace_durably
 
 # Spread of the cluster means per dimension, in units of the within-cluster noise (see the

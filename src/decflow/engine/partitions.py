@@ -1,11 +1,11 @@
 """Partition-wise work over Dask: validate every row and score + write labels in bounded memory.
 
-Each partition of the source is cut into row-group chunks (``storage.WindowScan.chunks``). One
+Each partition of the source is cut into row-group chunks (``sources.WindowScan.chunks``). One
 task per chunk reads the chunk's wanted columns in batches on a worker, runs the expectation
 suite on each batch (``validation.validate_batch``) and, when scoring, encodes, embeds and
 scores the batch with the model and builds its labels rows. The client keeps only small
 things: the batch reports, added up into one ``ValidationReport``, and the labels tables,
-streamed one chunk at a time into the partition's file (``storage.PartitionWriter``), which
+streamed one chunk at a time into the partition's file (``partitioned.PartitionWriter``), which
 replaces the old partition only when the whole partition passed validation. At most
 ``2 x (worker threads)`` chunks are in flight, so neither the workers nor the client hold a
 partition.
@@ -36,9 +36,9 @@ import pandas as pd
 import pyarrow as pa
 
 from decflow.config import FeaturesConfig, PipelineConfig, SourceConfig, ValidationConfig
-from decflow.data import storage
+from decflow.data import label_store, partitioned, sources
 from decflow.data import validation
-from decflow.data.storage import Chunk, WindowScan
+from decflow.data.sources import Chunk, WindowScan
 from decflow.engine.compute import keep_large_allocations, one_blas_thread
 from decflow.errors import DataError
 from decflow.model.estimator import DeepEmbeddedClustering
@@ -134,7 +134,7 @@ def process_chunk(chunk: Chunk, plan: Plan, payload: ModelPayload | None = None
     if payload is not None:
         keep_large_allocations()
     model = worker_model(payload, plan.labels.device) if payload is not None else None
-    for frame in storage.read_chunk(chunk, src.date_column, plan.columns, plan.batch_rows):
+    for frame in sources.read_chunk(chunk, src.date_column, plan.columns, plan.batch_rows):
         batches.append(validation.validate_batch(frame, src, plan.features, plan.validation,
                                                  partition=name, first_row=int(frame.index[0])
                                                  if len(frame) else 0))
@@ -170,7 +170,7 @@ def score_table(frame: pd.DataFrame, model, plan: Plan, partition: str = "") -> 
         raise DataError(f"{partition}: {int(bad.sum())} row(s) score to a non-finite "
                         f"confidence or distance (ids {ids}): {advice}")
     spec = plan.labels
-    return storage.labels_table(frame[plan.source.id_column], scores["cluster_id"],
+    return label_store.labels_table(frame[plan.source.id_column], scores["cluster_id"],
                                 scores["confidence"], scores["distance"],
                                 id_column=plan.source.id_column, model_name=spec.model_name,
                                 model_version=spec.model_version, run_id=spec.run_id,
@@ -225,7 +225,7 @@ class _Pending:
     batches: list = field(default_factory=list)
     buckets: list = field(default_factory=list)  # per bucket: futures of each chunk's ids
     codes: list = field(default_factory=list)  # partition index of each chunk
-    writer: storage.PartitionWriter | None = None
+    writer: partitioned.PartitionWriter | None = None
     error: BaseException | None = None
     n_chunks: int = 0
     submitted: int = 0
@@ -306,10 +306,10 @@ def run_partitions(client: distributed.Client, scans: list[WindowScan], plans: l
                     table = fl.result() if fl is not None else None
                     if table is not None and all(b.ok for b in st.batches):
                         if st.writer is None:
-                            st.writer = storage.PartitionWriter(
+                            st.writer = partitioned.PartitionWriter(
                                 labels_uri, st.scan.date_column, st.scan.lineage.partitions[0],
-                                metadata={storage.SOURCE_DIGEST_KEY: st.scan.lineage.digest,
-                                          storage.SOURCE_ROWS_KEY: st.scan.n_rows})
+                                metadata={label_store.SOURCE_DIGEST_KEY: st.scan.lineage.digest,
+                                          label_store.SOURCE_ROWS_KEY: st.scan.n_rows})
                             st.writer.__enter__()
                         st.writer.write(table)
                 except Exception as exc:  # the task's or the writer's; reported per scan

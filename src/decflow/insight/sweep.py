@@ -348,7 +348,7 @@ def run_sweep(config, ks: Sequence[int], *, run_date=None, seeds: int = 3,
     Raises:
         DataError: the source has no partitions, or the window holds no rows.
     """
-    from decflow.data import storage
+    from decflow.data import partitioned, sources
     from decflow.errors import DataError
     from decflow.model.estimator import pretrain_from_config
     from decflow.model.features import FeatureEncoder
@@ -358,20 +358,20 @@ def run_sweep(config, ks: Sequence[int], *, run_date=None, seeds: int = 3,
     src, t = config.source, config.train
     t0 = time.perf_counter()
     if run_date is None:
-        days = storage.list_partitions(src.uri, src.date_column)
+        days = partitioned.list_partitions(src.uri, src.date_column)
         if not days:
             raise DataError(f"no {src.date_column}=YYYY-MM-DD partitions in {redact(src.uri)}: "
                             f"nothing to sweep on")
         run_date = days[-1]
-    run_date = storage.parse_date(run_date)
-    scan = storage.scan_window(src, run_date)
-    storage.check_window_days(scan, config.validation.min_window_days)
-    span = f"{storage.window_dates(run_date, src.window_days)[0]}..{run_date}"
+    run_date = partitioned.parse_date(run_date)
+    scan = sources.scan_window(src, run_date)
+    sources.check_window_days(scan, config.validation.min_window_days)
+    span = f"{partitioned.window_dates(run_date, src.window_days)[0]}..{run_date}"
     if scan.n_rows == 0:
         raise DataError(f"the window {span} of {redact(src.uri)} holds no rows "
                         f"(partitions found: {scan.lineage.partitions or 'none'}): nothing to "
                         f"sweep on")
-    frame = storage.training_sample(scan, config)
+    frame = sources.training_sample(scan, config)
     encoder = FeatureEncoder(config.features)
     X = encoder.fit_transform(frame)
     y = frame[src.label_column].to_numpy() if src.label_column in frame else None

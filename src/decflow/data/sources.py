@@ -1,50 +1,33 @@
-"""Parquet I/O: read the source window, write labels atomically per date partition.
+"""Reading the source window: describe it from Parquet footers, sample it, cut it into chunks.
 
-Both datasets are hive-partitioned by a date column (``ds=YYYY-MM-DD``). Paths are local or any
-URI pyarrow's file systems understand (``s3://``, ``gs://``, ...).
-
-Write-back contract (DESIGN.md §4): one file per partition, ``part-0.parquet``. Locally it is
-written under a hidden temporary name in the same directory and renamed over the old file, so a
-reader sees either the old or the new partition, never a mix; a crash leaves the old file and a
-hidden temporary that readers ignore (pyarrow skips names starting with "." or "_") and the next
-write removes. The file is streamed in row groups (``PartitionWriter``), so a partition of any
-size is written in bounded memory. On object stores the finished temporary object is moved
-into place (a copy of a complete object: readers see it whole or not at all).
-
-Reading (DESIGN.md §7): ``scan_window`` describes a window from Parquet footers alone;
+Reading (DESIGN.md §7): ``scan_window`` describes a window from Parquet footers alone (every file
+of a partition folder is data except side files, names starting with ``_`` or ``.``);
 ``sample_window`` draws the training sample row group by row group; ``WindowScan.chunks`` cuts
 the window into row-group chunks that Dask workers read with ``read_chunk``. Only the columns
-the config names are read.
+the config names are read. The night's rules (``scan_night``: the night exists and has rows;
+``snapshot_night``: nothing changed between validation and labelling) live here too.
 """
 
-import datetime as dt
 import hashlib
 import json
 import logging
 import os
-import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
-import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from decflow.config import SourceConfig
+from decflow.data.partitioned import filesystem, list_partitions, parse_date, partition_dir, \
+    window_dates
 from decflow.errors import ConfigError, DataError
-from decflow.files import replace_durably
 from decflow.redaction import redact
 
 _log = logging.getLogger(__name__)
-
-PART_FILE = "part-0.parquet"
-# Labels files record which source files they label (schema metadata), for backfill resume.
-SOURCE_DIGEST_KEY = "decflow.source_digest"
-SOURCE_ROWS_KEY = "decflow.source_rows"
 
 
 @dataclass(frozen=True)
@@ -60,51 +43,6 @@ class Lineage:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def parse_date(value) -> dt.date:
-    """A date from ``date``, ``datetime`` or ``YYYY-MM-DD`` text (ValueError otherwise)."""
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    try:
-        return dt.date.fromisoformat(str(value))
-    except ValueError:
-        raise ValueError(f"invalid date {value!r}: expected YYYY-MM-DD") from None
-
-
-def window_dates(run_date, window_days: int) -> list[dt.date]:
-    """The ``window_days`` dates ending at ``run_date``, oldest first."""
-    end = parse_date(run_date)
-    return [end - dt.timedelta(days=i) for i in range(window_days - 1, -1, -1)]
-
-
-def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
-
-
-def partition_dir(root: str, date_column: str, day) -> str:
-    return f"{root.rstrip('/')}/{date_column}={parse_date(day).isoformat()}"
-
-
-def list_partitions(uri: str, date_column: str) -> list[dt.date]:
-    """Dates that have a partition directory under ``uri`` (sorted); [] when ``uri`` is absent."""
-    fs, root = _fs(uri)
-    info = fs.get_file_info(root)
-    if info.type == pafs.FileType.NotFound:
-        return []
-    out = []
-    for entry in fs.get_file_info(pafs.FileSelector(root)):
-        name = entry.base_name
-        if entry.type == pafs.FileType.Directory and name.startswith(date_column + "="):
-            try:
-                out.append(parse_date(name.split("=", 1)[1]))
-            except ValueError:
-                continue
-    return sorted(out)
 
 
 @dataclass(frozen=True)
@@ -253,7 +191,7 @@ def scan_window(source: SourceConfig, run_date, window_days: int | None = None) 
         DataError: the source dataset does not exist, or a file is not readable Parquet.
     """
     window = window_dates(run_date, window_days or source.window_days)
-    fs, root = _fs(source.uri)
+    fs, root = filesystem(source.uri)
     if fs.get_file_info(root).type == pafs.FileType.NotFound:
         raise DataError(f"source dataset not found: {source.uri}")
     present = set(list_partitions(source.uri, source.date_column))
@@ -420,7 +358,7 @@ def read_chunk(chunk: Chunk, date_column: str, columns: list[str] | None = None,
     ``<date_column>`` holds the partition date. Each frame's index is the rows' positions in
     their file, so messages can point at a row.
     """
-    fs, _ = _fs(chunk.source_uri)
+    fs, _ = filesystem(chunk.source_uri)
     with fs.open_input_file(chunk.path) as fh:
         pf = pq.ParquetFile(fh)
         wanted = _wanted(pf, columns, date_column)
@@ -501,7 +439,7 @@ def sample_window(scan: WindowScan, n: int, columns: list[str] | None = None,
         rest = n - int(take.sum())
         take[np.argsort(-(quota - take), kind="stable")[:rest]] += 1
     frames = []
-    fs, _ = _fs(scan.source_uri)
+    fs, _ = filesystem(scan.source_uri)
     for f, k in zip(files, take):
         if k == 0:
             continue
@@ -559,191 +497,3 @@ def load_window(source: SourceConfig, run_date, window_days: int | None = None,
     frames = [frame for chunk in scan.chunks(1 << 62)
               for frame in read_chunk(chunk, source.date_column, columns, 1 << 30)]
     return pd.concat(frames, ignore_index=True), scan.lineage
-
-
-LABEL_COLUMNS = ("cluster_id", "confidence", "distance", "model_name", "model_version", "run_id",
-                 "labeled_at")
-
-
-def labels_table(ids: pd.Series, cluster_id, confidence, distance, *, id_column: str,
-                 model_name: str, model_version: str, run_id: str,
-                 labeled_at: dt.datetime | None = None) -> pa.Table:
-    """A labels table with the schema of DESIGN.md §4 (the date column lives in the path)."""
-    n = len(ids)
-    ts = labeled_at or dt.datetime.now(dt.timezone.utc)
-    return pa.table({
-        id_column: pa.array(ids.to_numpy() if hasattr(ids, "to_numpy") else ids),
-        "cluster_id": pa.array(np.asarray(cluster_id, dtype=np.int32)),
-        "confidence": pa.array(np.asarray(confidence, dtype=np.float32)),
-        "distance": pa.array(np.asarray(distance, dtype=np.float32)),
-        "model_name": pa.array([model_name] * n, pa.string()),
-        "model_version": pa.array([str(model_version)] * n, pa.string()),
-        "run_id": pa.array([run_id] * n, pa.string()),
-        "labeled_at": pa.array([ts] * n, pa.timestamp("us", tz="UTC")),
-    })
-
-
-def write_partition(uri: str, date_column: str, day, table: pa.Table) -> str:
-    """Replace the ``day`` partition of the dataset at ``uri`` with ``table``, atomically.
-
-    Rerunning replaces (never duplicates); concurrent writers of the same partition leave
-    exactly one complete file (the last rename wins).
-
-    Returns:
-        The path of the written file.
-    """
-    if date_column in table.column_names:
-        table = table.drop_columns([date_column])
-    with PartitionWriter(uri, date_column, day, table.schema) as writer:
-        writer.write(table)
-    return writer.path
-
-
-class PartitionWriter:
-    """Stream one partition's file in row groups, then put it in place atomically.
-
-    ``with PartitionWriter(uri, "ds", day, schema) as w: w.write(table)`` writes row groups to
-    a hidden temporary file in the partition directory (readers skip names starting with ".")
-    and, when the block ends without an error, renames it over ``part-0.parquet``: a reader
-    sees the old partition or the new one, never a mix, and memory holds one written table at
-    a time (``schema`` None: the first table's). On an error, or when nothing was written, the
-    temporary is removed and the old partition stays. Locally the
-    rename is atomic (``rename(2)``); on object stores it is a server-side copy of a complete
-    object, which readers also see whole or not at all.
-    """
-
-    def __init__(self, uri: str, date_column: str, day, schema: pa.Schema | None = None,
-                 metadata: dict[str, str] | None = None):
-        self.fs, root = _fs(uri)
-        self.dir = partition_dir(root, date_column, day)
-        self.path = f"{self.dir}/{PART_FILE}"
-        self.schema = schema
-        self.metadata = metadata or {}  # kept in the file's schema metadata
-        self.rows = 0
-        self._tmp = f"{self.dir}/.{PART_FILE}.{uuid.uuid4().hex}.tmp"
-        self._writer: pq.ParquetWriter | None = None
-
-    def __enter__(self) -> "PartitionWriter":
-        self._made_dir = self.fs.get_file_info(self.dir).type == pafs.FileType.NotFound
-        self.fs.create_dir(self.dir, recursive=True)
-        if isinstance(self.fs, pafs.LocalFileSystem):
-            _remove_stale_temporaries(self.dir)
-        return self
-
-    def write(self, table: pa.Table) -> None:
-        """Append ``table`` as one or more row groups (cast to the writer's schema)."""
-        if self._writer is None:
-            self.schema = self.schema or table.schema
-            if self.metadata:
-                self.schema = self.schema.with_metadata(
-                    {**(self.schema.metadata or {}), **{k.encode(): str(v).encode()
-                                                       for k, v in self.metadata.items()}})
-            self._writer = pq.ParquetWriter(self._tmp, self.schema, filesystem=self.fs)
-        try:
-            table = table.cast(self.schema)
-        except pa.ArrowInvalid as exc:  # e.g. integer ids in one source file, 0.5 in another
-            differ = [f"{f.name}: {f.type} vs {self.schema.field(f.name).type}"
-                      for f in table.schema if f.type != self.schema.field(f.name).type]
-            raise DataError(f"rows for {self.path} do not fit the type of its first rows "
-                            f"({'; '.join(differ)}): {exc}; the source files store a column as "
-                            f"different types") from None
-        self._writer.write_table(table)
-        self.rows += table.num_rows
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if self._writer is not None:
-                self._writer.close()
-            if exc_type is None and self._writer is not None:
-                if isinstance(self.fs, pafs.LocalFileSystem):
-                    replace_durably(self._tmp, self.path)
-                else:
-                    self.fs.move(self._tmp, self.path)
-        finally:
-            if self.fs.get_file_info(self._tmp).type != pafs.FileType.NotFound:
-                self.fs.delete_file(self._tmp)
-            if self._made_dir and self.fs.get_file_info(self.path).type == \
-                    pafs.FileType.NotFound:
-                try:  # nothing was put in place: leave no empty partition behind
-                    self.fs.delete_dir(self.dir)
-                except OSError:  # a concurrent writer's files are in it
-                    pass
-
-
-def _remove_stale_temporaries(part: str) -> None:
-    """Delete temporaries of crashed writers (an hour old: a live writer is never that slow)."""
-    for stale in os.listdir(part):
-        p = os.path.join(part, stale)
-        if not (stale.startswith(".") and stale.endswith(".tmp")):
-            continue
-        try:
-            if dt.datetime.now().timestamp() - os.path.getmtime(p) > 3600:
-                os.unlink(p)
-        except FileNotFoundError:  # a concurrent writer renamed or removed it meanwhile
-            pass
-
-
-def read_partition(uri: str, date_column: str, day) -> pd.DataFrame | None:
-    """One partition of a dataset written by ``write_partition`` (None when absent)."""
-    fs, root = _fs(uri)
-    path = f"{partition_dir(root, date_column, day)}/{PART_FILE}"
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return None
-    return pq.read_table(path, filesystem=fs).to_pandas()
-
-
-def partition_counts(uri: str, date_column: str, day, column: str) -> dict | None:
-    """Rows per value of one column of a partition (None when absent), reading that column
-    alone, batch by batch (a labels partition's ``cluster_id``: the night's cluster sizes)."""
-    fs, root = _fs(uri)
-    path = f"{partition_dir(root, date_column, day)}/{PART_FILE}"
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return None
-    counts: dict = {}
-    with fs.open_input_file(path) as fh:
-        for batch in pq.ParquetFile(fh).iter_batches(columns=[column]):
-            vc = pa.compute.value_counts(batch.column(0))
-            for value, n in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()):
-                counts[value] = counts.get(value, 0) + n
-    return counts
-
-
-@dataclass(frozen=True)
-class LabelsVersions:
-    """Who labelled a partition, from its ``model_name``/``model_version`` columns alone."""
-
-    n_rows: int
-    model_names: set[str]
-    model_versions: set[str]
-    source_digest: str | None = None  # the labelled source files' digest (None: not recorded)
-    source_rows: int | None = None
-
-
-def labels_versions(uri: str, date_column: str, day) -> LabelsVersions | None:
-    """The models behind a labels partition (None when absent), reading two columns."""
-    fs, root = _fs(uri)
-    path = f"{partition_dir(root, date_column, day)}/{PART_FILE}"
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return None
-    names, versions, n = set(), set(), 0
-    with fs.open_input_file(path) as fh:
-        pf = pq.ParquetFile(fh)
-        meta = {k.decode(): v.decode() for k, v in (pf.schema_arrow.metadata or {}).items()}
-        for batch in pf.iter_batches(columns=["model_name", "model_version"]):
-            n += batch.num_rows
-            names |= set(pa.compute.unique(batch.column(0)).to_pylist())
-            versions |= set(pa.compute.unique(batch.column(1)).to_pylist())
-    rows = meta.get(SOURCE_ROWS_KEY)
-    return LabelsVersions(n, names, versions, meta.get(SOURCE_DIGEST_KEY),
-                          int(rows) if rows is not None else None)
-
-
-def read_dataset(uri: str, date_column: str) -> pd.DataFrame:
-    """Every partition of a hive-partitioned dataset (date column included)."""
-    fs, root = _fs(uri)
-    dataset = ds.dataset(root, filesystem=fs, format="parquet",
-                         partitioning=ds.HivePartitioning.discover(infer_dictionary=False))
-    frame = dataset.to_table().to_pandas()
-    if date_column in frame:
-        frame[date_column] = frame[date_column].astype(str).str[:10]
-    return frame

@@ -1,0 +1,72 @@
+"""The labels dataset: its schema (DESIGN.md §4) and what a labels partition says about who
+labelled it (model name and version, the labelled source files' digest and row count).
+
+Labels partitions are written and read with ``decflow.data.partitioned``.
+"""
+
+import datetime as dt
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from decflow.data.partitioned import PART_FILE, filesystem, partition_dir
+
+# Labels files record which source files they label (schema metadata), for backfill resume.
+SOURCE_DIGEST_KEY = "decflow.source_digest"
+SOURCE_ROWS_KEY = "decflow.source_rows"
+
+LABEL_COLUMNS = ("cluster_id", "confidence", "distance", "model_name", "model_version", "run_id",
+                 "labeled_at")
+
+
+def labels_table(ids: pd.Series, cluster_id, confidence, distance, *, id_column: str,
+                 model_name: str, model_version: str, run_id: str,
+                 labeled_at: dt.datetime | None = None) -> pa.Table:
+    """A labels table with the schema of DESIGN.md §4 (the date column lives in the path)."""
+    n = len(ids)
+    ts = labeled_at or dt.datetime.now(dt.timezone.utc)
+    return pa.table({
+        id_column: pa.array(ids.to_numpy() if hasattr(ids, "to_numpy") else ids),
+        "cluster_id": pa.array(np.asarray(cluster_id, dtype=np.int32)),
+        "confidence": pa.array(np.asarray(confidence, dtype=np.float32)),
+        "distance": pa.array(np.asarray(distance, dtype=np.float32)),
+        "model_name": pa.array([model_name] * n, pa.string()),
+        "model_version": pa.array([str(model_version)] * n, pa.string()),
+        "run_id": pa.array([run_id] * n, pa.string()),
+        "labeled_at": pa.array([ts] * n, pa.timestamp("us", tz="UTC")),
+    })
+
+
+@dataclass(frozen=True)
+class LabelsVersions:
+    """Who labelled a partition, from its ``model_name``/``model_version`` columns alone."""
+
+    n_rows: int
+    model_names: set[str]
+    model_versions: set[str]
+    source_digest: str | None = None  # the labelled source files' digest (None: not recorded)
+    source_rows: int | None = None
+
+
+def labels_versions(uri: str, date_column: str, day) -> LabelsVersions | None:
+    """The models behind a labels partition (None when absent), reading two columns."""
+    fs, root = filesystem(uri)
+    path = f"{partition_dir(root, date_column, day)}/{PART_FILE}"
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return None
+    names, versions, n = set(), set(), 0
+    with fs.open_input_file(path) as fh:
+        pf = pq.ParquetFile(fh)
+        meta = {k.decode(): v.decode() for k, v in (pf.schema_arrow.metadata or {}).items()}
+        for batch in pf.iter_batches(columns=["model_name", "model_version"]):
+            n += batch.num_rows
+            names |= set(pa.compute.unique(batch.column(0)).to_pylist())
+            versions |= set(pa.compute.unique(batch.column(1)).to_pylist())
+    rows = meta.get(SOURCE_ROWS_KEY)
+    return LabelsVersions(n, names, versions, meta.get(SOURCE_DIGEST_KEY),
+                          int(rows) if rows is not None else None)
