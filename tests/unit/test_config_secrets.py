@@ -5,8 +5,8 @@ import pytest
 import yaml
 from fastapi.encoders import jsonable_encoder
 
-from decflow.config import (PipelineConfig, apply_environment, dump_config, load_config,
-                            redact)
+from decflow.config import PipelineConfig, apply_environment, dump_config, load_config
+from decflow.redaction import redact
 
 SENTINEL = "s3ntinel-Pa55word"
 

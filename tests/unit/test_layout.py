@@ -9,8 +9,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src" / "decflow"
 # The library's subpackages, each allowed to import only the ones of a lower rank (and the
-# top-level modules: config, errors, locks, the version). Same rank: independent of each other.
-RANK = {"model": 1, "data": 1, "engine": 2, "registry": 2, "insight": 3}
+# top-level modules: errors, locks, files, redaction, environment). Same rank: independent of
+# each other. config (rank 0) is what every layer reads.
+RANK = {"config": 0, "model": 1, "data": 1, "engine": 2, "registry": 2, "insight": 3}
 
 
 def imports(path: Path) -> list[tuple[int, str]]:
