@@ -71,7 +71,7 @@ QUICK = {"rows_small": 20_000, "rows_large": 60_000, "days": 10, "rows_per_group
 def forward_rows_per_s(model, X, *, batch_size: int = 4096, device: str = "cpu") -> float:
     """Rows per second of a bare forward pass: scaling, encoder, soft assignment, argmax.
 
-    What ``DeepEmbeddedClustering.score_samples`` computes (cluster id, confidence, distance),
+    What ``DeepEmbeddedClustering.assign`` computes (cluster id, confidence, distance),
     without input checks, feature encoding, I/O or any framework: the limit scoring can reach
     in one process.
 

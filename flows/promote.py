@@ -9,8 +9,8 @@ from decflow.config import PipelineConfig
 from decflow.registry.promotion import PromotionDecision
 from decflow.registry.versions import CHAMPION
 from decflow.tasks.promotion import (apply_decision, compare_models, find_version,
-                             load_reference_rows, record_decision, require_champion,
-                             rollback_champion)
+                                     load_reference_rows, record_decision, require_champion,
+                                     rollback_champion)
 from decflow.tasks.runtime import prepare_run, redact_errors
 from decflow.tasks.registry import load_model
 

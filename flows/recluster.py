@@ -6,6 +6,7 @@ from prefect import flow
 
 from decflow.config import PipelineConfig
 from decflow.flows.promote import gate_candidate
+from decflow.registry.names import Tag
 from decflow.tasks.data import scan_night, snapshot_night, validate_features
 from decflow.tasks.insight import monitor_drift, profile_clusters, publish_report
 from decflow.tasks.labels import label_partition
@@ -14,7 +15,7 @@ from decflow.tasks.promotion import align_cluster_ids, sample_reference_rows
 from decflow.tasks.registry import champion_weights, load_model, register_model
 from decflow.tasks.tracking import link_mlflow_run, tracked_run
 from decflow.tasks.train import (embed_features, evaluate_model, fit_dec, init_centroids,
-                         pretrain_autoencoder, sample_training_rows)
+                                 pretrain_autoencoder, sample_training_rows)
 
 
 def yesterday() -> dt.date:
@@ -67,11 +68,11 @@ def recluster(config: PipelineConfig = PipelineConfig(), run_date: dt.date | Non
     config = prepare_run(config)
     run_date = run_date or default_run_date()
     day = run_date.isoformat()
-    tags = {"decflow.flow": "recluster", "decflow.run_date": day}
+    tags = {Tag.FLOW: "recluster", Tag.RUN_DATE: day}
     with night_lock(config, run_date), tracked_run(config, f"recluster-{day}", tags) as run_id:
         window = scan_night(config.source, run_date, None,
                              config.validation.min_window_days)
-        report = validate_features(window, config, run_id)
+        validation = validate_features(window, config, run_id)
         train = sample_training_rows(window, config)
         encoder, X = embed_features(train, config, run_id)
         old_version, champion = load_model(config)
@@ -82,8 +83,8 @@ def recluster(config: PipelineConfig = PipelineConfig(), run_date: dt.date | Non
         alignment = align_cluster_ids(model, X, train, old_version, champion, config, run_id)
         metrics = evaluate_model(model, X, train, config, run_id)
         profile = profile_clusters(model, X, train, config, run_id)
-        version = register_model(model, encoder, train, window.lineage, report, metrics, config,
-                                 run_id, day, alignment, profile)
+        version = register_model(model, encoder, train, window.lineage, validation, metrics,
+                                 config, run_id, day, alignment, profile)
         links = link_mlflow_run(config, run_id, version)
         decision = None
         if config.promotion.auto_promote or old_version is None:  # a first version: judge it

@@ -61,8 +61,8 @@ def _label(config: PipelineConfig, planned: list, version, model) -> None:
             t0 = time.perf_counter()
             if out.error is not None:
                 row.update(status="failed", detail=f"{type(out.error).__name__}: {out.error}")
-            elif not out.report.success:
-                err = validation.DataValidationError(out.report)
+            elif not out.validation_result.success:
+                err = validation.DataValidationError(out.validation_result)
                 row.update(status="failed", detail=f"{type(err).__name__}: {err}")
             else:
                 row.update(status="labelled", rows=out.rows_written,

@@ -1,7 +1,6 @@
 """Load and validate source data."""
 
 import datetime as dt
-import json
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -10,10 +9,11 @@ from prefect.cache_policies import NO_CACHE
 from decflow.config import PipelineConfig, SourceConfig
 from decflow.data import sources
 from decflow.data import validation
-from decflow.data.sources import Lineage, WindowScan
-from decflow.data.validation import ValidationReport
+from decflow.data.sources import WindowScan
+from decflow.data.validation import ValidationResult
 from decflow.engine import partitions as scoring
 from decflow.engine.compute import dask_client
+from decflow.registry.names import Artifact
 
 from .runtime import redact_errors, retry_on_io
 from .tracking import log_dict
@@ -45,25 +45,18 @@ def snapshot_night(window: WindowScan, run_date: dt.date) -> tuple[WindowScan, l
 @task(name="validate_features", cache_policy=NO_CACHE)
 @redact_errors
 def validate_features(scan: WindowScan, config: PipelineConfig, run_id: str | None = None,
-                      key: str = "validation") -> ValidationReport:
+                      key: str = "validation") -> ValidationResult:
     """Run the expectation suite on every row, chunk by chunk on Dask; keep the result (MLflow +
     Prefect artifact); fail on errors."""
     with dask_client(config.compute) as client:
-        report = scoring.validate_scan(client, scan, config)
-    publish_validation(report, config, run_id, key)
-    return validation.check(report)
+        result = scoring.validate_scan(client, scan, config)
+    publish_validation(result, config, run_id, key)
+    return validation.check(result)
 
 
-def publish_validation(report: ValidationReport, config: PipelineConfig, run_id: str | None,
+def publish_validation(result: ValidationResult, config: PipelineConfig, run_id: str | None,
                        key: str = "validation") -> None:
-    create_markdown_artifact(key=key, markdown=report.to_markdown(),
+    create_markdown_artifact(key=key, markdown=result.to_markdown(),
                              description="Great Expectations result")
     if run_id is not None:
-        log_dict(config, run_id, report.to_dict(), "validation/result.json")
-
-
-def lineage_tags(lineage: Lineage) -> dict[str, str]:
-    return {"data.source_uri": lineage.source_uri,
-            "data.partitions": json.dumps(lineage.partitions),
-            "data.missing_partitions": json.dumps(lineage.missing_partitions),
-            "data.n_rows": str(lineage.n_rows), "data.digest": lineage.digest}
+        log_dict(config, run_id, result.to_dict(), Artifact.VALIDATION)

@@ -13,20 +13,14 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from decflow.config import PipelineConfig
-from decflow.data import partitioned
 from decflow.insight import monitoring
 from decflow.insight import profiles
 from decflow.model.estimator import DeepEmbeddedClustering
 from decflow.registry import aliases as registry
+from decflow.registry.names import Artifact, Tag
 
 from .runtime import redact_errors
 from .tracking import client, log_dict, log_figure, log_metrics, log_text, run_url
-
-PROFILE_DIR = "profiles"
-
-
-def _short(items: list[dict], render, n: int = 3) -> str:
-    return ", ".join(render(item) for item in items[:n])
 
 
 @task(name="profile_clusters", cache_policy=NO_CACHE)
@@ -41,35 +35,24 @@ def profile_clusters(est: DeepEmbeddedClustering, X: np.ndarray, frame: pd.DataF
         ``{"artifact": "runs:/<run_id>/profiles/cluster_profiles.json", "n_clusters": k}``,
         the pointer the registered version carries (tag ``profiles.artifact``).
     """
-    ids, conf, dist = est.score_samples(X)
+    ids, conf, dist = est.assign(X)
     label_column = config.source.label_column
     prof = profiles.cluster_profiles(frame, ids, conf, dist, config.features,
                                      config.source.id_column, config.model.n_clusters,
                                      label_column=label_column if label_column in frame
                                      else None)
-    log_dict(config, run_id, prof.to_dict(), f"{PROFILE_DIR}/cluster_profiles.json")
-    log_text(config, run_id, prof.to_markdown(), f"{PROFILE_DIR}/cluster_profiles.md")
-    log_text(config, run_id, prof.to_html(), f"{PROFILE_DIR}/cluster_profiles.html")
+    folder = Artifact.PROFILES.rsplit("/", 1)[0]
+    log_dict(config, run_id, prof.to_dict(), Artifact.PROFILES)
+    log_text(config, run_id, prof.to_markdown(), f"{folder}/cluster_profiles.md")
+    log_text(config, run_id, prof.to_html(), f"{folder}/cluster_profiles.html")
     with tempfile.TemporaryDirectory(prefix="decflow-profiles-") as tmp:
         path = Path(tmp) / "cluster_profiles.parquet"
         prof.to_frame().to_parquet(path, index=False)
-        client(config).log_artifact(run_id, str(path), PROFILE_DIR)
-    table = [{"cluster": c["cluster_id"], "size": c["size"], "share": round(c["share"], 4),
-              "mean confidence": (None if c["mean_confidence"] is None
-                                  else round(c["mean_confidence"], 3)),
-              "sets it apart": _short(c["numeric"], lambda f: f"{f['feature']} "
-                                                              f"{f['value']:+.2f}σ"),
-              "over-represented": _short(c["categories"], lambda g: f"{g['column']}="
-                                                                    f"{g['category']} "
-                                                                    f"×{g['lift']:.2g}"),
-              "top terms": _short(c["terms"], lambda t: t["term"], 5),
-              "exemplar ids": ", ".join(str(e) for e in c["exemplars"]),
-              **({"most common label": profiles.label_text(c)} if c["labels"] else {})}
-             for c in prof.clusters]
-    create_table_artifact(key="cluster-profiles", table=table,
+        client(config).log_artifact(run_id, str(path), folder)
+    create_table_artifact(key="cluster-profiles", table=prof.summary(),
                           description=f"What each of the {config.model.n_clusters} clusters is "
-                                      f"(training rows, {prof.to_dict()['n_rows']} rows)")
-    return {"artifact": f"runs:/{run_id}/{PROFILE_DIR}/cluster_profiles.json",
+                                      f"(training rows, {prof.n_rows} rows)")
+    return {"artifact": f"runs:/{run_id}/{Artifact.PROFILES}",
             "n_clusters": config.model.n_clusters}
 
 
@@ -78,9 +61,10 @@ def profile_clusters(est: DeepEmbeddedClustering, X: np.ndarray, frame: pd.DataF
 def monitor_drift(config: PipelineConfig, run_id: str, run_date: dt.date, labels: dict,
                   n_clusters: int, label_churn: float | None, version: str,
                   champion_version: str, decision: str | None) -> dict:
-    """Tonight's drift: label churn against the champion (from ``align_cluster_ids``; None
-    without a champion) and the cluster-size shift of the labels written tonight against the newest
-    earlier labels partition; checks ``monitoring.max_churn`` / ``max_size_shift``.
+    """Tonight's drift (``monitoring.night_drift``): label churn against the champion (from
+    ``align_cluster_ids``; None without a champion) and the cluster-size shift of the labels
+    written tonight against the newest earlier labels partition; checks
+    ``monitoring.max_churn`` / ``max_size_shift``.
 
     Logs ``monitoring/drift.json``, the metrics ``size_shift_tvd``, ``size_shift_psi``,
     ``drift_alert`` and ``labels_rows``, the pictures ``plots/sizes_vs_last_night.png`` and
@@ -90,46 +74,39 @@ def monitor_drift(config: PipelineConfig, run_id: str, run_date: dt.date, labels
     Past a threshold the run stays green (the labels are written; what serves is the gates'
     business): the run and the model version are tagged ``monitoring.alert=true`` with the
     reasons, a warning is logged, and the Prefect run gets a ``drift-warning`` artifact.
+    (Longer than a task should be: it is the one place that records the night's drift, in
+    MLflow and in Prefect; the measure itself is the library's.)
     """
-    date_column, uri = config.source.date_column, config.labels_uri()
-    tonight = partitioned.partition_counts(uri, date_column, run_date, "cluster_id") or {}
-    earlier = [d for d in partitioned.list_partitions(uri, date_column) if d < run_date]
-    previous = earlier[-1] if earlier else None
-    before = partitioned.partition_counts(uri, date_column, previous, "cluster_id") \
-        if previous else None
-    k = max([n_clusters, *[int(c) + 1 for c in [*tonight, *(before or {})]]])
     mon = config.monitoring
-    report = monitoring.drift_report(run_date, tonight, k, previous_date=previous,
-                                     previous_sizes=before, label_churn=label_churn,
-                                     max_churn=mon.max_churn, max_size_shift=mon.max_size_shift)
-    log_metrics(config, run_id, {**report.metrics(), "labels_rows": float(labels["rows"])})
+    drift = monitoring.night_drift(config, run_date, n_clusters, label_churn)
+    log_metrics(config, run_id, {**drift.metrics(), "labels_rows": float(labels["rows"])})
     mlflow = client(config)
-    for key, value in {"decflow.model_version": version,
-                       "decflow.champion_version": champion_version,
-                       "promotion.decision": decision or "not gated",
-                       "monitoring.alert": str(report.alert).lower(),
-                       "monitoring.alerts": "; ".join(report.alerts)[:4000]}.items():
+    for key, value in {Tag.MODEL_VERSION: version,
+                       Tag.CHAMPION_VERSION: champion_version,
+                       Tag.PROMOTION_DECISION: decision or "not gated",
+                       Tag.MONITORING_ALERT: str(drift.alert).lower(),
+                       Tag.MONITORING_ALERTS: "; ".join(drift.alerts)[:4000]}.items():
         mlflow.set_tag(run_id, key, value)
-    log_dict(config, run_id, report.to_dict(), "monitoring/drift.json")
-    log_figure(config, run_id, monitoring.plot_sizes_vs_last_night(report),
-               "plots/sizes_vs_last_night.png")
+    log_dict(config, run_id, drift.to_dict(), Artifact.DRIFT)
+    log_figure(config, run_id, monitoring.plot_sizes_vs_last_night(drift),
+               Artifact.SIZES_VS_LAST_NIGHT)
     nights = monitoring.history(config.tracking_uri(), config.registry.experiment,
                                 days=mon.history_days, end=run_date, current_run_id=run_id)
     log_figure(config, run_id, monitoring.plot_history(nights, max_churn=mon.max_churn,
                                                        max_size_shift=mon.max_size_shift),
-               "plots/drift_history.png")
-    create_markdown_artifact(key="drift", markdown=report.to_markdown(),
+               Artifact.DRIFT_HISTORY)
+    create_markdown_artifact(key="drift", markdown=drift.to_markdown(),
                              description=f"Drift of {run_date} against "
-                                         f"{previous or 'no earlier night'}")
-    if report.alert:
+                                         f"{drift.previous_date or 'no earlier night'}")
+    if drift.alert:
         registry.set_version_tags(config.tracking_uri(), config.registry.model_name, version,
-                                  {"monitoring.alert": "true",
-                                   "monitoring.alerts": "; ".join(report.alerts)[:4000]})
-        create_markdown_artifact(key="drift-warning", markdown=report.to_markdown(),
-                                 description="; ".join(report.alerts))
-        get_run_logger().warning("drift alert for %s: %s", run_date, "; ".join(report.alerts))
+                                  {Tag.MONITORING_ALERT: "true",
+                                   Tag.MONITORING_ALERTS: "; ".join(drift.alerts)[:4000]})
+        create_markdown_artifact(key="drift-warning", markdown=drift.to_markdown(),
+                                 description="; ".join(drift.alerts))
+        get_run_logger().warning("drift alert for %s: %s", run_date, "; ".join(drift.alerts))
     return {k: (None if isinstance(v, float) and math.isnan(v) else v)
-            for k, v in report.to_dict().items()}
+            for k, v in drift.to_dict().items()}
 
 
 @task(name="publish_report", cache_policy=NO_CACHE)
@@ -141,11 +118,11 @@ def publish_report(config: PipelineConfig, run_id: str, run_date: dt.date) -> di
     as still running; ``decflow report`` renders it again after the fact."""
     from prefect.artifacts import create_link_artifact
 
-    from decflow.insight.report import REPORT_ARTIFACT, log_report, report_path
+    from decflow.insight.report import log_report, report_path
 
     path = report_path(config, run_date.isoformat())
     artifact = log_report(config, run_id, out=path)
-    link = f"{run_url(config, run_id)}/artifactPath/{REPORT_ARTIFACT}"
+    link = f"{run_url(config, run_id)}/artifactPath/{Artifact.REPORT}"
     create_link_artifact(key="run-report", link=link, link_text=f"run report of {run_date}",
                          description=f"one self-contained HTML page; also at {path.resolve()} "
                                      f"on the machine that ran the flow")

@@ -33,8 +33,8 @@ def label_partition(scan: WindowScan, version, model, config: PipelineConfig,
         payload = scoring.scatter_model(client, model.encoder, model.estimator)
         outcome = scoring.label_partition(client, scan, config, payload,
                                           labels_spec(config, version))
-    publish_validation(outcome.report, config, run_id, key="labels-validation")
-    validation.check(outcome.report)
+    publish_validation(outcome.validation_result, config, run_id, key="labels-validation")
+    validation.check(outcome.validation_result)
     return {"path": outcome.path, "rows": outcome.rows_written,
             "model_version": str(version.version),
             "unlabelled_files": list(unlabelled_files or [])}

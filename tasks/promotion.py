@@ -20,6 +20,7 @@ from decflow.model.scoring import score_frame
 from decflow.registry import aliases as registry
 from decflow.registry import promotion
 from decflow.registry import versions
+from decflow.registry.names import Artifact, Tag
 
 from .runtime import redact_errors, registry_lock
 from .tracking import client, log_dict, log_metrics
@@ -46,7 +47,7 @@ def load_reference_rows(config: PipelineConfig, version, run_date: dt.date | Non
                         ) -> pd.DataFrame:
     """A sample of run_date's partition, or by default of the window the candidate trained on."""
     if run_date is None:
-        trained = version.tags.get("data.run_date")
+        trained = version.tags.get(Tag.DATA_RUN_DATE)
         if not trained:
             raise ValueError(f"version {version.version} has no data.run_date tag: give the "
                              f"date whose partition to compare on")
@@ -54,7 +55,7 @@ def load_reference_rows(config: PipelineConfig, version, run_date: dt.date | Non
     else:
         scan = sources.scan_window(config.source, run_date, 1)
     if scan.n_rows == 0:
-        day = run_date or version.tags.get("data.run_date")
+        day = run_date or version.tags.get(Tag.DATA_RUN_DATE)
         raise ValueError(f"no source rows to compare on for {day} in {config.source.uri}")
     return sources.sample_window(scan, config.promotion.reference_rows,
                                  config.source_columns(),
@@ -70,7 +71,7 @@ def compare_models(config: PipelineConfig, candidate, challenger, champion_versi
     A candidate that was rolled back is judged like any other (it was named explicitly: a
     rollback clears `challenger`), with a note in the decision and a warning in the run log.
     """
-    success = candidate.tags.get("validation.success")
+    success = candidate.tags.get(Tag.VALIDATION_SUCCESS)
     decision = promotion.compare_models(
         challenger, champion, reference, config.promotion,
         label_column=config.source.label_column,
@@ -78,7 +79,7 @@ def compare_models(config: PipelineConfig, candidate, challenger, champion_versi
         candidate_version=str(candidate.version),
         champion_version=None if champion_version is None else str(champion_version.version),
         random_state=config.train.random_state or 0)
-    rolled_back = candidate.tags.get("promotion.rolled_back_at")
+    rolled_back = candidate.tags.get(Tag.PROMOTION_ROLLED_BACK_AT)
     if rolled_back:
         note = (f"version {candidate.version} was rolled back at {rolled_back}; it is judged "
                 f"again only because it was named explicitly")
@@ -98,7 +99,7 @@ def record_decision(config: PipelineConfig, decision: promotion.PromotionDecisio
                               decision.candidate, decision.to_tags(),
                               replace_prefix=promotion.GATE_TAG_PREFIX)
     if run_id:
-        log_dict(config, run_id, decision.to_dict(), "promotion/decision.json")
+        log_dict(config, run_id, decision.to_dict(), Artifact.PROMOTION)
     create_markdown_artifact(key="promotion-decision", markdown=decision.to_markdown(),
                              description=f"{config.registry.model_name}: {decision.summary()}")
 
@@ -123,8 +124,8 @@ def apply_decision(config: PipelineConfig, decision: promotion.PromotionDecision
                                           expected_champion=decision.champion)
     except Conflict as exc:  # the recorded verdict did not take effect: say so on the version
         registry.set_version_tags(uri, name, decision.candidate,
-                                  {"promotion.decision": "conflict",
-                                   "promotion.conflict": str(exc)[:4000]})
+                                  {Tag.PROMOTION_DECISION: "conflict",
+                                   Tag.PROMOTION_CONFLICT: str(exc)[:4000]})
         raise
 
 
@@ -147,8 +148,8 @@ def rollback_champion(config: PipelineConfig) -> dict[str, str]:
     with registry_lock(config):
         moved = registry.rollback_champion(uri, name)
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    registry.set_version_tags(uri, name, moved["demoted"], {"promotion.rolled_back_at": now})
-    registry.set_version_tags(uri, name, moved["restored"], {"promotion.restored_at": now})
+    registry.set_version_tags(uri, name, moved["demoted"], {Tag.PROMOTION_ROLLED_BACK_AT: now})
+    registry.set_version_tags(uri, name, moved["restored"], {Tag.PROMOTION_RESTORED_AT: now})
     create_markdown_artifact(
         key="promotion-rollback", description=f"{name}: rollback",
         markdown=f"### Rollback of {name}\n\nchampion: version {moved['restored']} (restored)"
@@ -167,11 +168,11 @@ def align_cluster_ids(est, X: np.ndarray, frame: pd.DataFrame, champion_version,
         version), or None when there is no champion or it cannot score these rows.
     """
     if champion is None:
-        client(config).set_tag(run_id, "alignment.reference_version", "none")
+        client(config).set_tag(run_id, Tag.ALIGNMENT_REFERENCE_VERSION, "none")
         return None
     missing = promotion.missing_columns(champion.encoder, frame)
     if missing:
-        client(config).set_tag(run_id, "alignment.skipped",
+        client(config).set_tag(run_id, Tag.ALIGNMENT_SKIPPED,
                                f"champion needs columns the rows lack: {missing}")
         return None
     reference = score_frame(champion.encoder, champion.estimator, frame)["cluster_id"]
@@ -180,6 +181,6 @@ def align_cluster_ids(est, X: np.ndarray, frame: pd.DataFrame, champion_version,
     summary = {"reference_version": str(champion_version.version), **result.to_dict()}
     log_metrics(config, run_id, {"label_churn": result.label_churn,
                                  "label_churn_unaligned": result.label_churn_unaligned})
-    log_dict(config, run_id, summary, "alignment/cluster_ids.json")
-    client(config).set_tag(run_id, "alignment.reference_version", summary["reference_version"])
+    log_dict(config, run_id, summary, Artifact.ALIGNMENT)
+    client(config).set_tag(run_id, Tag.ALIGNMENT_REFERENCE_VERSION, summary["reference_version"])
     return summary

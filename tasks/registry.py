@@ -1,11 +1,11 @@
 """Model logging, registration and champion lookup.
 
-No Prefect retries here: MLflow's own HTTP retries are bounded (``decflow.registry.client.HTTP_BUDGET``)
-and a server that does not answer fails the run with ``ServiceUnavailable`` within that budget;
-retrying the task would multiply the wait (and a retried registration could register twice).
+No Prefect retries here: MLflow's own HTTP retries are bounded
+(``decflow.registry.client.HTTP_BUDGET``) and a server that does not answer fails the run with
+``ServiceUnavailable`` within that budget; retrying the task would multiply the wait (and a
+retried registration could register twice).
 """
 
-import json
 
 import pandas as pd
 from prefect import task
@@ -13,13 +13,12 @@ from prefect.cache_policies import NO_CACHE
 
 from decflow.config import PipelineConfig
 from decflow.data.sources import Lineage
-from decflow.data.validation import ValidationReport
-from decflow.model.estimator import compatible_weights
+from decflow.data.validation import ValidationResult
+from decflow.model.building import compatible_weights
 from decflow.model.features import FeatureEncoder
 from decflow.registry import packaging
 from decflow.registry import versions
 
-from .data import lineage_tags
 from .runtime import redact_errors
 
 
@@ -52,15 +51,13 @@ def champion_weights(champion, encoder: FeatureEncoder, config: PipelineConfig) 
 @task(name="register_model", cache_policy=NO_CACHE)
 @redact_errors
 def register_model(est, encoder: FeatureEncoder, frame: pd.DataFrame, lineage: Lineage,
-                   report: ValidationReport, metrics: dict[str, float], config: PipelineConfig,
-                   run_id: str, run_date: str, alignment: dict | None = None,
-                   profile: dict | None = None) -> str:
+                   validation: ValidationResult, metrics: dict[str, float],
+                   config: PipelineConfig, run_id: str, run_date: str,
+                   alignment: dict | None = None, profile: dict | None = None) -> str:
     """Log the pyfunc model (with its file digests) and register it as a new version, tagged
-    ``promotion.decision=pending`` and holding no alias until a promotion gate judges it.
-
-    ``alignment`` (from ``align_cluster_ids``) adds the cluster-id mapping and label churn;
-    ``profile`` (from ``profile_clusters``) the tag ``profiles.artifact`` pointing at the
-    cluster profiles.
+    ``promotion.decision=pending`` and holding no alias until a promotion gate judges it;
+    its other tags are ``packaging.version_tags`` (lineage, validation, metrics, and from
+    ``align_cluster_ids`` / ``profile_clusters`` the alignment and the profiles' pointer).
 
     Returns:
         The new version number (as text).
@@ -68,17 +65,8 @@ def register_model(est, encoder: FeatureEncoder, frame: pd.DataFrame, lineage: L
     uri = config.tracking_uri()
     example = frame[encoder.features.columns()].head(5)
     model_uri = packaging.log_model(run_id, uri, est, encoder, example)
-    tags = {**lineage_tags(lineage), "data.run_date": run_date,
-            "config_digest": config.digest(), "validation.success": str(report.success),
-            "validation.n_expectations": str(len(report.results)),
-            **{f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()}}
-    if alignment is not None:
-        tags.update({"alignment.reference_version": alignment["reference_version"],
-                     "alignment.mapping": json.dumps(alignment["mapping"])[:4000],
-                     "metric.label_churn": f"{alignment['label_churn']:.6g}",
-                     "metric.label_churn_unaligned": f"{alignment['label_churn_unaligned']:.6g}"})
-    if profile is not None:
-        tags["profiles.artifact"] = profile["artifact"]
+    tags = packaging.version_tags(lineage, run_date, config.digest(), validation, metrics,
+                                  alignment, profile)
     version = packaging.register_version(uri, model_uri, config.registry.model_name,
-                                      run_id=run_id, tags=tags)
+                                         run_id=run_id, tags=tags)
     return str(version.version)

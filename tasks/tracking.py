@@ -1,8 +1,8 @@
 """MLflow run lifecycle for flows (a context manager, not a task: it brackets tasks), and the
 links between a Prefect run and its MLflow run.
 
-Every client here is ``decflow.registry.client.mlflow_client``: MLflow's HTTP retries are bounded and
-a server that does not answer raises ``ServiceUnavailable`` (no Prefect retries on top).
+Every client here is ``decflow.registry.client.mlflow_client``: MLflow's HTTP retries are
+bounded and a server that does not answer raises ``ServiceUnavailable`` (no Prefect retries on top).
 """
 
 import contextlib
@@ -23,7 +23,9 @@ from decflow.config import PipelineConfig, dump_config
 from decflow.errors import ServiceUnavailable
 from decflow.redaction import redact
 from decflow.registry.client import mlflow_client
+from decflow.registry.names import Artifact, Tag
 from decflow.registry.runs import ensure_experiment, fail_stale_runs
+
 from .runtime import redact_errors
 
 _log = logging.getLogger("decflow.registry.tracking")
@@ -41,12 +43,12 @@ def prefect_run_tags() -> dict[str, str]:
 
     if flow_run.id is None:
         return {}
-    tags = {"prefect.flow_run_id": flow_run.id, "prefect.flow_run_name": flow_run.name,
-            "prefect.flow_name": flow_run.flow_name}
+    tags = {Tag.PREFECT_FLOW_RUN_ID: flow_run.id, Tag.PREFECT_FLOW_RUN_NAME: flow_run.name,
+            Tag.PREFECT_FLOW_NAME: flow_run.flow_name}
     if deployment.id:
-        tags["prefect.deployment"] = f"{flow_run.flow_name}/{deployment.name}"
+        tags[Tag.PREFECT_DEPLOYMENT] = f"{flow_run.flow_name}/{deployment.name}"
     if flow_run.ui_url:
-        tags["prefect.flow_run_url"] = flow_run.ui_url
+        tags[Tag.PREFECT_FLOW_RUN_URL] = flow_run.ui_url
     return tags
 
 
@@ -77,28 +79,28 @@ def tracked_run(config: PipelineConfig, run_name: str, tags: dict[str, str] | No
     exp = ensure_experiment(config.tracking_uri(), config.registry.experiment,
                             config.artifact_location())
     run = mlflow.create_run(exp, run_name=run_name, tags={
-        "decflow.version": __version__, "decflow.config_digest": config.digest(),
-        "decflow.host": socket.gethostname(), "decflow.pid": str(os.getpid()),
+        Tag.VERSION: __version__, Tag.CONFIG_DIGEST: config.digest(),
+        Tag.HOST: socket.gethostname(), Tag.PID: str(os.getpid()),
         **prefect_run_tags(), **(tags or {})})
     run_id = run.info.run_id
     _OPEN_RUNS.add(run_id)
     try:
-        flow = (tags or {}).get("decflow.flow")
+        flow = (tags or {}).get(Tag.FLOW)
         try:
             fail_stale_runs(config.tracking_uri(), exp, still_running,
-                            tags={"decflow.flow": flow} if flow else None, by=run_id)
+                            tags={Tag.FLOW: flow} if flow else None, by=run_id)
         except MlflowException as exc:  # housekeeping: never the reason a run fails
             _log.warning("could not look for stale MLflow runs: %s", redact(str(exc))[:300])
         params = config.flatten()
         items = list(params.items())
         for i in range(0, len(items), 100):
             mlflow.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in items[i:i + 100]])
-        log_text(config, run_id, dump_config(config), "config.yaml")
+        log_text(config, run_id, dump_config(config), Artifact.CONFIG)
         yield run_id
     except BaseException as exc:
         if not isinstance(exc, ServiceUnavailable):
             try:
-                mlflow.set_tag(run_id, "decflow.error",
+                mlflow.set_tag(run_id, Tag.ERROR,
                                redact(f"{type(exc).__name__}: {exc}")[:5000])
                 mlflow.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
             except ServiceUnavailable:
@@ -121,8 +123,8 @@ def still_running(run: Run) -> bool:
     tags = run.data.tags
     if run.info.run_id in _OPEN_RUNS:
         return True
-    pid = tags.get("decflow.pid", "")
-    if tags.get("decflow.host") == socket.gethostname() and pid.isdigit():
+    pid = tags.get(Tag.PID, "")
+    if tags.get(Tag.HOST) == socket.gethostname() and pid.isdigit():
         if int(pid) == os.getpid():
             return False
         try:
@@ -131,7 +133,7 @@ def still_running(run: Run) -> bool:
             return False  # its process is gone, whatever Prefect still says
         except PermissionError:
             pass  # another user's process by that pid: ask Prefect
-    final = _prefect_run_final(tags.get("prefect.flow_run_id"))
+    final = _prefect_run_final(tags.get(Tag.PREFECT_FLOW_RUN_ID))
     return True if final is None else not final
 
 

@@ -12,17 +12,17 @@ from decflow import DeepEmbeddedClustering
 from decflow.config import PipelineConfig
 from decflow.data import sources
 from decflow.data.sources import WindowScan
+from decflow.engine import centroids
 from decflow.engine.compute import dask_client
-from decflow.engine.kmeans import kmeans_dask
 from decflow.insight import evaluation
+from decflow.model.building import pretrain_from_config
 from decflow.model.callbacks import LogProgress, ProgressBar
-from decflow.model.estimator import pretrain_from_config
 from decflow.model.features import FeatureEncoder
-from decflow.model.initialization import select_manifold_init, view_dimensions
+from decflow.registry.names import Artifact, Tag
 from decflow.registry.runs import MlflowCallback
 
-from .tracking import client, log_dict, log_figure, log_metrics
 from .runtime import redact_errors
+from .tracking import client, log_dict, log_figure, log_metrics
 
 
 def _callbacks(config: PipelineConfig, run_id: str, progress: bool) -> list:
@@ -50,7 +50,7 @@ def embed_features(frame: pd.DataFrame, config: PipelineConfig, run_id: str | No
         weights = {c: {"weight": w, "relevance": encoder.relevance_[c]}
                    for c, w in encoder.weights_.items()}
         log_dict(config, run_id, {"column_weighting": config.features.column_weighting,
-                                  "columns": weights}, "features/column_weights.json")
+                                  "columns": weights}, Artifact.COLUMN_WEIGHTS)
         log_metrics(config, run_id, {f"feature_weight.{_metric_name(c)}": w
                                      for c, w in encoder.weights_.items()})
     return encoder, X
@@ -70,7 +70,7 @@ def pretrain_autoencoder(X: np.ndarray, config: PipelineConfig, run_id: str,
     est = pretrain_from_config(config, X, _callbacks(config, run_id, progress), warm_start)
     tags = {"pretrain.warm_start": str(warm_start is not None),
             "pretrain.epochs": str(len(est.history_["pretrain_loss"]))}
-    client(config).set_tag(run_id, "decflow.warm_start", tags["pretrain.warm_start"])
+    client(config).set_tag(run_id, Tag.WARM_START, tags["pretrain.warm_start"])
     log_metrics(config, run_id, {"seconds_pretrain": est.timings_["pretrain"]})
     return est
 
@@ -79,50 +79,19 @@ def pretrain_autoencoder(X: np.ndarray, config: PipelineConfig, run_id: str,
 @redact_errors
 def init_centroids(est: DeepEmbeddedClustering, X: np.ndarray, config: PipelineConfig,
                    run_id: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """k-means over Dask on the embedding, or (``model.init="manifold"``) Gaussian mixtures on
-    ``model.init_views`` UMAP views of it (or of the scaled input, ``model.view_space``),
-    each also started from the Dask k-means centres of its view, the candidate with the
-    highest silhouette in its view kept. The views are fitted
-    on at most ``model.init_view_rows`` rows; the chosen one places the others.
+    """The initial centroids (``engine.centroids.init_centroids``: k-means over Dask, or the
+    manifold initialisation), its metrics and the view space logged to the run.
 
     Returns:
         (k, n_components) centroids in z and, for the manifold init, (n, k) posteriors used as
         the fine-tuning targets.
     """
-    import time
-
-    t0 = time.perf_counter()
-    k, seed = config.model.n_clusters, config.train.random_state
-    Z = est.transform(X)
-    runs, extra = [], {}
     with dask_client(config.compute) as dask:
-        def dask_kmeans(space):
-            runs.append(kmeans_dask(space, k, client=dask, random_state=seed,
-                                    **config.kmeans.model_dump()))
-            return runs[-1].cluster_centers
-
-        if config.model.init == "manifold":
-            S, space = est.view_data(X, Z)
-            client(config).set_tag(run_id, "decflow.init_view_space", space)
-            chosen = select_manifold_init(Z, k, n_views=config.model.init_views,
-                                          n_init=config.kmeans.n_init, random_state=seed,
-                                          external_means=dask_kmeans,
-                                          view_rows=config.model.init_view_rows,
-                                          views_of=S if space == "input" else None,
-                                          view_dims=view_dimensions(
-                                              k, config.model.n_components))
-            centers, target = chosen.centers, chosen.resp
-            km = runs[chosen.chosen_view]  # one Dask k-means per view
-            extra = {"init_silhouette": chosen.silhouettes[chosen.chosen],
-                     "init_candidate": chosen.chosen, "init_view_rows": chosen.view_rows,
-                     "input_dimension": est.input_dimension_}
-        else:
-            centers, target = dask_kmeans(Z), None
-            km = runs[-1]
-    log_metrics(config, run_id, {"kmeans_inertia": km.inertia, "kmeans_n_iter": km.n_iter,
-                                 **extra,
-                                 "seconds_init": time.perf_counter() - t0})
-    return centers, target
+        init = centroids.init_centroids(est, X, config, dask)
+    if init.view_space is not None:
+        client(config).set_tag(run_id, Tag.INIT_VIEW_SPACE, init.view_space)
+    log_metrics(config, run_id, init.metrics)
+    return init.centers, init.target
 
 
 @task(name="fit_dec", cache_policy=NO_CACHE)
@@ -143,19 +112,15 @@ def evaluate_model(est: DeepEmbeddedClustering, X: np.ndarray, frame: pd.DataFra
                    config: PipelineConfig, run_id: str) -> dict[str, float]:
     """Unsupervised metrics (and ACC/NMI/ARI with a label column), plots, a summary artifact."""
     Z = est.transform(X)
-    ids, conf, _ = est.score_samples(X)
+    ids, conf, _ = est.assign(X)
     label_col = config.source.label_column
     y = frame[label_col].to_numpy() if label_col and label_col in frame else None
     metrics = evaluation.evaluate(Z, ids, conf, config.model.n_clusters, history=est.history_,
                                   y_true=y, random_state=config.train.random_state or 0)
     log_metrics(config, run_id, metrics)
-    for name, fig in (("training_curves", evaluation.plot_training_curves(est.history_)),
-                      ("cluster_sizes", evaluation.plot_cluster_sizes(ids, config.model.n_clusters)),
-                      ("embedding_2d", evaluation.plot_projection(
-                          Z, ids, random_state=config.train.random_state or 0)),
-                      ("confidence", evaluation.plot_confidence(conf, ids,
-                                                                config.model.n_clusters))):
-        log_figure(config, run_id, fig, f"plots/{name}.png")
+    for name, fig in evaluation.figures(est.history_, Z, ids, conf, config.model.n_clusters,
+                                        random_state=config.train.random_state or 0).items():
+        log_figure(config, run_id, fig, f"{Artifact.PLOTS}/{name}.png")
     rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in metrics.items())
     create_markdown_artifact(key="recluster-metrics", description="Model quality",
                              markdown=f"| metric | value |\n|---|---|\n{rows}\n")

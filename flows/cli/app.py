@@ -42,18 +42,10 @@ from decflow.flows.cli.options import state
 EXIT_DATA, EXIT_USAGE, EXIT_SERVICE, EXIT_INTERNAL, EXIT_CONFLICT = 1, 2, 3, 4, 5
 
 
-
-
 def _fail(exc: Exception, show_traceback: bool) -> int:
     """Print what went wrong (secrets redacted) and return the exit code for ``exc``."""
-    from decflow.errors import (
-        ConfigError,
-        Conflict,
-        DataError,
-        ModelIntegrityError,
-        Rejected,
-        ServiceUnavailable,
-    )
+    from decflow.errors import (ConfigError, Conflict, DataError, ModelIntegrityError, Rejected,
+                                ServiceUnavailable)
     from decflow.redaction import redact
 
     message = redact(str(exc))

@@ -6,15 +6,15 @@ import typer
 
 from decflow.flows.cli.app import app
 from decflow.flows.cli.options import (
-    ConfigOpt,
-    ModelOpt,
-    RunDateOpt,
-    SetOpt,
-    cell,
-    date_option,
-    require_model,
-    setup,
-)
+                                       ConfigOpt,
+                                       ModelOpt,
+                                       RunDateOpt,
+                                       SetOpt,
+                                       cell,
+                                       date_option,
+                                       require_model,
+                                       setup,
+                                       )
 
 
 @app.command()

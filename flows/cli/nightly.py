@@ -9,18 +9,18 @@ import typer
 
 from decflow.flows.cli.app import app
 from decflow.flows.cli.options import (
-    ConfigOpt,
-    HomeOpt,
-    ModelOpt,
-    RunDateOpt,
-    SetOpt,
-    date_option,
-    print_run,
-    quiet_environment,
-    require_model,
-    setup,
-    state,
-)
+                                       ConfigOpt,
+                                       HomeOpt,
+                                       ModelOpt,
+                                       RunDateOpt,
+                                       SetOpt,
+                                       date_option,
+                                       print_run,
+                                       quiet_environment,
+                                       require_model,
+                                       setup,
+                                       state,
+                                       )
 
 
 @app.command()

@@ -12,15 +12,15 @@ import typer
 
 from decflow.flows.cli.app import app
 from decflow.flows.cli.options import (
-    ConfigOpt,
-    CronOpt,
-    OptionalConfigOpt,
-    SetOpt,
-    TimezoneOpt,
-    load,
-    quiet_environment,
-    state,
-)
+                                       ConfigOpt,
+                                       CronOpt,
+                                       OptionalConfigOpt,
+                                       SetOpt,
+                                       TimezoneOpt,
+                                       load,
+                                       quiet_environment,
+                                       state,
+                                       )
 
 
 @app.command()

@@ -57,6 +57,9 @@ def base_file(tmp_path):
     ("model.init_view_rows", 2, r"model\.init_view_rows: .*greater than or equal to 3.*found 2"),
     ("model.init_view_rows", 10, r"model: .*init_view_rows=10 must be greater than "
                                  r"n_clusters=10"),
+    # the estimator stops when fewer than this share of labels change: a share in (0, 1)
+    ("train.tol", 0, r"train\.tol: .*greater than 0.*found 0"),
+    ("train.tol", 1, r"train\.tol: .*less than 1.*found 1"),
 ])
 def test_bad_values_name_the_key_expected_and_found(base_file, key, value, match):
     with pytest.raises(ConfigError, match=match) as err:

@@ -199,7 +199,7 @@ class TrainConfig(_Section):
     finetune_lr: float = Field(default=1e-4, gt=0)
     # steps between target updates (None: one pass)
     update_interval: int | None = Field(default=None, ge=1)
-    tol: float = Field(default=0.001, ge=0)
+    tol: float = Field(default=0.001, gt=0, lt=1)  # share of labels that may still change
     # target updates on the initialisation's posteriors before DEC's p(q); "all": throughout
     anchor_updates: AnchorUpdates = "all"
     max_iter: CountOrAuto = "auto"

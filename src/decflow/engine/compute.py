@@ -1,4 +1,5 @@
-"""Where distributed work runs: a Dask client for an existing scheduler or an embedded LocalCluster."""
+"""Where distributed work runs: a Dask client for an existing scheduler or an embedded
+LocalCluster."""
 
 import ctypes
 import functools

@@ -436,7 +436,7 @@ def _add_lists(*parts):
     return [sum(xs[1:], xs[0]) for xs in zip(*parts)]
 
 
-# --- Lloyd iterations, all restarts in one pass ----------------------------------------------------
+# --- Lloyd iterations, all restarts in one pass --------------------------------------------
 
 def _lloyd(client, parts: _Partitions, centers: np.ndarray, max_iter: int, tol_abs: float):
     """Run Lloyd's algorithm for every restart until each converges or hits ``max_iter``.

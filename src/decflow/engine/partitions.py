@@ -4,7 +4,7 @@ Each partition of the source is cut into row-group chunks (``sources.WindowScan.
 task per chunk reads the chunk's wanted columns in batches on a worker, runs the expectation
 suite on each batch (``validation.validate_batch``) and, when scoring, encodes, embeds and
 scores the batch with the model and builds its labels rows. The client keeps only small
-things: the batch reports, added up into one ``ValidationReport``, and the labels tables,
+things: the batch results, added up into one ``ValidationResult``, and the labels tables,
 streamed one chunk at a time into the partition's file (``partitioned.PartitionWriter``), which
 replaces the old partition only when the whole partition passed validation. At most
 ``2 x (worker threads)`` chunks are in flight, so neither the workers nor the client hold a
@@ -210,7 +210,7 @@ class PartitionOutcome:
     """What ``run_partitions`` did to one scan (a partition, or a whole window)."""
 
     day: str
-    report: validation.ValidationReport | None = None  # None when ``error`` is set
+    validation_result: validation.ValidationResult | None = None  # None when ``error`` is set
     rows_written: int = 0
     path: str | None = None
     error: BaseException | None = None  # a chunk task failed (unreadable file, ...)
@@ -323,13 +323,13 @@ def _finish(client: distributed.Client, st: _Pending, plan: Plan) -> PartitionOu
     out = PartitionOutcome(day)
     try:
         if st.error is None:
-            out.report = _report(client, st, plan)
+            out.validation_result = _validation_result(client, st, plan)
     except Exception as exc:
         st.error = exc
     out.error = st.error
     writer, st.writer = st.writer, None
     if writer is not None:
-        if out.error is None and out.report.success:
+        if out.error is None and out.validation_result.success:
             writer.__exit__(None, None, None)
             out.rows_written, out.path = writer.rows, writer.path
         else:
@@ -338,7 +338,7 @@ def _finish(client: distributed.Client, st: _Pending, plan: Plan) -> PartitionOu
     if out.error is not None:
         _log.warning("%s: %d rows, failed: %s", where, n,
                      f"{type(out.error).__name__}: {out.error}"[:500])
-    elif not out.report.success:
+    elif not out.validation_result.success:
         _log.warning("%s: %d rows failed validation%s", where, n,
                      "; no labels written" if plan.labels is not None else "")
     else:
@@ -357,7 +357,8 @@ def _describe(scan: WindowScan) -> str:
     return f"{scan.date_column}={parts[0]}..{parts[-1]} ({len(parts)} partitions)"
 
 
-def _report(client: distributed.Client, st: _Pending, plan: Plan) -> validation.ValidationReport:
+def _validation_result(client: distributed.Client, st: _Pending, plan: Plan
+                       ) -> validation.ValidationResult:
     dups = None
     if any(plan.source.id_column in b.columns for b in st.batches):
         dups = validation.merge_duplicates(client.gather(st.duplicates),
@@ -391,10 +392,10 @@ def make_plan(config: PipelineConfig, n_rows: int, labels: LabelsSpec | None = N
 
 
 def validate_scan(client: distributed.Client, scan: WindowScan, config: PipelineConfig
-                  ) -> validation.ValidationReport:
+                  ) -> validation.ValidationResult:
     """Every expectation on every row of ``scan`` (a window), chunk-wise on the cluster."""
     return run_partition(client, scan, make_plan(config, scan.n_rows),
-                         chunk_rows=config.compute.chunk_rows).report
+                         chunk_rows=config.compute.chunk_rows).validation_result
 
 
 def scatter_model(client: distributed.Client, encoder: FeatureEncoder,

@@ -101,6 +101,16 @@ def _check_labels(labels, n_clusters: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- figures
+def figures(history: dict, Z: np.ndarray, labels: np.ndarray, confidence: np.ndarray,
+            n_clusters: int, *, random_state: int = 0) -> dict:
+    """The run's pictures by name: ``training_curves``, ``cluster_sizes``, ``embedding_2d``,
+    ``confidence`` (matplotlib figures; the run report shows them in this order)."""
+    return {"training_curves": plot_training_curves(history),
+            "cluster_sizes": plot_cluster_sizes(labels, n_clusters),
+            "embedding_2d": plot_projection(Z, labels, random_state=random_state),
+            "confidence": plot_confidence(confidence, labels, n_clusters)}
+
+
 def plot_training_curves(history: dict):
     """Pretraining loss per epoch; fine-tuning KL, reconstruction and label change per update.
 

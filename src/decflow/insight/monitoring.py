@@ -25,7 +25,9 @@ import numpy as np
 import pandas as pd
 
 from decflow.config import PipelineConfig
+from decflow.data import partitioned
 from decflow.files import atomic_path
+from decflow.registry.names import Tag
 
 PSI_EPSILON = 1e-4  # share floor in the PSI, so an empty cluster gives a finite value
 
@@ -58,7 +60,7 @@ def size_shift(before: np.ndarray, after: np.ndarray) -> dict[str, float]:
 
 
 @dataclass
-class DriftReport:
+class Drift:
     """One night's drift against last night and the champion, with the thresholds' verdict."""
 
     run_date: str
@@ -103,10 +105,10 @@ def _fmt(value) -> str:
         else f"{value:.4g}"
 
 
-def drift_report(run_date, sizes: dict, n_clusters: int, *, previous_date=None,
-                 previous_sizes: dict | None = None, label_churn: float | None = None,
-                 max_churn: float | None = None, max_size_shift: float | None = None
-                 ) -> DriftReport:
+def measure_drift(run_date, sizes: dict, n_clusters: int, *, previous_date=None,
+                  previous_sizes: dict | None = None, label_churn: float | None = None,
+                  max_churn: float | None = None, max_size_shift: float | None = None
+                  ) -> Drift:
     """Compare tonight's cluster sizes with last night's and check the thresholds.
 
     Args:
@@ -116,26 +118,26 @@ def drift_report(run_date, sizes: dict, n_clusters: int, *, previous_date=None,
             its threshold is an alert.
     """
     now = shares(sizes, n_clusters)
-    report = DriftReport(str(run_date), n_clusters,
-                         [int(sizes.get(i, 0)) for i in range(n_clusters)],
-                         max_churn=max_churn, max_size_shift=max_size_shift)
+    drift = Drift(str(run_date), n_clusters,
+                  [int(sizes.get(i, 0)) for i in range(n_clusters)],
+                  max_churn=max_churn, max_size_shift=max_size_shift)
     if label_churn is not None and not math.isnan(label_churn):
-        report.label_churn = float(label_churn)
+        drift.label_churn = float(label_churn)
     if previous_sizes:
-        report.previous_date = str(previous_date)
-        report.previous_sizes = [int(previous_sizes.get(i, 0)) for i in range(n_clusters)]
+        drift.previous_date = str(previous_date)
+        drift.previous_sizes = [int(previous_sizes.get(i, 0)) for i in range(n_clusters)]
         shift = size_shift(shares(previous_sizes, n_clusters), now)
-        report.size_shift_tvd, report.size_shift_psi = shift["tvd"], shift["psi"]
-    if max_churn is not None and report.label_churn is not None \
-            and report.label_churn > max_churn:
-        report.alerts.append(f"label churn {report.label_churn:.3f} exceeds "
-                             f"monitoring.max_churn {max_churn:g}")
-    if max_size_shift is not None and report.size_shift_tvd is not None \
-            and report.size_shift_tvd > max_size_shift:
-        report.alerts.append(f"cluster-size shift {report.size_shift_tvd:.3f} (TVD vs "
-                             f"{report.previous_date}) exceeds monitoring.max_size_shift "
-                             f"{max_size_shift:g}")
-    return report
+        drift.size_shift_tvd, drift.size_shift_psi = shift["tvd"], shift["psi"]
+    if max_churn is not None and drift.label_churn is not None \
+            and drift.label_churn > max_churn:
+        drift.alerts.append(f"label churn {drift.label_churn:.3f} exceeds "
+                            f"monitoring.max_churn {max_churn:g}")
+    if max_size_shift is not None and drift.size_shift_tvd is not None \
+            and drift.size_shift_tvd > max_size_shift:
+        drift.alerts.append(f"cluster-size shift {drift.size_shift_tvd:.3f} (TVD vs "
+                            f"{drift.previous_date}) exceeds monitoring.max_size_shift "
+                            f"{max_size_shift:g}")
+    return drift
 
 
 # ---------------------------------------------------------------------- history
@@ -158,7 +160,7 @@ def history(tracking_uri: str, experiment: str, *, days: int = 30, end=None,
     runs = _all_runs(client, exp.experiment_id)
     by_night: dict[str, object] = {}
     for run in runs:  # newest first
-        night = run.data.tags.get("decflow.run_date")
+        night = run.data.tags.get(Tag.RUN_DATE)
         if not night:
             continue
         held = by_night.get(night)
@@ -180,14 +182,14 @@ def history(tracking_uri: str, experiment: str, *, days: int = 30, end=None,
         rows.append({"run_date": night,
                      "status": "RUNNING (this run)" if run.info.run_id == current_run_id
                      else run.info.status,
-                     "model_version": t.get("decflow.model_version"),
-                     "champion_version": t.get("decflow.champion_version"),
-                     "promotion": t.get("promotion.decision"),
+                     "model_version": t.get(Tag.MODEL_VERSION),
+                     "champion_version": t.get(Tag.CHAMPION_VERSION),
+                     "promotion": t.get(Tag.PROMOTION_DECISION),
                      "rows": m.get("labels_rows", math.nan),
                      **{k: m.get(k, math.nan) for k in ("label_churn", "size_shift_tvd",
                                                         "size_shift_psi", "acc", "nmi",
                                                         "silhouette", "mean_confidence")},
-                     "alert": t.get("monitoring.alert") == "true",
+                     "alert": t.get(Tag.MONITORING_ALERT) == "true",
                      "run_id": run.info.run_id})
     return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
 
@@ -229,28 +231,46 @@ def cell_text(value, yes: str = "yes") -> str:
     return str(value)
 
 
+def night_drift(config: PipelineConfig, run_date: dt.date, n_clusters: int,
+                label_churn: float | None) -> Drift:
+    """The drift of the labels written for ``run_date`` against the newest earlier labels
+    partition (sizes read from the ``cluster_id`` column alone) and the champion (``label_churn``),
+    checked against ``monitoring.max_churn`` / ``max_size_shift``."""
+    date_column, uri = config.source.date_column, config.labels_uri()
+    tonight = partitioned.partition_counts(uri, date_column, run_date, "cluster_id") or {}
+    earlier = [d for d in partitioned.list_partitions(uri, date_column) if d < run_date]
+    previous = earlier[-1] if earlier else None
+    before = partitioned.partition_counts(uri, date_column, previous, "cluster_id") \
+        if previous else None
+    k = max([n_clusters, *[int(c) + 1 for c in [*tonight, *(before or {})]]])
+    mon = config.monitoring
+    return measure_drift(run_date, tonight, k, previous_date=previous, previous_sizes=before,
+                         label_churn=label_churn, max_churn=mon.max_churn,
+                         max_size_shift=mon.max_size_shift)
+
+
 # ---------------------------------------------------------------------- figures
-def plot_sizes_vs_last_night(report: DriftReport):
+def plot_sizes_vs_last_night(drift: Drift):
     """Rows per cluster tonight beside last night's (shares, so nights of different size
     compare), with the size shift in the title."""
     from matplotlib.figure import Figure
 
-    k = report.n_clusters
-    now = np.asarray(report.sizes, np.float64)
+    k = drift.n_clusters
+    now = np.asarray(drift.sizes, np.float64)
     fig = Figure(figsize=(max(5.5, 0.5 * k + 2), 3.6), layout="constrained")
     ax = fig.subplots()
     x = np.arange(k)
-    if report.previous_sizes is not None:
-        before = np.asarray(report.previous_sizes, np.float64)
+    if drift.previous_sizes is not None:
+        before = np.asarray(drift.previous_sizes, np.float64)
         ax.bar(x - 0.2, before / before.sum(), width=0.4, color="tab:gray",
-               label=f"last night ({report.previous_date})")
+               label=f"last night ({drift.previous_date})")
         ax.bar(x + 0.2, now / now.sum(), width=0.4, color="tab:blue",
-               label=f"tonight ({report.run_date})")
-        title = (f"cluster sizes: shift {report.size_shift_tvd:.3f} (TVD), "
-                 f"PSI {report.size_shift_psi:.3f}")
+               label=f"tonight ({drift.run_date})")
+        title = (f"cluster sizes: shift {drift.size_shift_tvd:.3f} (TVD), "
+                 f"PSI {drift.size_shift_psi:.3f}")
     else:
         ax.bar(x, now / now.sum(), width=0.6, color="tab:blue",
-               label=f"tonight ({report.run_date})")
+               label=f"tonight ({drift.run_date})")
         title = "cluster sizes (no earlier night to compare with)"
     ax.set_xticks(x)
     ax.set_xlabel("cluster id")

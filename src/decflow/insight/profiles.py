@@ -12,7 +12,8 @@ One profile per cluster id ``0..k-1`` (empty clusters included, with size 0 and 
   constant but differ, the column's overall std is used instead. A feature is listed only when
   the difference is both material and clear: ``|value| >= MIN_EFFECT`` (0.2, Cohen's "small")
   and its two-sample statistic ``|value| * sqrt(n_in * n_out / n)`` at least ``MIN_Z`` (4), so
-  that a column of noise, whose clusters differ by chance, is not named. Elements of a vector column count as numeric features named ``name[i]`` when
+  that a column of noise, whose clusters differ by chance, is not named. Elements of a vector
+  column count as numeric features named ``name[i]`` when
   the vector has at most ``MAX_VECTOR_ELEMENTS`` elements; longer vectors (pixels, embeddings)
   are skipped, as their single elements do not describe anything to a reader.
 - ``categories``: over-represented values of each categorical column, ranked by
@@ -111,6 +112,22 @@ class ClusterProfiles:
         for row in self._rows(max_items):
             lines.append("| " + " | ".join(_escape_markdown(cell) for cell in row) + " |")
         return "\n".join(lines) + "\n"
+
+    def summary(self, n: int = 3) -> list[dict]:
+        """One short row per cluster (the Prefect run's ``cluster-profiles`` table)."""
+        def short(items, render, k=n):
+            return ", ".join(render(item) for item in items[:k])
+        return [{"cluster": c["cluster_id"], "size": c["size"], "share": round(c["share"], 4),
+                 "mean confidence": (None if c["mean_confidence"] is None
+                                     else round(c["mean_confidence"], 3)),
+                 "sets it apart": short(c["numeric"],
+                                        lambda f: f"{f['feature']} {f['value']:+.2f}σ"),
+                 "over-represented": short(c["categories"], lambda g: f"{g['column']}="
+                                           f"{g['category']} ×{g['lift']:.2g}"),
+                 "top terms": short(c["terms"], lambda t: t["term"], 5),
+                 "exemplar ids": ", ".join(str(e) for e in c["exemplars"]),
+                 **({"most common label": label_text(c)} if c["labels"] else {})}
+                for c in self.clusters]
 
     def to_html(self, max_items: int = 5) -> str:
         """The same table as a self-contained HTML fragment (escaped text, no scripts or assets)."""

@@ -31,6 +31,7 @@ from decflow.files import write_atomic
 from decflow.insight.profiles import label_text
 from decflow.redaction import redact
 from decflow.registry.client import mlflow_client
+from decflow.registry.names import Artifact, Tag
 
 FLOW = "recluster"
 # Shown first, in this order; every other metric follows by name.
@@ -46,11 +47,9 @@ PLOT_CAPTIONS = {
     "drift_history.png": "Label churn and size drift over the last nights",
     "training_curves.png": "Training curves (autoencoder pretraining, DEC fine-tuning)",
 }
-ARTIFACTS = {"config": "config.yaml", "validation": "validation/result.json",
-             "alignment": "alignment/cluster_ids.json", "promotion": "promotion/decision.json",
-             "profiles": "profiles/cluster_profiles.json", "drift": "monitoring/drift.json"}
-PLOTS_DIR = "plots"
-REPORT_ARTIFACT = "report/report.html"  # the page, logged into its own run
+ARTIFACTS = {"config": Artifact.CONFIG, "validation": Artifact.VALIDATION,
+             "alignment": Artifact.ALIGNMENT, "promotion": Artifact.PROMOTION,
+             "profiles": Artifact.PROFILES, "drift": Artifact.DRIFT}
 _PNG = b"\x89PNG\r\n\x1a\n"
 _MAX_ITEMS = 5  # features, categories, terms, exemplars per profile cell
 
@@ -105,7 +104,7 @@ def render_report(tracking_uri: str, run_id: str) -> str:
                 for key, path in ARTIFACTS.items()}
         plots = [(caption, _data_uri(path)) for caption, path in _plot_order(files)]
     tags = run.data.tags
-    day = tags.get("decflow.run_date", "?")
+    day = tags.get(Tag.RUN_DATE, "?")
     sections = [
         ("Summary", lambda: _summary(run, versions)),
         ("Data validation", lambda: _validation(data["validation"])),
@@ -150,7 +149,7 @@ def report_command(config: PipelineConfig, run_date: dt.date | None = None,
     the file written."""
     uri, experiment = config.tracking_uri(), config.registry.experiment
     run = find_run(uri, experiment, run_date=run_date, run_id=run_id)
-    day = run.data.tags.get("decflow.run_date") or run.info.run_id
+    day = run.data.tags.get(Tag.RUN_DATE) or run.info.run_id
     return write_report(uri, experiment, out or report_path(config, day),
                                run_id=run.info.run_id)
 
@@ -161,10 +160,10 @@ def log_report(config: PipelineConfig, run_id: str, out: Path | None = None) -> 
     the artifact's URI."""
     client = mlflow_client(config.tracking_uri())
     page = render_report(config.tracking_uri(), run_id)
-    client.log_text(run_id, page, REPORT_ARTIFACT)
+    client.log_text(run_id, page, Artifact.REPORT)
     if out is not None:
         save_page(page, out)
-    return f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{REPORT_ARTIFACT}"
+    return f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{Artifact.REPORT}"
 
 
 # --------------------------------------------------------------------------- reading
@@ -191,8 +190,8 @@ def _download(client, run_id: str, dst: Path) -> dict[str, Path]:
         if listed.get(folder):
             paths += [i.path for i in client.list_artifacts(run_id, folder)
                       if not i.is_dir and i.path in wanted]
-    if listed.get(PLOTS_DIR):
-        paths += _pngs(client, run_id, PLOTS_DIR)
+    if listed.get(Artifact.PLOTS):
+        paths += _pngs(client, run_id, Artifact.PLOTS)
     return {p: Path(client.download_artifacts(run_id, p, str(dst))) for p in paths}
 
 
@@ -224,8 +223,8 @@ class _Unreadable(str):
 
 def _plot_order(files: dict[str, Path]) -> list[tuple[str, Path]]:
     """(caption, file) of every PNG under plots/: known names first, in page order."""
-    pngs = {p.removeprefix(PLOTS_DIR + "/"): f for p, f in files.items()
-            if p.startswith(PLOTS_DIR + "/")}
+    pngs = {p.removeprefix(Artifact.PLOTS + "/"): f for p, f in files.items()
+            if p.startswith(Artifact.PLOTS + "/")}
     known = [(PLOT_CAPTIONS[n], pngs[n]) for n in PLOT_CAPTIONS if n in pngs]
     return known + [(n, pngs[n]) for n in sorted(pngs) if n not in PLOT_CAPTIONS]
 
@@ -254,29 +253,29 @@ def _anchor(title: str) -> str:
 
 def _summary(run: Run, versions) -> str:
     info, tags = run.info, run.data.tags
-    rows = [("Run date", tags.get("decflow.run_date")),
+    rows = [("Run date", tags.get(Tag.RUN_DATE)),
             ("Status", _badge("RUNNING (this page was its last step)", None)
              if info.status == "RUNNING" else _badge(info.status, info.status == "FINISHED")),
             ("Started", _time(info.start_time)), ("Ended", _time(info.end_time)),
             ("Duration", _duration(info.start_time, info.end_time)),
             ("MLflow run", _Html(f"{_e(info.run_name or '')} <code>{_e(info.run_id)}</code>")),
-            ("Training window rows", tags.get("data.n_rows")),
+            ("Training window rows", tags.get(Tag.DATA_N_ROWS)),
             ("Labels written (rows)", _labels_rows(run.data.metrics)),
-            ("Labelled with champion version", tags.get("decflow.champion_version")),
-            ("Promotion", tags.get("promotion.decision")),
-            ("Drift alert", tags.get("monitoring.alert")),
-            ("Warm start", tags.get("decflow.warm_start")),
-            ("decflow version", tags.get("decflow.version"))]
+            ("Labelled with champion version", tags.get(Tag.CHAMPION_VERSION)),
+            ("Promotion", tags.get(Tag.PROMOTION_DECISION)),
+            ("Drift alert", tags.get(Tag.MONITORING_ALERT)),
+            ("Warm start", tags.get(Tag.WARM_START)),
+            ("decflow version", tags.get(Tag.VERSION))]
     for mv in versions:
         aliases = ", ".join(sorted(mv.aliases)) or "no alias"
         rows.append(("Model version", f"{mv.name} version {mv.version} ({aliases})"))
     rows += [(f"Labels: {k.removeprefix('labels.')}", v) for k, v in sorted(tags.items())
              if k.startswith("labels.")]
-    url = tags.get("prefect.flow_run_url", "")
+    url = tags.get(Tag.PREFECT_FLOW_RUN_URL, "")
     if url.startswith(("http://", "https://")):
-        name = tags.get("prefect.flow_run_name", url)
+        name = tags.get(Tag.PREFECT_FLOW_RUN_NAME, url)
         rows.append(("Prefect flow run", _Html(f'<a href="{_e(url)}">{_e(name)}</a>')))
-    error = tags.get("decflow.error")
+    error = tags.get(Tag.ERROR)
     banner = (f'<div class="banner error" role="alert"><strong>The run failed:</strong> '
               f'{_e(error)}</div>\n' if error else "")
     return banner + _kv([(k, _cell(v)) for k, v in rows if v is not None])
@@ -289,7 +288,7 @@ def _labels_rows(metrics: dict[str, float]) -> int | None:
 
 def _validation(report) -> str:
     if not isinstance(report, dict):
-        return _absent("validation/result.json", report)
+        return _absent(Artifact.VALIDATION, report)
     head = (f"<p>{_badge('passed' if report.get('success') else 'FAILED', report.get('success'))}"
             f" {_e(report.get('n_failed', '?'))} of {_e(report.get('n_expectations', '?'))} "
             f"expectations failed on {_e(report.get('n_rows', '?'))} rows.</p>")
@@ -323,7 +322,7 @@ def _promotion(decision, versions) -> str:
              g.get("value"), g.get("threshold"), g.get("detail")]
             for g in decision.get("gates", [])]))
     else:
-        parts.append(_absent("promotion/decision.json", decision))
+        parts.append(_absent(Artifact.PROMOTION, decision))
     for mv in versions:
         promo = sorted((k, v) for k, v in mv.tags.items() if k.startswith("promotion."))
         parts.append(f"<h3>{_e(mv.name)} version {_e(mv.version)}: aliases "
@@ -345,23 +344,23 @@ def _drift(drift, alignment, tags: dict[str, str]) -> str:
                          f'({len(alerts)}):</strong><ul>{items}</ul></div>')
         parts.append(_cell({k: v for k, v in drift.items() if k != "alerts"}))
     else:
-        parts.append(_absent("monitoring/drift.json", drift))
+        parts.append(_absent(Artifact.DRIFT, drift))
     parts.append("<h3>Cluster id alignment</h3>")
     if isinstance(alignment, dict):
         parts.append(_cell(alignment))
-    elif alignment is None and tags.get("alignment.reference_version") == "none":
+    elif alignment is None and tags.get(Tag.ALIGNMENT_REFERENCE_VERSION) == "none":
         parts.append(_missing("no champion to align with (first night): not recorded for "
                               "this run"))
-    elif alignment is None and tags.get("alignment.skipped"):
+    elif alignment is None and tags.get(Tag.ALIGNMENT_SKIPPED):
         parts.append(_missing(f"skipped: {tags['alignment.skipped']}"))
     else:
-        parts.append(_absent("alignment/cluster_ids.json", alignment))
+        parts.append(_absent(Artifact.ALIGNMENT, alignment))
     return "\n".join(parts)
 
 
 def _profiles(profiles) -> str:
     if not isinstance(profiles, dict):
-        return _absent("profiles/cluster_profiles.json", profiles)
+        return _absent(Artifact.PROFILES, profiles)
     clusters = profiles.get("clusters", [])
     text_columns = {t.get("column") for c in clusters for t in c.get("terms", [])}
     header = ["cluster", "size", "share", "mean confidence", "distinguishing features",
@@ -405,7 +404,7 @@ def _pictures(plots: list[tuple[str, str | None]]) -> str:
 
 def _config(text) -> str:
     if not isinstance(text, str) or isinstance(text, _Unreadable):
-        return _absent("config.yaml", text)
+        return _absent(Artifact.CONFIG, text)
     return (f"<details><summary>config.yaml (secrets redacted)</summary>"
             f"<pre>{_e(text)}</pre></details>")
 

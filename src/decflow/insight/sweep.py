@@ -15,7 +15,7 @@ Why a proxy instead of DEC per k
     choose how many groups there are. So the sweep pretrains once and, per k and seed,
     runs an initialisation alone: k-means on the view refined by a full-covariance Gaussian
     mixture started from its centres (one of the candidates the nightly's
-    ``tasks/train.py::init_centroids`` draws in each of its ``model.init_views`` views, with
+    ``engine.centroids.init_centroids`` draws in each of its ``model.init_views`` views, with
     scikit-learn's KMeans on the in-memory sample where the nightly runs the same Lloyd
     k-means over Dask), or plain k-means on z for ``init="k-means"``. The nightly also fits
     restarted mixtures in 5 views and keeps the highest silhouette; the sweep does not, so its
@@ -350,7 +350,7 @@ def run_sweep(config, ks: Sequence[int], *, run_date=None, seeds: int = 3,
     """
     from decflow.data import partitioned, sources
     from decflow.errors import DataError
-    from decflow.model.estimator import pretrain_from_config
+    from decflow.model.building import pretrain_from_config
     from decflow.model.features import FeatureEncoder
     from decflow.redaction import redact
 

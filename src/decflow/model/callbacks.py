@@ -21,21 +21,10 @@ class Callback:
         """Called once after a phase ends."""
 
 
-class PrintProgress(Callback):
-    """Prints one line every ``every`` epochs/updates (for scripts and notebooks)."""
-
-    def __init__(self, every: int = 10):
-        self.every = every
-
-    def on_epoch_end(self, phase, epoch, logs):
-        if epoch % self.every == 0:
-            values = " ".join(f"{k}={v:.4g}" for k, v in logs.items())
-            print(f"[{phase}] {epoch}: {values}", flush=True)
-
-
 class LogProgress(Callback):
-    """Logs training progress to the ``decflow.model.training`` logger: the start and end of each phase,
-    about ``lines`` evenly spaced pretraining epochs and every fine-tuning target update.
+    """Logs training progress to the ``decflow.model.training`` logger: the start and end of
+    each phase, about ``lines`` evenly spaced pretraining epochs and every fine-tuning target
+    update.
 
     Unlike ``ProgressBar`` it needs no terminal, so it is what scheduled runs show (the Prefect
     flows forward ``decflow.*`` records to the run's logs).

@@ -1,20 +1,25 @@
 """``DeepEmbeddedClustering``: a scikit-learn estimator in front of the DEC/IDEC maths."""
 
+# Over 500 lines on purpose: it holds one class, whose docstring (26 parameters and the fitted
+# attributes, kept on the class as scikit-learn does) is 100 of them. Building the estimator
+# from a config lives in building.py, the handling of degenerate clusters in degenerate.py.
+
 import json
 import logging
 import math
 import time
-import warnings
 from numbers import Integral
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from decflow.files import atomic_path
 from decflow import __version__
+from decflow.model.degenerate import report_degenerate, reseed_degenerate
 from decflow.model.initialization import (INIT_CHOICES, VIEW_SPACES, effective_dimension,
                                           kmeans_init, manifold_init, view_dimensions)
 from decflow.model.initialization import view_space as choose_view_space
@@ -23,10 +28,6 @@ from decflow.model.training import encode, dec_loop, pretrain_loop
 
 _FORMAT = "decflow.dec/1"
 _log = logging.getLogger(__name__)
-
-
-class DegenerateClusterWarning(UserWarning):
-    """A cluster is empty or much smaller than asked for."""
 
 
 class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
@@ -256,7 +257,7 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
                 Z = encode(self.autoencoder_, Xt, device).cpu().numpy()
                 centers, target = self._initial_centers(Z, seed, X)
                 if target is None:  # a target (the mixture's posteriors) defines its clusters
-                    centers = self._reseed_degenerate(Z, centers)
+                    centers = reseed_degenerate(Z, centers, self.min_cluster_size)
             if target is not None:
                 target = np.asarray(target, dtype=np.float32)
                 if target.shape != (n, self.n_clusters):
@@ -288,7 +289,8 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         _log.info("fine-tuning %s after %d steps (%.1f s); cluster sizes: %s",
                   "converged" if self.converged_ else "stopped at max_iter", self.n_iter_,
                   self.timings_["finetune"], sizes.tolist())
-        self._report_degenerate(self.labels_)
+        self.degenerate_clusters_ = report_degenerate(self.labels_, self.n_clusters,
+                                                      self.min_cluster_size)
         return self
 
     def permute_clusters(self, order) -> "DeepEmbeddedClustering":
@@ -332,8 +334,19 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         """Cluster id (argmax q) for each row, shape (n_samples,)."""
         return self.predict_proba(X).argmax(axis=1)
 
-    def score_samples(self, X):
-        """(cluster id, confidence = max q, distance to the assigned centroid in z) per row."""
+    def assign(self, X):
+        """Cluster id, confidence and distance to the centroid for each row: what scoring writes.
+
+        Not ``score_samples``: scikit-learn expects that to return one score per row.
+
+        Args:
+            X: (n_samples, n_features).
+
+        Returns:
+            (labels, confidence, distance): (n_samples,) int64 cluster id (argmax q, as
+            ``predict``), (n_samples,) float32 max q, and (n_samples,) float32 Euclidean
+            distance in z to the assigned centroid.
+        """
         check_is_fitted(self, "cluster_centers_")
         z = self._embed(X)
         with torch.no_grad():
@@ -454,6 +467,9 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
             value = getattr(self, name)
             if not isinstance(value, Integral) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
+        rs = self.random_state
+        if rs is not None and (not isinstance(rs, Integral) or isinstance(rs, bool)):
+            raise ValueError(f"random_state={rs!r} must be None or an integer (a seed)")
         if self.init_view_rows is not None and (not isinstance(self.init_view_rows, Integral)
                                                 or self.init_view_rows <= self.n_clusters):
             raise ValueError(f"init_view_rows={self.init_view_rows!r} must be None or an "
@@ -514,40 +530,6 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
                              views_of=S if self.view_space_ == "input" else None,
                              view_dims=view_dimensions(self.n_clusters, self.n_components))
 
-    def _degenerate(self, sizes: np.ndarray) -> np.ndarray:
-        """Ids of clusters that are empty or under ``min_cluster_size`` x n / k."""
-        return np.flatnonzero((sizes == 0) |
-                              (sizes < self.min_cluster_size * sizes.sum() / self.n_clusters))
-
-    def _reseed_degenerate(self, Z, centers):
-        """Move centroids of empty/tiny clusters onto the points farthest from their centroid
-        (as k-means does for empty clusters), then report any that stay degenerate."""
-        d2 = ((Z[:, None, :] - centers[None]) ** 2).sum(-1)
-        labels = d2.argmin(1)
-        sizes = np.bincount(labels, minlength=self.n_clusters)
-        bad = self._degenerate(sizes)
-        if len(bad) == 0:
-            return centers
-        far = np.argsort(-d2[np.arange(len(Z)), labels])
-        centers = centers.copy()
-        for j, row in zip(bad, far):
-            centers[j] = Z[row]
-        warnings.warn(f"re-seeded degenerate clusters after initialisation: "
-                      f"{ {int(j): int(sizes[j]) for j in bad} } (cluster id: size)",
-                      DegenerateClusterWarning, stacklevel=3)
-        return centers
-
-    def _report_degenerate(self, labels):
-        sizes = np.bincount(labels, minlength=self.n_clusters)
-        bad = self._degenerate(sizes)
-        self.degenerate_clusters_ = {int(j): int(sizes[j]) for j in bad}
-        if bad.size:
-            n_empty = int((sizes == 0).sum())
-            warnings.warn(
-                f"{len(bad)} of {self.n_clusters} clusters are degenerate after fine-tuning "
-                f"({n_empty} empty); sizes by cluster id: {self.degenerate_clusters_}",
-                DegenerateClusterWarning, stacklevel=3)
-
     def _fit_scaler(self, X):
         if self.input_scaling == "global":
             self.scaler_mean_ = X.mean(axis=0).astype(np.float32)
@@ -579,15 +561,33 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
 
 
 def _check_array(X, name: str) -> np.ndarray:
-    """Validate at the edge: 2-D, numeric, finite, non-empty; returns float32."""
+    """Validate at the edge: dense, real, 2-D, numeric, finite, non-empty; returns float32.
+
+    Raises TypeError for sparse input and values that are no numbers (scikit-learn's types),
+    ValueError for the rest.
+    """
+    if sp.issparse(X):
+        raise TypeError(f"{name} is a sparse {type(X).__name__}: sparse input is not "
+                        "supported, pass a dense array (X.toarray())")
     try:
-        X = np.asarray(X, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
+        X = np.asarray(X)
+        is_complex = X.dtype.kind == "c"  # a float32 cast would drop the imaginary part
+        if not is_complex:
+            X = X.astype(np.float32, copy=False)
+    except TypeError as exc:
+        raise TypeError(f"{name} must be numeric: {exc}") from None
+    except ValueError as exc:
         raise ValueError(f"{name} must be numeric: {exc}") from None
+    if is_complex:
+        raise ValueError(f"{name} holds complex numbers: Complex data not supported")
     if X.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {X.shape}")
+        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {X.shape}. "
+                         "Reshape your data: X.reshape(1, -1) for one sample, "
+                         "X.reshape(-1, 1) for one feature")
     if X.shape[0] == 0 or X.shape[1] == 0:
-        raise ValueError(f"{name} is empty: shape {X.shape}")
+        what = "sample" if X.shape[0] == 0 else "feature"
+        raise ValueError(f"{name} is empty: 0 {what}(s) (shape={X.shape}) while a minimum of "
+                         "1 is required.")
     finite = np.isfinite(X)
     if not finite.all():
         bad_rows = np.flatnonzero(~finite.all(axis=1))
@@ -620,56 +620,3 @@ def _resolve_device(device) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} was asked for but CUDA is not available")
     return dev
-
-
-def estimator_from_config(config, callbacks=None) -> DeepEmbeddedClustering:
-    """The estimator a pipeline config describes (``model``, ``train``, ``kmeans.n_init``):
-    the nightly run's and ``decflow sweep-k``'s, so both train the same network.
-
-    Args:
-        config: a ``decflow.config.PipelineConfig``.
-        callbacks: training callbacks (None: none).
-    """
-    m, t = config.model, config.train
-    return DeepEmbeddedClustering(
-        m.n_clusters, n_components=m.n_components, hidden=tuple(m.hidden), alpha=m.alpha,
-        gamma=m.gamma, input_dropout=m.input_dropout, init=m.init,
-        min_cluster_size=m.min_cluster_size, pretrain_epochs=t.pretrain_epochs,
-        pretrain_steps=t.pretrain_steps, pretrain_lr=t.pretrain_lr, finetune_lr=t.finetune_lr,
-        update_interval=t.update_interval, tol=t.tol, max_iter=t.max_iter,
-        batch_size=t.batch_size, n_init=config.kmeans.n_init, view_space=m.view_space,
-        init_views=m.init_views,
-        init_view_rows=m.init_view_rows,
-        anchor_updates=t.anchor_updates, device=t.device,
-        random_state=t.random_state, callbacks=callbacks)
-
-
-def pretrain_from_config(config, X: np.ndarray, callbacks=None, warm_start: dict | None = None,
-                         epochs: int | None = None) -> DeepEmbeddedClustering:
-    """``estimator_from_config`` with its autoencoder pretrained on ``X``: the nightly run's
-    and ``decflow sweep-k``'s pretraining.
-
-    Args:
-        X: (n, d) encoded training rows.
-        warm_start: autoencoder weights to start from (``compatible_weights``); then a
-            quarter of the full budget runs (``train.warm_start_epochs`` "auto") or that many.
-        epochs: override the number of epochs (the sweep's ``--pretrain-epochs``).
-    """
-    est = estimator_from_config(config, callbacks)
-    if epochs is None and warm_start is not None:
-        t = config.train
-        epochs = (max(1, est.pretrain_epochs_for(len(X)) // 4)
-                  if t.warm_start_epochs == "auto" else t.warm_start_epochs)
-    return est.pretrain(X, warm_start=warm_start, epochs=epochs)
-
-
-def compatible_weights(old_encoder, old_estimator: DeepEmbeddedClustering, encoder,
-                       hidden, n_components: int) -> dict | None:
-    """A copy of a fitted model's autoencoder weights when a new model can start from them
-    (warm start): the same feature layout (``schema_digest``) and the same architecture
-    (``hidden`` widths and ``n_components``); None otherwise."""
-    same_arch = (list(old_estimator.hidden) == list(hidden)
-                 and old_estimator.n_components == n_components)
-    if old_encoder.schema_digest() != encoder.schema_digest() or not same_arch:
-        return None
-    return {k: v.clone() for k, v in old_estimator.autoencoder_.state_dict().items()}

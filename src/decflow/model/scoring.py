@@ -23,7 +23,7 @@ def score_frame(encoder, estimator, df: pd.DataFrame) -> pd.DataFrame:
         ids = np.empty(0, np.int32)
         conf = dist = np.empty(0, np.float32)
     else:
-        ids, conf, dist = estimator.score_samples(encoder.transform(df))
+        ids, conf, dist = estimator.assign(encoder.transform(df))
     return pd.DataFrame({"cluster_id": np.asarray(ids, dtype=np.int32),
                          "confidence": np.asarray(conf, dtype=np.float32),
                          "distance": np.asarray(dist, dtype=np.float32)}, index=df.index)

@@ -77,34 +77,6 @@ def move_aliases(tracking_uri: str, model_name: str, moves: dict[str, str | None
     return before
 
 
-def promote_version(tracking_uri: str, model_name: str, version: str,
-                    expected_champion: str | None = None) -> dict[str, str]:
-    """Make ``version`` the champion and the old champion ``previous``.
-
-    Args:
-        expected_champion: the champion the gates compared against; if the champion has
-            changed since, nothing moves.
-
-    Returns:
-        The aliases after the move.
-
-    Raises:
-        Conflict: the champion is no longer ``expected_champion``.
-    """
-    version = str(version)
-    current = aliases(tracking_uri, model_name).get(CHAMPION)
-    if expected_champion is not None and current != str(expected_champion):
-        raise Conflict(f"the champion of {model_name!r} is version {current}, not "
-                           f"{expected_champion} as when the gates were evaluated; "
-                           f"nothing moved, evaluate the promotion again")
-    if current == version:
-        return aliases(tracking_uri, model_name)
-    moves = {PREVIOUS: current} if current is not None else {}
-    moves[CHAMPION] = version
-    move_aliases(tracking_uri, model_name, moves)
-    return aliases(tracking_uri, model_name)
-
-
 def apply_verdict(tracking_uri: str, model_name: str, version: str, *, promote: bool,
                   expected_champion: str | None) -> dict[str, str]:
     """Move the aliases after a promotion gate judged ``version``; all or nothing.
@@ -129,8 +101,8 @@ def apply_verdict(tracking_uri: str, model_name: str, version: str, *, promote: 
     expected = None if expected_champion is None else str(expected_champion)
     if champion != expected:
         raise Conflict(f"the champion of {model_name!r} is version {champion or 'none'}, "
-                           f"not {expected or 'none'} as when the gates were evaluated; "
-                           f"nothing moved, evaluate the promotion again")
+                       f"not {expected or 'none'} as when the gates were evaluated; "
+                       f"nothing moved, evaluate the promotion again")
     moves: dict[str, str | None] = {}
     challenger = current.get(CHALLENGER)
     if challenger is None or int(version) > int(challenger):

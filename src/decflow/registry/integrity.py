@@ -13,12 +13,13 @@ from mlflow.exceptions import MlflowException
 
 from decflow.errors import ModelIntegrityError
 from decflow.registry.client import service_guard
+from decflow.registry.names import Tag
 
 # The sha256 of every file of a logged model, and where the manifest's own digest is kept.
 MANIFEST = "decflow-manifest.json"
 MANIFEST_TAG = "decflow.manifest_sha256"
 # When a version registered without a manifest was adopted (``decflow adopt``).
-ADOPTED_TAG = "decflow.manifest_adopted_at"
+ADOPTED_TAG = Tag.MANIFEST_ADOPTED_AT
 _MLFLOW_META = "registered_model_meta"  # written by MLflow's models:/ downloads
 
 

@@ -20,9 +20,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature, infer_signature
 from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
+from decflow.data.sources import Lineage
+from decflow.data.validation import ValidationResult
 from decflow.model.scoring import as_model_input, score_frame
 from decflow.registry.client import mlflow_client
 from decflow.registry.integrity import MANIFEST_TAG, stored_manifest_digest, write_manifest
+from decflow.registry.names import Tag
 from decflow.registry.versions import DECISION_TAG, PENDING
 
 # What a scoring environment needs besides mlflow itself; the decflow package travels with
@@ -137,6 +140,30 @@ def log_model(run_id: str, tracking_uri: str, estimator, encoder, input_example:
         raise
     client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
     return f"models:/{logged.model_id}"
+
+
+def version_tags(lineage: Lineage, run_date: str, config_digest: str,
+                 validation: ValidationResult, metrics: dict[str, float],
+                 alignment: dict | None = None, profile: dict | None = None) -> dict[str, str]:
+    """The tags a new version is registered with: its training data (lineage, run date), the
+    config digest, the validation outcome, its metrics (``metric.<name>``) and, when given,
+    the cluster-id alignment with the champion and the pointer to its cluster profiles."""
+    tags = {Tag.DATA_SOURCE_URI: lineage.source_uri,
+            Tag.DATA_PARTITIONS: json.dumps(lineage.partitions),
+            Tag.DATA_MISSING_PARTITIONS: json.dumps(lineage.missing_partitions),
+            Tag.DATA_N_ROWS: str(lineage.n_rows), Tag.DATA_DIGEST: lineage.digest,
+            Tag.DATA_RUN_DATE: run_date, "config_digest": config_digest,
+            Tag.VALIDATION_SUCCESS: str(validation.success),
+            Tag.VALIDATION_N_EXPECTATIONS: str(len(validation.results)),
+            **{f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()}}
+    if alignment is not None:
+        tags.update({Tag.ALIGNMENT_REFERENCE_VERSION: alignment["reference_version"],
+                     Tag.ALIGNMENT_MAPPING: json.dumps(alignment["mapping"])[:4000],
+                     "metric.label_churn": f"{alignment['label_churn']:.6g}",
+                     "metric.label_churn_unaligned": f"{alignment['label_churn_unaligned']:.6g}"})
+    if profile is not None:
+        tags[Tag.PROFILES_ARTIFACT] = profile["artifact"]
+    return tags
 
 
 def register_version(tracking_uri: str, model_uri: str, model_name: str, *, run_id: str,

@@ -33,6 +33,7 @@ import pandas as pd
 
 from decflow.config import PromotionConfig
 from decflow.model.metrics import ari, cluster_accuracy, nmi, silhouette_sample
+from decflow.registry.names import Tag
 
 PROMOTE, REJECT, ALREADY_CHAMPION = "promote", "reject", "already_champion"
 TAG_PREFIX = "promotion."
@@ -94,7 +95,7 @@ def score_reference(encoder, estimator, frame: pd.DataFrame, *, silhouette_rows:
     if len(frame) == 0:
         raise ValueError("no reference rows to score")
     X = encoder.transform(frame)
-    labels, confidence, _ = estimator.score_samples(X)
+    labels, confidence, _ = estimator.assign(X)
     labels = np.asarray(labels, dtype=np.int64)
     Z = estimator.transform(X)
     trained = getattr(estimator, "labels_", None)
@@ -175,13 +176,13 @@ class PromotionDecision:
 
     def to_tags(self) -> dict[str, str]:
         """Model-version tags: ``promotion.decision``, ``promotion.gate.<name>`` and context."""
-        tags = {"promotion.decision": self.decision,
-                "promotion.champion_version": self.champion or "none",
-                "promotion.reference_rows": str(self.n_rows),
-                "promotion.evaluated_at": self.evaluated_at,
-                "promotion.failed_gates": ",".join(g.name for g in self.failed) or "none",
-                "promotion.summary": self.summary()[:4000],
-                "promotion.notes": "; ".join(self.notes)[:4000] or "none"}
+        tags = {Tag.PROMOTION_DECISION: self.decision,
+                Tag.PROMOTION_CHAMPION_VERSION: self.champion or "none",
+                Tag.PROMOTION_REFERENCE_ROWS: str(self.n_rows),
+                Tag.PROMOTION_EVALUATED_AT: self.evaluated_at,
+                Tag.PROMOTION_FAILED_GATES: ",".join(g.name for g in self.failed) or "none",
+                Tag.PROMOTION_SUMMARY: self.summary()[:4000],
+                Tag.PROMOTION_NOTES: "; ".join(self.notes)[:4000] or "none"}
         tags.update({f"{GATE_TAG_PREFIX}{g.name}": g.to_tag()[:4000] for g in self.gates})
         return tags
 

@@ -13,6 +13,7 @@ from mlflow.exceptions import MlflowException
 
 from decflow.model.callbacks import Callback
 from decflow.registry.client import mlflow_client
+from decflow.registry.names import Tag
 
 _log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def fail_stale_runs(tracking_uri: str, experiment_id: str, still_running: Callab
              if not still_running(r)]
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     for run in stale:
-        client.set_tag(run.info.run_id, "decflow.error",
+        client.set_tag(run.info.run_id, Tag.ERROR,
                        f"left RUNNING by a process that ended without closing it (e.g. the "
                        f"tracking server was unreachable when it failed); marked FAILED at {now}"
                        f"{f' by run {by}' if by else ''}")

@@ -34,11 +34,12 @@ from decflow.model.scoring import as_model_input, score_frame
 from decflow.registry.client import mlflow_client, service_guard
 from decflow.registry.integrity import (ADOPTED_TAG, MANIFEST, MANIFEST_TAG, verify_model_dir,
                                         write_manifest)
+from decflow.registry.names import Tag
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 ALIASES = (CHAMPION, CHALLENGER, PREVIOUS)
 # A version's verdict (set by the promotion gate); "pending" from registration until judged.
-DECISION_TAG, PENDING = "promotion.decision", "pending"
+DECISION_TAG, PENDING = Tag.PROMOTION_DECISION, "pending"
 
 
 def get_version(tracking_uri: str, model_name: str, ref: str) -> ModelVersion | None:

@@ -1,15 +1,16 @@
 """Data validation with Great Expectations (GX 1.x), run before any training or scoring.
 
 ``build_suite`` turns the config into a GX ``ExpectationSuite``; ``validate_frame`` runs it on a
-pandas DataFrame in an ephemeral GX context and returns a ``ValidationReport`` whose failures
+pandas DataFrame in an ephemeral GX context and returns a ``ValidationResult`` whose failures
 name the expectation, the column, what was found and a few offending rows; ``check`` raises
-``DataValidationError`` carrying that report.
+``DataValidationError`` carrying that result.
 
 Tables of any size are validated batch by batch: ``validate_batch`` runs every per-row
 expectation on one batch and returns a small ``BatchValidation`` (counts, a few offending rows
-with their partition); ``merge_batches`` adds batches up into one report and checks the
+with their partition); ``merge_batches`` adds batches up into one result and checks the
 table-wide expectations on the totals: the row count, and id uniqueness from ``Duplicates``
-(exact: ``find_duplicates`` over hash buckets of every batch's ids, see ``decflow.engine.partitions``).
+(exact: ``find_duplicates`` over hash buckets of every batch's ids, see
+``decflow.engine.partitions``).
 ``validate_frame`` is the one-batch case.
 
 What the config-derived suite checks, in this order:
@@ -43,9 +44,14 @@ wrong type, are not evaluated: the one failed existence/type check says how many
 GX is imported lazily (it takes seconds) and its context is created once, on first use.
 """
 
-from decflow.data.validation.batches import BatchValidation, merge_batches, validate_batch, validate_frame
+from decflow.data.validation.batches import (BatchValidation, merge_batches, validate_batch,
+                                             validate_frame)
 from decflow.data.validation.duplicates import Duplicates, find_duplicates, merge_duplicates
-from decflow.data.validation.results import DataValidationError, ExpectationResult, ValidationReport, check
+from decflow.data.validation.results import (DataValidationError, ExpectationResult,
+                                             ValidationResult, check)
 from decflow.data.validation.suite import ALLOWED_KINDS, META_KEY, build_suite
 
-__all__ = ['ALLOWED_KINDS', 'BatchValidation', 'DataValidationError', 'Duplicates', 'ExpectationResult', 'META_KEY', 'ValidationReport', 'build_suite', 'check', 'find_duplicates', 'merge_batches', 'merge_duplicates', 'validate_batch', 'validate_frame']
+__all__ = ["ALLOWED_KINDS", "BatchValidation", "DataValidationError", "Duplicates",
+           "ExpectationResult", "META_KEY", "ValidationResult", "build_suite", "check",
+           "find_duplicates", "merge_batches", "merge_duplicates", "validate_batch",
+           "validate_frame"]

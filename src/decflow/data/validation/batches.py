@@ -9,15 +9,16 @@ from decflow.config import FeaturesConfig, SourceConfig, ValidationConfig
 from decflow.data.validation.columns import prepare_frame
 from decflow.data.validation.duplicates import Duplicates, find_duplicates
 from decflow.data.validation.gx import run_expectations
-from decflow.data.validation.results import ExpectationResult, ValidationReport
+from decflow.data.validation.results import ExpectationResult, ValidationResult
 from decflow.data.validation.suite import suite_expectations
-from decflow.data.validation.wording import Context, Partial, partial_result, expectation_spec, describe
+from decflow.data.validation.wording import (Context, Partial, describe, expectation_spec,
+                                             partial_result)
 if TYPE_CHECKING:
     pass
 
 
 def validate_frame(df: pd.DataFrame, source: SourceConfig, features: FeaturesConfig,
-                   validation: ValidationConfig) -> ValidationReport:
+                   validation: ValidationConfig) -> ValidationResult:
     """Run the suite from ``build_suite`` on ``df``; never raises for bad data (see ``check``).
 
     The in-memory form of ``validate_batch`` + ``merge_batches``: ``df`` is one batch.
@@ -26,7 +27,7 @@ def validate_frame(df: pd.DataFrame, source: SourceConfig, features: FeaturesCon
         df: rows to validate, shape (n_rows, n_columns); not modified.
 
     Returns:
-        ValidationReport with one result per evaluated expectation, in suite order.
+        ValidationResult with one result per evaluated expectation, in suite order.
 
     Raises:
         ValueError: ``df`` is not a DataFrame, has duplicate column names, or the user suite
@@ -125,8 +126,8 @@ def validate_batch(df: pd.DataFrame, source: SourceConfig, features: FeaturesCon
 
 def merge_batches(batches: list[BatchValidation], duplicates: Duplicates | None,
                   source: SourceConfig, features: FeaturesConfig,
-                  validation: ValidationConfig) -> ValidationReport:
-    """One report for all batches: counts add up, samples fill up to ``sample_size``.
+                  validation: ValidationConfig) -> ValidationResult:
+    """One result for all batches: counts add up, samples fill up to ``sample_size``.
 
     The row count is checked on the total; id uniqueness on ``duplicates`` (exact, from
     ``find_duplicates`` over every batch's ids; None when the id column is missing). A user
@@ -158,5 +159,5 @@ def merge_batches(batches: list[BatchValidation], duplicates: Duplicates | None,
         elif i in merged:
             results[i] = describe(spec, merged[i], n_rows, validation, columns)
     ordered = [results[i] for i in sorted(results)]
-    return ValidationReport(success=all(r.success for r in ordered), n_rows=n_rows,
+    return ValidationResult(success=all(r.success for r in ordered), n_rows=n_rows,
                             results=ordered)

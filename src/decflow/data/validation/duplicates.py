@@ -27,8 +27,8 @@ def find_duplicates(parts: list[tuple[np.ndarray, np.ndarray | None]], sample_si
 
     With ``per_partition`` an id may repeat across partitions (daily snapshot tables) and
     only repeats within one partition count. Over Dask, ids are first split by hash into
-    buckets so each call sees one bucket of the whole window (see ``decflow.engine.partitions``); here
-    they only need to fit one process.
+    buckets so each call sees one bucket of the whole window (see
+    ``decflow.engine.partitions``); here they only need to fit one process.
     """
     if per_partition and parts:
         groups: dict[int, list] = {}

@@ -20,11 +20,9 @@ def _batch_definition():
     global _BATCH_DEFINITION
     if _BATCH_DEFINITION is None:
         import great_expectations as gx
-        from great_expectations.data_context.types.base import (
-            DataContextConfig,
-            InMemoryStoreBackendDefaults,
-            ProgressBarsConfig,
-        )
+        from great_expectations.data_context.types.base import (DataContextConfig,
+                                                                InMemoryStoreBackendDefaults,
+                                                                ProgressBarsConfig)
 
         # No analytics calls from a nightly job, and no tqdm bars per metric in the logs.
         config = DataContextConfig(

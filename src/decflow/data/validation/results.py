@@ -1,5 +1,5 @@
-"""What a validation found: one result per expectation, the report of a table, the error
-that carries a failed report."""
+"""What a validation found: one result per expectation, the result of a table, the error
+that carries a failed result."""
 
 import json
 from dataclasses import asdict, dataclass, field
@@ -28,7 +28,7 @@ class ExpectationResult:
 
 
 @dataclass(frozen=True)
-class ValidationReport:
+class ValidationResult:
     """All expectation results for one frame."""
 
     success: bool
@@ -75,31 +75,33 @@ class ValidationReport:
         ]
         for r in self.results:
             details = r.details + (f"; sample: {json.dumps(r.sample)}" if r.sample else "")
-            cells = [r.expectation, r.column or "", "passed" if r.success else "**FAILED**", details]
+            cells = [r.expectation, r.column or "", "passed" if r.success else "**FAILED**",
+                     details]
             lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
         return "\n".join(lines)
 
 
 class DataValidationError(DataError):
-    """Raised by ``check`` when a frame fails validation; ``.report`` holds every result."""
+    """Raised by ``check`` when a frame fails validation; ``.result`` holds every expectation's
+    result."""
 
-    def __init__(self, report: ValidationReport):
-        self.report = report
-        n_failed = len(report.failures())
+    def __init__(self, result: ValidationResult):
+        self.result = result
+        n_failed = len(result.failures())
         super().__init__(
-            f"data validation failed: {n_failed} of {len(report.results)} expectations failed "
-            f"on {report.n_rows} rows:\n{report.summary()}"
+            f"data validation failed: {n_failed} of {len(result.results)} expectations failed "
+            f"on {result.n_rows} rows:\n{result.summary()}"
         )
 
     def __reduce__(self):  # picklable across processes (Prefect, Dask)
-        return (type(self), (self.report,))
+        return (type(self), (self.result,))
 
 
-def check(report: ValidationReport) -> ValidationReport:
-    """Return ``report`` if it passed, else raise ``DataValidationError`` naming each failure."""
-    if not report.success:
-        raise DataValidationError(report)
-    return report
+def check(result: ValidationResult) -> ValidationResult:
+    """Return ``result`` if it passed, else raise ``DataValidationError`` naming each failure."""
+    if not result.success:
+        raise DataValidationError(result)
+    return result
 
 
 def _md_cell(text: str) -> str:

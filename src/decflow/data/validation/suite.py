@@ -71,7 +71,8 @@ def build_suite(source: SourceConfig, features: FeaturesConfig,
         ]
         if kind == "numeric":
             exps += [
-                gxe.ExpectColumnValuesToNotBeNull(column=col, meta=meta(col, "not_null", kind=kind)),
+                gxe.ExpectColumnValuesToNotBeNull(column=col,
+                                                  meta=meta(col, "not_null", kind=kind)),
                 gxe.ExpectColumnValuesToNotBeInSet(column=col, value_set=[math.inf, -math.inf],
                                                    meta=meta(col, "finite", kind=kind)),
             ]
@@ -83,10 +84,12 @@ def build_suite(source: SourceConfig, features: FeaturesConfig,
         elif kind == "vector":
             n = features.vector[col]
             exps += [
-                gxe.ExpectColumnValuesToNotBeNull(column=col, meta=meta(col, "not_null", kind=kind)),
+                gxe.ExpectColumnValuesToNotBeNull(column=col,
+                                                  meta=meta(col, "not_null", kind=kind)),
                 gxe.ExpectColumnValuesToBeInSet(column=helper_column(col, "length"), value_set=[n],
                                                 meta=meta(col, "length", kind=kind, length=n)),
-                gxe.ExpectColumnValuesToBeInSet(column=helper_column(col, "nonfinite"), value_set=[0],
+                gxe.ExpectColumnValuesToBeInSet(column=helper_column(col, "nonfinite"),
+                                                value_set=[0],
                                                 meta=meta(col, "elements", kind=kind)),
             ]
     if validation.suite_path:
@@ -95,7 +98,8 @@ def build_suite(source: SourceConfig, features: FeaturesConfig,
     return gx.ExpectationSuite(name="decflow", expectations=exps)
 
 
-def suite_expectations(source: SourceConfig, features: FeaturesConfig, validation: ValidationConfig) -> list:
+def suite_expectations(source: SourceConfig, features: FeaturesConfig,
+                       validation: ValidationConfig) -> list:
     """The suite's expectations, built once per process and config (batches share it)."""
     return _suite_cached(source.model_dump_json(), features.model_dump_json(),
                          validation.model_dump_json())
