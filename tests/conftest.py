@@ -1,5 +1,21 @@
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pytest
+
+from testkit import DEC_FAST, DEC_FAST_KMEANS
+
+HERE = Path(__file__).parent
+# Folders whose tests are all `slow` (Prefect harness and flows; real servers); in tests/unit
+# and tests/data the modules and tests that qualify carry the mark themselves.
+SLOW_FOLDERS = (HERE / "flows", HERE / "integration")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if any(folder in item.path.parents for folder in SLOW_FOLDERS):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -11,3 +27,39 @@ def blobs():
     X = centers[y] + rng.normal(size=(len(y), 12))
     return X.astype(np.float32), y
 
+
+@pytest.fixture(scope="module")
+def store_uri(tmp_path_factory):
+    """A sqlite MLflow store (tracking and registry) per test module: creating its schema takes
+    seconds, so a module's tests share one and keep apart by model name."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow-store') / 'mlflow.db'}"
+
+
+def _shared_fit(X, **params):
+    """A fit shared by the session: tests only read it (one that renumbers, refits or otherwise
+    changes an estimator works on its own, e.g. a ``copy.deepcopy``). The teardown checks that
+    no test changed it."""
+    from decflow import DeepEmbeddedClustering
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = DeepEmbeddedClustering(4, random_state=0, **params).fit(X)
+    labels, centers = est.labels_.copy(), est.cluster_centers_.copy()
+    yield est
+    np.testing.assert_array_equal(est.labels_, labels, err_msg="a test changed a shared fit")
+    np.testing.assert_array_equal(est.cluster_centers_, centers,
+                                  err_msg="a test changed a shared fit")
+
+
+@pytest.fixture(scope="session")
+def dec_on_blobs(blobs):
+    """``DeepEmbeddedClustering(4, random_state=0, **DEC_FAST)`` fitted on the blobs (UMAP
+    views init), once per session; read only."""
+    yield from _shared_fit(blobs[0], **DEC_FAST)
+
+
+@pytest.fixture(scope="session")
+def dec_kmeans_on_blobs(blobs):
+    """``DeepEmbeddedClustering(4, random_state=0, **DEC_FAST_KMEANS)`` fitted on the blobs
+    (k-means init), once per session; read only."""
+    yield from _shared_fit(blobs[0], **DEC_FAST_KMEANS)

@@ -1,7 +1,72 @@
-"""Shared test settings (a plain module: `conftest` names clash between test folders)."""
+"""Shared test helpers, importable from every test folder (a plain module: `conftest` names
+clash between test folders): estimator settings, the tiny source table and pipeline config the
+flow tests (and the `sweep-k` command test) run on, and the listening-socket probe."""
 
-FAST = dict(n_components=4, hidden=(32, 32), pretrain_epochs=15, max_iter=60, n_init=2,
-            init_views=2, batch_size=64)
+import datetime as dt
+
+import numpy as np
+import pyarrow as pa
+
+from decflow.config import PipelineConfig
+from decflow.data.partitioned import write_partition
+
+# DeepEmbeddedClustering settings small enough for a unit test (default init: the UMAP views).
+DEC_FAST = dict(n_components=4, hidden=(32, 32), pretrain_epochs=15, max_iter=60, n_init=2,
+                init_views=2, batch_size=64)
+# The same with the k-means init (no UMAP: numba's first compilation is slow).
+DEC_FAST_KMEANS = dict(DEC_FAST, init="k-means")
+
+RUN_DATE = dt.date(2026, 11, 21)
+DAYS = [RUN_DATE - dt.timedelta(days=i) for i in (2, 1, 0)]
+
+
+def make_rows(n: int, start_id: int, seed: int) -> dict:
+    """Four blobs: an 8-d vector column, a numeric and a categorical column, the truth."""
+    rng = np.random.default_rng(seed)
+    centers = np.random.default_rng(42).normal(scale=5.0, size=(4, 8))
+    y = rng.integers(0, 4, n)
+    vec = (centers[y] + rng.normal(size=(n, 8))).astype(np.float32)
+    return {"id": np.arange(start_id, start_id + n, dtype=np.int64),
+            "emb": [v for v in vec],
+            "x": (y * 3.0 + rng.normal(size=n)).astype(np.float64),
+            "c": np.array(["abcd"[k] for k in y]),
+            "truth": y.astype(np.int64)}
+
+
+def write_source(uri: str, rows_per_day: int = 90, mutate=None) -> None:
+    """Three date partitions; ``mutate(day, columns)`` may corrupt one before writing."""
+    for i, day in enumerate(DAYS):
+        cols = make_rows(rows_per_day, i * rows_per_day, seed=i)
+        if mutate is not None:
+            cols = mutate(day, cols)
+        arrays = {}
+        for k, v in cols.items():
+            if k == "emb":
+                arrays[k] = pa.array([None if e is None else list(map(float, e)) for e in v],
+                                     pa.list_(pa.float32()))
+            else:
+                arrays[k] = pa.array(v)
+        write_partition(uri, "ds", day, pa.table(arrays))
+
+
+def tiny_config(home, source_uri: str, **sections) -> PipelineConfig:
+    data = {
+        "home": str(home),
+        "source": {"uri": source_uri, "id_column": "id", "label_column": "truth",
+                   "window_days": 3},
+        "features": {"vector": {"emb": 8}, "numeric": ["x"], "categorical": ["c"],
+                     "bounds": {"x": [-100, 100]}},
+        "validation": {"min_rows": 20},
+        "model": {"n_clusters": 4, "n_components": 4, "hidden": [32, 32], "init_views": 2},
+        "train": {"pretrain_epochs": 10, "max_iter": 40, "batch_size": 64,
+                  "random_state": 0},
+        "kmeans": {"n_init": 3, "chunk_rows": 100},
+        "registry": {"model_name": "tiny"},
+        "compute": {"n_workers": 1, "threads_per_worker": 2, "processes": False},
+    }
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value}
+    return PipelineConfig.model_validate(data)
 
 
 def listening(processes) -> set[tuple[str, int]]:

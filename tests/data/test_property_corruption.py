@@ -35,6 +35,8 @@ from decflow.engine.compute import dask_client
 from decflow.errors import DataError
 from decflow.model.features import FeatureEncoder
 
+pytestmark = pytest.mark.slow  # a Dask cluster (the `world` fixture)
+
 DAY = dt.date(2026, 11, 21)
 OTHER = DAY - dt.timedelta(days=1)  # a labels partition no run here may touch
 ROWS, GROUP, FILES = 60, 20, ("part-0.parquet", "part-1.parquet")
@@ -79,7 +81,7 @@ def _label(client, payload, config: PipelineConfig) -> scoring.PartitionOutcome:
     """What the ``score`` flow does to one night: scan, validate + label, fail on errors."""
     scan = sources.scan_window(config.source, DAY, 1)
     outcome = scoring.label_partition(client, scan, config, payload, SPEC)
-    validation.check(outcome.report)
+    validation.check(outcome.validation_result)
     return outcome
 
 

@@ -9,13 +9,8 @@ import pandas as pd
 import pytest
 
 from decflow.config import FeaturesConfig, SourceConfig, ValidationConfig
-from decflow.data.validation import (
-    DataValidationError,
-    ValidationReport,
-    build_suite,
-    check,
-    validate_frame,
-)
+from decflow.data.validation import (DataValidationError, ValidationResult, build_suite, check,
+                                     validate_frame)
 
 SOURCE = SourceConfig(id_column="id")
 FEATURES = FeaturesConfig(numeric=["x"], categorical=["c"], vector={"pixels": 4},
@@ -36,7 +31,7 @@ def failure_message(df: pd.DataFrame, validation: ValidationConfig = VALIDATION)
     report = validate_frame(df, SOURCE, FEATURES, validation)
     with pytest.raises(DataValidationError) as err:
         check(report)
-    assert err.value.report is report and not report.success
+    assert err.value.result is report and not report.success
     return str(err.value)
 
 
@@ -223,5 +218,5 @@ def test_error_pickles_with_its_report():
     df.loc[0, "x"] = np.nan
     err = DataValidationError(validate_frame(df, SOURCE, FEATURES, VALIDATION))
     copy = pickle.loads(pickle.dumps(err))
-    assert isinstance(copy.report, ValidationReport) and str(copy) == str(err)
+    assert isinstance(copy.result, ValidationResult) and str(copy) == str(err)
     assert str(err).startswith("data validation failed: ")

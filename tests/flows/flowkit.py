@@ -1,64 +1,8 @@
-"""Flow-test helpers: synthetic source tables and a tiny pipeline config."""
+"""Flow-test helpers: the tiny source table and config (from testkit, re-exported so flow tests
+import everything from here) and readers of what a run left in Prefect and MLflow."""
 
-import datetime as dt
-
-import numpy as np
-import pyarrow as pa
-
-from decflow.config import PipelineConfig
-from decflow.data.partitioned import write_partition
-
-RUN_DATE = dt.date(2026, 11, 21)
-DAYS = [RUN_DATE - dt.timedelta(days=i) for i in (2, 1, 0)]
-
-
-def make_rows(n: int, start_id: int, seed: int) -> dict:
-    """Four blobs: an 8-d vector column, a numeric and a categorical column, the truth."""
-    rng = np.random.default_rng(seed)
-    centers = np.random.default_rng(42).normal(scale=5.0, size=(4, 8))
-    y = rng.integers(0, 4, n)
-    vec = (centers[y] + rng.normal(size=(n, 8))).astype(np.float32)
-    return {"id": np.arange(start_id, start_id + n, dtype=np.int64),
-            "emb": [v for v in vec],
-            "x": (y * 3.0 + rng.normal(size=n)).astype(np.float64),
-            "c": np.array(["abcd"[k] for k in y]),
-            "truth": y.astype(np.int64)}
-
-
-def write_source(uri: str, rows_per_day: int = 90, mutate=None) -> None:
-    """Three date partitions; ``mutate(day, columns)`` may corrupt one before writing."""
-    for i, day in enumerate(DAYS):
-        cols = make_rows(rows_per_day, i * rows_per_day, seed=i)
-        if mutate is not None:
-            cols = mutate(day, cols)
-        arrays = {}
-        for k, v in cols.items():
-            if k == "emb":
-                arrays[k] = pa.array([None if e is None else list(map(float, e)) for e in v],
-                                     pa.list_(pa.float32()))
-            else:
-                arrays[k] = pa.array(v)
-        write_partition(uri, "ds", day, pa.table(arrays))
-
-
-def tiny_config(home, source_uri: str, **sections) -> PipelineConfig:
-    data = {
-        "home": str(home),
-        "source": {"uri": source_uri, "id_column": "id", "label_column": "truth",
-                   "window_days": 3},
-        "features": {"vector": {"emb": 8}, "numeric": ["x"], "categorical": ["c"],
-                     "bounds": {"x": [-100, 100]}},
-        "validation": {"min_rows": 20},
-        "model": {"n_clusters": 4, "n_components": 4, "hidden": [32, 32], "init_views": 2},
-        "train": {"pretrain_epochs": 10, "max_iter": 40, "batch_size": 64,
-                  "random_state": 0},
-        "kmeans": {"n_init": 3, "chunk_rows": 100},
-        "registry": {"model_name": "tiny"},
-        "compute": {"n_workers": 1, "threads_per_worker": 2, "processes": False},
-    }
-    for key, value in sections.items():
-        data[key] = {**data.get(key, {}), **value}
-    return PipelineConfig.model_validate(data)
+# re-exported: flow tests import their helpers from this one module
+from testkit import DAYS, RUN_DATE, make_rows, tiny_config, write_source  # noqa: F401
 
 
 def latest_artifact(key: str) -> str:
@@ -72,3 +16,81 @@ def latest_artifact(key: str) -> str:
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
             sort=ArtifactSort.CREATED_DESC, limit=1)
     return found[0].data
+
+
+def run_artifacts(flow_run_id: str) -> dict:
+    """The Prefect artifacts of one flow run, by key (artifacts without a key left out)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return {a.key: a for a in found if a.key}
+
+
+# --- the MLflow registry of a tiny config (model name "tiny") ---------------------------------
+def mlflow_client(config):
+    from mlflow import MlflowClient
+
+    return MlflowClient(config.tracking_uri(), registry_uri=config.tracking_uri())
+
+
+def aliases(config) -> dict[str, str]:
+    """alias -> version of the config's registered model."""
+    model = mlflow_client(config).get_registered_model(config.registry.model_name)
+    return {k: str(v) for k, v in model.aliases.items()}
+
+
+def version_tags(config, version) -> dict[str, str]:
+    return dict(mlflow_client(config).get_model_version(config.registry.model_name,
+                                                        str(version)).tags)
+
+
+def versions(config) -> list[str]:
+    """Every registered version of the config's model, sorted."""
+    found = mlflow_client(config).search_model_versions(f"name='{config.registry.model_name}'")
+    return sorted(str(v.version) for v in found)
+
+
+def store_state(config) -> tuple:
+    """Every label file (size, mtime, bytes) and every registered version and alias: what a
+    failed or read-only command must leave as it was."""
+    import os
+    from pathlib import Path
+
+    files = {}
+    for dirpath, _, names in os.walk(config.labels_uri()):
+        for n in names:
+            p = os.path.join(dirpath, n)
+            files[p] = (os.path.getsize(p), os.path.getmtime(p), Path(p).read_bytes())
+    return files, versions(config), aliases(config)
+
+
+def log_by_hand(config, train, run_name: str) -> tuple[str, str]:
+    """(run id, model URI) of a model logged without any flow: ``train(X)`` returns the
+    estimator for the encoded training window of RUN_DATE."""
+    from decflow.data import sources
+    from decflow.model.features import FeatureEncoder
+    from decflow.registry import packaging, runs
+
+    frame, _ = sources.load_window(config.source, RUN_DATE)
+    encoder = FeatureEncoder(config.features)
+    est = train(encoder.fit_transform(frame))
+    uri = config.tracking_uri()
+    exp = runs.ensure_experiment(uri, config.registry.experiment, config.artifact_location())
+    client = mlflow_client(config)
+    run_id = client.create_run(exp, run_name=run_name).info.run_id
+    model_uri = packaging.log_model(run_id, uri, est, encoder, frame.head(5))
+    client.set_terminated(run_id)
+    return run_id, model_uri
+
+
+def register_by_hand(config, run_id: str, model_uri: str) -> str:
+    """Register a logged model as a validated version of RUN_DATE (no flow, no alias)."""
+    from decflow.registry import packaging
+
+    tags = {"validation.success": "True", "data.run_date": RUN_DATE.isoformat()}
+    return str(packaging.register_version(config.tracking_uri(), model_uri,
+                                          config.registry.model_name, run_id=run_id,
+                                          tags=tags).version)

@@ -46,7 +46,7 @@ def _clear_labels(config) -> None:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def retrained(tmp_path_factory):
     """Retrain mode over DAYS5[2]..LATER with CORRUPT corrupt: DAYS5[2] and DAYS5[3] have it in
     their window and fail validation before training, RUN_DATE trains (version 1, champion),
     LATER is missing. Then the source is repaired."""
@@ -98,8 +98,8 @@ def _check_consistent(config, days) -> None:
 
 
 
-def test_retrain_mode_runs_the_nightly_flow_per_date(trained):
-    config, rows = trained
+def test_retrain_mode_runs_the_nightly_flow_per_date(retrained):
+    config, rows = retrained
     assert [(r["date"], r["status"]) for r in rows] == [
         (DAYS5[2].isoformat(), "failed"), (DAYS5[3].isoformat(), "failed"),
         (RUN_DATE.isoformat(), "labelled"), (LATER.isoformat(), "missing")]
@@ -108,8 +108,8 @@ def test_retrain_mode_runs_the_nightly_flow_per_date(trained):
     assert get_version(config.tracking_uri(), "tiny", "champion").version == 1
 
 
-def test_backfill_labels_good_partitions_and_reports_the_corrupt_one(trained, monkeypatch):
-    config, _ = trained
+def test_backfill_labels_good_partitions_and_reports_the_corrupt_one(retrained, monkeypatch):
+    config, _ = retrained
     _clear_labels(config)
     _write_day(config.source.uri, CORRUPT, corrupt=True)
     # The first two chunk tasks wait for each other: the backfill only gets past them if the
@@ -162,8 +162,8 @@ def test_backfill_labels_good_partitions_and_reports_the_corrupt_one(trained, mo
     _check_consistent(config, DAYS5)
 
 
-def test_missing_partition_is_reported_not_fatal(trained):
-    config, _ = trained
+def test_missing_partition_is_reported_not_fatal(retrained):
+    config, _ = retrained
     # force: RUN_DATE is labelled whatever earlier tests of the module left there
     state = backfill(config=config, start=RUN_DATE, end=LATER, force=True, return_state=True)
     assert state.is_completed()
@@ -173,7 +173,7 @@ def test_missing_partition_is_reported_not_fatal(trained):
     assert partitioned.read_partition(config.labels_uri(), "ds", LATER) is None
 
 
-def test_two_concurrent_backfills_never_write_a_partition_twice(trained, monkeypatch):
+def test_two_concurrent_backfills_never_write_a_partition_twice(retrained, monkeypatch):
     """Backfill A holds its first labels write until backfill B has written. B writes only the
     day A does not hold and reports each overlapping day as failed, naming the conflict; A
     labels all of its days; a rerun of B then finds its days done. (B starts once A runs: the
@@ -181,7 +181,7 @@ def test_two_concurrent_backfills_never_write_a_partition_twice(trained, monkeyp
     the client backs off, which would serialise the two runs.)"""
     from prefect.runtime import flow_run
 
-    config, _ = trained
+    config, _ = retrained
     first_run, a_writing, b_writing = [], threading.Event(), threading.Event()
     written, lock = [], threading.Lock()
     write = partitioned.PartitionWriter.write
@@ -234,8 +234,8 @@ def test_two_concurrent_backfills_never_write_a_partition_twice(trained, monkeyp
     assert [r["status"] for r in rerun] == ["skipped"] * 4
 
 
-def test_cli_backfill(trained, tmp_path):
-    config, _ = trained
+def test_cli_backfill(retrained, tmp_path):
+    config, _ = retrained
     path = tmp_path / "c.yaml"
     path.write_text(dump_config(config))
     runner = CliRunner()
@@ -278,8 +278,8 @@ def test_backfill_validates_its_parameters():
                                       "start": "2026-11-17", "end": "2026-11-21"})
 
 
-def test_an_unreadable_file_fails_its_day_only(trained):
-    config, _ = trained
+def test_an_unreadable_file_fails_its_day_only(retrained):
+    config, _ = retrained
     path = os.path.join(config.source.uri, f"ds={DAYS5[0]}", "part-0.parquet")
     try:
         with open(path, "wb") as f:

@@ -30,39 +30,28 @@ def test_example_config_loads():
     assert config.features.vector == {"profile_embedding": 32}
 
 
-def test_unknown_config_key_is_an_error(tmp_path):
+# A key misspelt inside a section, a date that does not parse and a failed expectation are
+# in test_exit_codes.py (with their exact messages).
+def test_an_unknown_config_section_is_an_error(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text("model:\n  n_clusterz: 3\n")
+    path.write_text("modle:\n  n_clusters: 3\n")
     out = runner.invoke(app, ["validate", "--config", str(path)])
-    assert out.exit_code == 2
-    assert "n_clusterz" in out.output
+    assert out.exit_code == 2, out.output
+    assert f"config error: invalid config {path}:\n  modle: unknown key, found " \
+           "{'n_clusters': 3}; expected one of: home, source, features, validation, model, " \
+           "train, kmeans" in out.output
 
 
-def test_bad_date_is_a_parameter_error(tmp_path):
-    path = tmp_path / "c.yaml"
-    path.write_text(dump_config(tiny_config(tmp_path, str(tmp_path / "src"))))
-    out = runner.invoke(app, ["validate", "--config", str(path), "--run-date", "21/11/2026"])
-    assert out.exit_code == 2 and "YYYY-MM-DD" in out.output
+def test_a_date_that_is_not_in_the_calendar_is_a_parameter_error(config_file):
+    out = runner.invoke(app, ["validate", "--config", str(config_file), "--run-date",
+                              "2026-02-30"])
+    assert out.exit_code == 2, out.output
+    assert "'2026-02-30' is not a date (YYYY-MM-DD)" in out.output
 
 
-def test_validate_reports_failures_with_exit_code_1(tmp_path):
-    source = str(tmp_path / "src")
-
-    def nan(day, cols):
-        cols["x"][0] = float("nan")
-        return cols
-
-    write_source(source, mutate=nan)
-    path = tmp_path / "c.yaml"
-    path.write_text(dump_config(tiny_config(tmp_path, source)))
-    out = runner.invoke(app, ["validate", "--config", str(path), "--run-date", str(RUN_DATE)])
-    assert out.exit_code == 1
-    assert "expect_column_values_to_not_be_null on column 'x'" in out.output
-    good = tmp_path / "good"
-    write_source(str(good))
-    path.write_text(dump_config(tiny_config(tmp_path, str(good))))
-    out = runner.invoke(app, ["validate", "--config", str(path), "--run-date", str(RUN_DATE),
-                              "--window"])
+def test_validate_passes_a_good_window_with_exit_code_0(config_file):
+    out = runner.invoke(app, ["validate", "--config", str(config_file), "--run-date",
+                              str(RUN_DATE), "--window"])
     assert out.exit_code == 0, out.output
     assert "270 rows" in out.output and "passed" in out.output
 
@@ -143,7 +132,8 @@ def test_ui_takes_a_config_or_a_home_not_both(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(dump_config(tiny_config(tmp_path, str(tmp_path / "src"))))
     out = runner.invoke(app, ["ui", "--config", str(path), "--home", str(tmp_path)])
-    assert out.exit_code == 2 and "not both" in out.output
+    assert out.exit_code == 2, out.output
+    assert "Invalid value for --home: give --config or --home, not both" in out.output
 
 
 def _options_in_help(command: str) -> set[str]:
@@ -175,12 +165,8 @@ def test_the_one_vocabulary_across_commands():
     ["promote", "--candidate", "9", "--date", str(RUN_DATE)],
     ["adopt", "--version", "9"],
 ], ids=["score", "score-equals", "promote", "adopt"])
-def test_old_spellings_still_work_for_one_release(tmp_path, args):
-    source = str(tmp_path / "src")
-    write_source(source)
-    path = tmp_path / "c.yaml"
-    path.write_text(dump_config(tiny_config(tmp_path / "home", source)))
-    out = runner.invoke(app, [args[0], "--config", str(path), *args[1:]])
+def test_old_spellings_still_work_for_one_release(config_file, args):
+    out = runner.invoke(app, [args[0], "--config", str(config_file), *args[1:]])
     # parsed: the model reference '9' reached the one model check
     assert out.exit_code == 2, out.output
     assert "config error: model 'tiny' has no version or alias '9'" in out.output

@@ -12,15 +12,6 @@ from decflow.flows.cli import app
 runner = CliRunner()
 
 
-@pytest.fixture
-def config_file(tmp_path):
-    source = str(tmp_path / "src")
-    write_source(source)
-    path = tmp_path / "c.yaml"
-    path.write_text(dump_config(tiny_config(tmp_path / "home", source)))
-    return path
-
-
 def validate(config_file, *options):
     return runner.invoke(app, [*options, "validate", "--config", str(config_file), "--run-date",
                                str(RUN_DATE)])

@@ -225,7 +225,7 @@ def test_the_run_after_the_kills_succeeds_and_only_judged_versions_hold_aliases(
     done, state = killed_training["rerun"], killed_training["after rerun"]
     assert done.code == 0, done.output()
     assert state.versions["1"] == PENDING  # the version killed before its gate stays unjudged
-    assert state.versions["2"] not in (None, PENDING)  # the rerun's was judged
+    assert state.versions["2"] == "promote"  # the rerun's was judged: the first champion
     assert not _unjudged_aliases(state), state
     assert state.aliases["champion"] == "2"
     assert list(state.labels) == [f"ds={RUN_DATE}"]

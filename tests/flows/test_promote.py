@@ -13,18 +13,15 @@ import warnings
 import numpy as np
 import pytest
 from prefect.exceptions import ParameterTypeError
-from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from flowkit import RUN_DATE, latest_artifact, tiny_config, write_source
+from flowkit import (RUN_DATE, aliases, latest_artifact, log_by_hand, register_by_hand,
+                     tiny_config, version_tags, write_source)
 from decflow import DeepEmbeddedClustering
 from decflow.config import dump_config
-from decflow.data import partitioned, sources
-from decflow.model.features import FeatureEncoder
+from decflow.data import partitioned
 from decflow.registry import aliases as registry
-from decflow.registry import packaging
 from decflow.registry import promotion
-from decflow.registry import runs
 from decflow.flows.cli import app
 from decflow.flows.promote import promote, rollback
 from decflow.flows.recluster import recluster
@@ -32,43 +29,21 @@ from decflow.flows.recluster import recluster
 NAME = "tiny"
 
 
-def _client(config):
-    return MlflowClient(config.tracking_uri(), registry_uri=config.tracking_uri())
-
-
-def aliases(config) -> dict[str, str]:
-    return {k: str(v) for k, v in _client(config).get_registered_model(NAME).aliases.items()}
-
-
-def version_tags(config, version) -> dict[str, str]:
-    return dict(_client(config).get_model_version(NAME, str(version)).tags)
-
-
 def log_collapsed_model(config) -> tuple[str, str]:
     """A model whose centroids all coincide: every row lands in cluster 0 (a collapse)."""
-    frame, _ = sources.load_window(config.source, RUN_DATE)
-    encoder = FeatureEncoder(config.features)
-    X = encoder.fit_transform(frame)
     m = config.model
-    est = DeepEmbeddedClustering(m.n_clusters, n_components=m.n_components,
-                                 hidden=tuple(m.hidden), pretrain_epochs=10, max_iter=2,
-                                 random_state=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # DegenerateClusterWarning: that is the point
-        est.pretrain(X).fine_tune(X, init=np.zeros((m.n_clusters, m.n_components)))
-    assert set(est.labels_) == {0}
-    uri = config.tracking_uri()
-    exp = runs.ensure_experiment(uri, config.registry.experiment, config.artifact_location())
-    run_id = _client(config).create_run(exp, run_name="collapsed").info.run_id
-    model_uri = packaging.log_model(run_id, uri, est, encoder, frame.head(5))
-    _client(config).set_terminated(run_id)
-    return run_id, model_uri
 
+    def collapse(X):
+        est = DeepEmbeddedClustering(m.n_clusters, n_components=m.n_components,
+                                     hidden=tuple(m.hidden), pretrain_epochs=10, max_iter=2,
+                                     random_state=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DegenerateClusterWarning: that is the point
+            est.pretrain(X).fine_tune(X, init=np.zeros((m.n_clusters, m.n_components)))
+        assert set(est.labels_) == {0}
+        return est
 
-def register_collapsed(config, run_id, model_uri) -> str:
-    tags = {"validation.success": "True", "data.run_date": RUN_DATE.isoformat()}
-    return str(packaging.register_version(config.tracking_uri(), model_uri, NAME, run_id=run_id,
-                                       tags=tags).version)
+    return log_by_hand(config, collapse, run_name="collapsed")
 
 
 def _boom(*args, **kwargs):
@@ -84,7 +59,7 @@ def story(tmp_path_factory):
     out = {"config": config}
 
     run_id, model_uri = log_collapsed_model(config)
-    out["v_collapsed"] = register_collapsed(config, run_id, model_uri)
+    out["v_collapsed"] = register_by_hand(config, run_id, model_uri)
     # a champion from before the gates existed (registration itself sets no alias)
     registry.apply_verdict(config.tracking_uri(), NAME, out["v_collapsed"], promote=True,
                            expected_champion=None)
@@ -112,7 +87,7 @@ def story(tmp_path_factory):
     out["manual"] = promote(config=config, candidate=good, run_date=RUN_DATE)
     out["manual_aliases"] = aliases(config)
 
-    out["v_bad"] = register_collapsed(config, run_id, model_uri)
+    out["v_bad"] = register_by_hand(config, run_id, model_uri)
     out["bad"] = promote(config=config, candidate=out["v_bad"])  # judged: not yet challenger
     out["bad_aliases"] = aliases(config)
     return out

@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from prefect.exceptions import ParameterTypeError
-from mlflow import MlflowClient
 
-from flowkit import RUN_DATE, tiny_config, write_source
+from flowkit import (RUN_DATE, mlflow_client, run_artifacts, store_state, tiny_config,
+                     write_source)
 from decflow.data import partitioned, sources
 from decflow.errors import DataError
 from decflow.flows.recluster import recluster
@@ -21,34 +21,21 @@ LABEL_SCHEMA = {"id": "int64", "cluster_id": "int32", "confidence": "float", "di
                 "labeled_at": "timestamp[us, tz=UTC]"}
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    """One successful run; later tests inspect it, rerun it, and try bad data against it."""
-    home = tmp_path_factory.mktemp("home")
+@pytest.fixture
+def pipeline(first_night):
+    """One successful run (the session's shared first night): tests inspect it and try bad data
+    against it; the rerun test builds its own."""
+    return first_night.config, first_night.result
+
+
+@pytest.fixture
+def own_pipeline(tmp_path):
+    """One successful run of the tiny config on a home of this test's own (it reruns it)."""
+    home = tmp_path / "home"
     source = str(home / "source")
     write_source(source)
     config = tiny_config(home, source)
-    result = recluster(config=config, run_date=RUN_DATE)
-    return config, result
-
-
-def _client(config):
-    return MlflowClient(config.tracking_uri(), registry_uri=config.tracking_uri())
-
-
-def _snapshot(config):
-    """Everything a failed run must leave alone: label files and the registry."""
-    files = {}
-    root = config.labels_uri()
-    for dirpath, _, names in os.walk(root):
-        for n in names:
-            p = os.path.join(dirpath, n)
-            files[p] = (os.path.getsize(p), os.path.getmtime(p))
-    client = _client(config)
-    versions = sorted((v.version, tuple(sorted(v.aliases)) if hasattr(v, "aliases") else ())
-                      for v in client.search_model_versions(f"name='{config.registry.model_name}'"))
-    aliases = client.get_registered_model(config.registry.model_name).aliases
-    return files, versions, dict(aliases)
+    return config, recluster(config=config, run_date=RUN_DATE)
 
 
 def test_labels_partition_has_one_row_per_source_row_with_the_schema(pipeline):
@@ -69,7 +56,7 @@ def test_labels_partition_has_one_row_per_source_row_with_the_schema(pipeline):
 
 def test_registered_version_has_both_aliases_and_the_run_is_tracked(pipeline):
     config, result = pipeline
-    client = _client(config)
+    client = mlflow_client(config)
     mv = client.get_model_version_by_alias("tiny", "champion")
     assert str(mv.version) == "1"
     assert str(client.get_model_version_by_alias("tiny", "challenger").version) == "1"
@@ -101,11 +88,10 @@ def test_cluster_profiles_name_what_each_cluster_is(pipeline, tmp_path):
     pointed at by the version and given to the Prefect run."""
     import pandas as pd
 
-    from flowkit import latest_artifact
-
     config, result = pipeline
-    client = _client(config)
+    client = mlflow_client(config)
     run_id = result["run_id"]
+    flow_run_id = client.get_run(run_id).data.tags["prefect.flow_run_id"]
     files = {a.path for a in client.list_artifacts(run_id, "profiles")}
     assert files == {f"profiles/cluster_profiles.{ext}" for ext in ("json", "parquet", "md",
                                                                       "html")}
@@ -138,7 +124,7 @@ def test_cluster_profiles_name_what_each_cluster_is(pipeline, tmp_path):
                                                   dst_path=str(tmp_path / "pq"),
                                                   tracking_uri=config.tracking_uri())
     assert len(pd.read_parquet(parquet)) == 4
-    table = json.loads(latest_artifact("cluster-profiles"))
+    table = json.loads(run_artifacts(flow_run_id)["cluster-profiles"].data)
     assert [row["cluster"] for row in table] == [0, 1, 2, 3]
     assert [row["sets it apart"].split(" ")[0] for row in table] == [
         c["numeric"][0]["feature"] for c in clusters]
@@ -159,24 +145,22 @@ def test_champion_pyfunc_reproduces_the_written_labels(pipeline, monkeypatch):
     np.testing.assert_array_equal(merged["expected"], merged["cluster_id"])
 
 
-def test_rerun_replaces_labels_gates_the_challenger_and_keeps_cluster_ids(pipeline):
-    config, first = pipeline
+def test_rerun_replaces_labels_gates_the_challenger_and_keeps_cluster_ids(own_pipeline):
+    config, first = own_pipeline
     assert first["promotion"]["decision"] == "promote"  # the first version ever, judged alone
     second = recluster(config=config, run_date=RUN_DATE)
     labels = partitioned.read_dataset(config.labels_uri(), "ds")
     assert len(labels) == 90 and labels["id"].is_unique
     assert second["model_version"] == "2"
-    client = _client(config)
+    client = mlflow_client(config)
     v2 = client.get_model_version("tiny", "2")
-    # The nightly gate ran on version 2 and the aliases follow its decision.
-    decision = v2.tags["promotion.decision"]
-    assert decision == second["promotion"]["decision"] in ("promote", "reject")
-    champion = "2" if decision == "promote" else "1"
-    assert str(client.get_model_version_by_alias("tiny", "champion").version) == champion
+    # The nightly gate ran on version 2 (as good as version 1 on the same window: promoted)
+    # and the aliases follow its decision.
+    assert second["promotion"]["decision"] == v2.tags["promotion.decision"] == "promote"
+    assert str(client.get_model_version_by_alias("tiny", "champion").version) == "2"
     assert str(client.get_model_version_by_alias("tiny", "challenger").version) == "2"
-    if decision == "promote":
-        assert str(client.get_model_version_by_alias("tiny", "previous").version) == "1"
-    assert labels["model_version"].unique().tolist() == [champion]  # written with the champion
+    assert str(client.get_model_version_by_alias("tiny", "previous").version) == "1"
+    assert labels["model_version"].unique().tolist() == ["2"]  # written with the champion
     # The second run warm-started from the champion's autoencoder (same feature schema).
     run = client.get_run(second["run_id"])
     assert run.data.tags["decflow.warm_start"] == "True"
@@ -232,12 +216,12 @@ def test_bad_input_fails_at_validation_and_changes_nothing(pipeline, tmp_path, m
     write_source(bad_source, mutate=mutate)
     bad = config.model_copy(update={"source": config.source.model_copy(
         update={"uri": bad_source, "window_days": window})})
-    before = _snapshot(config)
+    before = store_state(config)
     with pytest.raises(DataError, match=expected):
         recluster(config=bad, run_date=RUN_DATE)
-    assert _snapshot(config) == before
-    failed = _client(config).search_runs(
-        [_client(config).get_experiment_by_name("decflow").experiment_id],
+    assert store_state(config) == before
+    failed = mlflow_client(config).search_runs(
+        [mlflow_client(config).get_experiment_by_name("decflow").experiment_id],
         order_by=["attributes.start_time DESC"], max_results=1)[0]
     assert failed.info.status == "FAILED"
     assert re.search(expected, failed.data.tags["decflow.error"])
@@ -260,7 +244,7 @@ def test_views_of_a_sample_still_label_every_row(tmp_path):
     write_source(source)
     config = tiny_config(home, source, model={"init_view_rows": 100})
     result = recluster(config=config, run_date=RUN_DATE)
-    run = _client(config).get_run(result["run_id"])
+    run = mlflow_client(config).get_run(result["run_id"])
     assert run.data.metrics["init_view_rows"] == 100
     assert result["metrics"]["acc"] > 0.9  # four well-separated blobs
     labels = pq.read_table(os.path.join(config.labels_uri(), f"ds={RUN_DATE}",

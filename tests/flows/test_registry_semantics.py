@@ -10,58 +10,31 @@ version explicitly still gates it, with a note in the decision.
 """
 
 import pytest
-from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from flowkit import RUN_DATE, tiny_config, write_source
+from flowkit import (RUN_DATE, aliases, log_by_hand, register_by_hand, tiny_config,
+                     version_tags, versions, write_source)
 from decflow import DeepEmbeddedClustering
 from decflow.config import dump_config
-from decflow.data import sources
-from decflow.model.features import FeatureEncoder
-from decflow.registry import packaging
-from decflow.registry import runs
 from decflow.flows import promote as promote_module
 from decflow.flows.cli import app
 from decflow.flows.promote import promote, rollback
 from decflow.flows.recluster import recluster
 
-NAME = "tiny"
 # Generous margins: every promotion below is decided by the alias rules, not by the metrics.
 POLICY = {"max_silhouette_drop": 1.0, "max_confidence_drop": 1.0, "max_supervised_drop": 1.0}
 
 
-def _client(config):
-    return MlflowClient(config.tracking_uri(), registry_uri=config.tracking_uri())
-
-
-def aliases(config) -> dict[str, str]:
-    return {k: str(v) for k, v in _client(config).get_registered_model(NAME).aliases.items()}
-
-
-def version_tags(config, version) -> dict[str, str]:
-    return dict(_client(config).get_model_version(NAME, str(version)).tags)
-
-
-def versions(config) -> list[str]:
-    return sorted(str(v.version) for v in _client(config).search_model_versions(f"name='{NAME}'"))
-
-
-def register_by_hand(config) -> str:
+def register_reasonable_model(config) -> str:
     """A reasonable model of the window, logged and registered without any flow."""
-    frame, _ = sources.load_window(config.source, RUN_DATE)
-    encoder = FeatureEncoder(config.features)
-    X = encoder.fit_transform(frame)
     m = config.model
-    est = DeepEmbeddedClustering(m.n_clusters, n_components=m.n_components,
-                                 hidden=tuple(m.hidden), pretrain_epochs=10, max_iter=20,
-                                 random_state=1).fit(X)
-    uri = config.tracking_uri()
-    exp = runs.ensure_experiment(uri, config.registry.experiment, config.artifact_location())
-    run_id = _client(config).create_run(exp, run_name="by-hand").info.run_id
-    model_uri = packaging.log_model(run_id, uri, est, encoder, frame.head(5))
-    _client(config).set_terminated(run_id)
-    tags = {"validation.success": "True", "data.run_date": RUN_DATE.isoformat()}
-    return str(packaging.register_version(uri, model_uri, NAME, run_id=run_id, tags=tags).version)
+
+    def fit(X):
+        return DeepEmbeddedClustering(m.n_clusters, n_components=m.n_components,
+                                      hidden=tuple(m.hidden), pretrain_epochs=10, max_iter=20,
+                                      random_state=1).fit(X)
+
+    return register_by_hand(config, *log_by_hand(config, fit, run_name="by-hand"))
 
 
 def attempt(fn, *args, **kwargs):
@@ -80,7 +53,7 @@ def story(tmp_path_factory):
     config = tiny_config(home, source, promotion=POLICY)
     out = {"config": config}
 
-    out["v1"] = register_by_hand(config)
+    out["v1"] = register_reasonable_model(config)
     out["after_registration"] = aliases(config)
     out["v1_tags"] = version_tags(config, out["v1"])
     out["first"], out["first_error"] = attempt(promote, config=config, candidate=out["v1"])

@@ -2,21 +2,15 @@
 it did, the links both ways, and the library's progress lines in the Prefect run's logs."""
 
 import pytest
-from mlflow import MlflowClient
 
-from flowkit import RUN_DATE, tiny_config, write_source
-from decflow.flows.recluster import recluster
+from flowkit import RUN_DATE, mlflow_client, run_artifacts
 
 
-@pytest.fixture(scope="module")
-def nightly(tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
-    source = str(home / "source")
-    write_source(source)
-    config = tiny_config(home, source)
-    result = recluster(config=config, run_date=RUN_DATE)
-    run = MlflowClient(config.tracking_uri()).get_run(result["run_id"])
-    return config, result, run
+@pytest.fixture
+def nightly(first_night):
+    """The session's shared first night (read only) and its MLflow run."""
+    config, result = first_night.config, first_night.result
+    return config, result, mlflow_client(config).get_run(result["run_id"])
 
 
 def _flow_run(flow_run_id: str):
@@ -24,16 +18,6 @@ def _flow_run(flow_run_id: str):
 
     with get_client(sync_client=True) as client:
         return client.read_flow_run(flow_run_id)
-
-
-def _artifacts(flow_run_id: str) -> dict:
-    from prefect import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
-    return {a.key: a for a in found if a.key}
 
 
 def _log_lines(flow_run_id: str) -> list[str]:
@@ -60,7 +44,7 @@ def test_mlflow_run_and_prefect_run_link_to_each_other(nightly):
     config, result, run = nightly
     flow_run_id = run.data.tags["prefect.flow_run_id"]
     assert run.data.tags["prefect.flow_name"] == "recluster"
-    artifacts = _artifacts(flow_run_id)
+    artifacts = run_artifacts(flow_run_id)
     exp = run.info.experiment_id
     run_link = f"http://127.0.0.1:5000/#/experiments/{exp}/runs/{result['run_id']}"
     version_link = f"http://127.0.0.1:5000/#/models/tiny/versions/{result['model_version']}"

@@ -31,6 +31,7 @@ def digits_result(client, digits):
     return kmeans_dask(digits, 10, client=client, n_init=10, chunk_rows=300, random_state=0)
 
 
+@pytest.mark.slow  # a Dask cluster
 def test_partitions_are_bounded_by_chunk_rows(client, digits):
     blocks = dask_kmeans._partition_rows(digits, client, 300)
     sizes = [len(b) for b in client.gather(blocks)]
@@ -41,6 +42,7 @@ def test_partitions_are_bounded_by_chunk_rows(client, digits):
     np.testing.assert_array_equal(np.concatenate(parts), digits)
 
 
+@pytest.mark.slow  # a Dask cluster
 def test_digits_inertia_matches_sklearn(digits, digits_result):
     km = KMeans(n_clusters=10, n_init=10, random_state=0).fit(digits)
     assert digits_result.inertia <= 1.01 * km.inertia_
@@ -52,18 +54,21 @@ def test_digits_inertia_matches_sklearn(digits, digits_result):
     assert 1 <= digits_result.n_iter <= 300
 
 
+@pytest.mark.slow  # a Dask cluster
 def test_inertia_is_the_inertia_of_the_returned_centres(digits, digits_result):
     C = digits_result.cluster_centers.astype(np.float64)
     d2 = ((digits[:, None, :].astype(np.float64) - C[None]) ** 2).sum(-1).min(1).sum()
     assert digits_result.inertia == pytest.approx(d2, rel=1e-6)
 
 
+@pytest.mark.slow  # a Dask cluster
 def test_same_random_state_same_centres(client, digits, digits_result):
     again = kmeans_dask(digits, 10, client=client, n_init=10, chunk_rows=300, random_state=0)
     np.testing.assert_array_equal(again.cluster_centers, digits_result.cluster_centers)
     assert again.inertias == digits_result.inertias
 
 
+@pytest.mark.slow  # a Dask cluster
 def test_blobs_recovered_exactly(client, blobs):
     X, y = blobs
     res = kmeans_dask(X, 4, client=client, n_init=10, chunk_rows=64, random_state=1)
@@ -73,6 +78,7 @@ def test_blobs_recovered_exactly(client, blobs):
     assert adjusted_rand_score(y, labels) == 1.0
 
 
+@pytest.mark.slow  # a Dask cluster
 def test_dask_array_input_gives_the_numpy_result(client, blobs):
     X, _ = blobs
     a = kmeans_dask(X, 4, client=client, n_init=3, chunk_rows=64, random_state=3)
@@ -81,6 +87,7 @@ def test_dask_array_input_gives_the_numpy_result(client, blobs):
     np.testing.assert_array_equal(a.cluster_centers, b.cluster_centers)
 
 
+@pytest.mark.slow  # a Dask cluster
 def test_predict_equals_numpy_argmin(client, blobs, monkeypatch):
     X, _ = blobs
     C = np.random.default_rng(0).normal(scale=6.0, size=(5, X.shape[1])).astype(np.float32)
@@ -93,6 +100,7 @@ def test_predict_equals_numpy_argmin(client, blobs, monkeypatch):
     np.testing.assert_array_equal(predict_dask(X, C, client=client, chunk_rows=50), expected)
 
 
+@pytest.mark.slow  # a Dask cluster
 def test_as_many_clusters_as_rows(client):
     X = np.random.default_rng(0).normal(size=(12, 3)).astype(np.float32)
     res = kmeans_dask(X, 12, client=client, n_init=2, chunk_rows=5, random_state=0)
@@ -100,6 +108,7 @@ def test_as_many_clusters_as_rows(client):
     assert len(np.unique(res.cluster_centers, axis=0)) == 12
 
 
+@pytest.mark.slow  # a Dask cluster
 def test_fewer_distinct_points_than_clusters(client):
     X = np.repeat(np.eye(3, dtype=np.float32), 10, axis=0)
     res = kmeans_dask(X, 5, client=client, n_init=2, chunk_rows=7, random_state=0)
@@ -116,6 +125,7 @@ def test_empty_cluster_takes_the_farthest_point():
     np.testing.assert_allclose(new, [[0.0, 0.0], [10.0, 10.0], [1.0, 1.0]])
 
 
+@pytest.mark.slow  # a Dask cluster
 @pytest.mark.parametrize(("X", "k", "match"), [
     (np.zeros((5, 2), np.float32), 0, "n_clusters=0 should be an integer >= 1"),
     (np.zeros((5, 2), np.float32), 6, r"n_samples=5 should be >= n_clusters=6"),
@@ -129,6 +139,7 @@ def test_bad_input_is_named(client, X, k, match):
         kmeans_dask(X, k, client=client, chunk_rows=2)
 
 
+@pytest.mark.slow  # a Dask cluster
 def test_bad_parameters_are_named(client, blobs):
     X, _ = blobs
     with pytest.raises(ValueError, match="n_init=0"):
@@ -153,6 +164,7 @@ def test_bad_address_fails_fast_and_names_it():
     assert time.monotonic() - start < 10
 
 
+@pytest.mark.slow  # a Dask cluster
 def test_blas_threads_restored_after_tasks(client, blobs):
     from threadpoolctl import threadpool_info
 

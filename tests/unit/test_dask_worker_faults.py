@@ -28,7 +28,9 @@ from decflow.engine import partitions as scoring
 from decflow.engine.compute import dask_client
 from decflow.engine.kmeans import kmeans_dask, predict_dask
 from decflow.model.features import FeatureEncoder
-from testkit import FAST
+from testkit import DEC_FAST_KMEANS
+
+pytestmark = pytest.mark.slow  # Dask clusters whose workers it kills
 
 N_ROWS, CHUNK = 4000, 500  # k-means: 8 row partitions
 DAY = dt.date(2026, 11, 21)
@@ -211,7 +213,7 @@ def model(tmp_path_factory):
     frame, _ = sources.load_window(_config(root).source, DAY)
     encoder = FeatureEncoder(_config(root).features)
     # any model will do (the test compares scoring with and without a kill): a quick one
-    fast = {**FAST, "pretrain_epochs": 5, "max_iter": 10, "init": "k-means"}
+    fast = {**DEC_FAST_KMEANS, "pretrain_epochs": 5, "max_iter": 10}
     return encoder, DeepEmbeddedClustering(3, **fast).fit(encoder.fit_transform(frame[::4]))
 
 
@@ -225,7 +227,7 @@ def _label(client, root, model, before_scoring=lambda payload: None) -> pd.DataF
     payload = scoring.scatter_model(client, *model)
     before_scoring(payload)
     out = scoring.label_partition(client, scan, config, payload, spec)
-    assert out.report.success and out.rows_written == SCORE_ROWS
+    assert out.validation_result.success and out.rows_written == SCORE_ROWS
     return partitioned.read_partition(config.labels_uri(), "ds", DAY)[LABEL_COLUMNS]
 
 

@@ -1,3 +1,4 @@
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -5,15 +6,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from testkit import FAST
+from testkit import DEC_FAST, DEC_FAST_KMEANS
 from decflow import DeepEmbeddedClustering, DegenerateClusterWarning
 from decflow.model.metrics import cluster_accuracy
 
 
-@pytest.fixture(scope="module")
-def fitted(blobs):
-    X, _ = blobs
-    return DeepEmbeddedClustering(4, random_state=0, **FAST).fit(X)
+@pytest.fixture
+def fitted(dec_on_blobs):
+    """DeepEmbeddedClustering(4, random_state=0, **DEC_FAST) on the blobs (shared: read only)."""
+    return dec_on_blobs
 
 
 def test_fit_sets_attributes_and_finds_blobs(fitted, blobs):
@@ -36,7 +37,7 @@ def test_predict_matches_fit_labels_and_outputs(fitted, blobs):
     q = fitted.predict_proba(X)
     np.testing.assert_allclose(q.sum(1), 1.0, rtol=1e-5)
     assert fitted.transform(X).shape == (len(X), 4)
-    ids, conf, dist = fitted.score_samples(X)
+    ids, conf, dist = fitted.assign(X)
     np.testing.assert_array_equal(ids, pred)
     np.testing.assert_allclose(conf, q.max(1), rtol=1e-6)
     assert (dist >= 0).all()
@@ -45,25 +46,25 @@ def test_predict_matches_fit_labels_and_outputs(fitted, blobs):
 @pytest.mark.parametrize("init", ["k-means", "manifold"])
 def test_fit_predict_equals_fit_then_predict(blobs, init):
     X, _ = blobs
-    a = DeepEmbeddedClustering(4, init=init, random_state=3, **FAST)
+    a = DeepEmbeddedClustering(4, init=init, random_state=3, **DEC_FAST)
     labels = a.fit_predict(X)
     assert cluster_accuracy(labels, a.predict(X)) == 1.0
 
 
 def test_determinism_with_random_state(blobs):
     X, _ = blobs
-    kw = dict(FAST, init="k-means")
+    kw = DEC_FAST_KMEANS
     a = DeepEmbeddedClustering(4, random_state=7, **kw).fit(X)
     b = DeepEmbeddedClustering(4, random_state=7, **kw).fit(X)
     np.testing.assert_array_equal(a.labels_, b.labels_)
     np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
 
 
-def test_init_array_skips_internal_kmeans(blobs, monkeypatch):
+def test_init_array_skips_internal_kmeans(blobs, dec_kmeans_on_blobs, monkeypatch):
     import decflow.model.estimator as estimator_module
 
     X, _ = blobs
-    ref = DeepEmbeddedClustering(4, init="k-means", random_state=0, **FAST).fit(X)
+    ref = dec_kmeans_on_blobs  # DeepEmbeddedClustering(4, random_state=0, **DEC_FAST_KMEANS)
     init = ref.cluster_centers_ + 0.01
 
     def fail(*args, **kwargs):
@@ -72,7 +73,7 @@ def test_init_array_skips_internal_kmeans(blobs, monkeypatch):
     monkeypatch.setattr(estimator_module, "kmeans_init", fail)
     monkeypatch.setattr(estimator_module, "manifold_init", fail)
     # same seed -> same pretrained embedding; one fine-tuning step barely moves the centroids
-    est = DeepEmbeddedClustering(4, init=init, random_state=0, **dict(FAST, max_iter=1))
+    est = DeepEmbeddedClustering(4, init=init, random_state=0, **dict(DEC_FAST, max_iter=1))
     est.fit(X)
     assert np.abs(est.cluster_centers_ - init).max() < 0.01
 
@@ -111,10 +112,13 @@ def test_load_rejects_foreign_file(tmp_path):
     ({"n_clusters": 4}, lambda X: X[:, 0], "X must be 2-D"),
     ({"n_clusters": 4, "init": "random"}, lambda X: X, "init='random' must be one of"),
     ({"n_clusters": 4, "init": np.zeros((3, 4))}, lambda X: X, r"init has shape \(3, 4\)"),
+    # a seed only: a RandomState has no place in the saved settings (JSON)
+    ({"n_clusters": 4, "random_state": np.random.RandomState(0)}, lambda X: X,
+     "random_state=RandomState.* must be None or an integer"),
 ])
 def test_bad_input_at_fit(blobs, kwargs, X_fn, message):
     X, _ = blobs
-    params = dict(FAST, **kwargs)
+    params = dict(DEC_FAST, **kwargs)
     with pytest.raises(ValueError, match=message):
         DeepEmbeddedClustering(**params).fit(X_fn(X.copy()))
 
@@ -130,7 +134,7 @@ def test_degenerate_clusters_are_reported(blobs):
     X, _ = blobs
     # 12 clusters on 4 blobs with a high floor: some clusters must end up tiny or empty
     est = DeepEmbeddedClustering(12, init="k-means", random_state=0, min_cluster_size=0.9,
-                                 **FAST)
+                                 **DEC_FAST)
     with pytest.warns(DegenerateClusterWarning, match="cluster id"):
         est.fit(X)
     assert est.degenerate_clusters_
@@ -143,12 +147,13 @@ def test_views_of_the_input_when_it_spans_fewer_directions_than_z(setting, space
     rng = np.random.default_rng(0)
     plane = np.repeat([[0, 0], [8, 0], [0, 8]], [70, 70, 60], axis=0) + rng.normal(size=(200, 2))
     X = (plane @ rng.normal(size=(2, 12))).astype(np.float32)
-    est = DeepEmbeddedClustering(3, random_state=0, view_space=setting, **FAST).fit(X)
+    est = DeepEmbeddedClustering(3, random_state=0, view_space=setting, **DEC_FAST).fit(X)
     assert est.view_space_ == space and est.input_dimension_ < 2.01
     truth = np.repeat([0, 1, 2], [70, 70, 60])
     assert cluster_accuracy(truth, est.labels_) > 0.95
 
 
+@pytest.mark.slow  # imports the library in a new interpreter: over 3 s
 def test_library_never_imports_prefect():
     src = Path(__file__).resolve().parents[2] / "src" / "decflow"
     offenders = [str(p) for p in src.rglob("*.py")
@@ -160,33 +165,33 @@ def test_library_never_imports_prefect():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
-def test_fit_equals_pretrain_then_fine_tune(blobs):
+def test_fit_equals_pretrain_then_fine_tune(blobs, fitted):
     X, _ = blobs
-    a = DeepEmbeddedClustering(4, random_state=0, **FAST).fit(X)
-    b = DeepEmbeddedClustering(4, random_state=0, **FAST).pretrain(X).fine_tune(X)
+    a = fitted  # DeepEmbeddedClustering(4, random_state=0, **DEC_FAST).fit(X)
+    b = DeepEmbeddedClustering(4, random_state=0, **DEC_FAST).pretrain(X).fine_tune(X)
     np.testing.assert_array_equal(a.labels_, b.labels_)
     np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
 
 
 def test_fine_tune_before_pretrain_is_an_error(blobs):
     with pytest.raises(ValueError, match="call pretrain"):
-        DeepEmbeddedClustering(4, **FAST).fine_tune(blobs[0])
+        DeepEmbeddedClustering(4, **DEC_FAST).fine_tune(blobs[0])
 
 
-def test_warm_start_reuses_weights(blobs):
+def test_warm_start_reuses_weights(blobs, fitted):
     X, _ = blobs
-    a = DeepEmbeddedClustering(4, random_state=0, **FAST).fit(X)
-    b = DeepEmbeddedClustering(4, random_state=1, **FAST).pretrain(
+    a = fitted  # DeepEmbeddedClustering(4, random_state=0, **DEC_FAST).fit(X)
+    b = DeepEmbeddedClustering(4, random_state=1, **DEC_FAST).pretrain(
         X, warm_start=a.autoencoder_.state_dict(), epochs=0)
     np.testing.assert_allclose(b.transform(X), a.transform(X), rtol=1e-5, atol=1e-5)
-    wrong = dict(FAST, n_components=3)
+    wrong = dict(DEC_FAST, n_components=3)
     with pytest.raises(ValueError, match="warm_start weights do not fit"):
         DeepEmbeddedClustering(4, **wrong).pretrain(X, warm_start=a.autoencoder_.state_dict())
 
 
-def test_permute_clusters_relabels_consistently(blobs):
+def test_permute_clusters_relabels_consistently(blobs, fitted):
     X, _ = blobs
-    est = DeepEmbeddedClustering(4, random_state=0, **FAST).fit(X)
+    est = copy.deepcopy(fitted)  # renumbered below: the shared fit stays as it is
     before = est.predict(X)
     order = np.array([2, 0, 3, 1])
     est.permute_clusters(order)
@@ -201,7 +206,7 @@ def test_warm_start_weights_only_for_the_same_layout_and_architecture(fitted, bl
     import pandas as pd
 
     from decflow.config import FeaturesConfig
-    from decflow.model.estimator import compatible_weights
+    from decflow.model.building import compatible_weights
     from decflow.model.features import FeatureEncoder
 
     X, _ = blobs

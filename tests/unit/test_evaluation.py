@@ -5,7 +5,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from decflow.insight.evaluation import (cluster_sizes, evaluate, plot_cluster_sizes, plot_confidence,
-                                plot_projection, plot_training_curves)
+                                        plot_projection, plot_training_curves)
 
 HISTORY = {"pretrain_loss": [1.0, 0.5, 0.25],
            "finetune": [{"update": 1, "step": 10, "kl": 0.3, "reconstruction": 0.2,

@@ -6,8 +6,8 @@ import torch
 
 import decflow.model.initialization as init_module
 from decflow.model.initialization import (effective_dimension, partition_silhouette,
-                                    select_manifold_init, view_dimensions, view_seeds,
-                                    view_space)
+                                          select_manifold_init, view_dimensions, view_seeds,
+                                          view_space)
 from decflow.model.nn import ClusteringLayer
 from decflow.model.training import dec_loop
 
@@ -77,6 +77,7 @@ def _spy_views(monkeypatch):
     return fitted
 
 
+@pytest.mark.slow  # over 3 s on 2 cores
 def test_views_fitted_on_a_sample_place_every_row(monkeypatch):
     """600 rows in four blobs, views fitted on 150: every view and external start sees the
     sample only, yet the target and the centroids cover all rows, and the rows outside the

@@ -12,8 +12,11 @@ import textwrap
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from decflow.data import partitioned
+
+pytestmark = pytest.mark.slow  # kills a writer process
 
 DAY = "2026-11-21"
 GROUPS = 8  # row groups per written file

@@ -41,6 +41,7 @@ def _start_holder(home):
     return child
 
 
+@pytest.mark.slow  # kills the process holding the lock
 def test_a_lock_held_by_another_process_refuses_and_dies_with_it(tmp_path):
     child = _start_holder(tmp_path)
     try:

@@ -26,6 +26,8 @@ from decflow.registry import packaging
 from decflow.registry import runs
 from decflow.registry import versions
 
+pytestmark = pytest.mark.slow  # an MLflow store
+
 MODEL = "digest-test"
 FEATURES = FeaturesConfig(numeric=["x"], categorical=["colour"], vector={"v": 4})
 

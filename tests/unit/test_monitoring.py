@@ -33,14 +33,14 @@ def test_shares_fill_missing_ids_and_reject_foreign_ones():
 
 def test_report_alerts_only_above_each_threshold():
     kw = dict(previous_date="2026-11-20", previous_sizes={0: 50, 1: 50})
-    calm = monitoring.drift_report("2026-11-21", {0: 45, 1: 55}, 2, label_churn=0.05,
+    calm = monitoring.measure_drift("2026-11-21", {0: 45, 1: 55}, 2, label_churn=0.05,
                                    max_churn=0.1, max_size_shift=0.1, **kw)
     assert calm.size_shift_tvd == pytest.approx(0.05) and not calm.alert
     assert calm.sizes == [45, 55] and calm.previous_sizes == [50, 50]
-    churned = monitoring.drift_report("2026-11-21", {0: 45, 1: 55}, 2, label_churn=0.3,
+    churned = monitoring.measure_drift("2026-11-21", {0: 45, 1: 55}, 2, label_churn=0.3,
                                       max_churn=0.1, max_size_shift=0.1, **kw)
     assert churned.alerts == ["label churn 0.300 exceeds monitoring.max_churn 0.1"]
-    moved = monitoring.drift_report("2026-11-21", {0: 90, 1: 10}, 2, label_churn=0.0,
+    moved = monitoring.measure_drift("2026-11-21", {0: 90, 1: 10}, 2, label_churn=0.0,
                                     max_churn=0.1, max_size_shift=0.1, **kw)
     assert moved.alerts == ["cluster-size shift 0.400 (TVD vs 2026-11-20) exceeds "
                             "monitoring.max_size_shift 0.1"]
@@ -48,10 +48,10 @@ def test_report_alerts_only_above_each_threshold():
                                "size_shift_psi": pytest.approx(moved.size_shift_psi),
                                "drift_alert": 1.0}
     # No thresholds configured: numbers only, never an alert.
-    assert not monitoring.drift_report("2026-11-21", {0: 90, 1: 10}, 2, label_churn=0.9,
+    assert not monitoring.measure_drift("2026-11-21", {0: 90, 1: 10}, 2, label_churn=0.9,
                                        **kw).alert
     # A first night: nothing to compare with, NaN churn (no champion) is "not measured".
-    first = monitoring.drift_report("2026-11-21", {0: 9, 1: 1}, 2, label_churn=math.nan,
+    first = monitoring.measure_drift("2026-11-21", {0: 9, 1: 1}, 2, label_churn=math.nan,
                                     max_churn=0.0, max_size_shift=0.0)
     assert first.label_churn is None and first.size_shift_tvd is None and not first.alert
     assert first.metrics() == {"drift_alert": 0.0}
@@ -60,7 +60,7 @@ def test_report_alerts_only_above_each_threshold():
 
 
 def test_pictures_are_figures(tmp_path):
-    report = monitoring.drift_report("2026-11-21", {0: 90, 1: 10}, 2, previous_date="2026-11-20",
+    report = monitoring.measure_drift("2026-11-21", {0: 90, 1: 10}, 2, previous_date="2026-11-20",
                                      previous_sizes={0: 50, 1: 50})
     sizes = monitoring.plot_sizes_vs_last_night(report)
     assert len(sizes.axes[0].patches) == 4  # two nights x two clusters
@@ -88,6 +88,7 @@ def _run(client, exp, night, status, metrics=None, **tags):
     return run.info.run_id
 
 
+@pytest.mark.slow  # an MLflow store
 def test_history_takes_the_run_whose_labels_stand_for_each_night(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     uri = f"sqlite:///{tmp_path}/mlflow.db"

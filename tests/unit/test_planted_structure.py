@@ -17,9 +17,11 @@ import pytest
 from decflow import DegenerateClusterWarning
 from decflow.config import PipelineConfig
 from decflow.insight.profiles import cluster_profiles
-from decflow.model.estimator import estimator_from_config
+from decflow.model.building import estimator_from_config
 from decflow.model.features import FeatureEncoder
 from decflow.model.metrics import ari
+
+pytestmark = pytest.mark.slow  # three manifold fits on wide tables: minutes on 2 cores
 
 WORDS = np.array([f"word{i}" for i in range(400)])
 
@@ -87,7 +89,7 @@ def test_planted_groups_are_recovered_and_profiled_by_their_columns(case):
     assert est.view_space_ == "input"  # the weighted table spans fewer directions than z
     assert ari(groups, est.labels_) >= 0.95
 
-    ids, confidence, distance = est.score_samples(X)
+    ids, confidence, distance = est.assign(X)
     profiles = cluster_profiles(frame, ids, confidence, distance, config.features, "id", k)
     named = {f["feature"] for c in profiles.clusters for f in c["numeric"]}
     named |= {g["column"] for c in profiles.clusters for g in c["categories"]}

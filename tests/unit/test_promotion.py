@@ -9,16 +9,14 @@ import pytest
 from mlflow import MlflowClient
 
 from decflow import DeepEmbeddedClustering
-from decflow.registry import aliases as registry
 from decflow.config import FeaturesConfig, PromotionConfig
+from decflow.errors import Conflict
 from decflow.model.features import FeatureEncoder
-from decflow.registry.promotion import (ReferenceScores, compare_models, evaluate_gates, reference_sample,
-                               score_reference, size_gate)
+from decflow.registry import aliases as registry
+from decflow.registry.promotion import (ReferenceScores, compare_models, evaluate_gates,
+                                        reference_sample, score_reference, size_gate)
+from testkit import DEC_FAST_KMEANS
 
-# tests/conftest.py FAST settings, with the k-means init (no UMAP); importing them from
-# conftest is ambiguous when tests/flows/conftest.py is collected too.
-FAST = dict(n_components=4, hidden=(32, 32), pretrain_epochs=15, max_iter=60, n_init=2,
-            batch_size=64, init="k-means")
 POLICY = PromotionConfig()
 
 
@@ -154,7 +152,7 @@ def test_score_reference_and_compare_models_on_a_fitted_model():
     X = encoder.fit_transform(frame)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        est = DeepEmbeddedClustering(3, random_state=0, **FAST).fit(X)
+        est = DeepEmbeddedClustering(3, random_state=0, **DEC_FAST_KMEANS).fit(X)
     s = score_reference(encoder, est, frame)
     assert s.n_clusters == 3 and s.sizes.sum() == 120 and s.silhouette > 0.3
     assert s.training_sizes.tolist() == np.bincount(est.labels_, minlength=3).tolist()
@@ -169,12 +167,6 @@ def test_score_reference_and_compare_models_on_a_fitted_model():
 
 
 # ----------------------------------------------------------------- registry moves
-@pytest.fixture(scope="module")
-def store_uri(tmp_path_factory):
-    """One sqlite store for the module (creating its schema takes seconds)."""
-    return f"sqlite:///{tmp_path_factory.mktemp('registry') / 'mlflow.db'}"
-
-
 @pytest.fixture()
 def registered(store_uri, request, tmp_path):
     """(store, model name): a model per test with versions 1..3, champion 1, challenger 3."""
@@ -188,24 +180,27 @@ def registered(store_uri, request, tmp_path):
     return store_uri, name
 
 
+@pytest.mark.slow  # an MLflow store
 def test_promote_then_rollback_swaps_champion_and_previous(registered):
     uri, m = registered
-    after = registry.promote_version(uri, m, "3", expected_champion="1")
+    after = registry.apply_verdict(uri, m, "3", promote=True, expected_champion="1")
     assert after == {"champion": "3", "challenger": "3", "previous": "1"}
     assert registry.rollback_champion(uri, m) == {"restored": "1", "demoted": "3"}
     assert registry.aliases(uri, m) == {"champion": "1", "previous": "3"}  # challenger cleared
-    with pytest.raises(RuntimeError, match="not 2"):
-        registry.promote_version(uri, m, "3", expected_champion="2")
+    with pytest.raises(Conflict, match="is version 1, not 2 as when the gates were evaluated"):
+        registry.apply_verdict(uri, m, "3", promote=True, expected_champion="2")
     assert registry.aliases(uri, m)["champion"] == "1"
     assert registry.aliases(uri, "missing") == {}
 
 
+@pytest.mark.slow  # an MLflow store
 def test_rollback_without_previous_is_an_error(registered):
     uri, m = registered
     with pytest.raises(ValueError, match="nothing to roll back to"):
         registry.rollback_champion(uri, m)
 
 
+@pytest.mark.slow  # an MLflow store
 def test_a_failed_alias_write_restores_the_aliases_already_moved(registered, monkeypatch):
     uri, m = registered
     before = registry.aliases(uri, m)
@@ -220,12 +215,13 @@ def test_a_failed_alias_write_restores_the_aliases_already_moved(registered, mon
 
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", flaky)
     with pytest.raises(OSError, match="went away"):
-        registry.promote_version(uri, m, "3")
+        registry.apply_verdict(uri, m, "3", promote=True, expected_champion="1")
     assert calls[:2] == [("previous", "1"), ("champion", "3")]
     monkeypatch.undo()
     assert registry.aliases(uri, m) == before  # "previous" removed again
 
 
+@pytest.mark.slow  # an MLflow store
 def test_version_tags_replace_stale_gate_tags(registered):
     uri, m = registered
     registry.set_version_tags(uri, m, "2", {"promotion.gate.acc": "fail", "keep": "1"})

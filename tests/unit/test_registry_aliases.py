@@ -11,10 +11,7 @@ from mlflow import MlflowClient
 from decflow.registry import aliases as registry
 from decflow.registry import versions
 
-
-@pytest.fixture(scope="module")
-def store_uri(tmp_path_factory):
-    return f"sqlite:///{tmp_path_factory.mktemp('registry-aliases') / 'mlflow.db'}"
+pytestmark = pytest.mark.slow  # an MLflow store
 
 
 @pytest.fixture()

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from mlflow import MlflowClient
 
 from decflow.config import FeaturesConfig, PipelineConfig
-from decflow.data.validation import ExpectationResult, ValidationReport
+from decflow.data.validation import ExpectationResult, ValidationResult
 from decflow.errors import ConfigError
 from decflow.insight import report
 from decflow.insight.profiles import cluster_profiles
@@ -70,7 +70,7 @@ def build_runs(tmp: Path) -> SimpleNamespace:
                        "label_churn": 0.42, "labels_rows": 1234.0}.items():
         client.log_metric(full, key, value)
     client.log_text(full, "model:\n  n_clusters: 3\nnote: a < b & c\n", "config.yaml")
-    validation = ValidationReport(False, 30, [
+    validation = ValidationResult(False, 30, [
         ExpectationResult("expect_column_values_to_not_be_null", "x", True, "no nulls"),
         ExpectationResult("expect_column_values_to_be_between", "x", False,
                           f"2 values out of range {HOSTILE}", [{"id": 1, "value": 99}],
@@ -126,6 +126,7 @@ def full_page(report_runs) -> str:
     return report.render_report(report_runs.uri, report_runs.full)
 
 
+@pytest.mark.slow  # an MLflow store (report_runs)
 def test_full_report_has_one_row_per_cluster_and_every_picture(full_page):
     assert full_page.count('<tr class="cluster-row">') == K
     assert full_page.count(DATA_URI) == 2  # broken.png is not a PNG: named, not embedded
@@ -135,6 +136,7 @@ def test_full_report_has_one_row_per_cluster_and_every_picture(full_page):
     assert full_page.startswith("<!DOCTYPE html>") and full_page.rstrip().endswith("</html>")
 
 
+@pytest.mark.slow  # an MLflow store (report_runs)
 def test_full_report_sections(full_page, report_runs):
     metrics = full_page[full_page.index('id="metrics"'):full_page.index('id="promotion"')]
     order = [metrics.index(f"<td>{m}</td>") for m in ("acc", "nmi", "label_churn",
@@ -152,6 +154,7 @@ def test_full_report_sections(full_page, report_runs):
     assert "not recorded for this run" not in full_page
 
 
+@pytest.mark.slow  # an MLflow store (report_runs)
 def test_text_from_the_run_is_escaped(full_page, report_runs):
     failed_page = report.render_report(report_runs.uri, report_runs.failed)
     for page in (full_page, failed_page):
@@ -160,6 +163,7 @@ def test_text_from_the_run_is_escaped(full_page, report_runs):
     assert full_page.count(ESCAPED) >= 3  # validation detail, drift alert, exemplar id
 
 
+@pytest.mark.slow  # an MLflow store (report_runs)
 def test_missing_artifacts_are_named_not_fatal(report_runs):
     page = report.render_report(report_runs.uri, report_runs.failed)
     for path in ("validation/result.json", "promotion/decision.json", "monitoring/drift.json",
@@ -172,6 +176,7 @@ def test_missing_artifacts_are_named_not_fatal(report_runs):
     assert page.count('<tr class="cluster-row">') == 0 and DATA_URI not in page
 
 
+@pytest.mark.slow  # an MLflow store (report_runs)
 def test_page_is_self_contained(full_page):
     assert all(src.startswith("data:") for src in re.findall(r'src="([^"]*)"', full_page))
     assert re.findall(r"<link [^>]*>", full_page) == ['<link rel="icon" href="data:,">']
@@ -179,6 +184,7 @@ def test_page_is_self_contained(full_page):
     assert "default-src 'none'" in full_page  # the browser enforces it too
 
 
+@pytest.mark.slow  # an MLflow store (report_runs)
 def test_find_run_by_id_date_and_newest(report_runs):
     uri = report_runs.uri
     assert report.find_run(uri, EXPERIMENT).info.run_id == report_runs.failed  # not backfill
@@ -187,6 +193,7 @@ def test_find_run_by_id_date_and_newest(report_runs):
         report_runs.full
 
 
+@pytest.mark.slow  # an MLflow store (report_runs)
 def test_find_run_says_what_it_searched(report_runs):
     uri = report_runs.uri
     with pytest.raises(ConfigError, match=r"no recluster run for run date 2026-02-01 in "
@@ -200,6 +207,7 @@ def test_find_run_says_what_it_searched(report_runs):
         report.find_run(uri, EXPERIMENT, run_id=report_runs.full, run_date=FULL_DAY)
 
 
+@pytest.mark.slow  # an MLflow store (report_runs)
 def test_write_report_is_atomic(report_runs, tmp_path, monkeypatch):
     out = tmp_path / "reports" / "night.html"
     assert report.write_report(report_runs.uri, EXPERIMENT, out, run_date=FULL_DAY) == out
@@ -217,8 +225,9 @@ def test_write_report_is_atomic(report_runs, tmp_path, monkeypatch):
     assert [p.name for p in out.parent.iterdir()] == ["night.html"]  # no temp file left
 
 
+@pytest.mark.slow  # an MLflow store (report_runs)
 def test_report_command_and_log_report(report_runs, tmp_path):
-    from decflow.insight.report import REPORT_ARTIFACT, log_report, report_command
+    from decflow.insight.report import log_report, report_command
 
     config = PipelineConfig(home=str(tmp_path / "home"),
                             registry={"tracking_uri": report_runs.uri, "experiment": EXPERIMENT})
@@ -227,8 +236,8 @@ def test_report_command_and_log_report(report_runs, tmp_path):
     assert path.read_text(encoding="utf-8").count('<tr class="cluster-row">') == K
 
     uri = log_report(config, report_runs.failed)
-    assert uri.endswith(f"/{report_runs.failed}/artifacts/{REPORT_ARTIFACT}")
-    logged = report_runs.client.download_artifacts(report_runs.failed, REPORT_ARTIFACT,
+    assert uri.endswith(f"/{report_runs.failed}/artifacts/report/report.html")
+    logged = report_runs.client.download_artifacts(report_runs.failed, "report/report.html",
                                                    str(tmp_path))
     assert "The run failed:" in Path(logged).read_text(encoding="utf-8")
 

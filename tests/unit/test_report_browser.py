@@ -10,6 +10,9 @@ import browser
 from decflow.insight import report
 from test_report import K, report_runs  # noqa: F401  (the store, built once per session)
 
+pytestmark = pytest.mark.slow  # a headless browser and an MLflow store
+
+
 @pytest.fixture(scope="module", autouse=True)
 def chromium():
     return browser.require_chromium()

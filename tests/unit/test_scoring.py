@@ -22,7 +22,7 @@ from decflow.engine.compute import dask_client
 from decflow.errors import DataError
 from decflow.model.features import FeatureEncoder
 from decflow.model.scoring import score_frame
-from testkit import FAST
+from testkit import DEC_FAST
 
 DAYS = [dt.date(2026, 11, 20) + dt.timedelta(days=i) for i in range(3)]
 ROWS, GROUP = 600, 50  # per partition; rows per row group
@@ -64,7 +64,7 @@ def model(tmp_path_factory):
     scan = sources.scan_window(config.source, DAYS[-1])
     train = sources.sample_window(scan, 900, config.source_columns())
     encoder = FeatureEncoder(config.features)
-    est = DeepEmbeddedClustering(3, **FAST).fit(encoder.fit_transform(train))
+    est = DeepEmbeddedClustering(3, **DEC_FAST).fit(encoder.fit_transform(train))
     return encoder, est
 
 
@@ -97,11 +97,12 @@ def test_sample_window_is_proportional_and_reads_only_named_columns(tmp_path):
     pd.testing.assert_frame_equal(sample, again)
 
 
+@pytest.mark.slow  # a Dask cluster
 def test_scoring_over_a_cluster_matches_in_process_scoring(tmp_path, model):
     _write_source(tmp_path / "source")
     config = _config(tmp_path)
     out = _label(config, model, DAYS[1])
-    assert out.report.success and out.rows_written == ROWS
+    assert out.validation_result.success and out.rows_written == ROWS
     # one row group per chunk: two 50-row groups fit in chunk_rows=120
     assert pq.ParquetFile(out.path).metadata.num_row_groups == ROWS // 100
     labels = partitioned.read_partition(config.labels_uri(), "ds", DAYS[1])
@@ -115,6 +116,7 @@ def test_scoring_over_a_cluster_matches_in_process_scoring(tmp_path, model):
     assert set(labels["model_version"]) == {"7"} and set(labels["run_id"]) == {"run"}
 
 
+@pytest.mark.slow  # a Dask cluster
 def test_the_client_never_holds_the_window(tmp_path, model, monkeypatch):
     """Every frame read anywhere is at most one batch (40 rows) or one row group (50 rows),
     against a 1,800-row window; the whole-window reader is never called."""
@@ -149,6 +151,7 @@ def test_the_client_never_holds_the_window(tmp_path, model, monkeypatch):
     assert 0 < largest[0] <= GROUP
 
 
+@pytest.mark.slow  # a Dask cluster
 def test_a_bad_row_in_the_last_batch_of_the_last_partition_fails(tmp_path, model):
     _write_source(tmp_path / "source", bad=(DAYS[-1], ROWS - 1))
     config = _config(tmp_path)
@@ -164,11 +167,12 @@ def test_a_bad_row_in_the_last_batch_of_the_last_partition_fails(tmp_path, model
     assert f'{{"partition": "ds={DAYS[-1]}", "id": {3 * ROWS - 1}, "value": "nan"}}' in msg
     # scoring that partition writes nothing
     out = _label(config, model, DAYS[-1])
-    assert not out.report.success and out.rows_written == 0
+    assert not out.validation_result.success and out.rows_written == 0
     assert partitioned.read_partition(config.labels_uri(), "ds", DAYS[-1]) is None
     assert not os.path.exists(os.path.join(config.labels_uri(), f"ds={DAYS[-1]}"))
 
 
+@pytest.mark.slow  # a Dask cluster
 def test_duplicate_ids_across_partitions_are_found_exactly(tmp_path):
     _write_source(tmp_path / "source")
     part = tmp_path / "source" / f"ds={DAYS[2]}" / "part-0.parquet"
@@ -181,13 +185,14 @@ def test_duplicate_ids_across_partitions_are_found_exactly(tmp_path):
     with dask_client(config.compute) as client:
         plan = scoring.make_plan(config, scan.n_rows)
         plan = scoring.Plan(**{**plan.__dict__, "n_buckets": 3})  # several hash buckets
-        report = scoring.run_partition(client, scan, plan, chunk_rows=120).report
-    unique = next(r for r in report.results if r.expectation.endswith("_unique"))
+        result = scoring.run_partition(client, scan, plan, chunk_rows=120).validation_result
+    unique = next(r for r in result.results if r.expectation.endswith("_unique"))
     assert not unique.success and unique.sample == [5]
     assert unique.details.startswith("2 rows share 1 duplicated id value(s)")
     assert unique.partitions == [f"ds={DAYS[0]}", f"ds={DAYS[2]}"]
 
 
+@pytest.mark.slow  # a Dask cluster
 def test_labels_are_replaced_old_or_new_at_several_row_groups(tmp_path, model, monkeypatch):
     """A reader in the middle of a rewrite (after the first of 6 row groups) sees the old
     partition whole; afterwards the new one, once: through pyarrow, pandas and DuckDB."""
@@ -248,6 +253,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # a Dask scheduler and worker as processes
 def test_an_existing_scheduler_does_the_work(tmp_path, model):
     """compute.dask_address: a real `dask scheduler` and `dask worker` (separate processes that
     import decflow themselves) validate and label a partition; labels as in process."""
@@ -273,7 +279,7 @@ def test_an_existing_scheduler_does_the_work(tmp_path, model):
         assert os.getpid() not in worker_pids
         config = _config(tmp_path, dask_address=address)
         out = _label(config, model, DAYS[0])
-        assert out.report.success and out.rows_written == ROWS
+        assert out.validation_result.success and out.rows_written == ROWS
         labels = partitioned.read_partition(config.labels_uri(), "ds", DAYS[0])
         source, _ = sources.load_window(config.source, DAYS[0], 1)
         np.testing.assert_array_equal(labels["cluster_id"],
@@ -289,6 +295,7 @@ def _rewrite(part, change) -> None:
     pq.write_table(table, part, row_group_size=GROUP)
 
 
+@pytest.mark.slow  # a Dask cluster
 @pytest.mark.parametrize("change, expected", [
     # a column missing from one file used to become nulls there (and pass as categories)
     (lambda t: t.drop_columns(["x"]),

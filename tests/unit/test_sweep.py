@@ -5,29 +5,17 @@ Sweeps here use init="k-means" or a stand-in for the UMAP view: numba's first UM
 alone takes longer than this file's budget (benchmarks/sweep_k_demo.py runs the real view).
 """
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from decflow.errors import ConfigError, DataError
 from decflow.insight.sweep import SweepRow, parse_k_range, recommend_k, run_sweep, sweep_k
+from testkit import DAYS, RUN_DATE, tiny_config, write_source
 
-FAST = dict(init="k-means", n_init=3)
-
-
-def _flowkit():
-    """tests/flows/flowkit.py (its folder is on sys.path only when flow tests are collected)."""
-    if "flowkit" not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            "flowkit", Path(__file__).parents[1] / "flows" / "flowkit.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules["flowkit"] = module
-    return sys.modules["flowkit"]
+# sweep_k options that keep a sweep quick: the k-means init (no UMAP), 3 restarts.
+SWEEP_FAST = dict(init="k-means", n_init=3)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +30,7 @@ def blobs5():
 @pytest.fixture(scope="module")
 def swept(blobs5):
     Z, y = blobs5
-    return sweep_k(Z, range(2, 9), y=y, **FAST)
+    return sweep_k(Z, range(2, 9), y=y, **SWEEP_FAST)
 
 
 def _row(k, silhouette, stability, acc=None):
@@ -125,7 +113,7 @@ def test_sweep_recommends_the_true_k_of_blobs(swept):
 
 def test_acc_and_nmi_only_with_labels(blobs5, swept):
     Z, _ = blobs5
-    bare = sweep_k(Z, range(2, 9), **FAST)
+    bare = sweep_k(Z, range(2, 9), **SWEEP_FAST)
     assert list(bare.to_frame().columns) == ["k", "silhouette", "silhouette_z", "stability",
                                              "smallest_share"]
     assert list(swept.to_frame().columns)[-2:] == ["acc", "nmi"]
@@ -135,7 +123,7 @@ def test_acc_and_nmi_only_with_labels(blobs5, swept):
 
 def test_labels_do_not_change_the_recommendation(blobs5, swept):
     Z, y = blobs5
-    misleading = sweep_k(Z, range(2, 9), y=y // 3, **FAST)  # two classes: ACC best at k=2
+    misleading = sweep_k(Z, range(2, 9), y=y // 3, **SWEEP_FAST)  # two classes: ACC best at k=2
     by_k = {r.k: r for r in misleading.rows}
     assert max(by_k, key=lambda k: by_k[k].acc) == 2
     assert misleading.recommended == swept.recommended == 5
@@ -147,7 +135,7 @@ def test_missing_labels_are_left_out_of_acc(blobs5, swept):
     Z, y = blobs5
     partial = np.array(y, dtype=object)
     partial[::7] = None
-    rows = {r.k: r for r in sweep_k(Z, [5], y=partial, **FAST).rows}
+    rows = {r.k: r for r in sweep_k(Z, [5], y=partial, **SWEEP_FAST).rows}
     assert rows[5].acc == pytest.approx({r.k: r for r in swept.rows}[5].acc, abs=0.01)
 
 
@@ -173,13 +161,13 @@ def test_manifold_sweep_draws_one_view_per_seed(blobs5, monkeypatch):
 def test_sweep_checks_its_arguments(blobs5):
     Z, _ = blobs5
     with pytest.raises(ValueError, match="seeds=1"):
-        sweep_k(Z, [3], seeds=1, **FAST)
+        sweep_k(Z, [3], seeds=1, **SWEEP_FAST)
     with pytest.raises(ValueError, match="n_samples-1=199"):
-        sweep_k(Z, [3, 200], **FAST)
+        sweep_k(Z, [3, 200], **SWEEP_FAST)
     with pytest.raises(ValueError, match="init='kmeans'"):
         sweep_k(Z, [3], init="kmeans")
     with pytest.raises(ValueError, match="y has 3 rows"):
-        sweep_k(Z, [3], y=[1, 2, 3], **FAST)
+        sweep_k(Z, [3], y=[1, 2, 3], **SWEEP_FAST)
 
 
 def test_chart_marks_the_recommended_k(swept):
@@ -216,27 +204,27 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    kit = _flowkit()
+def sweep_config(tmp_path_factory):
+    """The flow tests' tiny source table and config, with the k-means init."""
     root = tmp_path_factory.mktemp("sweep")
     uri = str(root / "source")
-    kit.write_source(uri)
-    return kit, kit.tiny_config(root / "home", uri, model={"init": "k-means"})
+    write_source(uri)
+    return tiny_config(root / "home", uri, model={"init": "k-means"})
 
 
-def test_sweep_k_command_writes_table_chart_and_recommendation(tiny, tmp_path,
+def test_sweep_k_command_writes_table_chart_and_recommendation(sweep_config, tmp_path,
                                                                one_torch_thread):
     from typer.testing import CliRunner
 
     from decflow.config import dump_config
     from decflow.flows.cli import app
 
-    kit, config = tiny
+    config = sweep_config
     path = tmp_path / "config.yaml"
     path.write_text(dump_config(config))
     out = tmp_path / "out" / "sweep"
     run = CliRunner().invoke(app, ["sweep-k", "--config", str(path), "--k", "2..6", "--seeds",
-                                   "2", "--run-date", str(kit.RUN_DATE), "--out-dir", str(out),
+                                   "2", "--run-date", str(RUN_DATE), "--out-dir", str(out),
                                    "--pretrain-epochs", "30"])
     assert run.exit_code == 0, run.output
     assert sorted(p.name for p in out.iterdir()) == ["sweep_k.json", "sweep_k.md",
@@ -246,7 +234,7 @@ def test_sweep_k_command_writes_table_chart_and_recommendation(tiny, tmp_path,
     assert [r["k"] for r in data["rows"]] == [2, 3, 4, 5, 6]
     assert {"acc", "nmi"} <= set(data["rows"][0])  # the tiny source's `truth` column
     assert data["context"]["sample_rows"] == 270 and data["context"]["pretrain_epochs"] == 30
-    assert data["context"]["window"] == f"{kit.DAYS[0]}..{kit.RUN_DATE}"
+    assert data["context"]["window"] == f"{DAYS[0]}..{RUN_DATE}"
     assert (out / "sweep_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "recommended k = 4" in (out / "sweep_k.md").read_text()
     assert data["reason"] in " ".join(run.output.split())
@@ -262,7 +250,7 @@ def test_failed_write_leaves_no_files(blobs5, tmp_path, monkeypatch):
     import decflow.insight.sweep_report
 
     Z, _ = blobs5
-    done = sweep_k(Z, [4, 5], **FAST)
+    done = sweep_k(Z, [4, 5], **SWEEP_FAST)
     monkeypatch.setattr(decflow.insight.sweep_report, "run_sweep", lambda *a, **kw: done)
 
     def broken(self):
@@ -280,11 +268,11 @@ def test_failed_write_leaves_no_files(blobs5, tmp_path, monkeypatch):
     ("2..6", 1, None, "--seeds: expected an integer >= 2"),
     ("2..6", 3, 0, "--pretrain-epochs: expected an integer >= 1"),
 ])
-def test_command_rejects_bad_options_before_reading(tiny, tmp_path, ks, seeds, epochs,
+def test_command_rejects_bad_options_before_reading(sweep_config, tmp_path, ks, seeds, epochs,
                                                     message):
     from decflow.insight.sweep_report import sweep_k_command
 
-    kit, config = tiny
+    config = sweep_config
     missing = config.model_copy(update={"source": config.source.model_copy(
         update={"uri": str(tmp_path / "nowhere")})})
     with pytest.raises(ConfigError, match=message):
@@ -292,8 +280,8 @@ def test_command_rejects_bad_options_before_reading(tiny, tmp_path, ks, seeds, e
     assert not (tmp_path / "out").exists()
 
 
-def test_empty_window_is_a_data_error(tiny):
-    kit, config = tiny
-    later = kit.RUN_DATE.replace(year=kit.RUN_DATE.year + 1)
+def test_empty_window_is_a_data_error(sweep_config):
+    config = sweep_config
+    later = RUN_DATE.replace(year=RUN_DATE.year + 1)
     with pytest.raises(DataError, match=f"window .*{later}.* holds no rows"):
         run_sweep(config, [2, 3], run_date=later)

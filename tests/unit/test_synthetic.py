@@ -115,6 +115,7 @@ def test_bad_arguments_are_named(tmp_path):
     assert not os.listdir(tmp_path)
 
 
+@pytest.mark.slow  # encodes 3,001 wide rows: over 3 s on 2 cores
 def test_config_declares_the_generated_features(tmp_path):
     _generate(tmp_path / "src")
     config = synthetic_config(str(tmp_path / "src"), home=str(tmp_path / "home"),

@@ -24,6 +24,8 @@ from decflow.registry import packaging
 from decflow.registry import runs
 from decflow.registry import versions
 
+pytestmark = pytest.mark.slow  # an MLflow store
+
 MODEL = "decflow-test"
 TINY = dict(n_components=4, hidden=(32, 32), pretrain_epochs=5, max_iter=30, n_init=2,
             batch_size=64, init="k-means", random_state=0)
@@ -55,7 +57,7 @@ def _in_tmp_dir(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def tracked(tmp_path_factory):
     """One sqlite store; a run with a tiny model trained, logged and registered twice.
 
     Runs from inside the temp dir so that anything written to MLflow's default store (a bug
@@ -91,24 +93,24 @@ def trained(tmp_path_factory):
                            model_uri=model_uri, v1=v1, v2=v2)
 
 
-def test_ensure_experiment_is_idempotent_and_keeps_artifact_location(trained):
-    assert runs.ensure_experiment(trained.uri, "decflow", None) == trained.exp_id
-    exp = trained.client.get_experiment(trained.exp_id)
-    assert exp.artifact_location == trained.artifacts
-    other = runs.ensure_experiment(trained.uri, "other", None)
-    assert other != trained.exp_id
-    trained.client.delete_experiment(other)
-    assert runs.ensure_experiment(trained.uri, "other", None) == other
-    assert trained.client.get_experiment(other).lifecycle_stage == "active"
+def test_ensure_experiment_is_idempotent_and_keeps_artifact_location(tracked):
+    assert runs.ensure_experiment(tracked.uri, "decflow", None) == tracked.exp_id
+    exp = tracked.client.get_experiment(tracked.exp_id)
+    assert exp.artifact_location == tracked.artifacts
+    other = runs.ensure_experiment(tracked.uri, "other", None)
+    assert other != tracked.exp_id
+    tracked.client.delete_experiment(other)
+    assert runs.ensure_experiment(tracked.uri, "other", None) == other
+    assert tracked.client.get_experiment(other).lifecycle_stage == "active"
 
 
-def test_callback_streams_training_metrics(trained):
-    history = {key: trained.client.get_metric_history(trained.run_id, key)
+def test_callback_streams_training_metrics(tracked):
+    history = {key: tracked.client.get_metric_history(tracked.run_id, key)
                for key in ("pretrain_loss", "kl", "reconstruction", "delta_label")}
     assert [m.step for m in history["pretrain_loss"]] == [1, 2, 3, 4, 5]
     np.testing.assert_allclose([m.value for m in history["pretrain_loss"]],
-                               trained.estimator.history_["pretrain_loss"], rtol=1e-6)
-    finetune = trained.estimator.history_["finetune"]
+                               tracked.estimator.history_["pretrain_loss"], rtol=1e-6)
+    finetune = tracked.estimator.history_["finetune"]
     for key in ("kl", "reconstruction", "delta_label"):
         got = sorted((m.step, m.value) for m in history[key])
         want = [(i + 1, row[key]) for i, row in enumerate(finetune) if key in row]
@@ -141,32 +143,32 @@ def test_callback_batches_skips_nan_and_prefixes():
     assert len(client.batches) == 2
 
 
-def test_registration_sets_no_alias_and_tags_the_version_pending(trained):
-    assert (str(trained.v1.version), str(trained.v2.version)) == ("1", "2")  # int on sqlite
-    assert trained.v1.aliases == [] and trained.v2.aliases == []
-    v1 = versions.get_version(trained.uri, MODEL, "1")
+def test_registration_sets_no_alias_and_tags_the_version_pending(tracked):
+    assert (str(tracked.v1.version), str(tracked.v2.version)) == ("1", "2")  # int on sqlite
+    assert tracked.v1.aliases == [] and tracked.v2.aliases == []
+    v1 = versions.get_version(tracked.uri, MODEL, "1")
     assert v1.aliases == ["champion"]  # set by the verdicts in the fixture
     assert {k: v for k, v in v1.tags.items() if k != integrity.MANIFEST_TAG} == {
         "data_window": "2026-01-01..2026-01-03", "promotion.decision": "pending"}
-    assert v1.run_id == trained.run_id
-    assert str(versions.get_version(trained.uri, MODEL, "champion").version) == "1"
-    assert str(versions.get_version(trained.uri, MODEL, "challenger").version) == "2"
-    assert versions.get_version(trained.uri, MODEL, "previous") is None
-    assert versions.get_version(trained.uri, MODEL, "9") is None
-    assert versions.get_version(trained.uri, "no-such-model", "champion") is None
+    assert v1.run_id == tracked.run_id
+    assert str(versions.get_version(tracked.uri, MODEL, "champion").version) == "1"
+    assert str(versions.get_version(tracked.uri, MODEL, "challenger").version) == "2"
+    assert versions.get_version(tracked.uri, MODEL, "previous") is None
+    assert versions.get_version(tracked.uri, MODEL, "9") is None
+    assert versions.get_version(tracked.uri, "no-such-model", "champion") is None
     # The LoggedModel links to both versions, as mlflow.register_model would record.
-    model_id = trained.model_uri.removeprefix("models:/")
-    links = json.loads(trained.client.get_logged_model(model_id).tags["mlflow.modelVersions"])
+    model_id = tracked.model_uri.removeprefix("models:/")
+    links = json.loads(tracked.client.get_logged_model(model_id).tags["mlflow.modelVersions"])
     assert links == [{"name": MODEL, "version": "1"}, {"name": MODEL, "version": "2"}]
 
 
-def test_logged_model_is_code_plus_safe_artifacts(trained):
-    model_id = trained.model_uri.removeprefix("models:/")
-    logged = trained.client.get_logged_model(model_id)
+def test_logged_model_is_code_plus_safe_artifacts(tracked):
+    model_id = tracked.model_uri.removeprefix("models:/")
+    logged = tracked.client.get_logged_model(model_id)
     assert logged.status.to_proto() == mlflow.entities.LoggedModelStatus.READY.to_proto()
-    assert logged.source_run_id == trained.run_id
-    assert logged.experiment_id == trained.exp_id
-    run = trained.client.get_run(trained.run_id)
+    assert logged.source_run_id == tracked.run_id
+    assert logged.experiment_id == tracked.exp_id
+    run = tracked.client.get_run(tracked.run_id)
     assert [o.model_id for o in run.outputs.model_outputs] == [model_id]
     root = Path(logged.artifact_location.removeprefix("file://"))
     files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
@@ -179,9 +181,9 @@ def test_logged_model_is_code_plus_safe_artifacts(trained):
         assert any(r.startswith(f"{dist}~=") or r.startswith(f"{dist}==") for r in reqs), reqs
 
 
-def test_signature_from_encoder_contract(trained):
+def test_signature_from_encoder_contract(tracked):
     # mlflow.models.get_model_info would look the model id up in the global tracking store.
-    root = Path(trained.client.get_logged_model(trained.model_uri.removeprefix("models:/"))
+    root = Path(tracked.client.get_logged_model(tracked.model_uri.removeprefix("models:/"))
                 .artifact_location.removeprefix("file://"))
     sig = mlflow.models.Model.load(str(root / "MLmodel")).signature
     assert sig is not None
@@ -194,46 +196,46 @@ def test_signature_from_encoder_contract(trained):
     assert [t.name for t in sig.outputs.input_types()] == ["integer", "float", "float"]
 
 
-def test_champion_pyfunc_predicts_exactly_like_score_frame(trained, monkeypatch, tmp_path):
+def test_champion_pyfunc_predicts_exactly_like_score_frame(tracked, monkeypatch, tmp_path):
     df = make_frame(n_per=20, seed=1).set_index(pd.RangeIndex(100, 160))
     df["v"] = df["v"].map(lambda a: [float(x) for x in a])  # plain lists work too
-    expected = scoring.score_frame(trained.encoder, trained.estimator, df)
+    expected = scoring.score_frame(tracked.encoder, tracked.estimator, df)
     assert expected.dtypes.astype(str).to_dict() == {
         "cluster_id": "int32", "confidence": "float32", "distance": "float32"}
     assert expected.index.equals(df.index)
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained.uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracked.uri)
     pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
-    got = pyfunc.predict(scoring.as_model_input(trained.encoder, df))
+    got = pyfunc.predict(scoring.as_model_input(tracked.encoder, df))
     pd.testing.assert_frame_equal(got, expected)
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
 
-    scorer = versions.load_scorer(trained.uri, MODEL, "challenger")
-    pd.testing.assert_frame_equal(scorer.predict(scoring.as_model_input(trained.encoder, df)),
+    scorer = versions.load_scorer(tracked.uri, MODEL, "challenger")
+    pd.testing.assert_frame_equal(scorer.predict(scoring.as_model_input(tracked.encoder, df)),
                                   expected)
-    encoder, estimator = versions.load_components(trained.uri, MODEL, "1")
+    encoder, estimator = versions.load_components(tracked.uri, MODEL, "1")
     pd.testing.assert_frame_equal(scoring.score_frame(encoder, estimator, df), expected)
     assert not list(tmp_path.glob("*.db"))
 
 
-def test_helpers_leave_no_global_mlflow_state(trained):
+def test_helpers_leave_no_global_mlflow_state(tracked):
     assert mlflow.active_run() is None
     assert "MLFLOW_TRACKING_URI" not in os.environ
-    assert mlflow.get_tracking_uri() != trained.uri
-    assert [p.name for p in trained.tmp.glob("*.db")] == ["mlflow.db"]
+    assert mlflow.get_tracking_uri() != tracked.uri
+    assert [p.name for p in tracked.tmp.glob("*.db")] == ["mlflow.db"]
 
 
-def test_unknown_reference_is_a_clear_error(trained):
+def test_unknown_reference_is_a_clear_error(tracked):
     with pytest.raises(ConfigError, match="has no version or alias 'previous'"):
-        versions.load_scorer(trained.uri, MODEL, "previous")
+        versions.load_scorer(tracked.uri, MODEL, "previous")
     with pytest.raises(ValueError, match=r"missing feature columns: \['v'\]"):
-        scoring.as_model_input(trained.encoder, trained.df.drop(columns="v"))
+        scoring.as_model_input(tracked.encoder, tracked.df.drop(columns="v"))
     with pytest.raises(ValueError, match="input_example is empty"):
-        packaging.log_model(trained.run_id, trained.uri, trained.estimator, trained.encoder,
-                           trained.df.head(0))
+        packaging.log_model(tracked.run_id, tracked.uri, tracked.estimator, tracked.encoder,
+                           tracked.df.head(0))
 
 
-def test_score_frame_on_no_rows(trained):
-    out = scoring.score_frame(trained.encoder, trained.estimator, trained.df.head(0))
+def test_score_frame_on_no_rows(tracked):
+    out = scoring.score_frame(tracked.encoder, tracked.estimator, tracked.df.head(0))
     assert len(out) == 0 and list(out.columns) == ["cluster_id", "confidence", "distance"]
