@@ -118,3 +118,19 @@ def test_every_mlflow_client_is_the_bounded_one():
                 if name == "MlflowClient":
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert offenders == []
+
+
+def test_importing_decflow_or_its_command_line_does_not_load_torch():
+    """``decflow --help``, a CLI start and a validation-only Dask worker import ``decflow``
+    without paying for torch (seconds); the estimator loads it on first use."""
+    import subprocess
+    import sys
+
+    code = ("import sys, decflow, decflow.flows.cli.app, decflow.config; "
+            "assert 'torch' not in sys.modules, 'torch loaded'; "
+            "from decflow import DeepEmbeddedClustering, DegenerateClusterWarning; "
+            "assert 'torch' in sys.modules and DeepEmbeddedClustering.__name__ == "
+            "'DeepEmbeddedClustering'; "
+            "import pytest; pytest.raises(AttributeError, getattr, decflow, 'Nope')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
