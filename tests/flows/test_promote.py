@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from flowkit import (RUN_DATE, aliases, latest_artifact, log_by_hand, register_by_hand,
                      tiny_config, version_tags, write_source)
-from decflow import DeepEmbeddedClustering
+from decflow import DeepEmbeddedClustering, DegenerateClusterWarning
 from decflow.config import dump_config
 from decflow.data import partitioned
 from decflow.registry import aliases as registry
@@ -38,7 +38,8 @@ def log_collapsed_model(config) -> tuple[str, str]:
                                      hidden=tuple(m.hidden), pretrain_epochs=10, max_iter=2,
                                      random_state=0)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # DegenerateClusterWarning: that is the point
+            # a collapsed model is the point of this helper
+            warnings.simplefilter("ignore", DegenerateClusterWarning)
             est.pretrain(X).fine_tune(X, init=np.zeros((m.n_clusters, m.n_components)))
         assert set(est.labels_) == {0}
         return est
