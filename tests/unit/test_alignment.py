@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
-from decflow import DeepEmbeddedClustering
+from decflow import DeepEmbeddedClustering, DegenerateClusterWarning
 from decflow.model.alignment import align_clusters, co_assignment, label_churn, match_clusters
 from testkit import DEC_FAST_KMEANS
 
@@ -75,7 +75,7 @@ def test_retraining_with_another_seed_keeps_cluster_ids_after_alignment(blobs,
     X, _ = blobs
     champion = dec_kmeans_on_blobs  # DeepEmbeddedClustering(4, random_state=0, **DEC_FAST_KMEANS)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore", DegenerateClusterWarning)
         new = DeepEmbeddedClustering(4, random_state=1, **DEC_FAST_KMEANS).fit(X)
     before = new.predict(X)
     result = align_clusters(new, X, champion.predict(X))

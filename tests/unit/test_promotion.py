@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from decflow import DeepEmbeddedClustering
+from decflow import DeepEmbeddedClustering, DegenerateClusterWarning
 from decflow.config import FeaturesConfig, PromotionConfig
 from decflow.errors import Conflict
 from decflow.model.features import FeatureEncoder
@@ -151,7 +151,7 @@ def test_score_reference_and_compare_models_on_a_fitted_model():
     encoder = FeatureEncoder(FeaturesConfig(numeric=["x", "w"]))
     X = encoder.fit_transform(frame)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore", DegenerateClusterWarning)
         est = DeepEmbeddedClustering(3, random_state=0, **DEC_FAST_KMEANS).fit(X)
     s = score_reference(encoder, est, frame)
     assert s.n_clusters == 3 and s.sizes.sum() == 120 and s.silhouette > 0.3
