@@ -59,3 +59,31 @@ infra-check: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/quality.py
+
+# --- The container stack (infra/docker-compose.yml) on this machine, from the project's files
+# alone: no Docker Hub, no PyTorch index (infra/stack/, infra/README.md "The stack here").
+# Docker: Debian's docker.io (Engine 20.10) + mmdebstrap + docker-compose 1.29, started by
+# infra/stack/ensure-docker.sh when no daemon answers (root or sudo).
+.PHONY: stack-docker stack-build stack-up stack-down stack-clean
+stack-docker:
+	infra/stack/ensure-docker.sh
+
+# The Debian base (mmdebstrap; skipped when built), decflow:<version>, decflow-postgres:15 and
+# decflow-seaweedfs:4.48; prints build times and sizes.
+stack-build: stack-docker
+	infra/stack/build.sh
+
+# Creates infra/.env with random secrets when missing, then `up -d` and waits until every
+# service is healthy (prints the time to healthy).
+stack-up: stack-docker
+	infra/stack/up.sh
+
+# Removes the containers and the network; the volumes (databases, buckets, worker home) stay.
+stack-down:
+	@if [ -f infra/.env ]; then infra/stack/compose.sh down --remove-orphans; \
+	else echo "no infra/.env: no stack of this checkout to stop"; fi
+
+# Also removes the volumes: every database, bucket and run is gone (infra/.env stays).
+stack-clean:
+	@if [ -f infra/.env ]; then infra/stack/compose.sh down --volumes --remove-orphans; \
+	else echo "no infra/.env: no stack of this checkout to remove"; fi

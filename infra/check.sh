@@ -4,8 +4,9 @@
 # docker-compose through apt). Idempotent; about 10 s once the tools are there.
 #   BIN=.venv/bin infra/check.sh        # BIN: bin folder of the project's venv (default .venv/bin)
 # What runs:
-#   1. hadolint on infra/Dockerfile, failing on any finding (style included);
-#   2. shellcheck on the shell scripts of infra/;
+#   1. hadolint on infra/Dockerfile and the local images' Dockerfiles (infra/stack/*/Dockerfile),
+#      failing on any finding (style included);
+#   2. shellcheck on the shell scripts of infra/ (infra/stack/ included);
 #   3. docker-compose config -q (Debian's docker-compose 1.29, which validates against the
 #      compose schema and interpolates without a daemon) on docker-compose.yml, alone and with
 #      docker-compose.gpu.yml, with .env.example; then once per secret of .env.example without
@@ -54,12 +55,18 @@ if ! command -v docker-compose >/dev/null; then
 fi
 
 # --- 1. Dockerfile ---------------------------------------------------------------------------
-step "hadolint $("$BIN/hadolint" --version | awk '{print $NF}') infra/Dockerfile"
-"$BIN/hadolint" --no-color --failure-threshold style infra/Dockerfile
+dockerfiles=(infra/Dockerfile infra/stack/*/Dockerfile)
+step "hadolint $("$BIN/hadolint" --version | awk '{print $NF}') ${dockerfiles[*]}"
+"$BIN/hadolint" --no-color --failure-threshold style "${dockerfiles[@]}"
+# No `# syntax=` line: it makes BuildKit pull a frontend image from Docker Hub.
+if grep -l '^# *syntax *=' "${dockerfiles[@]}"; then
+  die "a Dockerfile with a # syntax= line (pulls docker/dockerfile from Docker Hub)"
+fi
 
 # --- 2. shell scripts ------------------------------------------------------------------------
-step "shellcheck infra/*.sh infra/*/*.sh"
-"$BIN/shellcheck" infra/check.sh infra/seaweedfs/s3-identities.sh infra/postgres/init-databases.sh
+step "shellcheck infra/*.sh infra/*/*.sh infra/stack/*/*.sh"
+"$BIN/shellcheck" -x infra/check.sh infra/seaweedfs/s3-identities.sh \
+  infra/postgres/init-databases.sh infra/stack/*.sh infra/stack/*/*.sh
 
 # --- 3. compose ------------------------------------------------------------------------------
 # A clean environment: variables of the caller's shell would take precedence over the env file.

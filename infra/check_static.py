@@ -13,12 +13,17 @@
 4. The Helm values files name existing Secrets for credentials (never inline values).
 5. infra/pipeline.compose.yaml is a valid PipelineConfig (decflow.config.load_config).
 6. infra/.env is ignored by git.
+7. The decflow image tag is the package version (pyproject.toml): the compose file's default
+   (`${STACK_IMAGE:-decflow:<version>}`) and the image tags of the Kubernetes manifests and Helm
+   values; the public images of PostgreSQL and SeaweedFS are the defaults of variables
+   (`${STACK_POSTGRES_IMAGE:-postgres:16}`), so a machine without Docker Hub can swap in its own.
 Prints one line per failure and exits 1 when there is any.
 """
 
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -183,6 +188,45 @@ def check_pipeline_fragment(path: Path) -> None:
         fail(path, f"is not a valid pipeline config: {exc}")
 
 
+def check_image_tags(compose: dict, docs: dict[Path, list]) -> None:
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    services = compose.get("services") or {}
+    expected = {"postgres": ("STACK_POSTGRES_IMAGE", None),
+                "seaweedfs": ("STACK_SEAWEEDFS_IMAGE", None),
+                "mlflow": ("STACK_IMAGE", f"decflow:{version}")}
+    for name, (var, default) in expected.items():
+        image = str((services.get(name) or {}).get("image", ""))
+        m = re.fullmatch(r"\$\{(\w+):-([^}]+)\}", image)
+        if not m or m[1] != var:
+            fail(COMPOSE, f"services.{name}.image must be ${{{var}:-<default image>}}, "
+                          f"not {image!r}")
+        elif default and m[2] != default:
+            fail(COMPOSE, f"services.{name}.image defaults to {m[2]}, not {default} "
+                          f"(the package version of pyproject.toml)")
+    for path, loaded in docs.items():
+        if INFRA / "k8s" not in path.parents:
+            continue
+        for doc in loaded:
+            for keys, value in walk(doc):
+                if not isinstance(value, str):
+                    continue
+                tag = None
+                if keys and keys[-1] == "image" and "/decflow:" in value:
+                    tag = value.rsplit(":", 1)[1]
+                elif keys[-2:] in (("image", "tag"), ("image", "prefectTag")) and \
+                        str(_get(doc, keys[:-1] + ("repository",))).endswith("/decflow"):
+                    tag = value
+                if tag is not None and tag != version:
+                    fail(path, f"{'.'.join(keys)}: decflow image tag {tag}, not the package "
+                               f"version {version}")
+
+
+def _get(node, keys):
+    for k in keys:
+        node = node.get(k) if isinstance(node, dict) else None
+    return node
+
+
 def check_env_ignored() -> None:
     rc = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", "infra/.env"]).returncode
     if rc != 0:
@@ -194,6 +238,7 @@ def main() -> int:
     docs = check_yaml(files)
     if COMPOSE in docs and docs[COMPOSE]:
         check_compose(docs[COMPOSE][0])
+        check_image_tags(docs[COMPOSE][0], docs)
     else:
         fail(COMPOSE, "missing")
     check_env_example(INFRA / ".env.example")
@@ -208,7 +253,8 @@ def main() -> int:
     yamls = sum(1 for p in docs)
     if not problems:
         print(f"static: {yamls} YAML files parse as mappings; compose healthchecks, conditions "
-              f"and secret references; no secrets in {len(files)} files; pipeline fragment valid")
+              f"and secret references; image tags; no secrets in {len(files)} files; pipeline "
+              f"fragment valid")
     return 1 if problems else 0
 
 

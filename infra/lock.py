@@ -11,6 +11,13 @@ torch itself, and what only CUDA builds of torch pull in (nvidia-*, triton), sta
 Dockerfile installs ``torch==$TORCH_VERSION`` from ``$TORCH_INDEX_URL`` (CPU or CUDA build).
 torch's pure-Python dependencies (sympy, networkx, ...) are in the lock. setuptools is added
 because the image builds the project with ``--no-build-isolation`` (pinned build backend).
+
+The image may run an older CPython 3.11 than the one that writes the lock: Debian bookworm's
+python3 is 3.11.2 (the local base of ``make stack-build``, infra/stack/). A dependency whose
+environment marker holds only there (redis needs ``async-timeout`` below 3.11.3) cannot be read
+from this environment; it is a line with its marker (``name==version ; marker``, pip installs it
+only where the marker holds). Such lines are kept from the previous lock when it is rewritten;
+a new one is asked for by name (add it once, ``--check`` and ``pip check`` in the image verify).
 """
 
 import argparse
@@ -21,6 +28,7 @@ import tomllib
 from importlib import metadata
 from pathlib import Path
 
+from packaging.markers import InvalidMarker, Marker
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -32,7 +40,9 @@ PROJECT = "decflow"
 EXTRAS = ("stack",)
 FROM_TORCH_INDEX = re.compile(r"^(torch|triton|nvidia-.*)$")  # installed from TORCH_INDEX_URL
 BUILD = ("setuptools",)  # build backend, for pip install --no-build-isolation
-LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)$")
+LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)(?:\s*;\s*(.+))?$")
+# CPython versions of the image's interpreters other than the one writing the lock (see above).
+IMAGE_PYTHONS = ("3.11.2",)
 
 
 def _requires(dist: metadata.Distribution, extras: set[str]) -> list[Requirement]:
@@ -71,18 +81,61 @@ def closure() -> dict[str, str]:
     return {n: v for n, v in pins.items() if not FROM_TORCH_INDEX.match(n)}
 
 
+def marker_only() -> dict[str, str]:
+    """name -> marker of the requirements of the closure that hold only on IMAGE_PYTHONS."""
+    here = {"extra": ""}
+    out = {}
+    for name in closure():
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        for raw in dist.requires or []:
+            req = Requirement(raw)
+            if req.marker is None or req.marker.evaluate(here):
+                continue
+            if any(req.marker.evaluate({"extra": "", "python_full_version": v})
+                   for v in IMAGE_PYTHONS):
+                out[canonicalize_name(req.name)] = str(req.marker)
+    return out
+
+
+def previous_marker_pins() -> dict[str, str]:
+    """name -> 'version ; marker' of the marker lines of the current lock."""
+    out = {}
+    if LOCK.exists():
+        for line in LOCK.read_text().splitlines():
+            m = LINE.match(line)
+            if m and m[3]:
+                out[canonicalize_name(m[1])] = f"{m[2]} ; {m[3]}"
+    return out
+
+
 def write() -> None:
     pins = closure()
+    previous = previous_marker_pins()
+    marker_pins = {}
+    for name, marker in marker_only().items():
+        if name in pins:
+            continue
+        if name not in previous:
+            sys.exit(f"{name} is needed where {marker} (CPython {', '.join(IMAGE_PYTHONS)} of the "
+                     f"image) but not installed here: add `{name}==VERSION ; {marker}` to "
+                     f"{LOCK.relative_to(ROOT)} once, then rerun")
+        marker_pins[name] = previous[name]
     head = [
         "# Pinned dependencies of the decflow image (infra/Dockerfile). Generated; do not edit.",
         "# Regenerate: .venv/bin/pip install -e '.[stack]' && .venv/bin/python infra/lock.py",
         f"# Closure of decflow[{','.join(EXTRAS)}] as installed under CPython "
         f"{platform.python_version()} on {sys.platform}/{platform.machine()}; torch, triton and",
         "# nvidia-* are installed by the Dockerfile from TORCH_INDEX_URL; setuptools is the pinned",
-        "# build backend (pip install --no-build-isolation).",
+        "# build backend (pip install --no-build-isolation). Lines with a marker: only older CPython",
+        "# 3.11 releases (Debian bookworm's 3.11.2) need them; kept from the previous lock.",
     ]
-    LOCK.write_text("\n".join(head + [f"{n}=={pins[n]}" for n in sorted(pins)]) + "\n")
-    print(f"wrote {LOCK.relative_to(ROOT)}: {len(pins)} packages")
+    lines = {n: f"{n}=={v}" for n, v in pins.items()}
+    lines.update({n: f"{n}=={vm}" for n, vm in marker_pins.items()})
+    LOCK.write_text("\n".join(head + [lines[n] for n in sorted(lines)]) + "\n")
+    print(f"wrote {LOCK.relative_to(ROOT)}: {len(lines)} packages ({len(marker_pins)} with a marker)")
 
 
 def check() -> list[str]:
@@ -100,6 +153,16 @@ def check() -> list[str]:
             problems.append(f"requirements.lock:{n}: {name} pinned twice")
         if FROM_TORCH_INDEX.match(name):
             problems.append(f"requirements.lock:{n}: {name} comes from TORCH_INDEX_URL, not the lock")
+        if m[3]:
+            try:
+                marker = Marker(m[3])
+            except InvalidMarker as exc:
+                problems.append(f"requirements.lock:{n}: bad marker {m[3]!r}: {exc}")
+                continue
+            if not any(marker.evaluate({"python_full_version": v}) for v in IMAGE_PYTHONS):
+                problems.append(f"requirements.lock:{n}: {name}'s marker holds on none of the "
+                                f"image's Pythons {IMAGE_PYTHONS}")
+            continue  # not installed everywhere: not a pin of a direct requirement
         pins[name] = m[2]
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     direct = list(project["dependencies"])

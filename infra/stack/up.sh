@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# make stack-up: starts the stack (infra/docker-compose.yml) on the locally built images and waits
+# until every service is healthy, printing when each started and turned healthy.
+#   1. infra/.env: created with random secrets when missing (env.sh), never rewritten;
+#   2. the images must exist (make stack-build); nothing is pulled or built here;
+#   3. docker-compose up -d (Debian's docker-compose 1.29, through compose.sh), which starts the
+#      services in dependency order (depends_on: condition);
+#   4. wait_healthy.py: all healthy, the one-shot create-buckets exited 0, the order checked.
+# STACK_UP_TIMEOUT (default 600 s) bounds the wait.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+cd "$root"
+# shellcheck source=infra/stack/images.sh
+. "$here/images.sh"
+DOCKER="${DOCKER:-docker}"
+PYTHON="${STACK_PYTHON:-/usr/bin/python3}"  # Debian's, with PyYAML (a docker-compose dependency)
+[ -x "$PYTHON" ] || PYTHON=python3
+
+"$here/env.sh"
+env_file="$root/infra/.env"
+project="$(sed -n 's/^COMPOSE_PROJECT_NAME=//p' "$env_file" | tail -n 1)"
+project="${project:-infra}"
+
+config="$(mktemp)"
+trap 'rm -f "$config"' EXIT
+# Validates the file and the secrets, and resolves the images (defaults of compose.sh).
+"$here/compose.sh" config > "$config"
+missing=()
+while read -r image; do
+  "$DOCKER" image inspect "$image" >/dev/null 2>&1 || missing+=("$image")
+done < <(sed -n 's/^ *image: *//p' "$config" | sort -u)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "stack-up: missing images: ${missing[*]} (make stack-build)" >&2
+  exit 1
+fi
+
+# Published host ports: free, unless this project's containers hold them already (a second
+# `make stack-up` on a running stack).
+if [ -z "$("$DOCKER" ps -q --filter "label=com.docker.compose.project=$project")" ]; then
+  busy=()
+  while read -r port; do
+    "$PYTHON" -c 'import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1])))' \
+      "$port" 2>/dev/null || busy+=("$port")
+  done < <(sed -n 's/^ *- *"\{0,1\}127\.0\.0\.1:\([0-9]*\):.*/\1/p' "$config" | sort -u)
+  if [ "${#busy[@]}" -gt 0 ]; then
+    echo "stack-up: host port(s) ${busy[*]} on 127.0.0.1 are taken by another process;" \
+      "choose others in infra/.env (STACK_MLFLOW_PORT, STACK_PREFECT_PORT, STACK_S3_PORT," \
+      "STACK_DASK_DASHBOARD_PORT)" >&2
+    exit 1
+  fi
+fi
+
+echo "== docker-compose up -d (project $project)"
+start="$(date +%s.%N)"
+"$here/compose.sh" up -d --no-build
+echo "== waiting for every service to be healthy"
+"$PYTHON" "$here/wait_healthy.py" --project "$project" --since "$start" \
+  --timeout "${STACK_UP_TIMEOUT:-600}" --compose-config "$config" || {
+  echo "stack-up: not healthy; last log lines:" >&2
+  "$here/compose.sh" ps >&2 || true
+  "$here/compose.sh" logs --tail 20 >&2 || true
+  exit 1
+}
+"$here/compose.sh" ps
+port() { "$here/compose.sh" port "$1" "$2" 2>/dev/null | tail -n 1; }
+cat <<TXT
+MLflow          http://$(port mlflow 5000)
+Prefect UI/API  http://$(port prefect-server 4200)  (API /api)
+S3 (SeaweedFS)  http://$(port seaweedfs 8333)  (keys: S3_ACCESS_KEY, S3_SECRET_KEY in infra/.env)
+Dask dashboard  http://$(port dask-scheduler 8787)  (/health and JSON routes; its pages need bokeh)
+TXT
