@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from decflow.model.compiled import load_umap
 from decflow.model.metrics import cluster_size_summary, silhouette_sample, supervised_scores
 
 
@@ -235,7 +236,7 @@ def plot_projection(Z, labels, *, method: str = "umap", sample_size: int = 5000,
 
 
 def _umap2(Z: np.ndarray, random_state: int) -> np.ndarray:
-    import umap  # imported here: numba compilation is slow and only this path needs it
+    umap = load_umap()  # here: only this path needs UMAP (numba, see model.compiled)
 
     # 200 layout epochs (UMAP's default is 500 below 10k rows): the picture settles well
     # before, at less than half the time.

@@ -54,6 +54,8 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 from sklearn.mixture import GaussianMixture
 
+from decflow.model.compiled import load_umap
+
 # Rows the silhouette of a candidate is computed on (a fixed sample keeps it O(n)).
 SILHOUETTE_ROWS = 5000
 # Rows the effective dimension is measured on (a seeded sample).
@@ -267,7 +269,7 @@ def manifold_view(Z: np.ndarray, n_components: int, random_state: int | None,
 
 def _fit_view(Z: np.ndarray, n_components: int, random_state: int | None, n_neighbors: int):
     """(fitted UMAP, (n, n_components) float32 coordinates of Z); see ``manifold_view``."""
-    import umap  # imported here: numba compilation is slow and only this path needs it
+    umap = load_umap()  # here: only this path needs UMAP (numba, see model.compiled)
 
     n = len(Z)
     reducer = umap.UMAP(n_components=n_components, n_neighbors=min(n_neighbors, n - 1),

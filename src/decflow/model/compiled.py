@@ -1,0 +1,34 @@
+"""UMAP with its compiled code kept on disk.
+
+numba compiles UMAP's and pynndescent's functions at their first call in each process: about
+10 s on 2 cores, paid by every nightly run (a process worker starts a fresh process per run) and
+by every command that fits the initialisation views or draws the embedding. Few of those
+functions are declared ``cache=True``. ``load_umap`` switches numba's own on-disk cache on for
+all of them, so only the first process on a machine compiles; later ones load the machine code
+(about 0.1 s). The cache lives where numba keeps any cached function: ``NUMBA_CACHE_DIR`` when
+set, else beside the package when that is writable, else the user's cache folder. numba keys
+each entry by the function's source file and signature, so an upgraded package compiles anew.
+"""
+
+import sys
+import threading
+
+PACKAGES = ("umap", "pynndescent")
+_LOCK = threading.Lock()
+_CACHED: set[int] = set()  # ids of the dispatchers whose cache is on
+
+
+def load_umap():
+    """The ``umap`` module, its compiled functions (and pynndescent's) cached on disk."""
+    import umap
+    from numba.core.registry import CPUDispatcher
+
+    with _LOCK:
+        for name, module in list(sys.modules.items()):
+            if module is None or name.split(".")[0] not in PACKAGES:
+                continue
+            for value in list(vars(module).values()):
+                if isinstance(value, CPUDispatcher) and id(value) not in _CACHED:
+                    value.enable_caching()
+                    _CACHED.add(id(value))
+    return umap
