@@ -35,7 +35,7 @@ def test_a_random_category_beside_three_groups_does_not_decide_the_labels(tmp_pa
         "source": {"uri": source, "id_column": "id", "window_days": 1},
         "features": {"numeric": ["a", "b"], "categorical": ["c"]},
         "model": {"n_clusters": 3, "hidden": [128, 128, 256]},
-        "train": {"pretrain_steps": 1000}})  # everything else: the defaults
+        "train": {"pretrain_steps": 500}})  # everything else: the defaults
     path = tmp_path / "config.yaml"
     path.write_text(dump_config(config))
 

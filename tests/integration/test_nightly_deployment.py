@@ -85,8 +85,9 @@ def stack(s3_server, mlflow_server, prefect_server, dask_cluster, tmp_path_facto
         registry={"tracking_uri": mlflow_server.url, "model_name": MODEL,
                   "experiment": "from-the-config"},
         compute={"dask_address": dask_cluster.address, "chunk_rows": 250, "batch_rows": 128},
-        model={"n_components": 4, "hidden": [32, 32]},
-        train={"pretrain_epochs": 8, "max_iter": 60, "batch_size": 64, "random_state": 0},
+        # a small model and two views: what is tested here is the servers, not the method
+        model={"n_components": 4, "hidden": [32, 32], "init_views": 2},
+        train={"pretrain_epochs": 4, "max_iter": 30, "batch_size": 64, "random_state": 0},
         kmeans={"n_init": 3, "chunk_rows": 300},
         validation={"min_rows": 100},
         # the second night's model must be promoted, so that a rollback has something to undo

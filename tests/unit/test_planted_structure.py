@@ -64,7 +64,7 @@ def fit(frame, k):
                      "categorical": [c for c in frame if c.startswith("cat")],
                      "text": [c for c in frame if c.startswith("text")]},
         "model": {"n_clusters": k, "hidden": [128, 128, 256]},
-        "train": {"pretrain_steps": 1500}})
+        "train": {"pretrain_steps": 600}})
     encoder = FeatureEncoder(config.features)
     X = encoder.fit_transform(frame)
     with warnings.catch_warnings(record=True) as caught:
