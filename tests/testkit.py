@@ -2,7 +2,11 @@
 clash between test folders): estimator settings, the tiny source table and pipeline config the
 flow tests (and the `sweep-k` command test) run on, and the listening-socket probe."""
 
+import atexit
 import datetime as dt
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -66,7 +70,36 @@ def tiny_config(home, source_uri: str, **sections) -> PipelineConfig:
     }
     for key, value in sections.items():
         data[key] = {**data.get(key, {}), **value}
-    return PipelineConfig.model_validate(data)
+    config = PipelineConfig.model_validate(data)
+    seed_store(config)
+    return config
+
+
+_EMPTY_STORE: list[Path] = []  # one empty MLflow store per process, made on first use
+
+
+def seed_store(config: PipelineConfig) -> None:
+    """Give the config's home an empty MLflow store (sqlite, schema created) when it has none:
+    MLflow creates a new store's schema in 2-3 s, a fifth of a tiny nightly run, and the suite
+    makes dozens of homes. The copy is what MLflow would have created (same version, nothing
+    in it); tests that build a store from nothing do so without ``tiny_config``."""
+    prefix = "sqlite:///"
+    uri = config.tracking_uri()
+    if not uri.startswith(prefix) or Path(uri[len(prefix):]).exists():
+        return
+    if not _EMPTY_STORE:
+        from mlflow import MlflowClient
+
+        folder = Path(tempfile.mkdtemp(prefix="decflow-empty-store-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        empty = folder / "mlflow.db"
+        client = MlflowClient(f"{prefix}{empty}", registry_uri=f"{prefix}{empty}")
+        client.search_experiments()  # tracking schema
+        client.search_registered_models()  # registry schema (the same file)
+        _EMPTY_STORE.append(empty)
+    target = Path(uri[len(prefix):])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_EMPTY_STORE[0], target)
 
 
 def listening(processes) -> set[tuple[str, int]]:
