@@ -23,9 +23,10 @@ demo: $(VENV)/.installed
 TEST_ENV := MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false \
 	GX_ANALYTICS_ENABLED=false PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120
 
-# Every tier (unit, data, flows, integration): the CI command.
+# Every tier (unit, data, flows, integration): the CI command. The stack tier (containers) runs
+# on its own: `make stack-test`.
 test: $(VENV)/.installed
-	$(TEST_ENV) $(BIN)/python -m pytest tests --durations=15
+	$(TEST_ENV) $(BIN)/python -m pytest tests --ignore=tests/stack --durations=15
 
 # The edit-test loop: unit and data tests not marked `slow` (no servers, flows, process kills,
 # Dask clusters or MLflow stores; see the marker in pyproject.toml): under a minute on 2 idle
@@ -64,7 +65,7 @@ bench: $(VENV)/.installed
 # alone: no Docker Hub, no PyTorch index (infra/stack/, infra/README.md "The stack here").
 # Docker: Debian's docker.io (Engine 20.10) + mmdebstrap + docker-compose 1.29, started by
 # infra/stack/ensure-docker.sh when no daemon answers (root or sudo).
-.PHONY: stack-docker stack-build stack-up stack-down stack-clean
+.PHONY: stack-docker stack-build stack-up stack-down stack-clean stack-test
 stack-docker:
 	infra/stack/ensure-docker.sh
 
@@ -78,6 +79,13 @@ stack-build: stack-docker
 stack-up: stack-docker
 	infra/stack/up.sh
 
+# The stack tier (tests/stack): the nightly, a backfill, a promotion and a rollback through the
+# composed servers, worker and Dask workers, and the UIs in headless Chromium. Brings the stack
+# up (infra/stack/up.sh) when it is not; needs the images (make stack-build) and Debian's
+# chromium (make integration-deps). STACK_SCREENSHOT_DIR=docs refreshes docs/stack-*.png.
+stack-test: $(VENV)/.installed stack-docker
+	$(TEST_ENV) STACK_TEST=1 $(BIN)/python -m pytest tests/stack --durations=0 $(PYTEST_ARGS)
+
 # Removes the containers and the network; the volumes (databases, buckets, worker home) stay.
 stack-down:
 	@if [ -f infra/.env ]; then infra/stack/compose.sh down --remove-orphans; \
@@ -87,3 +95,21 @@ stack-down:
 stack-clean:
 	@if [ -f infra/.env ]; then infra/stack/compose.sh down --volumes --remove-orphans; \
 	else echo "no infra/.env: no stack of this checkout to remove"; fi
+
+# --- Operating the stack (infra/README.md "Operating the stack") -----------------------------
+.PHONY: stack-backup stack-restore stack-test-backup
+# The databases (pg_dump), the buckets and the worker's volume into backups/<project>-<UTC time>/
+# (STACK_BACKUP_ROOT for another folder); the stack keeps running.
+stack-backup:
+	infra/stack/backup.sh
+
+# Replaces the running stack's databases, buckets and worker volume with a backup's:
+#   make stack-restore BACKUP=backups/decflow-20261121T031500Z
+stack-restore:
+	@[ -n "$(BACKUP)" ] || { echo "usage: make stack-restore BACKUP=<folder of make stack-backup>"; exit 2; }
+	infra/stack/restore.sh "$(BACKUP)"
+
+# The round trip on a second compose project (decflow-bk, its own ports and volumes): a night,
+# backup, stack-clean, stack-up, restore, the registry and labels back, a second night.
+stack-test-backup: $(VENV)/.installed
+	STACK_TEST=1 $(TEST_ENV) $(BIN)/python -m pytest tests/stack/test_backup_restore.py --durations=5

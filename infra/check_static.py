@@ -15,8 +15,10 @@
 6. infra/.env is ignored by git.
 7. The decflow image tag is the package version (pyproject.toml): the compose file's default
    (`${STACK_IMAGE:-decflow:<version>}`) and the image tags of the Kubernetes manifests and Helm
-   values; the public images of PostgreSQL and SeaweedFS are the defaults of variables
-   (`${STACK_POSTGRES_IMAGE:-postgres:16}`), so a machine without Docker Hub can swap in its own.
+   values, and the Dockerfile's `ARG DECFLOW_VERSION` (the image's version label); the public
+   images of PostgreSQL and SeaweedFS are the defaults of variables
+   (`${STACK_POSTGRES_IMAGE:-postgres:16}`), so a machine without Docker Hub can swap in its own,
+   and are pinned: a tag other than `latest`, or a digest (`image:tag@sha256:...`).
 Prints one line per failure and exits 1 when there is any.
 """
 
@@ -203,6 +205,15 @@ def check_image_tags(compose: dict, docs: dict[Path, list]) -> None:
         elif default and m[2] != default:
             fail(COMPOSE, f"services.{name}.image defaults to {m[2]}, not {default} "
                           f"(the package version of pyproject.toml)")
+        elif not default and not re.fullmatch(r"[^@]*/?[^/@:]+:(?!latest(@|$))[\w.-]+"
+                                               r"(@sha256:[0-9a-f]{64})?|[^@]+@sha256:[0-9a-f]{64}",
+                                               m[2]):
+            fail(COMPOSE, f"services.{name}.image defaults to {m[2]}: pin a tag other than "
+                          f"latest, or a digest")
+    arg = re.search(r"^ARG DECFLOW_VERSION=(\S+)$", (INFRA / "Dockerfile").read_text(), re.M)
+    if not arg or arg[1] != version:
+        fail(INFRA / "Dockerfile", f"ARG DECFLOW_VERSION={arg[1] if arg else '(none)'}, not the "
+                                   f"package version {version}")
     for path, loaded in docs.items():
         if INFRA / "k8s" not in path.parents:
             continue

@@ -6,7 +6,9 @@
 #   3. docker-compose up -d (Debian's docker-compose 1.29, through compose.sh), which starts the
 #      services in dependency order (depends_on: condition);
 #   4. wait_healthy.py: all healthy, the one-shot create-buckets exited 0, the order checked.
-# STACK_UP_TIMEOUT (default 600 s) bounds the wait.
+# STACK_UP_TIMEOUT (default 600 s) bounds the wait. A second stack beside the first (tests,
+# a restore rehearsal): STACK_ENV_FILE=FILE (its own secrets, COMPOSE_PROJECT_NAME and
+# STACK_*_PORT lines) or those variables in the environment, which win over the env file.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -17,9 +19,10 @@ DOCKER="${DOCKER:-docker}"
 PYTHON="${STACK_PYTHON:-/usr/bin/python3}"  # Debian's, with PyYAML (a docker-compose dependency)
 [ -x "$PYTHON" ] || PYTHON=python3
 
-"$here/env.sh"
-env_file="$root/infra/.env"
-project="$(sed -n 's/^COMPOSE_PROJECT_NAME=//p' "$env_file" | tail -n 1)"
+env_file="${STACK_ENV_FILE:-$root/infra/.env}"
+"$here/env.sh" "$env_file"
+export STACK_ENV_FILE="$env_file"  # compose.sh
+project="${COMPOSE_PROJECT_NAME:-$(sed -n 's/^COMPOSE_PROJECT_NAME=//p' "$env_file" | tail -n 1)}"
 project="${project:-infra}"
 
 config="$(mktemp)"
@@ -68,5 +71,5 @@ cat <<TXT
 MLflow          http://$(port mlflow 5000)
 Prefect UI/API  http://$(port prefect-server 4200)  (API /api)
 S3 (SeaweedFS)  http://$(port seaweedfs 8333)  (keys: S3_ACCESS_KEY, S3_SECRET_KEY in infra/.env)
-Dask dashboard  http://$(port dask-scheduler 8787)  (/health and JSON routes; its pages need bokeh)
+Dask dashboard  http://$(port dask-scheduler 8787)/status
 TXT
