@@ -162,7 +162,8 @@ def test_the_uis_answer_on_loopback_and_show_this_run(night_1, stack, screenshot
     assert servers._http_get(f"{stack.mlflow_url}/health")[0] == 200
     assert servers._http_get(f"{stack.api_url}/health")[0] == 200
     run = night_1["run"]
-    mlflow_png, prefect_png = screenshot_dir / "stack-mlflow.png", screenshot_dir / "stack-prefect.png"
+    mlflow_png = screenshot_dir / "stack-mlflow.png"
+    prefect_png = screenshot_dir / "stack-prefect.png"
     screenshot_when_shown(links(stack, run)["mlflow-run"], mlflow_png, [run["name"], MODEL])
     # the link from the MLflow run back to the Prefect run, as a browser follows it
     back = mlflow_run_of(stack, run).data.tags["prefect.flow_run_url"]
