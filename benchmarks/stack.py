@@ -46,7 +46,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -849,19 +848,10 @@ def parse_args(argv=None):
     return args
 
 
-def _guarded(name: str, fn, *a) -> None:
-    res = a[1]
-    try:
-        fn(*a)
-    except Exception as exc:
-        traceback.print_exc()
-        res.error(name, f"{type(exc).__name__}: {exc}")
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     from decflow.environment import quiet_defaults
-    from scale import machine_info
+    from scale import _guarded, machine_info  # a failed part is a row; the others still run
 
     quiet_defaults()
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
