@@ -1,3 +1,4 @@
+import os
 import warnings
 from pathlib import Path
 
@@ -11,11 +12,45 @@ HERE = Path(__file__).parent
 # and tests/data the modules and tests that qualify carry the mark themselves.
 SLOW_FOLDERS = (HERE / "flows", HERE / "integration")
 
+# `make test` runs two pytest workers (pytest-xdist, a module per worker at a time): each gets
+# one thread for torch, BLAS and numba, so the two do not oversubscribe the cores (with a second
+# thread each, the planted-groups runs took 3-4 times as long). Set before anything imports
+# torch; child processes (servers, `decflow` commands) inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                 "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
+# The modules that take longest alone (seconds on 2 cores, measured), handed out first so
+# that the workers finish together instead of one waiting on a long module picked up last.
+# Order only: a stale entry costs time, never a result.
+LONGEST_FIRST = [
+    "integration/test_nightly_deployment.py",  # 103
+    "flows/test_process_kills.py",  # 81
+    "flows/test_planted_table.py",  # 31 alone, 94 beside another worker
+    "unit/test_planted_structure.py",  # 27 alone, 125 beside another worker
+    "flows/test_concurrency.py",  # 45
+    "unit/test_scoring.py",  # 42
+    "integration/test_ui_loopback.py",  # 37
+    "flows/test_outage.py",  # 35
+    "flows/test_reliability_data.py",  # 35
+    "flows/test_backfill.py",  # 35
+    "unit/test_compiled_cache.py",  # 29
+    "integration/test_no_leaked_secrets.py",  # 27
+    "unit/test_dask_worker_faults.py",  # 24
+]
+
+
+def _rank(item) -> int:
+    path = item.path.relative_to(HERE).as_posix() if HERE in item.path.parents else ""
+    return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
 
 def pytest_collection_modifyitems(items):
     for item in items:
         if any(folder in item.path.parents for folder in SLOW_FOLDERS):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=_rank)  # stable: each module keeps its own order
 
 
 @pytest.fixture(scope="session")
