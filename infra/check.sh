@@ -76,7 +76,7 @@ fi
 # --- 2. shell scripts ------------------------------------------------------------------------
 step "shellcheck infra/*.sh infra/*/*.sh infra/stack/*/*.sh"
 "$BIN/shellcheck" -x infra/check.sh infra/seaweedfs/s3-identities.sh \
-  infra/postgres/init-databases.sh infra/stack/*.sh infra/stack/*/*.sh
+  infra/postgres/init-database.sh infra/stack/*.sh infra/stack/*/*.sh
 
 # --- 3. compose ------------------------------------------------------------------------------
 # A clean environment: variables of the caller's shell would take precedence over the env file.

@@ -193,7 +193,8 @@ def check_pipeline_fragment(path: Path) -> None:
 def check_image_tags(compose: dict, docs: dict[Path, list]) -> None:
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     services = compose.get("services") or {}
-    expected = {"postgres": ("STACK_POSTGRES_IMAGE", None),
+    expected = {"mlflow-postgres": ("STACK_POSTGRES_IMAGE", None),
+                "prefect-postgres": ("STACK_POSTGRES_IMAGE", None),
                 "seaweedfs": ("STACK_SEAWEEDFS_IMAGE", None),
                 "mlflow": ("STACK_IMAGE", f"decflow:{version}")}
     for name, (var, default) in expected.items():

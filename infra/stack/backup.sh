@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # make stack-backup: copies the running stack's state into a new timestamped folder on the host:
 #   postgres/mlflow.dump, postgres/prefect.dump  pg_dump -Fc of the two databases (registry, runs,
-#                                                Prefect deployments and history), run inside the
-#                                                postgres container;
+#                                                Prefect deployments and history), each run
+#                                                inside its PostgreSQL container;
 #   s3/mlflow/..., s3/decflow/..., s3/s3.json    every object of the two buckets (MLflow
 #                                                artifacts; source and labels), by s3_archive.py in
 #                                                a one-off container of the decflow image;
@@ -20,26 +20,16 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-DOCKER="${DOCKER:-docker}"
-BUCKETS=(mlflow decflow)
-DATABASES=(mlflow prefect)
-
-env_file="${STACK_ENV_FILE:-$root/infra/.env}"
-[ -f "$env_file" ] || { echo "stack-backup: no $env_file: no stack to back up" >&2; exit 1; }
-project="${COMPOSE_PROJECT_NAME:-$(sed -n 's/^COMPOSE_PROJECT_NAME=//p' "$env_file" | tail -n 1)}"
-project="${project:-infra}"
-export STACK_ENV_FILE="$env_file" COMPOSE_PROJECT_NAME="$project"
-compose() { "$here/compose.sh" "$@"; }
 say() { printf '== %s\n' "$*"; }
 die() { printf 'stack-backup: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=lib.sh
+. "$here/lib.sh"
 
-running() {  # running SERVICE: the id of its running container, or nothing
-  local id
-  id="$(compose ps -q "$1" 2>/dev/null | head -n 1)"
-  [ -n "$id" ] && [ "$("$DOCKER" inspect --format '{{.State.Running}}' "$id")" = true ] \
-    && echo "$id"
-}
-pg="$(running postgres)" || die "postgres of project $project is not running (make stack-up)"
+declare -A pg
+for db in "${DATABASES[@]}"; do
+  pg[$db]="$(running "${DB_SERVICE[$db]}")" \
+    || die "${DB_SERVICE[$db]} of project $project is not running (make stack-up)"
+done
 running seaweedfs >/dev/null || die "seaweedfs of project $project is not running (make stack-up)"
 
 stamp="$(date -u +%Y%m%dT%H%M%SZ)"
@@ -49,11 +39,12 @@ mkdir -p "$dir/postgres" "$dir/s3"
 dir="$(cd "$dir" && pwd)"
 start=$(date +%s.%N)
 
+versions=()
 for db in "${DATABASES[@]}"; do
-  say "pg_dump $db -> $dir/postgres/$db.dump"
-  "$DOCKER" exec -u postgres "$pg" pg_dump -Fc -d "$db" > "$dir/postgres/$db.dump"
+  say "pg_dump $db (${DB_SERVICE[$db]}) -> $dir/postgres/$db.dump"
+  "$DOCKER" exec -u postgres "${pg[$db]}" pg_dump -Fc -d "$db" > "$dir/postgres/$db.dump"
+  versions+=("\"$db\": \"$("$DOCKER" exec -u postgres "${pg[$db]}" psql -Atc 'SHOW server_version')\"")
 done
-pg_version="$("$DOCKER" exec -u postgres "$pg" psql -Atc 'SHOW server_version')"
 
 say "buckets ${BUCKETS[*]} -> $dir/s3/"
 compose run --rm --no-deps -T -u "$(id -u):$(id -g)" \
@@ -69,7 +60,7 @@ cat > "$dir/manifest.json" <<JSON
 {
   "created": "$stamp",
   "project": "$project",
-  "postgres_server_version": "$pg_version",
+  "postgres_server_versions": {$(IFS=,; echo "${versions[*]}")},
   "databases": ["${DATABASES[0]}", "${DATABASES[1]}"],
   "buckets": ["${BUCKETS[0]}", "${BUCKETS[1]}"],
   "images": "$images"

@@ -3,11 +3,13 @@
 # one after a loss, or a fresh one: make stack-clean && make stack-up first). What the stack
 # holds now is REPLACED: the databases mlflow and prefect are dropped and restored, the buckets
 # mlflow and decflow emptied and refilled, the worker's volume emptied and refilled.
-#   1. postgres and seaweedfs must be running; every other service is stopped (no client writes
-#      during the restore; Dask workers and the Prefect worker drop what they cached);
-#   2. each database: DROP ... WITH (FORCE), CREATE ... OWNER <its role>, pg_restore of the dump
-#      as the superuser (objects keep their owners: the roles mlflow and prefect, which
-#      init-databases.sh creates in every stack with that stack's passwords);
+#   1. the PostgreSQL services (mlflow-postgres, prefect-postgres) and seaweedfs must be
+#      running; every other service is stopped (no client writes during the restore; Dask
+#      workers and the Prefect worker drop what they cached);
+#   2. each database, in its own PostgreSQL container: DROP ... WITH (FORCE), CREATE ... OWNER
+#      <its role>, pg_restore of the dump as the superuser (objects keep their owners: the roles
+#      mlflow and prefect, which init-database.sh creates in every stack with that stack's
+#      passwords). Backups taken when one container held both databases restore the same way;
 #   3. the buckets: s3_archive.py import (counts and bytes checked against the backup);
 #   4. the worker's volume from home.tar.gz;
 #   5. up -d and wait until every service is healthy (wait_healthy.py).
@@ -15,11 +17,8 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-DOCKER="${DOCKER:-docker}"
 PYTHON="${STACK_PYTHON:-/usr/bin/python3}"
 [ -x "$PYTHON" ] || PYTHON=python3
-BUCKETS=(mlflow decflow)
-DATABASES=(mlflow prefect)
 
 say() { printf '== %s\n' "$*"; }
 die() { printf 'stack-restore: %s\n' "$*" >&2; exit 1; }
@@ -30,32 +29,26 @@ for f in manifest.json s3/s3.json postgres/mlflow.dump postgres/prefect.dump; do
   [ -s "$dir/$f" ] || die "$dir/$f is missing or empty: not a backup of backup.sh"
 done
 
-env_file="${STACK_ENV_FILE:-$root/infra/.env}"
-[ -f "$env_file" ] || die "no $env_file: bring a stack up first (make stack-up)"
-project="${COMPOSE_PROJECT_NAME:-$(sed -n 's/^COMPOSE_PROJECT_NAME=//p' "$env_file" | tail -n 1)}"
-project="${project:-infra}"
-export STACK_ENV_FILE="$env_file" COMPOSE_PROJECT_NAME="$project"
-compose() { "$here/compose.sh" "$@"; }
-
-running() {
-  local id
-  id="$(compose ps -q "$1" 2>/dev/null | head -n 1)"
-  [ -n "$id" ] && [ "$("$DOCKER" inspect --format '{{.State.Running}}' "$id")" = true ] \
-    && echo "$id"
-}
-pg="$(running postgres)" || die "postgres of project $project is not running (make stack-up)"
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+declare -A pg
+for db in "${DATABASES[@]}"; do
+  pg[$db]="$(running "${DB_SERVICE[$db]}")" \
+    || die "${DB_SERVICE[$db]} of project $project is not running (make stack-up)"
+done
 running seaweedfs >/dev/null || die "seaweedfs of project $project is not running (make stack-up)"
 start=$(date +%s.%N)
 
-mapfile -t clients < <(compose config --services | grep -vx -e postgres -e seaweedfs)
+mapfile -t clients < <(compose config --services \
+  | grep -vx -e mlflow-postgres -e prefect-postgres -e seaweedfs)
 say "stopping ${clients[*]} (project $project)"
 compose stop "${clients[@]}"
 
 for db in "${DATABASES[@]}"; do
-  say "database $db <- $dir/postgres/$db.dump"
-  "$DOCKER" exec -u postgres "$pg" psql -q -v ON_ERROR_STOP=1 -d postgres \
+  say "database $db (${DB_SERVICE[$db]}) <- $dir/postgres/$db.dump"
+  "$DOCKER" exec -u postgres "${pg[$db]}" psql -q -v ON_ERROR_STOP=1 -d postgres \
     -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db OWNER $db"
-  "$DOCKER" exec -i -u postgres "$pg" pg_restore --exit-on-error -d "$db" < "$dir/postgres/$db.dump"
+  "$DOCKER" exec -i -u postgres "${pg[$db]}" pg_restore --exit-on-error -d "$db" < "$dir/postgres/$db.dump"
 done
 
 say "buckets ${BUCKETS[*]} <- $dir/s3/"

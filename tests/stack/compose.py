@@ -169,8 +169,8 @@ class Stack:
             time.sleep(2)
 
 
-LONG_RUNNING = ["postgres", "seaweedfs", "mlflow", "prefect-server", "prefect-worker",
-                "dask-scheduler", "dask-worker-1", "dask-worker-2"]
+LONG_RUNNING = ["mlflow-postgres", "prefect-postgres", "seaweedfs", "mlflow", "prefect-server",
+                "prefect-worker", "dask-scheduler", "dask-worker-1", "dask-worker-2"]
 
 
 def published_port(service: str, port: int) -> int:

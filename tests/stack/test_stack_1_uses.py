@@ -51,8 +51,8 @@ def test_version_1_is_champion_on_postgresql_with_artifacts_in_the_bucket(night_
     assert str(version.version) == "1"
     assert version.tags["data.n_rows"] == str(ROWS_PER_DAY)
     # the registry's rows are in the composed PostgreSQL ...
-    out = compose.compose("exec", "-T", "postgres", "psql", "-U", "postgres", "-d", "mlflow",
-                          "-tAc", "SELECT version FROM model_versions WHERE name = "
+    out = compose.compose("exec", "-T", "mlflow-postgres", "psql", "-U", "postgres", "-d",
+                          "mlflow", "-tAc", "SELECT version FROM model_versions WHERE name = "
                           f"'{MODEL}'", check=False)
     assert out.returncode == 0 and out.stdout.split() == ["1"], out.stdout + out.stderr
     # ... and its files in the composed bucket, written through the MLflow server

@@ -1,15 +1,13 @@
-"""PostgreSQL stopped while the nightly trains. PostgreSQL holds both MLflow's store and the
-Prefect server's: the run's next MLflow call fails (decflow gives up within seconds and names
-the service), and the Prefect server cannot record anything until PostgreSQL is back.
+"""MLflow's PostgreSQL stopped while the nightly trains. The run's next MLflow call fails
+(decflow gives up within its outage budget and names the service); the Prefect server keeps its
+state in its own PostgreSQL, so it records the run FAILED with that reason.
 
-Runs last (after test_stack_2_faults.py): it leaves the stack healthy again, with the
-interrupted run still RUNNING in Prefect's history (see the xfail below).
+Runs last (after test_stack_2_faults.py): it leaves the stack healthy again.
 """
 
 import datetime as dt
 import time
 
-import pytest
 
 import api
 import compose
@@ -52,24 +50,19 @@ def test_postgresql_stopped_while_the_nightly_trains_fails_the_run_naming_it(sta
     run = start_deployment(stack, "recluster/nightly", {"run_date": NIGHT_2.isoformat()})
     INTERRUPTED["id"] = run["id"]
     wait_for("the nightly training", lambda: training(stack, run["id"]), every=0.3)
-    compose.compose("stop", "postgres")
+    compose.compose("stop", "mlflow-postgres")
     try:
         log = wait_for("the run's error in the worker's log",
                        lambda: (lambda text: text if SERVICE_ERROR in text else "")(
                            worker_log_since(stack, since)), timeout=180, every=1)
     finally:
-        compose.compose("start", "postgres")
-        stack.wait_healthy(["postgres", "mlflow", "prefect-server", "prefect-worker"])
+        compose.compose("start", "mlflow-postgres")
+        stack.wait_healthy(["mlflow-postgres", "mlflow", "prefect-server", "prefect-worker"])
     assert NAMED in log, log[-3000:]
     assert model_versions(stack) == versions
     assert labels_of(stack, NIGHT_2).equals(labels)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "the Prefect server keeps its state in the same PostgreSQL: the run's process cannot "
-    "report FAILED (HTTP 500 on set_state) and exits 1; after a short outage the worker then "
-    "records CRASHED 'Process exited with status code: 1' (the service is not named), after "
-    "a longer one (about a minute here) nothing is recorded and the run stays RUNNING"))
 def test_the_interrupted_run_ends_failed_naming_the_service(stack):
     assert "id" in INTERRUPTED, "the PostgreSQL test did not run"
     run = wait_for("a final state of the interrupted run", lambda: (
@@ -82,10 +75,8 @@ def test_the_interrupted_run_ends_failed_naming_the_service(stack):
 
 
 def test_the_next_nightly_after_postgresql_is_back_completes(stack):
-    """With nobody touching the interrupted run. The nightly deployment allows one run at a
-    time: a run left RUNNING (a long outage) holds that slot until its lease expires
-    (Prefect's server.concurrency.initial_deployment_lease_duration, 300 s), and the next
-    night waits in AwaitingConcurrencySlot until then; either way it completes."""
+    """With nobody touching the interrupted run: it ended FAILED, so it holds no slot of the
+    nightly deployment's one-at-a-time limit."""
     assert "id" in INTERRUPTED, "the PostgreSQL test did not run"
     t0 = time.monotonic()
     run = run_deployment(stack.api_url, "recluster/nightly", {"run_date": NIGHT_2.isoformat()})
