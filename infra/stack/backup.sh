@@ -22,7 +22,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 say() { printf '== %s\n' "$*"; }
 die() { printf 'stack-backup: %s\n' "$*" >&2; exit 1; }
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$here/lib.sh"
 
 declare -A pg

@@ -8,7 +8,8 @@
 #   BUCKETS, DATABASES      the buckets and the databases of a backup; DB_SERVICE[db] is the
 #                           PostgreSQL service holding database db
 # The caller sets `here` (infra/stack), `root` (the checkout) and `die`.
-# shellcheck disable=SC2034  # BUCKETS, DATABASES, DB_SERVICE, DOCKER are read by the callers
+# shellcheck disable=SC2034,SC2154  # the callers read BUCKETS, DATABASES, DB_SERVICE, DOCKER
+# and set here, root and die
 DOCKER="${DOCKER:-docker}"
 BUCKETS=(mlflow decflow)
 DATABASES=(mlflow prefect)

@@ -29,7 +29,7 @@ for f in manifest.json s3/s3.json postgres/mlflow.dump postgres/prefect.dump; do
   [ -s "$dir/$f" ] || die "$dir/$f is missing or empty: not a backup of backup.sh"
 done
 
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$here/lib.sh"
 declare -A pg
 for db in "${DATABASES[@]}"; do
