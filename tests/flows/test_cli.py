@@ -24,6 +24,39 @@ def test_help_lists_every_command_and_explains_options():
     assert "--model" in sub.output and "--run-date" in sub.output
 
 
+def test_version_prints_the_installed_package_version():
+    from importlib.metadata import version
+
+    out = runner.invoke(app, ["--version"])
+    assert out.exit_code == 0, out.output
+    assert out.output == f"decflow {version('decflow')}\n"
+
+
+def test_shell_completion_completes_commands_and_options():
+    """The installed `decflow` command completes in bash (what `decflow --install-completion`
+    sets up): the protocol click uses, driven as bash would, in a process of its own."""
+    import os
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("decflow")
+
+    def complete(line: str) -> list[str]:
+        words = line.split(" ")
+        env = {**os.environ, "_DECFLOW_COMPLETE": "complete_bash", "COMP_WORDS": line,
+               "COMP_CWORD": str(len(words) - 1)}
+        done = subprocess.run([str(exe)], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    assert complete("decflow ru") == ["run"]
+    assert "sweep-k" in complete("decflow s")
+    assert "--run-date" in complete("decflow score --r")
+    script = runner.invoke(app, ["--show-completion", "bash"], prog_name="decflow")
+    assert script.exit_code == 0 and "_DECFLOW_COMPLETE=complete_bash" in script.output, \
+        script.output
+
+
 def test_example_config_loads():
     config = load_config(ROOT / "deployments" / "config.example.yaml")
     assert config.model.n_clusters == 12
