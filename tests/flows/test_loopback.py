@@ -3,10 +3,13 @@ ephemeral API server, and `decflow ui` unless --host names another address (the 
 servers are started in tests/integration/test_ui_loopback.py)."""
 
 import ipaddress
+import logging
 import os
 import subprocess
+import urllib.request
 
 import psutil
+import pytest
 from typer.testing import CliRunner
 
 from decflow.config import ComputeConfig
@@ -19,14 +22,31 @@ def on_loopback(addresses) -> bool:
     return all(ipaddress.ip_address(ip).is_loopback for ip, _ in addresses)
 
 
-def test_the_embedded_dask_cluster_listens_on_loopback_only():
+@pytest.mark.parametrize("processes", [True, False], ids=["worker processes", "threads"])
+def test_the_embedded_dask_cluster_listens_on_loopback_only(processes):
+    """Worker processes (TCP between them) and an in-process cluster (no TCP between them, but
+    the scheduler's and the workers' HTTP servers: /health, /metrics, the dashboard)."""
     me = psutil.Process()
     before = listening([me])
-    with dask_client(ComputeConfig(n_workers=2, processes=True)) as client:
-        workers = [psutil.Process(pid) for pid in client.run(os.getpid).values()]
-        opened = (listening([me]) - before) | listening(workers)
-    assert len(workers) == 2 and len(opened) >= 3  # the scheduler, each worker (and nanny)
+    with dask_client(ComputeConfig(n_workers=2, processes=processes)) as client:
+        workers = [psutil.Process(pid) for pid in set(client.run(os.getpid).values())]
+        opened = (listening([me]) - before) | (listening(workers) if processes else set())
+    assert len(workers) == (2 if processes else 1)
+    assert len(opened) >= 3  # the scheduler, each worker (and nanny), or their HTTP servers
     assert on_loopback(opened), opened
+
+
+def test_the_embedded_clusters_dashboard_address_is_logged_and_opens(caplog):
+    """Every command that uses Dask logs (and so prints, through the flow's console handler)
+    where its cluster's dashboard is: on loopback, the port the scheduler took."""
+    caplog.set_level(logging.INFO, logger="decflow.engine.compute")
+    with dask_client(ComputeConfig(n_workers=1, threads_per_worker=2, processes=False)) as client:
+        port = client.scheduler_info()["services"]["dashboard"]
+        link = f"http://127.0.0.1:{port}/status"
+        with urllib.request.urlopen(link, timeout=30) as page:  # bokeh is in the test env
+            assert page.status == 200 and b"Dask" in page.read()
+    logged = [r.getMessage() for r in caplog.records if r.name == "decflow.engine.compute"]
+    assert logged == [f"Dask: an embedded cluster of 1 worker x 2 threads, dashboard {link}"]
 
 
 def test_prefects_ephemeral_server_listens_on_loopback_only():

@@ -2,6 +2,7 @@
 every row validated, labels replaced old-or-new at several row groups per partition."""
 
 import datetime as dt
+import logging
 import os
 import threading
 
@@ -254,7 +255,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow  # a Dask scheduler and worker as processes
-def test_an_existing_scheduler_does_the_work(tmp_path, model):
+def test_an_existing_scheduler_does_the_work(tmp_path, model, caplog):
     """compute.dask_address: a real `dask scheduler` and `dask worker` (separate processes that
     import decflow themselves) validate and label a partition; labels as in process."""
     import subprocess
@@ -264,11 +265,13 @@ def test_an_existing_scheduler_does_the_work(tmp_path, model):
 
     _write_source(tmp_path / "source")
     address = f"tcp://127.0.0.1:{_free_port()}"
+    dashboard = f"127.0.0.1:{_free_port()}"  # the HTTP port (/health, /metrics) off 0.0.0.0:8787
     run = [sys.executable, "-m"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     procs = [subprocess.Popen([*run, "distributed.cli.dask_scheduler", "--host",
                                "127.0.0.1", "--port", address.rsplit(":", 1)[1],
-                               "--no-dashboard"], env=env, stderr=subprocess.DEVNULL)]
+                               "--dashboard-address", dashboard], env=env,
+                              stderr=subprocess.DEVNULL)]
     try:
         procs.append(subprocess.Popen([*run, "distributed.cli.dask_worker", address,
                                        "--nthreads", "1", "--no-dashboard", "--host",
@@ -278,7 +281,10 @@ def test_an_existing_scheduler_does_the_work(tmp_path, model):
             worker_pids = set(client.run(os.getpid).values())
         assert os.getpid() not in worker_pids
         config = _config(tmp_path, dask_address=address)
-        out = _label(config, model, DAYS[0])
+        with caplog.at_level(logging.INFO, logger="decflow.engine.compute"):
+            out = _label(config, model, DAYS[0])
+        assert (f"Dask: the scheduler {address} with 1 worker, dashboard http://{dashboard}"
+                f"/status") in [r.getMessage() for r in caplog.records]
         assert out.validation_result.success and out.rows_written == ROWS
         labels = partitioned.read_partition(config.labels_uri(), "ds", DAYS[0])
         source, _ = sources.load_window(config.source, DAYS[0], 1)

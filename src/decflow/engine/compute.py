@@ -3,6 +3,7 @@ LocalCluster."""
 
 import ctypes
 import functools
+import importlib.util
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -13,6 +14,9 @@ import distributed
 from threadpoolctl import ThreadpoolController
 
 from decflow.config import ComputeConfig
+from decflow.redaction import redact
+
+_log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -20,8 +24,10 @@ def dask_client(compute: ComputeConfig, *, timeout: float = 15.0) -> Iterator[di
     """A Dask client, closed (with its embedded cluster, if any) on exit.
 
     ``compute.dask_address`` set: connect to that scheduler. Otherwise start an embedded
-    ``LocalCluster(n_workers, threads_per_worker, processes)`` on loopback with the dashboard
-    disabled. The client becomes the default Dask scheduler inside the ``with`` block.
+    ``LocalCluster(n_workers, threads_per_worker, processes)`` on loopback, its dashboard on a
+    free loopback port. Either way the cluster and its dashboard address are logged (INFO,
+    ``decflow.engine.compute``: printed by every command). The client becomes the default Dask
+    scheduler inside the ``with`` block.
 
     Args:
         compute: the compute section of the pipeline config.
@@ -40,16 +46,20 @@ def dask_client(compute: ComputeConfig, *, timeout: float = 15.0) -> Iterator[di
                 f"could not connect to the Dask scheduler at compute.dask_address={address!r} "
                 f"within {timeout:g} s: {type(exc).__name__}: {exc}") from exc
         try:
+            workers = len(client.scheduler_info().get("workers") or {})
+            _log.info("Dask: the scheduler %s with %d worker%s, %s", redact(address), workers,
+                      "" if workers == 1 else "s", _dashboard(client, None))
             yield client
         finally:
             client.close()
         return
 
     # Worker processes talk over loopback TCP; threads (processes=False) use the in-process
-    # transport. The scheduler still serves /health and /metrics over HTTP even without the
-    # dashboard, by default on :8787, which warns when another cluster holds that port: give it
-    # a free loopback port instead. silence_logs applies only while the cluster lives:
-    # start/stop chatter stays out of flow logs, real errors still show.
+    # transport. The scheduler serves /health and /metrics over HTTP, and the dashboard's pages
+    # where bokeh is installed (importing it costs about 0.4 s and 20 MiB, once per process),
+    # by default on :8787, which warns when another cluster holds that port: give it a free
+    # loopback port instead. silence_logs applies only while the cluster lives: start/stop
+    # chatter stays out of flow logs, real errors still show.
     #
     # The nannies restart a killed worker process themselves. Dask's SpecCluster would also
     # close the nanny of a worker still missing `lost-worker-timeout` (15 s) after a loss; when
@@ -61,8 +71,10 @@ def dask_client(compute: ComputeConfig, *, timeout: float = 15.0) -> Iterator[di
         n_workers=compute.n_workers,
         threads_per_worker=compute.threads_per_worker,
         processes=compute.processes,
-        dashboard_address=None,
-        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+        **({"dashboard_address": _LOOPBACK} if _has_bokeh() else
+           {"dashboard_address": None, "scheduler_kwargs": {"dashboard_address": _LOOPBACK}}),
+        # each worker's HTTP server (/health, /metrics) too: Dask's default is every interface
+        worker_dashboard_address=_LOOPBACK,
         silence_logs=logging.ERROR,
         **({"memory_limit": compute.memory_limit} if compute.memory_limit else {}),
         **network,
@@ -70,10 +82,34 @@ def dask_client(compute: ComputeConfig, *, timeout: float = 15.0) -> Iterator[di
     with dask.config.set({"distributed.deploy.lost-worker-timeout": _NEVER}), \
             distributed.LocalCluster(**cluster_kwargs) as cluster, \
             distributed.Client(cluster, timeout=timeout) as client:
+        _log.info("Dask: an embedded cluster of %d worker%s x %d thread%s, %s",
+                  compute.n_workers, "" if compute.n_workers == 1 else "s",
+                  compute.threads_per_worker, "" if compute.threads_per_worker == 1 else "s",
+                  _dashboard(client, "127.0.0.1"))
         yield client
 
 
+def _dashboard(client: distributed.Client, host: str | None) -> str:
+    """Where the cluster's dashboard is, for the log: ``dashboard <url>`` on ``host`` (the
+    scheduler's own host when None), or why there is none or why its pages are empty."""
+    port = (client.scheduler_info().get("services") or {}).get("dashboard")
+    if port is None:
+        return "no dashboard (the scheduler runs without one)"
+    # Dask's own link names the machine's address; an embedded scheduler listens on loopback
+    link = f"http://{host}:{port}/status" if host else client.dashboard_link
+    if host and not _has_bokeh():
+        return (f"dashboard {link} (its pages need bokeh, `pip install 'bokeh>=3.1'`; /health "
+                f"and /metrics answer without)")
+    return f"dashboard {link}"
+
+
 _NEVER = "3650d"  # outlives any run: an asyncio timer that is dropped when the cluster closes
+_LOOPBACK = "127.0.0.1:0"  # a free port on loopback
+
+
+@functools.cache
+def _has_bokeh() -> bool:
+    return importlib.util.find_spec("bokeh") is not None
 
 
 _blas_lock = threading.Lock()
