@@ -52,9 +52,11 @@ def test_shell_completion_completes_commands_and_options():
     assert complete("decflow ru") == ["run"]
     assert "sweep-k" in complete("decflow s")
     assert "--run-date" in complete("decflow score --r")
-    script = runner.invoke(app, ["--show-completion", "bash"], prog_name="decflow")
-    assert script.exit_code == 0 and "_DECFLOW_COMPLETE=complete_bash" in script.output, \
-        script.output
+    # --show-completion names the shell it runs under (a parent process): here bash
+    shown = subprocess.run(["bash", "-c", f"'{exe}' --show-completion; exit $?"],
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert "_DECFLOW_COMPLETE=complete_bash" in shown.stdout, shown.stdout
 
 
 def test_example_config_loads():
