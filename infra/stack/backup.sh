@@ -25,12 +25,7 @@ die() { printf 'stack-backup: %s\n' "$*" >&2; exit 1; }
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$here/lib.sh"
 
-declare -A pg
-for db in "${DATABASES[@]}"; do
-  pg[$db]="$(running "${DB_SERVICE[$db]}")" \
-    || die "${DB_SERVICE[$db]} of project $project is not running (make stack-up)"
-done
-running seaweedfs >/dev/null || die "seaweedfs of project $project is not running (make stack-up)"
+need_data_services
 
 stamp="$(date -u +%Y%m%dT%H%M%SZ)"
 dir="${1:-${STACK_BACKUP_ROOT:-$root/backups}/$project-$stamp}"
@@ -42,8 +37,8 @@ start=$(date +%s.%N)
 versions=()
 for db in "${DATABASES[@]}"; do
   say "pg_dump $db (${DB_SERVICE[$db]}) -> $dir/postgres/$db.dump"
-  "$DOCKER" exec -u postgres "${pg[$db]}" pg_dump -Fc -d "$db" > "$dir/postgres/$db.dump"
-  versions+=("\"$db\": \"$("$DOCKER" exec -u postgres "${pg[$db]}" psql -Atc 'SHOW server_version')\"")
+  "$DOCKER" exec -u postgres "${DB_CONTAINER[$db]}" pg_dump -Fc -d "$db" > "$dir/postgres/$db.dump"
+  versions+=("\"$db\": \"$("$DOCKER" exec -u postgres "${DB_CONTAINER[$db]}" psql -Atc 'SHOW server_version')\"")
 done
 
 say "buckets ${BUCKETS[*]} -> $dir/s3/"

@@ -31,12 +31,7 @@ done
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$here/lib.sh"
-declare -A pg
-for db in "${DATABASES[@]}"; do
-  pg[$db]="$(running "${DB_SERVICE[$db]}")" \
-    || die "${DB_SERVICE[$db]} of project $project is not running (make stack-up)"
-done
-running seaweedfs >/dev/null || die "seaweedfs of project $project is not running (make stack-up)"
+need_data_services
 start=$(date +%s.%N)
 
 mapfile -t clients < <(compose config --services \
@@ -46,9 +41,9 @@ compose stop "${clients[@]}"
 
 for db in "${DATABASES[@]}"; do
   say "database $db (${DB_SERVICE[$db]}) <- $dir/postgres/$db.dump"
-  "$DOCKER" exec -u postgres "${pg[$db]}" psql -q -v ON_ERROR_STOP=1 -d postgres \
+  "$DOCKER" exec -u postgres "${DB_CONTAINER[$db]}" psql -q -v ON_ERROR_STOP=1 -d postgres \
     -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db OWNER $db"
-  "$DOCKER" exec -i -u postgres "${pg[$db]}" pg_restore --exit-on-error -d "$db" < "$dir/postgres/$db.dump"
+  "$DOCKER" exec -i -u postgres "${DB_CONTAINER[$db]}" pg_restore --exit-on-error -d "$db" < "$dir/postgres/$db.dump"
 done
 
 say "buckets ${BUCKETS[*]} <- $dir/s3/"
