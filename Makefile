@@ -3,11 +3,19 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
+# torch first, so that the project's range does not pull a multi-GB CUDA build where no GPU is.
+# TORCH=auto (default): a torch wheel pip already finds locally (its find-links) wins; else on a
+# machine with an NVIDIA driver (nvidia-smi) the package index's build (CUDA on Linux); else the
+# CPU build from PyTorch's CPU index (TORCH_CPU_INDEX), and where that index cannot be reached
+# within a few seconds the package index's build, with a note. TORCH=cpu / TORCH=index force one.
+TORCH ?= auto
+TORCH_VERSION := 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# CPU build of torch first, so the project's range does not pull a multi-GB CUDA build.
-	$(BIN)/pip install -q "torch==2.13.0"
+	TORCH=$(TORCH) TORCH_VERSION=$(TORCH_VERSION) TORCH_CPU_INDEX=$(TORCH_CPU_INDEX) \
+		PIP="$(BIN)/pip" infra/install-torch.sh
 
 # Reinstalls when pyproject.toml changes, so an existing .venv picks up new dependencies.
 $(VENV)/.installed: $(BIN)/python pyproject.toml

@@ -97,12 +97,16 @@ def absolute_paths(config: PipelineConfig, base: str | None = None) -> PipelineC
 
 
 def deploy(config: PipelineConfig, work_pool: str, cron: str | None = None,
-           timezone: str | None = None) -> tuple[list[str], bool]:
+           timezone: str | None = None, notify: list[str] | None = None,
+           crash_after_s: int | None = None) -> tuple[list[str], bool, list[str]]:
     """Create or update the three deployments on the Prefect server, on ``work_pool`` (created as
-    a process pool when missing).
+    a process pool when missing), and their automations (``flows/notifications.py``): dead
+    runs set CRASHED after ``crash_after_s``; with ``notify`` targets, messages for a failed
+    night, a drift alert and a crashed run.
 
     Returns:
-        The deployments' ``flow/deployment`` names, and whether the pool was created.
+        The deployments' ``flow/deployment`` names, whether the pool was created, and one line
+        per automation created or updated.
 
     Raises:
         ValueError: see ``build_deployments``.
@@ -112,9 +116,17 @@ def deploy(config: PipelineConfig, work_pool: str, cron: str | None = None,
     from prefect.exceptions import ObjectNotFound
     from prefect.workers.process import ProcessWorker
 
+    from decflow.flows.notifications import (CRASH_AFTER_S, check_target, ensure_automations,
+                                             heartbeat_env, resolve_target)
+
+    for target in notify or []:
+        check_target(target)  # before anything is written
     deployments = build_deployments(config, cron=cron, timezone=timezone)
+    for d in deployments:  # heartbeats from every run the pool's workers start
+        d.job_variables = {**d.job_variables, "env": heartbeat_env()}
     created = False
     with get_client(sync_client=True) as client:
+        targets = [resolve_target(client, t) for t in notify or []]  # a missing block: refused
         try:
             client.read_work_pool(work_pool)
         except ObjectNotFound:
@@ -124,4 +136,9 @@ def deploy(config: PipelineConfig, work_pool: str, cron: str | None = None,
             created = True
     prefect_deploy(*deployments, work_pool_name=work_pool, build=False, push=False,
                    print_next_steps_message=False)
-    return [f"{d.flow_name}/{d.name}" for d in deployments], created
+    names = [f"{d.flow_name}/{d.name}" for d in deployments]
+    with get_client(sync_client=True) as client:
+        ids = [client.read_deployment_by_name(name).id for name in names]
+        automations = ensure_automations(client, config.registry.model_name, ids, targets,
+                                         crash_after_s or CRASH_AFTER_S)
+    return names, created, automations

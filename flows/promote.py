@@ -8,6 +8,7 @@ from prefect import flow
 from decflow.config import PipelineConfig
 from decflow.registry.promotion import PromotionDecision
 from decflow.registry.versions import CHAMPION
+from decflow.tasks.events import announce_promotion
 from decflow.tasks.promotion import (apply_decision, compare_models, find_version,
                                      load_reference_rows, record_decision, require_champion,
                                      rollback_champion)
@@ -29,6 +30,7 @@ def gate_candidate(config: PipelineConfig, candidate: str, reference: pd.DataFra
                               reference)
     record_decision(config, decision, version.run_id)
     apply_decision(config, decision)
+    announce_promotion(config, decision)
     if need_champion:
         require_champion(config, decision)
     return decision

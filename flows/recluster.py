@@ -8,6 +8,7 @@ from decflow.config import PipelineConfig
 from decflow.flows.promote import gate_candidate
 from decflow.registry.names import Tag
 from decflow.tasks.data import scan_night, snapshot_night, validate_features
+from decflow.tasks.events import announced_night
 from decflow.tasks.insight import monitor_drift, profile_clusters, publish_report
 from decflow.tasks.labels import label_partition
 from decflow.tasks.runtime import night_lock, prepare_run, redact_errors
@@ -65,39 +66,45 @@ def run_name() -> str:
 def recluster(config: PipelineConfig = PipelineConfig(), run_date: dt.date | None = None,
               progress: bool = False) -> dict:
     """Retrain on the window ending at run_date, register and gate the model, write labels."""
-    config = prepare_run(config)
     run_date = run_date or default_run_date()
     day = run_date.isoformat()
     tags = {Tag.FLOW: "recluster", Tag.RUN_DATE: day}
-    with night_lock(config, run_date), tracked_run(config, f"recluster-{day}", tags) as run_id:
-        window = scan_night(config.source, run_date, None,
-                             config.validation.min_window_days)
-        validation = validate_features(window, config, run_id)
-        train = sample_training_rows(window, config)
-        encoder, X = embed_features(train, config, run_id)
-        old_version, champion = load_model(config)
-        warm = champion_weights(champion, encoder, config)
-        model = pretrain_autoencoder(X, config, run_id, warm, progress)
-        centers, target = init_centroids(model, X, config, run_id)
-        model = fit_dec(model, X, centers, target, config, run_id)
-        alignment = align_cluster_ids(model, X, train, old_version, champion, config, run_id)
-        metrics = evaluate_model(model, X, train, config, run_id)
-        profile = profile_clusters(model, X, train, config, run_id)
-        version = register_model(model, encoder, train, window.lineage, validation, metrics,
-                                 config, run_id, day, alignment, profile)
-        links = link_mlflow_run(config, run_id, version)
-        decision = None
-        if config.promotion.auto_promote or old_version is None:  # a first version: judge it
-            decision = gate_candidate(config, version, sample_reference_rows(train, config),
-                                      need_champion=True)
-        champion_version, champion = load_model(config)
-        today, late = snapshot_night(window, run_date)
-        written = label_partition(today, champion_version, champion, config, run_id, late)
-        drift = monitor_drift(config, run_id, run_date, written, champion.estimator.n_clusters,
-                              alignment["label_churn"] if alignment else None,
-                              version, str(champion_version.version),
-                              decision.decision if decision else None)
-        page = publish_report(config, run_id, run_date)
+    with announced_night(config, f"recluster-{day}", day) as outcome:
+        config = prepare_run(config)
+        with night_lock(config, run_date), tracked_run(config, f"recluster-{day}",
+                                                       tags) as run_id:
+            outcome.run_id = run_id
+            window = scan_night(config.source, run_date, None,
+                                config.validation.min_window_days)
+            validation = validate_features(window, config, run_id)
+            train = sample_training_rows(window, config)
+            encoder, X = embed_features(train, config, run_id)
+            old_version, champion = load_model(config)
+            warm = champion_weights(champion, encoder, config)
+            model = pretrain_autoencoder(X, config, run_id, warm, progress)
+            centers, target = init_centroids(model, X, config, run_id)
+            model = fit_dec(model, X, centers, target, config, run_id)
+            alignment = align_cluster_ids(model, X, train, old_version, champion, config, run_id)
+            metrics = evaluate_model(model, X, train, config, run_id)
+            profile = profile_clusters(model, X, train, config, run_id)
+            version = register_model(model, encoder, train, window.lineage, validation, metrics,
+                                     config, run_id, day, alignment, profile)
+            links = link_mlflow_run(config, run_id, version)
+            decision = None
+            if config.promotion.auto_promote or old_version is None:  # a first: judge it
+                decision = gate_candidate(config, version, sample_reference_rows(train, config),
+                                          need_champion=True)
+            champion_version, champion = load_model(config)
+            today, late = snapshot_night(window, run_date)
+            written = label_partition(today, champion_version, champion, config, run_id, late)
+            drift = monitor_drift(config, run_id, run_date, written,
+                                  champion.estimator.n_clusters,
+                                  alignment["label_churn"] if alignment else None,
+                                  version, str(champion_version.version),
+                                  decision.decision if decision else None)
+            page = publish_report(config, run_id, run_date)
+            outcome.night(links, page, version, str(champion_version.version), decision,
+                          written, drift)
     return {"run_id": run_id, "run_date": day, "model_version": version,
             "champion_version": str(champion_version.version), "metrics": metrics,
             "alignment": alignment, "promotion": decision.to_dict() if decision else None,

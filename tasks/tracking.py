@@ -17,6 +17,7 @@ from mlflow.entities import Metric, Param, Run, RunStatus
 from mlflow.exceptions import MlflowException
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import TerminationSignal
 
 from decflow import __version__
 from decflow.config import PipelineConfig, dump_config
@@ -66,7 +67,8 @@ def model_version_url(config: PipelineConfig, version: str) -> str:
 @contextlib.contextmanager
 def tracked_run(config: PipelineConfig, run_name: str, tags: dict[str, str] | None = None):
     """Start an MLflow run (params = the flattened config, secrets redacted; tags = the Prefect
-    flow run it belongs to, host and pid); mark it FAILED if the body raises.
+    flow run it belongs to, host and pid); mark it FAILED if the body raises, KILLED if the
+    process was stopped (``decflow.errors.Stopped``, Ctrl-C).
 
     When the body fails because the server is down (``ServiceUnavailable``) the run cannot be
     closed: it stays RUNNING, and the next run start with the same ``decflow.flow`` tag marks it
@@ -99,10 +101,15 @@ def tracked_run(config: PipelineConfig, run_name: str, tags: dict[str, str] | No
         yield run_id
     except BaseException as exc:
         if not isinstance(exc, ServiceUnavailable):
+            # stopped (Ctrl-C; SIGTERM, which Prefect's engine raises as its TerminationSignal
+            # inside a flow): KILLED, as MLflow marks an interrupted run
+            stopped = isinstance(exc, (KeyboardInterrupt, TerminationSignal))
+            error = (f"stopped by {_signal_name(exc)}" if stopped
+                     else f"{type(exc).__name__}: {exc}")
             try:
-                mlflow.set_tag(run_id, Tag.ERROR,
-                               redact(f"{type(exc).__name__}: {exc}")[:5000])
-                mlflow.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+                mlflow.set_tag(run_id, Tag.ERROR, redact(error)[:5000])
+                mlflow.set_terminated(run_id, RunStatus.to_string(
+                    RunStatus.KILLED if stopped else RunStatus.FAILED))
             except ServiceUnavailable:
                 _log.warning("MLflow run %s stays RUNNING (the server went away as it failed); "
                              "the next run marks it FAILED", run_id)
@@ -110,6 +117,13 @@ def tracked_run(config: PipelineConfig, run_name: str, tags: dict[str, str] | No
     finally:
         _OPEN_RUNS.discard(run_id)
     mlflow.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def _signal_name(exc: BaseException) -> str:
+    import signal
+
+    number = getattr(exc, "signal", None) or getattr(exc, "signum", None) or signal.SIGINT
+    return signal.Signals(number).name
 
 
 def still_running(run: Run) -> bool:

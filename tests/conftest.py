@@ -25,7 +25,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # that the workers finish together instead of one waiting on a long module picked up last.
 # Order only: a stale entry costs time, never a result.
 LONGEST_FIRST = [
+    "integration/test_notifications.py",  # 180 (a minute of it waits for a missed heartbeat)
     "integration/test_nightly_deployment.py",  # 103
+    "flows/test_stop_signals.py",  # 110
     "flows/test_process_kills.py",  # 81
     "flows/test_planted_table.py",  # 31 alone, 94 beside another worker
     "unit/test_planted_structure.py",  # 27 alone, 125 beside another worker

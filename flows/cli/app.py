@@ -45,23 +45,17 @@ EXIT_DATA, EXIT_USAGE, EXIT_SERVICE, EXIT_INTERNAL, EXIT_CONFLICT = 1, 2, 3, 4, 
 def _fail(exc: Exception, show_traceback: bool) -> int:
     """Print what went wrong (secrets redacted) and return the exit code for ``exc``."""
     from decflow.errors import (ConfigError, Conflict, DataError, ModelIntegrityError, Rejected,
-                                ServiceUnavailable)
+                                ServiceUnavailable, failure_class)
     from decflow.redaction import redact
 
     message = redact(str(exc))
-    kinds = ((ConfigError, EXIT_USAGE, "config error"),
-             (DataError, EXIT_DATA, "data error"),
-             (Rejected, EXIT_DATA, "rejected"),
-             (ModelIntegrityError, EXIT_DATA, "model integrity"),
-             (ServiceUnavailable, EXIT_SERVICE, "service unavailable"),
-             (Conflict, EXIT_CONFLICT, "conflict"))
-    known = next(((code, f"{what}: {message}") for kind, code, what in kinds
-                  if isinstance(exc, kind)), None)
-    if known is not None:
-        code, line = known
-    else:
-        code, line = EXIT_INTERNAL, f"internal error: {type(exc).__name__}" + (
-            f": {message}" if message else "")
+    code, _ = failure_class(exc)
+    words = ((ConfigError, "config error"), (DataError, "data error"), (Rejected, "rejected"),
+             (ModelIntegrityError, "model integrity"),
+             (ServiceUnavailable, "service unavailable"), (Conflict, "conflict"))
+    what = next((word for kind, word in words if isinstance(exc, kind)), None)
+    line = (f"{what}: {message}" if what is not None else
+            f"internal error: {type(exc).__name__}" + (f": {message}" if message else ""))
     text = redact("".join(tb.format_exception(exc)))
     if show_traceback:
         typer.echo(text, err=True)
@@ -121,13 +115,69 @@ class _ExitCodes(TyperGroup):
         return name, command, rename_options(name, rest)
 
     def invoke(self, ctx):
+        from decflow.errors import Stopped
+
         state["home"] = None
+        stop_on_signals()
         try:
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise
+        except Stopped as exc:
+            typer.echo(f"stopped by {exc.signame}: the run was ended (CRASHED on the Prefect "
+                       "server, KILLED in MLflow); nothing half-written is visible", err=True)
+            raise typer.Exit(128 + exc.signum) from None
         except Exception as exc:
             raise typer.Exit(_fail(exc, bool(ctx.params.get("traceback")))) from None
+
+
+# How long a stopped command may take to unwind (close its MLflow run, stop its Dask cluster
+# and Prefect's temporary server) before it kills what it started and exits at once.
+STOP_GRACE_S = 60.0
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGINT raise ``decflow.errors.Stopped`` in the main thread: the command
+    unwinds as from an error (the flow run ends CRASHED, the MLflow run KILLED, a half-written
+    file is removed, the Dask cluster and Prefect's temporary server stop) and exits with
+    128 + the signal's number (143, 130). A second signal while it unwinds changes nothing;
+    after ``STOP_GRACE_S`` a watchdog SIGKILLs every process the command started and exits."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    stopping: list[int] = []
+
+    def handler(signum, frame):
+        from decflow.errors import Stopped
+
+        if stopping:
+            return
+        stopping.append(signum)
+        timer = threading.Timer(STOP_GRACE_S, _hard_stop, args=(signum,))
+        timer.daemon = True
+        timer.start()
+        raise Stopped(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+
+
+def _hard_stop(signum: int) -> None:
+    """The unwinding took too long: SIGKILL every descendant, then exit 128 + ``signum``."""
+    import psutil
+
+    typer.echo(f"still stopping after {STOP_GRACE_S:.0f} s: killing the processes it started",
+               err=True)
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(children, timeout=10)
+    os._exit(128 + signum)
 
 
 # add_completion: `decflow --install-completion` (bash, zsh, fish, PowerShell) and

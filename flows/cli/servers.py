@@ -135,10 +135,22 @@ def deploy(config: ConfigOpt,
            work_pool: Annotated[str, typer.Option(
                help="Work pool whose workers run the flows (created as a process pool when "
                     "missing).")] = "decflow",
-           timezone: TimezoneOpt = None, cron: CronOpt = None, sets: SetOpt = None):
+           timezone: TimezoneOpt = None, cron: CronOpt = None,
+           notify: Annotated[Optional[list[str]], typer.Option(
+               "--notify", metavar="URL|block:TYPE/NAME",
+               help="Where to send a message for a failed night, a drift alert or a crashed "
+                    "run (repeatable): a webhook URL, or a Prefect notification block, e.g. "
+                    "block:slack-webhook/ops. Without it, notifications already set up stay "
+                    "as they are.")] = None,
+           crash_after: Annotated[int, typer.Option(
+               min=60, help="Seconds without a heartbeat (runs send one every 30 s) after "
+                            "which the server sets a deployed run CRASHED.")] = 120,
+           sets: SetOpt = None):
     """Create or update the `recluster/nightly`, `backfill/on-demand` and `promote/on-demand`
     deployments on the Prefect server (PREFECT_API_URL) with this config as their `config`
     parameter; a worker of the pool runs them (`prefect worker start --pool decflow`).
+    Also the server's automations: a deployed run whose heartbeats stop is set CRASHED, and
+    with --notify, messages when a night fails, drifts or crashes.
 
     Local relative paths in the config are made absolute. Secrets must not be in the config:
     the worker's environment supplies them, and its DECFLOW_* variables override the config in
@@ -149,6 +161,7 @@ def deploy(config: ConfigOpt,
 
     from decflow.flows.deployments import absolute_paths
     from decflow.flows.deployments import deploy as deploy_flows
+    from decflow.flows.notifications import BadTarget
 
     if not get_current_settings().api.url:
         typer.echo("decflow deploy needs a Prefect server: set PREFECT_API_URL, e.g. "
@@ -156,13 +169,18 @@ def deploy(config: ConfigOpt,
                    err=True)
         raise typer.Exit(2)
     try:
-        names, created = deploy_flows(absolute_paths(cfg, str(Path.cwd())), work_pool,
-                                      cron=cron, timezone=timezone)
+        names, created, automations = deploy_flows(
+            absolute_paths(cfg, str(Path.cwd())), work_pool, cron=cron, timezone=timezone,
+            notify=notify, crash_after_s=crash_after)
+    except BadTarget as exc:
+        raise typer.BadParameter(str(exc), param_hint="--notify")
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--config")
     if created:
         typer.echo(f"created work pool {work_pool!r} (type process)")
     for name in names:
         typer.echo(f"deployed {name} on work pool {work_pool!r}")
+    for line in automations:
+        typer.echo(line)
     typer.echo(f"start a worker where the project is installed: "
                f"prefect worker start --pool {work_pool}")

@@ -45,3 +45,36 @@ class ModelIntegrityError(RuntimeError):
 class Conflict(RuntimeError):
     """Another run holds what this one needs (the same night, the registry's aliases), or moved
     it first; nothing was written or moved. Retry once the other run is done."""
+
+
+# The exit-code classes, in the order they are tried (a subclass before its base): the CLI's
+# exit code, and the class word of a failed night's event (``failure_class``).
+FAILURE_CLASSES: tuple[tuple[type[Exception], int, str], ...] = (
+    (ConfigError, 2, "config"),
+    (DataError, 1, "data"),
+    (Rejected, 1, "data"),
+    (ModelIntegrityError, 1, "data"),
+    (ServiceUnavailable, 3, "service"),
+    (Conflict, 5, "conflict"),
+)
+INTERNAL = (4, "internal")
+
+
+def failure_class(exc: BaseException) -> tuple[int, str]:
+    """``(exit code, class)`` of a failure: ``(2, "config")``, ``(1, "data")``,
+    ``(3, "service")``, ``(5, "conflict")``, else ``(4, "internal")`` (a bug)."""
+    return next(((code, word) for kind, code, word in FAILURE_CLASSES if isinstance(exc, kind)),
+                INTERNAL)
+
+
+class Stopped(KeyboardInterrupt):
+    """The process was asked to stop (SIGTERM from a service manager or ``docker stop``, SIGINT
+    from Ctrl-C) and unwinds: runs end CRASHED/KILLED, servers and clusters it started stop.
+    A ``KeyboardInterrupt``, so that what treats Ctrl-C as "stop now" does so for both."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = signum
+        self.signame = signal.Signals(signum).name
+        super().__init__(f"stopped by {self.signame}")

@@ -54,13 +54,43 @@ def test_deploy_creates_the_three_deployments_with_the_users_config(tmp_path, ap
         assert deployed.source.uri == str(tmp_path / "tables" / "source")
         assert deployed.home == str(tmp_path / "home")
         assert deployed.model == config.model and deployed.features == config.features
+        # every run sends heartbeats: the server marks one that stops CRASHED
+        assert d.job_variables == {"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}}
     assert _deployment(NAMES[0]).schedules[0].schedule.timezone == "Europe/Berlin"
+    assert "created automation 'decflow/users-model: unresponsive runs' (CRASHED after 120 s " \
+           "without a heartbeat)" in out.output
+    with get_client(sync_client=True) as client:
+        [zombie] = client.read_automations_by_name("decflow/users-model: unresponsive runs")
+    ids = {f"prefect.deployment.{_deployment(n).id}" for n in NAMES}
+    assert set(zombie.trigger.match_related.model_dump()["prefect.resource.id"]) == ids
+    assert zombie.trigger.within.total_seconds() == 120
     # deploying again updates in place (same ids, pool kept)
     first = _deployment(NAMES[0]).id
     again = runner.invoke(app, ["deploy", "--config", "my.yaml", "--work-pool", "users-pool"])
     assert again.exit_code == 0 and "created work pool" not in again.output
+    assert "updated automation 'decflow/users-model: unresponsive runs'" in again.output
     assert _deployment(NAMES[0]).id == first
     assert _deployment(NAMES[0]).schedules[0].schedule.timezone == "UTC"
+
+
+@pytest.mark.parametrize("target, message", [
+    ("ftp://hooks.example.com/x", "'ftp://hooks.example.com/...': expected a webhook URL"),
+    ("block:slack-webhook", "'block:slack-webhook': a block reference is block:<block type "
+                            "slug>/<block name>"),
+    ("block:slack-webhook/nobody-made-it", "block:slack-webhook/nobody-made-it: no block "
+                                           "'nobody-made-it' of type 'slack-webhook'"),
+])
+def test_deploy_refuses_a_bad_notify_target_naming_it(tmp_path, api_url, monkeypatch, target,
+                                                      message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my.yaml").write_text(dump_config(tiny_config("home", "src")))
+    out = runner.invoke(app, ["deploy", "--config", "my.yaml", "--work-pool", "never-made",
+                              "--notify", target])
+    assert out.exit_code == 2, out.output
+    flat = " ".join(out.output.replace("\u2502", " ").split())  # without the box's borders
+    assert "Invalid value for --notify: " + message in flat, flat
+    with get_client(sync_client=True) as client:  # refused before anything was written
+        assert "never-made" not in {p.name for p in client.read_work_pools()}
 
 
 def test_deploy_refuses_a_config_holding_a_password(tmp_path, api_url):

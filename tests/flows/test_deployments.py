@@ -50,6 +50,7 @@ def _read_back(names=NAMES) -> dict:
                 "tags": sorted(d.tags),
                 "enforce_parameter_schema": d.enforce_parameter_schema,
                 "parameter_names": sorted(d.parameter_openapi_schema["properties"]),
+                "job_variables": d.job_variables,
             }
     return out
 
@@ -94,12 +95,17 @@ def test_prefect_yaml_deploys_the_nightly_schedule_and_two_manual_deployments(fr
         assert d["parameters"] == {"config": PipelineConfig(home=".decflow")}
         assert d["tags"] == ["decflow"] and d["enforce_parameter_schema"]
         assert "config" in d["parameter_names"]
+        # heartbeats, so that the server marks a dead run CRASHED (flows/notifications.py)
+        assert d["job_variables"] == {"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}}
     assert {"start", "end"} <= set(from_yaml["backfill/on-demand"]["parameter_names"])
     assert "candidate" in from_yaml["promote/on-demand"]["parameter_names"]
 
 
 def test_serve_definitions_agree_with_prefect_yaml(from_yaml, from_serve):
-    assert from_serve == from_yaml
+    # job variables are a work pool's (heartbeats: prefect.yaml and `decflow deploy`); a
+    # served deployment's runs are the serving process's children
+    assert {name: {**d, "job_variables": None} for name, d in from_serve.items()} == \
+        {name: {**d, "job_variables": None} for name, d in from_yaml.items()}
     # ... and with the file itself (the constants the CLI defaults to).
     spec = yaml.safe_load(PREFECT_YAML.read_text())
     nightly = next(d for d in spec["deployments"] if d["entrypoint"].endswith(":recluster"))
