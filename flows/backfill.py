@@ -7,6 +7,7 @@ from prefect import flow
 
 from decflow.config import PipelineConfig
 from decflow.data import partitioned
+from decflow.errors import PartitionsFailed
 from decflow.registry.versions import CHAMPION
 from decflow.flows.recluster import recluster
 from decflow.tasks.backfill import backfill_partitions, publish_backfill_summary
@@ -14,7 +15,7 @@ from decflow.tasks.runtime import prepare_run, redact_errors
 from decflow.tasks.registry import load_model
 
 
-class BackfillFailed(RuntimeError):
+class BackfillFailed(PartitionsFailed):
     """Some partitions failed; ``rows`` holds the per-date summary."""
 
     def __init__(self, message: str, rows: list[dict]):

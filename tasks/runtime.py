@@ -41,11 +41,13 @@ class _RunRecords(logging.Handler):
 
 def _expected_failure(exc_info) -> BaseException | None:
     """The exception of a record when it is one of the kinds a user fixes (data, config, a
-    service down, a conflict): its message says everything, a traceback would only bury it."""
-    from decflow.errors import ConfigError, Conflict, DataError, ServiceUnavailable
+    service down, a conflict, partitions that failed with their causes): its message says
+    everything, a traceback would only bury it."""
+    from decflow.errors import (ConfigError, Conflict, DataError, PartitionsFailed,
+                                ServiceUnavailable)
 
     exc = exc_info[1] if isinstance(exc_info, tuple) else None
-    kinds = (ConfigError, Conflict, DataError, ServiceUnavailable)
+    kinds = (ConfigError, Conflict, DataError, PartitionsFailed, ServiceUnavailable)
     return exc if isinstance(exc, kinds) else None
 
 
@@ -138,11 +140,21 @@ def retry_on_io(task, task_run, state) -> bool:
     return False
 
 
-def night_lock(config: PipelineConfig, day: dt.date) -> contextlib.AbstractContextManager:
+@contextlib.contextmanager
+def night_lock(config: PipelineConfig, day: dt.date):
     """Held by every run that writes ``day``'s labels (the nightly run for it, ``score``,
-    backfill): a second one is refused at once (``Conflict``, exit code 5), never interleaved."""
-    return locks.hold(config.home, f"labels-{config.source.date_column}={day.isoformat()}",
-                      f"a run writing the labels of {day.isoformat()}")
+    backfill): a second one is refused at once (``Conflict``, exit code 5), never interleaved.
+
+    Two locks: a ``flock`` under ``<home>/locks`` (processes sharing the home, with or without
+    a server), then, with a Prefect server (``PREFECT_API_URL``), the night's slot of a global
+    concurrency limit on it (``server_locks``): runs on other hosts, with other homes, writing
+    the same labels dataset are refused too."""
+    from .server_locks import night_slot
+
+    with locks.hold(config.home, f"labels-{config.source.date_column}={day.isoformat()}",
+                    f"a run writing the labels of {day.isoformat()}"), \
+            night_slot(config, day):
+        yield
 
 
 def registry_lock(config: PipelineConfig) -> contextlib.AbstractContextManager:

@@ -20,9 +20,11 @@ reaches the CLI and is mapped by its type):
 4     internal error (any other exception): one line ``internal error: <Type>: <message>``;
       the traceback is written to ``<home>/errors/<UTC time>-<pid>.txt``, or printed with
       ``decflow --traceback <command> ...``
-5     conflict (``decflow.errors.Conflict``): another run is writing the same night's labels,
-      or moving the model's aliases, or moved them since this run's gate compared; nothing
-      was written or moved: retry when it is done
+5     conflict (``decflow.errors.Conflict``): another run is writing the same night's labels
+      (in this home, or on another host or home sharing the Prefect server), or moving the
+      model's aliases, or moved them since this run's gate compared; nothing was written or
+      moved: retry when it is done. Also a backfill whose only failed nights were held so
+128+n stopped by signal n (143: SIGTERM, 130: SIGINT/Ctrl-C): the run was ended cleanly
 ====  =========================================================================================
 
 Every message printed goes through ``decflow.redaction.redact`` (no passwords from URIs).

@@ -152,7 +152,9 @@ def backfill(config: ConfigOpt,
                              retrain=retrain)
     except BackfillFailed as exc:
         typer.echo(str(exc))
-        raise typer.Exit(1)
+        failed = [r for r in exc.rows if r["status"] == "failed"]
+        # only nights another run is writing: a conflict (5), retry later; else data (1)
+        raise typer.Exit(5 if all(r["detail"].startswith("Conflict:") for r in failed) else 1)
     for r in rows:
         typer.echo(f"{r['date']}  {r['status']:<9} {r['rows']:>7} rows  {r['seconds']:>7.2f} s  "
                    f"{r['detail']}")

@@ -47,6 +47,11 @@ class Conflict(RuntimeError):
     it first; nothing was written or moved. Retry once the other run is done."""
 
 
+class PartitionsFailed(RuntimeError):
+    """Some partitions of a run over several failed (a backfill); the message lists each with
+    its cause, and the others were done."""
+
+
 # The exit-code classes, in the order they are tried (a subclass before its base): the CLI's
 # exit code, and the class word of a failed night's event (``failure_class``).
 FAILURE_CLASSES: tuple[tuple[type[Exception], int, str], ...] = (

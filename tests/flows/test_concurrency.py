@@ -77,6 +77,13 @@ def story(tmp_path_factory):
                          promotion=LENIENT)
     path = home / "pipeline.yaml"
     path.write_text(dump_config(config))
+    # the same table, labels and registry from another home: another host's worker (its
+    # `flock` under <home>/locks is its own; only the Prefect server is shared)
+    other = tiny_config(home / "other-home", source, train={"pretrain_epochs": 3},
+                        promotion=LENIENT, labels={"uri": config.labels_uri()},
+                        registry={"tracking_uri": config.tracking_uri()})
+    other_path = home / "other.yaml"
+    other_path.write_text(dump_config(other))
     out = {"config": config}
     recluster(config=config, run_date=RUN_DATE)  # version 1: judged, champion
     out["v1_aliases"] = registry.aliases(config.tracking_uri(), NAME)
@@ -87,6 +94,9 @@ def story(tmp_path_factory):
     def fit_with_a_second_run(*args, **kwargs):
         out["second_before"] = (_versions(config), _runs(config), _label_bytes(config))
         out["second"] = _cli(path, "run", "--run-date", str(RUN_DATE))
+        out["other_home"] = _cli(other_path, "run", "--run-date", str(RUN_DATE))
+        out["other_backfill"] = _cli(other_path, "backfill", "--start", str(RUN_DATE),
+                                     "--end", str(RUN_DATE), "--force")
         out["second_after"] = (_versions(config), _runs(config), _label_bytes(config))
         return real_fit(*args, **kwargs)
 
@@ -148,6 +158,21 @@ def test_a_second_run_for_the_same_date_is_refused_while_the_first_runs(story):
     assert second.stderr.strip().splitlines()[-1].startswith("conflict: a run writing")
     assert "Traceback" not in second.stderr
     # nothing of the refused run: no version, no MLflow run, no label file touched
+    assert story["second_after"] == story["second_before"]
+
+
+@pytest.mark.parametrize("command", ["other_home", "other_backfill"])
+def test_a_run_or_backfill_of_the_night_from_another_home_is_refused_by_the_server(story,
+                                                                                 command):
+    """The first run holds the night's global concurrency limit on the Prefect server."""
+    refused = story[command]
+    assert refused.returncode == 5, refused.stdout + refused.stderr
+    out = " ".join((refused.stdout + refused.stderr).split())
+    assert (f"a run writing the labels of {RUN_DATE} in {story['config'].labels_uri()} is in "
+            "progress on another host or home: the Prefect server's concurrency limit "
+            "'decflow-labels-") in out
+    assert "Traceback" not in out
+    # nothing of the refused runs either (checked over both and the same-home one)
     assert story["second_after"] == story["second_before"]
 
 
