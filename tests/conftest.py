@@ -25,7 +25,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # that the workers finish together instead of one waiting on a long module picked up last.
 # Order only: a stale entry costs time, never a result.
 LONGEST_FIRST = [
-    "integration/test_notifications.py",  # 180 (a minute of it waits for a missed heartbeat)
+    "integration/test_operations.py",  # 200 (a minute of it waits for a missed heartbeat)
     "integration/test_nightly_deployment.py",  # 103
     "flows/test_stop_signals.py",  # 110
     "flows/test_process_kills.py",  # 81

@@ -84,3 +84,48 @@ def rollback(config: ConfigOpt, sets: SetOpt = None):
         raise typer.Exit(1)
     typer.echo(f"{cfg.registry.model_name}: champion is version {out['restored']} again; "
                f"version {out['demoted']} is now 'previous'")
+
+
+@app.command("serve-model")
+def serve_model(config: ConfigOpt,
+                model: ModelOpt("Registered version number or alias to serve (resolved once, "
+                                "at start: restart after a promotion).") = "champion",
+                host: Annotated[str, typer.Option(
+                    help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
+                port: Annotated[int, typer.Option(min=1, max=65535)] = 5001,
+                workers: Annotated[int, typer.Option(min=1, help="Server processes.")] = 1,
+                sets: SetOpt = None):
+    """Answer HTTP requests with a registered model: `mlflow models serve` of its verified copy.
+
+    POST /invocations with {"dataframe_split": {"columns": [...], "data": [...]}} (the
+    source's feature columns) answers {"predictions": [{"cluster_id", "confidence",
+    "distance"}, ...]}, as the nightly labels. Every file of the version is checked against
+    the digests recorded when it was registered first (exit code 1 if one differs), and the
+    copy checked is the one served. Serving runs the model's stored code (its pyfunc file and
+    the decflow package bundled with it) in this environment: no virtualenv is built and
+    nothing is downloaded."""
+    import os
+    import shutil
+    import sys
+    from pathlib import Path
+
+    cfg = setup(config, sets)
+    require_model(cfg, model)
+    from decflow.redaction import redact
+    from decflow.registry.versions import download_verified, require_version
+
+    name, uri = cfg.registry.model_name, cfg.tracking_uri()
+    version = str(require_version(uri, name, model).version)
+    target = Path(cfg.home) / "serving" / f"{name}-v{version}"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    local = download_verified(uri, name, version, str(target))
+    bin_dir = Path(sys.executable).parent
+    typer.echo(f"serving {name} version {version} ({model}), verified, from {local} on "
+               f"http://{host}:{port}/invocations (model registry {redact(uri)})")
+    # MLflow starts uvicorn from PATH: this environment's first
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    argv = [str(bin_dir / "mlflow"), "models", "serve", "-m", str(local), "--env-manager",
+            "local", "--host", host, "--port", str(port), "--workers", str(workers)]
+    sys.stdout.flush()
+    os.execve(argv[0], argv, env)

@@ -21,4 +21,17 @@ def quiet_defaults(env: MutableMapping[str, str] | None = None) -> MutableMappin
     env = os.environ if env is None else env
     for key, value in QUIET_DEFAULTS.items():
         env.setdefault(key, value)
+    if not _stderr_is_terminal():
+        # MLflow's download bar redraws on a terminal; elsewhere (a log file, a service's
+        # journal, a pipe) each redraw is one more line
+        env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return env
+
+
+def _stderr_is_terminal() -> bool:
+    import sys
+
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed
+        return False

@@ -96,7 +96,7 @@ def load_scorer(tracking_uri: str, model_name: str, ref: str) -> mlflow.pyfunc.P
         ModelIntegrityError: a file differs from its recorded digest (nothing was executed).
     """
     local = tempfile.mkdtemp(prefix="decflow-scorer-")  # the pyfunc may import from it later
-    return mlflow.pyfunc.load_model(str(_download_verified(tracking_uri, model_name, ref, local)))
+    return mlflow.pyfunc.load_model(str(download_verified(tracking_uri, model_name, ref, local)))
 
 
 class LoadedModel(NamedTuple):
@@ -125,7 +125,7 @@ def load_components(tracking_uri: str, model_name: str, ref: str, device: str = 
         ModelIntegrityError: a file differs from its recorded digest.
     """
     with tempfile.TemporaryDirectory(prefix="decflow-load-") as tmp:
-        local = _download_verified(tracking_uri, model_name, ref, tmp) / "artifacts"
+        local = download_verified(tracking_uri, model_name, ref, tmp) / "artifacts"
         return LoadedModel(FeatureEncoder.load(local / "encoder.json"),
                            DeepEmbeddedClustering.load(local / "estimator.safetensors",
                                                        device=device))
@@ -182,7 +182,7 @@ def adopt_version(tracking_uri: str, model_name: str, ref: str) -> dict[str, str
     return {"version": str(mv.version), "manifest_sha256": digest, "files": str(files)}
 
 
-def _download_verified(tracking_uri: str, model_name: str, ref: str, dst_path: str) -> Path:
+def download_verified(tracking_uri: str, model_name: str, ref: str, dst_path: str) -> Path:
     """Download a registered version's model directory into ``dst_path`` and check it against
     its recorded digests (``verify_model_dir``); returns the local directory.
 

@@ -1,8 +1,15 @@
-"""A person hears about a night: `decflow deploy --notify URL` against the real Prefect server,
-with a webhook receiver on loopback. Nights run as a user runs them (`decflow run` against the
-server); the last one runs through the deployment on a worker and is SIGKILLed with its worker,
-as when a machine is lost. The receiver must get exactly one message for the failed night, one
-for the drift alert and one for the crashed run, and none for the green night."""
+"""Running decflow like a service, against the real servers.
+
+Notifications: a person hears about a night: `decflow deploy --notify URL` against the real
+Prefect server, with a webhook receiver on loopback. Nights run as a user runs them (`decflow
+run` against the server); the last one runs through the deployment on a worker and is
+SIGKILLed with its worker, as when a machine is lost. The receiver must get exactly one message
+for the failed night, one for the drift alert and one for the crashed run, and none for the
+green night.
+
+Serving: the champion answers HTTP requests with the labels the night wrote, through
+`mlflow models serve -m models:/<name>@champion` as documented and through
+`decflow serve-model`."""
 
 import datetime as dt
 import json
@@ -13,12 +20,15 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import psutil
 import pytest
 
 import api
 import servers
 from decflow.config import dump_config
+from decflow.data import partitioned
 from decflow.data.synthetic import generate_source, synthetic_config
 
 NIGHT_1 = dt.date(2026, 10, 11)
@@ -104,7 +114,7 @@ def setup(receiver, mlflow_server, prefect_server, dask_cluster, s3_server, tmp_
     out = decflow(["deploy", "--config", "my.yaml", "--work-pool", POOL, "--notify",
                    receiver.url, "--crash-after", str(CRASH_AFTER_S)], env, work)
     assert out.returncode == 0, out.stdout + out.stderr
-    return {"work": work, "env": env, "deploy": out}
+    return {"work": work, "env": env, "deploy": out, "config": config, "source": str(source)}
 
 
 @pytest.fixture(scope="module")
@@ -158,9 +168,16 @@ def test_one_message_for_the_failed_night_and_one_for_the_drift_none_for_the_gre
 def test_the_night_events_are_on_the_server_with_their_exit_code_class(nights, receiver,
                                                                        prefect_server):
     receiver.wait_for(2)
-    events = api.post(prefect_server.api_url, "events/filter", {
-        "filter": {"event": {"prefix": ["decflow."]},
-                   "resource": {"id": [f"decflow.model.{MODEL}"]}}, "limit": 50})["events"]
+
+    def stored():  # the server stores events in batches: all six, once they are there
+        found = api.post(prefect_server.api_url, "events/filter", {
+            "filter": {"event": {"prefix": ["decflow."]},
+                       "resource": {"id": [f"decflow.model.{MODEL}"]}},
+            "limit": 50})["events"]
+        return found if len(found) >= 6 else None
+
+    events = _wait("the six decflow events on the server", stored, timeout=120)
+    assert len(events) == 6, [e["event"] for e in events]
     by_name: dict[str, list[dict]] = {}
     for e in events:
         by_name.setdefault(e["event"], []).append(e["payload"])
@@ -226,3 +243,101 @@ def test_a_killed_deployed_run_is_marked_crashed_and_a_message_says_so(
     assert crashed["subject"] == f"decflow: a run of model {MODEL} crashed: {name}"
     assert f"no heartbeat for {CRASH_AFTER_S} s" in crashed["body"]
     assert took < CRASH_AFTER_S + 90, took
+
+
+def _serve(argv: list[str], env: dict, cwd: Path):
+    """A model server process; its base URL once /ping answers (fails with its output)."""
+    port = servers.free_port()
+    proc = subprocess.Popen([*argv, "--port", str(port)], env=servers.child_env(env), cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready():
+        assert proc.poll() is None, f"the model server exited: {proc.stdout.read()}"
+        status, _ = servers._http_get(f"{url}/ping", timeout=2)
+        return status == 200
+
+    try:
+        _wait("the model server's /ping", lambda: _answers(ready), timeout=180)
+    except BaseException:
+        _stop(proc)
+        raise
+    return proc, url
+
+
+def _answers(ready) -> bool:
+    try:
+        return ready()
+    except OSError:  # not listening yet
+        return False
+
+
+def _stop(proc) -> str:
+    """Stop the server's process group; its output."""
+    import os
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+    return out or ""
+
+
+def _night_rows(setup, n: int = 25):
+    """The first ``n`` source rows of NIGHT_2 and the labels the night wrote for them."""
+    import pyarrow.dataset as pads
+
+    config = setup["config"]
+    frame = pads.dataset(f"{setup['source']}/ds={NIGHT_2}", format="parquet").to_table() \
+        .to_pandas().head(n)
+    labels = partitioned.read_partition(config.labels_uri(), "ds", NIGHT_2)
+    labels = labels.set_index("id").loc[frame["id"]]
+    return frame, labels
+
+
+def _ask(url: str, frame: pd.DataFrame) -> pd.DataFrame:
+    columns = [c for c in frame.columns if c not in ("ds", "cluster")]
+    data = [[v.tolist() if isinstance(v, np.ndarray) else v for v in row]
+            for row in frame[columns].itertuples(index=False)]
+    status, out = servers._http_json("POST", f"{url}/invocations",
+                                     {"dataframe_split": {"columns": columns, "data": data}})
+    assert status == 200, out
+    return pd.DataFrame(out["predictions"])
+
+
+def _same_as_the_labels(answer: pd.DataFrame, labels: pd.DataFrame) -> None:
+    assert list(answer.columns) == ["cluster_id", "confidence", "distance"]
+    np.testing.assert_array_equal(answer["cluster_id"], labels["cluster_id"])
+    np.testing.assert_allclose(answer["confidence"], labels["confidence"], rtol=1e-5)
+    np.testing.assert_allclose(answer["distance"], labels["distance"], rtol=1e-5, atol=1e-6)
+
+
+def test_mlflow_models_serve_of_the_champion_answers_with_the_nights_labels(
+        nights, setup, mlflow_server, s3_server):
+    frame, labels = _night_rows(setup)
+    assert set(labels["model_version"]) == {"2"}  # the drift night's version, promoted
+    env = {**s3_server.env, "MLFLOW_TRACKING_URI": mlflow_server.url,
+           "PATH": f"{Path(servers._script('mlflow')).parent}:/usr/bin:/bin"}
+    proc, url = _serve([servers._script("mlflow"), "models", "serve", "-m",
+                        f"models:/{MODEL}@champion", "--env-manager", "local", "--host",
+                        "127.0.0.1"], env, setup["work"])
+    try:
+        answer = _ask(url, frame)
+    finally:
+        _stop(proc)
+    _same_as_the_labels(answer, labels)
+
+
+def test_decflow_serve_model_serves_the_verified_champion(nights, setup, s3_server):
+    frame, labels = _night_rows(setup)
+    proc, url = _serve([servers._script("decflow"), "serve-model", "--config", "my.yaml"],
+                       setup["env"], setup["work"])
+    try:
+        answer = _ask(url, frame)
+    finally:
+        out = _stop(proc)
+    _same_as_the_labels(answer, labels)
+    assert f"serving {MODEL} version 2 (champion), verified, from " in out, out
