@@ -14,7 +14,7 @@ from decflow.tasks.labels import label_partition
 from decflow.tasks.runtime import night_lock, prepare_run, redact_errors
 from decflow.tasks.promotion import align_cluster_ids, sample_reference_rows
 from decflow.tasks.registry import champion_weights, load_model, register_model
-from decflow.tasks.tracking import link_mlflow_run, tracked_run
+from decflow.tasks.tracking import link_mlflow_run, system_metrics, tracked_run
 from decflow.tasks.train import (embed_features, evaluate_model, fit_dec, init_centroids,
                                  pretrain_autoencoder, sample_training_rows)
 
@@ -81,9 +81,10 @@ def recluster(config: PipelineConfig = PipelineConfig(), run_date: dt.date | Non
             encoder, X = embed_features(train, config, run_id)
             old_version, champion = load_model(config)
             warm = champion_weights(champion, encoder, config)
-            model = pretrain_autoencoder(X, config, run_id, warm, progress)
-            centers, target = init_centroids(model, X, config, run_id)
-            model = fit_dec(model, X, centers, target, config, run_id)
+            with system_metrics(config, run_id):  # the machine's load while it trains
+                model = pretrain_autoencoder(X, config, run_id, warm, progress)
+                centers, target = init_centroids(model, X, config, run_id)
+                model = fit_dec(model, X, centers, target, config, run_id)
             alignment = align_cluster_ids(model, X, train, old_version, champion, config, run_id)
             metrics = evaluate_model(model, X, train, config, run_id)
             profile = profile_clusters(model, X, train, config, run_id)

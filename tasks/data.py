@@ -13,6 +13,7 @@ from decflow.data.sources import WindowScan
 from decflow.data.validation import ValidationResult
 from decflow.engine import partitions as scoring
 from decflow.engine.compute import dask_client
+from decflow.registry.datasets import TRAINING, log_datasets, window_dataset
 from decflow.registry.names import Artifact
 
 from .runtime import redact_errors, retry_on_io
@@ -47,7 +48,13 @@ def snapshot_night(window: WindowScan, run_date: dt.date) -> tuple[WindowScan, l
 def validate_features(scan: WindowScan, config: PipelineConfig, run_id: str | None = None,
                       key: str = "validation") -> ValidationResult:
     """Run the expectation suite on every row, chunk by chunk on Dask; keep the result (MLflow +
-    Prefect artifact); fail on errors."""
+    Prefect artifact); fail on errors. The nightly's window (``key`` "validation") is also the
+    MLflow run's training dataset input, logged first: a run that fails validation shows what
+    it read too."""
+    if run_id is not None and key == "validation":
+        name = config.source.uri.rstrip("/").rsplit("/", 1)[-1] or "source"
+        log_datasets(config.tracking_uri(), run_id,
+                     [(window_dataset(scan.lineage, name), TRAINING)])
     with dask_client(config.compute) as client:
         result = scoring.validate_scan(client, scan, config)
     publish_validation(result, config, run_id, key)

@@ -10,6 +10,7 @@ from decflow.data import validation
 from decflow.data.sources import WindowScan
 from decflow.engine import partitions as scoring
 from decflow.engine.compute import dask_client
+from decflow.registry.datasets import LABELS, labels_dataset, log_datasets
 
 from .data import publish_validation
 from .runtime import redact_errors
@@ -35,6 +36,11 @@ def label_partition(scan: WindowScan, version, model, config: PipelineConfig,
                                           labels_spec(config, version))
     publish_validation(outcome.validation_result, config, run_id, key="labels-validation")
     validation.check(outcome.validation_result)
+    if run_id is not None:
+        day = scan.lineage.partitions[-1] if scan.lineage.partitions else ""
+        log_datasets(config.tracking_uri(), run_id, [(labels_dataset(
+            outcome.path, day, outcome.rows_written, config.registry.model_name,
+            str(version.version)), LABELS)])
     return {"path": outcome.path, "rows": outcome.rows_written,
             "model_version": str(version.version),
             "unlabelled_files": list(unlabelled_files or [])}

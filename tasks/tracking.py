@@ -119,6 +119,31 @@ def tracked_run(config: PipelineConfig, run_name: str, tags: dict[str, str] | No
     mlflow.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
 
 
+@contextlib.contextmanager
+def system_metrics(config: PipelineConfig, run_id: str):
+    """The machine's CPU, memory, disk, network (and GPU) load as the run's ``system/*``
+    metrics every ``registry.system_metrics_s`` seconds while the block runs (MLflow's
+    monitor, in a thread); nothing when it is 0. A monitor that cannot start is logged."""
+    interval = config.registry.system_metrics_s
+    if not interval:
+        yield
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    try:
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval,
+                                       tracking_uri=config.tracking_uri())
+        monitor.start()
+    except Exception as exc:  # noqa: BLE001 - load figures are never why a run fails
+        _log.warning("system metrics are off for this run: %s", redact(str(exc))[:300])
+        yield
+        return
+    try:
+        yield
+    finally:
+        monitor.finish()
+
+
 def _signal_name(exc: BaseException) -> str:
     import signal
 

@@ -65,7 +65,7 @@ def tiny_config(home, source_uri: str, **sections) -> PipelineConfig:
         "train": {"pretrain_epochs": 10, "max_iter": 40, "batch_size": 64,
                   "random_state": 0},
         "kmeans": {"n_init": 3, "chunk_rows": 100},
-        "registry": {"model_name": "tiny"},
+        "registry": {"model_name": "tiny", "system_metrics_s": 1},
         "compute": {"n_workers": 1, "threads_per_worker": 2, "processes": False},
     }
     for key, value in sections.items():

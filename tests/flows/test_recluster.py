@@ -1,5 +1,6 @@
 """The recluster flow end to end: real sqlite MLflow store, real Dask LocalCluster, Prefect harness."""
 
+import datetime as dt
 import json
 import os
 import re
@@ -80,6 +81,31 @@ def test_registered_version_has_both_aliases_and_the_run_is_tracked(pipeline):
     assert weights["column_weighting"] == "relevance"
     assert set(weights["columns"]) == {"x", "c", "emb"}
     assert all(w["relevance"] > 0.3 for w in weights["columns"].values())
+
+
+def test_the_run_records_its_window_and_labels_as_datasets_and_the_machines_load(pipeline):
+    config, result = pipeline
+    run = mlflow_client(config).get_run(result["run_id"])
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "labels (written)"}
+    window, labels = inputs["training"], inputs["labels (written)"]
+    days = [(RUN_DATE - dt.timedelta(days=d)).isoformat() for d in (2, 1, 0)]
+    assert window.name == f"source {days[0]}..{days[-1]}"
+    assert window.source_type == "local"
+    assert json.loads(window.source)["uri"].endswith("/source")  # its location, no rows
+    assert json.loads(window.profile)["num_rows"] == 270
+    assert json.loads(window.profile)["partitions"] == days
+    assert window.digest == mv_tag(config, "data.digest")[:16]
+    assert labels.name == f"labels {RUN_DATE}"
+    assert json.loads(labels.profile) == {"num_rows": 90, "model": "tiny", "model_version": "1"}
+    assert json.loads(labels.source)["uri"] == result["labels"]["path"]
+    # the machine's load while it trained (tiny_config samples every second)
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= \
+        set(run.data.metrics), sorted(run.data.metrics)
+
+
+def mv_tag(config, key: str) -> str:
+    return mlflow_client(config).get_model_version("tiny", "1").tags[key]
 
 
 def test_cluster_profiles_name_what_each_cluster_is(pipeline, tmp_path):

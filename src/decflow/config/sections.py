@@ -241,6 +241,9 @@ class RegistryConfig(_Section):
     # How long a gate's or a rollback's alias moves wait for another one on the same model (in
     # processes sharing `home`) before refusing with exit code 5; moves take about a second.
     lock_wait_s: float = Field(default=60.0, ge=0)
+    # CPU, memory, disk, network (and GPU, with pynvml) of the machine while a run trains, as
+    # MLflow's `system/*` metrics every this many seconds; 0: off.
+    system_metrics_s: float = Field(default=10.0, ge=0)
 
     @field_validator("model_name")
     @classmethod
