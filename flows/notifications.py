@@ -173,7 +173,8 @@ def ensure_automations(client, model: str, deployment_ids: list, targets: list[T
     model_events = {"prefect.resource.id": f"decflow.model.{model}"}
     payload = notify("{{ event.payload.subject }}", "{{ event.payload.text }}")
     crashed_body = ("{{ flow_run.name }} crashed: {{ flow_run.state.message }}\n"
-                    "Prefect run: {{ flow_run|ui_url }}\n"
+                    # the server knows its UI's address only when PREFECT_UI_URL is set there
+                    "Prefect run: {{ flow_run|ui_url or ('flow run id ' ~ flow_run.id) }}\n"
                     "Labels of its night are the old ones or none (never a partial write); "
                     "rerun the night: decflow run --run-date <night>, or the deployment.")
     wanted = [

@@ -144,7 +144,8 @@ def announce_drift(config: PipelineConfig, run_name: str, day: str, alerts: list
          run_name=run_name, run_date=day, model=model, alerts=list(alerts), links=links)
 
 
-_LINK_NAMES = {"report": "run report", "mlflow_run": "MLflow run", "prefect_run": "Prefect run"}
+_LINK_NAMES = {"report": "run report", "mlflow_run": "MLflow run", "prefect_run": "Prefect run",
+               "model_version": "model version"}
 
 
 def _link_lines(links: dict[str, str | None]) -> list[str]:

@@ -131,6 +131,7 @@ def _record(client, name: str, lease: uuid.UUID) -> None:
 
     value = {"lease_id": str(lease), "flow_run_id": flow_run.id, "flow_run": flow_run.name,
              "host": socket.gethostname(), "pid": os.getpid(),
+             "started": _started(os.getpid()),
              "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     try:
         if client.read_variable_by_name(name) is None:
@@ -149,16 +150,24 @@ def _holder(client, name: str) -> dict | None:
     return variable.value if variable is not None and isinstance(variable.value, dict) else None
 
 
+def _started(pid: int) -> float | None:
+    """When process ``pid`` started (None: no such process), to tell a reused pid apart."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
 def _dead(client, holder: dict) -> bool:
-    """Whether the holder's run is over: its flow run is in a final state on the server, or
-    its process is gone from this host. Unknown: alive."""
+    """Whether the holder's run is over: its process is gone from this host (no process with
+    its pid, or one started at another time: the pid was reused, e.g. in a restarted
+    container), or its flow run is in a final state on the server. Unknown: alive."""
     if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
-        try:
-            os.kill(holder["pid"], 0)
-        except ProcessLookupError:
+        started = _started(holder["pid"])
+        if started is None or started != holder.get("started"):
             return True
-        except PermissionError:
-            pass
     run_id = holder.get("flow_run_id")
     if run_id:
         try:

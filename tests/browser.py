@@ -169,6 +169,55 @@ def screenshot(html_path: Path, png_path: Path, width: int = 1280) -> Path:
     return Path(png_path)
 
 
+def screenshot_when_shown(url: str, png, texts: list[str], timeout: float = 120,
+                          width: int = 1440, height: int = 900, click: str | None = None,
+                          then: list[str] = ()) -> str:
+    """Open ``url`` (a served page) in headless Chromium, poll the page's text until it
+    shows every one of ``texts`` (a single-page app renders after `load`); with ``click``,
+    click the innermost element whose text starts with it and poll until ``then`` shows too;
+    then save a PNG of the viewport. Returns the text shown."""
+    deadline = time.monotonic() + timeout - 15
+    with _Chromium(timeout) as chromium:
+        target = chromium.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = chromium.call("Target.attachToTarget",
+                                {"targetId": target, "flatten": True})["sessionId"]
+        chromium.call("Page.enable", session=session)
+        chromium.call("Emulation.setDeviceMetricsOverride", {
+            "width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+            session=session)
+        nav = chromium.call("Page.navigate", {"url": url}, session=session)
+        assert not nav.get("errorText"), f"{url}: {nav['errorText']}"
+
+        def shown_when(wanted) -> str:
+            while True:
+                shown = chromium.call("Runtime.evaluate", {
+                    "expression": "document.body ? document.body.innerText : ''",
+                    "returnByValue": True}, session=session)["result"].get("value", "")
+                if all(t in shown for t in wanted):
+                    return shown
+                missing = [t for t in wanted if t not in shown]
+                assert time.monotonic() < deadline, (
+                    f"{url} did not show {missing} within {timeout} s; it shows:\n"
+                    f"{shown[:6000]}")
+                time.sleep(1)
+
+        shown = shown_when(texts)
+        if click is not None:
+            clicked = chromium.call("Runtime.evaluate", {"expression": (
+                "(() => { const all = [...document.querySelectorAll('body *')].filter("
+                f"e => (e.innerText || '').trim().startsWith({json.dumps(click)})); "
+                "const el = all[all.length - 1]; if (!el) return false; "
+                "el.scrollIntoView(); el.click(); return true; })()"),
+                "returnByValue": True}, session=session)["result"].get("value")
+            assert clicked, f"{url}: nothing to click whose text starts with {click!r}"
+            shown = shown_when([*texts, *then])
+            time.sleep(1)  # the drawer's opening animation, for the picture only
+        shot = chromium.call("Page.captureScreenshot", {"format": "png"}, session=session)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    png.write_bytes(base64.b64decode(shot["data"]))
+    return shown
+
+
 def _arg_text(arg: dict) -> str:
     if "value" in arg:
         return str(arg["value"])

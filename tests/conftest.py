@@ -28,6 +28,7 @@ LONGEST_FIRST = [
     "integration/test_operations.py",  # 200 (a minute of it waits for a missed heartbeat)
     "integration/test_nightly_deployment.py",  # 103
     "flows/test_stop_signals.py",  # 110
+    "flows/test_first_night.py",  # 120
     "flows/test_process_kills.py",  # 81
     "flows/test_planted_table.py",  # 31 alone, 94 beside another worker
     "unit/test_planted_structure.py",  # 27 alone, 125 beside another worker

@@ -1,6 +1,6 @@
 """The `decflow` command line: demo, run, validate, score, promote, rollback, backfill, serve,
-deploy, ui, adopt, show-config, history, report, sweep-k, generate. Every command that takes
-``--config`` takes ``--set section.key=value`` (repeatable) over the file and the
+serve-model, deploy, ui, adopt, show-config, history, report, sweep-k, generate. Every command
+that takes ``--config`` takes ``--set section.key=value`` (repeatable) over the file and the
 ``DECFLOW_*`` environment.
 
 Exit codes (the same for every command; flows run in-process, so a failed flow's exception

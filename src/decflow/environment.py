@@ -12,6 +12,9 @@ QUIET_DEFAULTS = {
     "GX_ANALYTICS_ENABLED": "false",
     # a loaded laptop can take longer than Prefect's 20 s default
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    # Dask's own INFO lines (a nanny starting, a worker closing, ...) are its operators'
+    # business: a command shows decflow's lines and Dask's warnings (its workers inherit this)
+    "DASK_LOGGING__DISTRIBUTED": "warning",
 }
 
 

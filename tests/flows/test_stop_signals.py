@@ -8,6 +8,7 @@ Each command is signalled when its own output shows the moment (a log line), nev
 sleep."""
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -110,6 +111,8 @@ def test_a_stopped_run_ends_crashed_and_killed_leaves_no_labels_and_no_process(
     out = command.output()
     assert f"stopped by {signal.Signals(sig).name}" in out
     assert "Traceback" not in out, out
+    # Dask's own INFO lines stay out of a command's output (its warnings would show)
+    assert not re.search(r"\| INFO +\| distributed\.", out), out
     assert _flow_runs(home) == [(f"recluster-{RUN_DATE}", "CRASHED")]
     [run] = mlflow_client(config).search_runs(
         [mlflow_client(config).get_experiment_by_name(config.registry.experiment)

@@ -13,6 +13,7 @@ Serving: the champion answers HTTP requests with the labels the night wrote, thr
 
 import datetime as dt
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -26,6 +27,7 @@ import psutil
 import pytest
 
 import api
+import browser
 import servers
 from decflow.config import dump_config
 from decflow.data import partitioned
@@ -236,12 +238,15 @@ def test_a_killed_deployed_run_is_marked_crashed_and_a_message_says_so(
     state = api.get(api_url, f"flow_runs/{run['id']}")["state"]
     assert f"no heartbeat for {CRASH_AFTER_S} s" in state["message"]
     messages = receiver.wait_for(3)
+    if os.environ.get("OPERATIONS_MESSAGES_FILE"):  # the README's examples, as received
+        Path(os.environ["OPERATIONS_MESSAGES_FILE"]).write_text(json.dumps(messages, indent=1))
     assert len(messages) == 3
     crashed = messages[-1]
     name = api.get(api_url, f"flow_runs/{run['id']}")["name"]
     assert name == f"recluster-{NIGHT_1}"
     assert crashed["subject"] == f"decflow: a run of model {MODEL} crashed: {name}"
     assert f"no heartbeat for {CRASH_AFTER_S} s" in crashed["body"]
+    assert f"Prefect run: flow run id {run['id']}" in crashed["body"]  # the server has no UI
     assert took < CRASH_AFTER_S + 90, took
 
 
@@ -275,8 +280,6 @@ def _answers(ready) -> bool:
 
 def _stop(proc) -> str:
     """Stop the server's process group; its output."""
-    import os
-
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
@@ -341,3 +344,22 @@ def test_decflow_serve_model_serves_the_verified_champion(nights, setup, s3_serv
         out = _stop(proc)
     _same_as_the_labels(answer, labels)
     assert f"serving {MODEL} version 2 (champion), verified, from " in out, out
+
+
+def test_the_mlflow_run_page_shows_its_datasets(nights, setup, mlflow_server, tmp_path):
+    """The drift night's run in the MLflow UI lists the training window and the labels it
+    wrote. OPERATIONS_SCREENSHOT_DIR=docs keeps the picture as docs/mlflow-datasets.png."""
+    from mlflow import MlflowClient
+
+    browser.require_chromium()
+    client = MlflowClient(mlflow_server.url)
+    experiment = client.get_experiment_by_name("it-notify").experiment_id
+    [run] = client.search_runs([experiment], f"attributes.run_name = 'recluster-{NIGHT_2}'")
+    window = f"source {NIGHT_1}..{NIGHT_2}"
+    out = Path(os.environ.get("OPERATIONS_SCREENSHOT_DIR") or tmp_path) / "mlflow-datasets.png"
+    shown = browser.screenshot_when_shown(
+        f"{mlflow_server.url}/#/experiments/{experiment}/runs/{run.info.run_id}", out,
+        [f"recluster-{NIGHT_2}", "Datasets", window], click=window,
+        then=["2 datasets used", f"labels {NIGHT_2}", "num rows: 600", "Source type"])
+    assert "Labels (Written)" in shown and "Training" in shown
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000

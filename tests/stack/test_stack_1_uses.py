@@ -9,10 +9,8 @@ the worker's service on the compose network (infra/README.md's quick start); wha
 analyst sees is read from the host through the published ports.
 """
 
-import base64
 import datetime as dt
 import re
-import time
 
 import api
 import browser
@@ -126,37 +124,6 @@ def test_a_second_night_promoted_by_its_data_then_a_rollback(night_1, deployed, 
 
 # --- the UIs ---------------------------------------------------------------------------------
 
-def screenshot_when_shown(url: str, png, texts: list[str], timeout: float = 120,
-                          width: int = 1440, height: int = 900) -> str:
-    """Open ``url`` in headless Chromium (tests/browser.py), poll the page's text until it
-    shows every one of ``texts`` (a single-page app renders after `load`), then save a PNG of
-    the viewport. Returns the text shown."""
-    deadline = time.monotonic() + timeout - 15
-    with browser._Chromium(timeout) as chromium:
-        target = chromium.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-        session = chromium.call("Target.attachToTarget",
-                                {"targetId": target, "flatten": True})["sessionId"]
-        chromium.call("Page.enable", session=session)
-        chromium.call("Emulation.setDeviceMetricsOverride", {
-            "width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
-            session=session)
-        nav = chromium.call("Page.navigate", {"url": url}, session=session)
-        assert not nav.get("errorText"), f"{url}: {nav['errorText']}"
-        while True:
-            shown = chromium.call("Runtime.evaluate", {
-                "expression": "document.body ? document.body.innerText : ''",
-                "returnByValue": True}, session=session)["result"].get("value", "")
-            if all(t in shown for t in texts):
-                break
-            assert time.monotonic() < deadline, (
-                f"{url} did not show {texts} within {timeout} s; it shows:\n{shown[:2000]}")
-            time.sleep(1)
-        shot = chromium.call("Page.captureScreenshot", {"format": "png"}, session=session)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    png.write_bytes(base64.b64decode(shot["data"]))
-    return shown
-
-
 def test_the_uis_answer_on_loopback_and_show_this_run(night_1, stack, screenshot_dir):
     browser.require_chromium()
     assert servers._http_get(f"{stack.mlflow_url}/health")[0] == 200
@@ -164,9 +131,11 @@ def test_the_uis_answer_on_loopback_and_show_this_run(night_1, stack, screenshot
     run = night_1["run"]
     mlflow_png = screenshot_dir / "stack-mlflow.png"
     prefect_png = screenshot_dir / "stack-prefect.png"
-    screenshot_when_shown(links(stack, run)["mlflow-run"], mlflow_png, [run["name"], MODEL])
+    browser.screenshot_when_shown(links(stack, run)["mlflow-run"], mlflow_png,
+                                  [run["name"], MODEL])
     # the link from the MLflow run back to the Prefect run, as a browser follows it
     back = mlflow_run_of(stack, run).data.tags["prefect.flow_run_url"]
-    screenshot_when_shown(back, prefect_png, [run["name"], "Completed", "Beginning flow run"])
+    browser.screenshot_when_shown(back, prefect_png,
+                                  [run["name"], "Completed", "Beginning flow run"])
     for png in (mlflow_png, prefect_png):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000, png
