@@ -30,6 +30,7 @@ reaches the CLI and is mapped by its type):
 Every message printed goes through ``decflow.redaction.redact`` (no passwords from URIs).
 """
 
+import contextlib
 import datetime as dt
 import os
 import traceback as tb
@@ -122,7 +123,8 @@ class _ExitCodes(TyperGroup):
         state["home"] = None
         stop_on_signals()
         try:
-            return super().invoke(ctx)
+            with _bars(ctx):
+                return super().invoke(ctx)
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise
         except Stopped as exc:
@@ -131,6 +133,24 @@ class _ExitCodes(TyperGroup):
             raise typer.Exit(128 + exc.signum) from None
         except Exception as exc:
             raise typer.Exit(_fail(exc, bool(ctx.params.get("traceback")))) from None
+
+
+@contextlib.contextmanager
+def _bars(ctx):
+    """Progress bars for the command's long work (``flows/cli/bars.py``) on a terminal."""
+    from decflow.flows.cli.bars import TerminalBars, wanted
+
+    if not wanted(bool(ctx.params.get("quiet"))):
+        yield
+        return
+    from decflow import progress
+
+    bars = TerminalBars()
+    try:
+        with progress.listening(bars):
+            yield
+    finally:
+        bars.close()
 
 
 # How long a stopped command may take to unwind (close its MLflow run, stop its Dask cluster
@@ -206,5 +226,8 @@ def _options(traceback: Annotated[bool, typer.Option(
                             "of writing an internal error's to <home>/errors/.")] = False,
              version: Annotated[bool, typer.Option(
                  "--version", callback=_print_version, is_eager=True,
-                 help="Print decflow's version and exit.")] = False):
+                 help="Print decflow's version and exit.")] = False,
+             quiet: Annotated[bool, typer.Option(
+                 "--quiet", "-q", help="No progress bars (they show only on a terminal "
+                                       "anyway).")] = False):
     """Global options (given before the command)."""

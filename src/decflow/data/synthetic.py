@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from decflow.config import PipelineConfig
 from decflow.data.partitioned import PART_FILE, parse_date, partition_dir
+from decflow import progress
 from decflow.files import replace_durably
 
 # Spread of the cluster means per dimension, in units of the within-cluster noise (see the
@@ -112,14 +113,21 @@ def generate_source(uri: str, *, rows: int, days: int, end_date, n_clusters: int
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     fs, root = _filesystem(uri)
     written = []
+    shown = progress.begin("generate", rows, "rows")
     for d, (size, offset) in enumerate(zip(sizes, offsets)):
         day = end - dt.timedelta(days=days - 1 - d)
         part = partition_dir(root, date_column, day)
-        groups = (_row_group(mixture, schema, seed, d, g, int(offset) + start,
-                             min(rows_per_group, size - start))
+        groups = (_shown(_row_group(mixture, schema, seed, d, g, int(offset) + start,
+                                    min(rows_per_group, size - start)), shown)
                   for g, start in enumerate(range(0, size, rows_per_group)))
         written.append(SyntheticPartition(day, _write_groups(fs, part, schema, groups), size))
+    shown.end()
     return written
+
+
+def _shown(table, shown):
+    shown.advance(table.num_rows)
+    return table
 
 
 def synthetic_config(uri: str, *, home: str = ".decflow", n_clusters: int = 10,

@@ -39,6 +39,7 @@ from decflow.config import FeaturesConfig, PipelineConfig, SourceConfig, Validat
 from decflow.data import label_store, partitioned, sources
 from decflow.data import validation
 from decflow.data.sources import Chunk, WindowScan
+from decflow import progress
 from decflow.engine.compute import keep_large_allocations, one_blas_thread
 from decflow.errors import DataError
 from decflow.model.estimator import DeepEmbeddedClustering
@@ -271,7 +272,7 @@ def run_partitions(client: distributed.Client, scans: list[WindowScan], plans: l
     def submit(i: int, c: Chunk | None):
         st, plan = states[i], plans[i]
         if c is None:
-            return i, None, None
+            return i, None, None, 0
         fut = client.submit(process_chunk, c, plan, *args, pure=False)
         for b in range(plan.n_buckets):
             st.buckets[b].append(client.submit(_pick_bucket, fut, b, pure=False))
@@ -285,15 +286,18 @@ def run_partitions(client: distributed.Client, scans: list[WindowScan], plans: l
                                            pure=False)
                              for futs in st.buckets]
         return (i, client.submit(_pick, fut, "batches", pure=False),
-                client.submit(_pick, fut, "labels", pure=False) if scoring else None)
+                client.submit(_pick, fut, "labels", pure=False) if scoring else None,
+                c.n_rows)
 
+    what = "labels" if scoring else "validate"
+    shown = progress.begin(what, sum(s.n_rows for s in scans), "rows")
     pending, todo = deque(), iter(jobs)
     for job in todo:
         pending.append(submit(*job))
         if len(pending) >= limit:
             break
     while pending:
-        i, fb, fl = pending.popleft()
+        i, fb, fl, rows = pending.popleft()
         nxt = next(todo, None)
         if nxt is not None:
             pending.append(submit(*nxt))
@@ -314,8 +318,10 @@ def run_partitions(client: distributed.Client, scans: list[WindowScan], plans: l
                         st.writer.write(table)
                 except Exception as exc:  # the task's or the writer's; reported per scan
                     st.error = exc
+        shown.advance(rows)
         if st.remaining <= 0:
             yield _finish(client, st, plans[i])
+    shown.end()
 
 
 def _finish(client: distributed.Client, st: _Pending, plan: Plan) -> PartitionOutcome:

@@ -58,6 +58,7 @@ from itertools import combinations
 
 import numpy as np
 
+from decflow import progress as shown_progress
 from decflow.model.initialization import INIT_CHOICES
 from decflow.model.metrics import ari, cluster_size_summary, silhouette_sample, supervised_scores
 
@@ -313,11 +314,14 @@ def sweep_k(Z, ks: Sequence[int], *, init: str = "manifold", seeds: int = 3, y=N
 
     t0 = time.perf_counter()
     rows = []
+    shown = shown_progress.begin("sweep-k", len(ks), "k")
     for k in ks:
         parts = [_partition(M, Z, k, s, init, n_init) for M, s in zip(spaces, seed_values)]
         rows.append(_score(k, parts, spaces, Z, labels, sample_size, random_state))
         r = rows[-1]
         say(f"k={k}: silhouette {_fmt(r.silhouette)}, stability {_fmt(r.stability)}")
+        shown.advance(1)
+    shown.end()
     timings["sweep"] = time.perf_counter() - t0
     recommended, reason = recommend_k(rows, min_stability=min_stability,
                                       silhouette_tol=silhouette_tol, space=space)
