@@ -32,6 +32,7 @@ Every message printed goes through ``decflow.redaction.redact`` (no passwords fr
 
 import contextlib
 import datetime as dt
+import logging
 import os
 import traceback as tb
 from pathlib import Path
@@ -122,6 +123,7 @@ class _ExitCodes(TyperGroup):
 
         state["home"] = None
         stop_on_signals()
+        show_library_lines()
         try:
             with _bars(ctx):
                 return super().invoke(ctx)
@@ -133,6 +135,15 @@ class _ExitCodes(TyperGroup):
             raise typer.Exit(128 + exc.signum) from None
         except Exception as exc:
             raise typer.Exit(_fail(exc, bool(ctx.params.get("traceback")))) from None
+
+
+def show_library_lines() -> None:
+    """The ``decflow`` logger's INFO lines (the Dask dashboard, partitions validated) reach
+    Prefect's console handler, which every command that runs anything has configured; inside a
+    flow run ``tasks/runtime.py`` forwards them as well, at the same level."""
+    logger = logging.getLogger("decflow")
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
 
 
 @contextlib.contextmanager

@@ -89,4 +89,7 @@ def test_validate_shows_its_rows_on_a_terminal_and_nothing_when_piped_or_quiet(c
                              "--quiet": on_a_terminal(["--quiet", *args], tmp_path)}.items():
         assert code == 0, out
         assert "270 rows from partitions" in out, how  # the command's own lines stay
+        # and the library's: where the Dask cluster's dashboard is
+        assert re.search(r"Dask: an embedded cluster of 1 worker x 2 threads, dashboard "
+                         r"http://127\.0\.0\.1:\d+/status", out), (how, out)
         assert "rows/s" not in out and "270/270" not in out, (how, out)
