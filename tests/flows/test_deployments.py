@@ -14,6 +14,7 @@ import yaml
 from prefect import flow, get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.responses import SetStateStatus
+from prefect.exceptions import ObjectAlreadyExists
 from prefect.flow_engine import run_flow
 from prefect.settings import PREFECT_API_URL
 from prefect.states import Cancelled, Completed, Pending, Running, Scheduled
@@ -63,9 +64,12 @@ def from_yaml():
     spec = yaml.safe_load(PREFECT_YAML.read_text())
     pool = spec["definitions"]["work_pool"]["name"]
     with get_client(sync_client=True) as client:
-        client.create_work_pool(WorkPoolCreate(
-            name=pool, type="process",
-            base_job_template=ProcessWorker.get_default_base_job_template()))
+        try:  # the session's server: another module may have made it (`decflow deploy`)
+            client.create_work_pool(WorkPoolCreate(
+                name=pool, type="process",
+                base_job_template=ProcessWorker.get_default_base_job_template()))
+        except ObjectAlreadyExists:
+            pass
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     done = subprocess.run(
         [str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all",
