@@ -49,6 +49,28 @@ def test_a_dask_worker_crashing_during_scoring_changes_no_label(stack, fault_day
     chunks are being scored: the scheduler reruns its tasks on the other worker, the restart
     policy brings the container back, and the labels are the same as before."""
     worker = stack.container("dask-worker-1")
+    # The kill lands when the scheduler has counted 4 chunks into processing; the worker may
+    # have none running at that instant (both take chunks in turn, 100 rows each). Then the
+    # trial did not test the fault, and it is run again, at most ATTEMPTS times.
+    for attempt in range(1, ATTEMPTS + 1):
+        lost = _crash_dask_worker_1_while_scoring(stack, worker)
+        compose.NOTES.append(f"dask-worker-1 crashed with {lost:.0f} scoring chunk(s) "
+                             f"running (attempt {attempt})")
+        after = labels_of(stack, FAULT_DAY)
+        pd.testing.assert_frame_equal(after, fault_day)  # every trial: the same labels
+        if lost >= 1:
+            break
+    # the crash hit scoring: chunks were running on the worker that died (Dask reran them)
+    assert lost >= 1, f"no scoring chunk was running on dask-worker-1 in {ATTEMPTS} crashes"
+
+
+ATTEMPTS = 3
+
+
+def _crash_dask_worker_1_while_scoring(stack, worker: str) -> float:
+    """A forced backfill of FAULT_DAY, every process of dask-worker-1 SIGKILLed once its
+    chunks are being scored; the run must complete and the worker come back. Returns how many
+    chunks were running on the worker when it died."""
     restarts = restart_count(worker)
     before = chunk_transitions(stack)
     run = start_deployment(stack, "backfill/on-demand", backfill_of(FAULT_DAY, force=True))
@@ -63,12 +85,7 @@ def test_a_dask_worker_crashing_during_scoring_changes_no_label(stack, fault_day
     wait_for("dask-worker-1 restarted by its restart policy",
              lambda: restart_count(worker) > restarts, timeout=120, every=1)
     stack.wait_healthy(["dask-worker-1", "dask-worker-2"])
-    # the crash hit scoring: chunks were running on the worker that died (Dask reran them)
-    lost = chunk_transitions(stack)["suspicious"] - before.get("suspicious", 0)
-    compose.NOTES.append(f"dask-worker-1 crashed with {lost:.0f} scoring chunk(s) running")
-    assert lost >= 1, "no scoring chunk was running on dask-worker-1 when it crashed"
-    after = labels_of(stack, FAULT_DAY)
-    pd.testing.assert_frame_equal(after, fault_day)
+    return chunk_transitions(stack)["suspicious"] - before.get("suspicious", 0)
 
 
 def test_stopping_the_worker_mid_write_back_leaves_the_old_or_the_new_partition(stack,
