@@ -114,3 +114,46 @@ def listening(processes) -> set[tuple[str, int]]:
             continue
         out |= {(c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN}
     return out
+
+
+class WebhookReceiver:
+    """A webhook on 127.0.0.1 that keeps every JSON body POSTed to it (and its path), for the
+    notification tests; ``wait_for(n)`` returns the messages once there are ``n``."""
+
+    def __init__(self, path: str = "/hook") -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.messages: list[dict] = []
+        self.paths: list[str] = []
+        self._changed = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with receiver._changed:
+                    receiver.messages.append(json.loads(body))
+                    receiver.paths.append(self.path)
+                    receiver._changed.notify_all()
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, count: int, timeout: float) -> list[dict]:
+        """The messages once there are ``count`` (fails with what came if they do not)."""
+        with self._changed:
+            arrived = self._changed.wait_for(lambda: len(self.messages) >= count, timeout)
+            assert arrived, f"{len(self.messages)} of {count} messages in {timeout} s: " \
+                            f"{self.messages}"
+            return list(self.messages)
+
+    def close(self) -> None:
+        self.server.shutdown()

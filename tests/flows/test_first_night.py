@@ -8,11 +8,11 @@ import os
 import re
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from testkit import WebhookReceiver
 
 ROOT = Path(__file__).resolve().parents[2]
 MARKER = ("<!-- first-night: the commands of this block are run by "
@@ -31,35 +31,12 @@ def readme_commands() -> list[str]:
     return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
 
 
-class Receiver:
-    def __init__(self) -> None:
-        self.messages: list[dict] = []
-        self.arrived = threading.Condition()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with receiver.arrived:
-                    receiver.messages.append(json.loads(body))
-                    receiver.arrived.notify_all()
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 @pytest.fixture(scope="module")
 def first_night_story(tmp_path_factory):
     from prefect.settings import PREFECT_API_URL
 
     work = tmp_path_factory.mktemp("first-night")
-    receiver = Receiver()
+    receiver = WebhookReceiver()
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("DECFLOW_", "PREFECT_"))}
     env.update(FAST, PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
@@ -74,7 +51,7 @@ def first_night_story(tmp_path_factory):
         if done.returncode != 0:
             break
     yield {"work": work, "runs": runs, "receiver": receiver}
-    receiver.server.shutdown()
+    receiver.close()
 
 
 def _output(story, verb: str) -> str:
@@ -108,10 +85,6 @@ def test_the_failed_night_exits_1_naming_the_partition_and_a_message_arrives(
     assert "2026-11-22" in command
     assert "exit code 1" in failed.stdout
     assert "data error:" in failed.stderr and "ds=2026-11-22" in failed.stderr
-    receiver = first_night_story["receiver"]
-    with receiver.arrived:
-        assert receiver.arrived.wait_for(lambda: receiver.messages, timeout=120), \
-            "no message for the failed night"
-    [message] = receiver.messages
+    [message] = first_night_story["receiver"].wait_for(1, timeout=120)
     assert message["subject"] == ("decflow: recluster-2026-11-22 of model decflow FAILED "
                                   "(data, exit code 1)")

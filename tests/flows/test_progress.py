@@ -9,10 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from decflow.config import dump_config
-from flowkit import RUN_DATE, tiny_config, write_source
+from flowkit import RUN_DATE
 
 QUIET = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
          "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "GX_ANALYTICS_ENABLED": "false"}
@@ -69,18 +66,9 @@ def test_generate_shows_rows_rate_and_time_left_on_a_terminal(tmp_path):
     assert re.search(BAR.format(what="generate", total="60,000"), out), out
 
 
-@pytest.fixture
-def config_path(tmp_path):
-    source = str(tmp_path / "src")
-    write_source(source)
-    path = tmp_path / "c.yaml"
-    path.write_text(dump_config(tiny_config(tmp_path / "home", source)))
-    return path
-
-
-def test_validate_shows_its_rows_on_a_terminal_and_nothing_when_piped_or_quiet(config_path,
+def test_validate_shows_its_rows_on_a_terminal_and_nothing_when_piped_or_quiet(config_file,
                                                                               tmp_path):
-    args = ["validate", "--config", str(config_path), "--run-date", str(RUN_DATE),
+    args = ["validate", "--config", str(config_file), "--run-date", str(RUN_DATE),
             "--window"]
     code, out = on_a_terminal(args, tmp_path)
     assert code == 0, out

@@ -16,9 +16,7 @@ import json
 import os
 import signal
 import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +30,7 @@ import servers
 from decflow.config import dump_config
 from decflow.data import partitioned
 from decflow.data.synthetic import generate_source, synthetic_config
+from testkit import WebhookReceiver
 
 NIGHT_1 = dt.date(2026, 10, 11)
 NIGHT_2 = NIGHT_1 + dt.timedelta(days=1)
@@ -43,52 +42,19 @@ CRASH_AFTER_S = 60
 WAIT_S = 240
 
 
-class Receiver:
-    """A webhook on 127.0.0.1 that keeps every JSON body POSTed to it."""
-
-    def __init__(self) -> None:
-        self.messages: list[dict] = []
-        self.paths: list[str] = []
-        self._changed = threading.Condition()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with receiver._changed:
-                    receiver.messages.append(json.loads(body))
-                    receiver.paths.append(self.path)
-                    receiver._changed.notify_all()
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/decflow?token={SECRET}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def wait_for(self, count: int, timeout: float = WAIT_S) -> list[dict]:
-        """The messages once there are ``count`` (fails with what came if they do not)."""
-        with self._changed:
-            arrived = self._changed.wait_for(lambda: len(self.messages) >= count, timeout)
-            assert arrived, f"{len(self.messages)} of {count} messages in {timeout} s: " \
-                            f"{self.messages}"
-            return list(self.messages)
-
-    def close(self) -> None:
-        self.server.shutdown()
-
-
 def decflow(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([servers._script("decflow"), *args], env=servers.child_env(env),
                           cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
+class Receiver(WebhookReceiver):
+    def wait_for(self, count: int, timeout: float = WAIT_S) -> list[dict]:
+        return super().wait_for(count, timeout)
+
+
 @pytest.fixture(scope="module")
 def receiver():
-    r = Receiver()
+    r = Receiver(f"/hooks/decflow?token={SECRET}")
     yield r
     r.close()
 

@@ -9,6 +9,7 @@ two runs over the same files show the same dataset.
 """
 
 import json
+import warnings
 
 from mlflow.entities import Dataset, DatasetInput, InputTag
 
@@ -27,7 +28,10 @@ def _source(uri: str) -> tuple[str, str]:
 
     clean = redact(uri)
     try:
-        source = resolve_dataset_source(clean)
+        with warnings.catch_warnings():  # MLflow registers the local source type twice
+            warnings.filterwarnings("ignore", category=UserWarning,
+                                    message="The specified dataset source can be interpreted")
+            source = resolve_dataset_source(clean)
         return source._get_source_type(), source.to_json()
     except Exception:  # noqa: BLE001 - a scheme MLflow has no source type for
         return "external", json.dumps({"uri": clean})
