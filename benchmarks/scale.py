@@ -16,6 +16,11 @@ Parts (``--parts``, comma list; all by default):
              labelling phase and of the whole CLI run against the forward pass on the same
              rows; peak RSS of every process.
   recluster  ``decflow run`` as a subprocess at both sizes: wall time large/small, peak RSS.
+  writer     the single writer: labels tables (200,000 rows, the labels schema) written by
+             ``PartitionWriter`` in one process (rows/s, MiB/s of the file), and the same
+             tables made on the cluster's workers and gathered and written by the client, as
+             scoring streams them (no model): the most labels one run can write, whatever
+             its workers' speed.
 
 RSS of a subprocess and all its descendants is sampled every 0.2 s. Every score/recluster run
 uses the config of ``pipeline_config`` (the one place to adjust settings; ``--set`` adds
@@ -51,15 +56,16 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 GiB = 2**30
 END_DATE = dt.date(2026, 11, 21)  # last partition of the generated tables (fixed: reproducible)
-PARTS = ("kmeans", "forward", "score", "recluster")
+PARTS = ("kmeans", "forward", "writer", "score", "recluster")
 
 # Defaults: the full benchmark and --quick. An option given on the command line wins over both.
-FULL = {"rows_small": 1_000_000, "rows_large": 10_000_000, "days": 10,
+FULL = {"rows_small": 1_000_000, "rows_large": 10_000_000, "days": 10, "writer_rows": 20_000_000,
         "rows_per_group": 100_000, "kmeans_rows": 10_000_000, "kmeans_huge_rows": 50_000_000,
         "kmeans_chunk_rows": 1_000_000, "kmeans_huge_chunk_rows": 250_000,
         "kmeans_max_iter": 300, "forward_rows": 500_000,
         "max_train_rows": 20_000, "pretrain_epochs": 5, "finetune_max_iter": 500}
 QUICK = {"rows_small": 20_000, "rows_large": 60_000, "days": 10, "rows_per_group": 2_000,
+         "writer_rows": 400_000,
          "kmeans_rows": 200_000, "kmeans_huge_rows": 1_000_000, "kmeans_chunk_rows": 50_000,
          "kmeans_huge_chunk_rows": 50_000,
          "kmeans_max_iter": 100, "forward_rows": 20_000, "max_train_rows": 2_000,
@@ -380,6 +386,71 @@ def bench_forward(args, res: Results) -> None:
             f"({info['device']}, {info['torch_threads']} torch threads)", rps, "rows/s")
 
 
+# --- the single writer ----------------------------------------------------------------------------
+
+_WRITER_TABLE_ROWS = 200_000  # one chunk's labels (compute.chunk_rows)
+
+
+def writer_table(n: int, seed: int):
+    """A labels table of ``n`` rows as scoring makes one (ids, scores, model columns)."""
+    import pandas as pd
+
+    from decflow.data.label_store import labels_table
+
+    rng = np.random.default_rng(seed)
+    ids = pd.Series(np.arange(seed * n, (seed + 1) * n, dtype=np.int64))
+    return labels_table(ids, rng.integers(0, 10, n), rng.random(n, dtype=np.float32),
+                        rng.random(n, dtype=np.float32) * 5, id_column="id",
+                        model_name="scale", model_version="1", run_id="0" * 32,
+                        labeled_at=dt.datetime(2026, 11, 22, tzinfo=dt.timezone.utc))
+
+
+def bench_writer(args, res: Results) -> None:
+    """Labels through one process: written alone, then gathered from the workers and written."""
+    from decflow.config import ComputeConfig
+    from decflow.data.partitioned import PartitionWriter
+    from decflow.engine.compute import dask_client
+
+    n_tables = max(1, args.writer_rows // _WRITER_TABLE_ROWS)
+    rows = n_tables * _WRITER_TABLE_ROWS
+    root = Path(args.workdir) / "writer"
+    shutil.rmtree(root, ignore_errors=True)
+    tables = [writer_table(_WRITER_TABLE_ROWS, i) for i in range(4)]
+    t0 = time.perf_counter()
+    with PartitionWriter(str(root / "alone"), "ds", END_DATE) as w:
+        for i in range(n_tables):
+            w.write(tables[i % len(tables)])
+    alone_s = time.perf_counter() - t0
+    size = Path(w.path).stat().st_size
+    del tables
+    res.details["writer"] = {"rows": rows, "table_rows": _WRITER_TABLE_ROWS,
+                             "file_bytes": size, "alone_s": alone_s}
+    res.add(f"single writer alone: {rows:,} labels rows in {n_tables} tables of "
+            f"{_WRITER_TABLE_ROWS:,} (PartitionWriter, one process)", rows / alone_s, "rows/s",
+            detail=f"{size / 2**20 / alone_s:,.1f} MiB/s of Parquet ({size / rows:.1f} bytes "
+                   f"a row); {alone_s:.1f} s")
+
+    compute = ComputeConfig(n_workers=args.workers, threads_per_worker=1)
+    with dask_client(compute) as client:
+        client.submit(writer_table, 10, 0).result()  # workers started and imported
+        t0 = time.perf_counter()
+        in_flight, done = [], 0
+        with PartitionWriter(str(root / "gathered"), "ds", END_DATE) as w:
+            for i in range(n_tables):
+                in_flight.append(client.submit(writer_table, _WRITER_TABLE_ROWS, i, pure=False))
+                if len(in_flight) >= 2 * args.workers:
+                    w.write(in_flight.pop(0).result())
+                    done += 1
+            for fut in in_flight:
+                w.write(fut.result())
+        gathered_s = time.perf_counter() - t0
+    res.details["writer"]["gathered_s"] = gathered_s
+    res.add(f"single writer, labels made on {args.workers} workers, gathered and written by the "
+            f"client: {rows:,} rows", rows / gathered_s, "rows/s",
+            detail=f"{size / 2**20 / gathered_s:,.1f} MiB/s of Parquet; {gathered_s:.1f} s "
+                   f"(workers make random labels: no model, no reading)")
+
+
 def _device(args) -> str:
     import torch
 
@@ -673,6 +744,7 @@ def parse_args(argv=None):
                                                    "small pieces to spill under the limit)"),
                         ("kmeans_max_iter", "Lloyd iterations at most (both)"),
                         ("forward_rows", "rows of the standalone forward part"),
+                        ("writer_rows", "labels rows of the single-writer part"),
                         ("max_train_rows", "train.max_train_rows of the recluster runs"),
                         ("pretrain_epochs", "train.pretrain_epochs of the recluster runs"),
                         ("finetune_max_iter", "train.max_iter of the recluster runs")):
@@ -737,7 +809,7 @@ def main(argv=None) -> int:
     print(f"scale benchmark: {', '.join(args.parts)}{' (quick)' if args.quick else ''}; "
           f"work dir {args.workdir}", flush=True)
     t0 = time.perf_counter()
-    steps = [("kmeans", bench_kmeans), ("forward", bench_forward)]
+    steps = [("kmeans", bench_kmeans), ("forward", bench_forward), ("writer", bench_writer)]
     for name, bench in steps:
         if name in args.parts:
             _guarded(name, bench, args, res)

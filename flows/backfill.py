@@ -7,6 +7,7 @@ from prefect import flow
 
 from decflow.config import PipelineConfig
 from decflow.data import partitioned
+from decflow.engine.compute import run_cluster
 from decflow.errors import PartitionsFailed
 from decflow.registry.versions import CHAMPION
 from decflow.flows.recluster import recluster
@@ -39,14 +40,15 @@ def backfill(config: PipelineConfig, start: dt.date, end: dt.date, model: str = 
     the end if any did."""
     config = prepare_run(config)
     days = date_range(start, end)
-    if retrain:
-        if model != CHAMPION or force:
-            raise ValueError("retrain trains a new model per date and always runs: "
-                             f"model={model!r} and force={force} do not apply")
-        rows = [retrain_day(config, day) for day in days]
-    else:
-        version, scorer = load_model(config, model, required=True)
-        rows = backfill_partitions(config, days, version, scorer, force)
+    if retrain and (model != CHAMPION or force):
+        raise ValueError("retrain trains a new model per date and always runs: "
+                         f"model={model!r} and force={force} do not apply")
+    with run_cluster(config.compute):  # every date's work on one Dask cluster
+        if retrain:
+            rows = [retrain_day(config, day) for day in days]
+        else:
+            version, scorer = load_model(config, model, required=True)
+            rows = backfill_partitions(config, days, version, scorer, force)
     summary = publish_backfill_summary(rows)
     if any(r["status"] == "failed" for r in rows):
         raise BackfillFailed(summary, rows)

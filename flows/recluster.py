@@ -5,6 +5,7 @@ import datetime as dt
 from prefect import flow
 
 from decflow.config import PipelineConfig
+from decflow.engine.compute import run_cluster
 from decflow.flows.promote import gate_candidate
 from decflow.registry.names import Tag
 from decflow.tasks.data import scan_night, snapshot_night, validate_features
@@ -16,7 +17,7 @@ from decflow.tasks.promotion import align_cluster_ids, sample_reference_rows
 from decflow.tasks.registry import champion_weights, load_model, register_model
 from decflow.tasks.tracking import link_mlflow_run, system_metrics, tracked_run
 from decflow.tasks.train import (embed_features, evaluate_model, fit_dec, init_centroids,
-                                 pretrain_autoencoder, sample_training_rows)
+                                 pretrain_autoencoder)
 
 
 def yesterday() -> dt.date:
@@ -71,13 +72,14 @@ def recluster(config: PipelineConfig = PipelineConfig(), run_date: dt.date | Non
     tags = {Tag.FLOW: "recluster", Tag.RUN_DATE: day}
     with announced_night(config, f"recluster-{day}", day) as outcome:
         config = prepare_run(config)
-        with night_lock(config, run_date), tracked_run(config, f"recluster-{day}",
-                                                       tags) as run_id:
+        # one Dask cluster for the run's validation, k-means and labelling, started now
+        with run_cluster(config.compute), night_lock(config, run_date), \
+                tracked_run(config, f"recluster-{day}", tags) as run_id:
             outcome.run_id = run_id
             window = scan_night(config.source, run_date, None,
                                 config.validation.min_window_days)
-            validation = validate_features(window, config, run_id)
-            train = sample_training_rows(window, config)
+            # every row validated; the training sample taken from the same read
+            validation, train = validate_features(window, config, run_id)
             encoder, X = embed_features(train, config, run_id)
             old_version, champion = load_model(config)
             warm = champion_weights(champion, encoder, config)

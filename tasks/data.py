@@ -2,6 +2,8 @@
 
 import datetime as dt
 
+import pandas as pd
+
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -45,20 +47,21 @@ def snapshot_night(window: WindowScan, run_date: dt.date) -> tuple[WindowScan, l
 
 @task(name="validate_features", cache_policy=NO_CACHE)
 @redact_errors
-def validate_features(scan: WindowScan, config: PipelineConfig, run_id: str | None = None,
-                      key: str = "validation") -> ValidationResult:
-    """Run the expectation suite on every row, chunk by chunk on Dask; keep the result (MLflow +
-    Prefect artifact); fail on errors. The nightly's window (``key`` "validation") is also the
-    MLflow run's training dataset input, logged first: a run that fails validation shows what
-    it read too."""
-    if run_id is not None and key == "validation":
+def validate_features(scan: WindowScan, config: PipelineConfig, run_id: str | None = None
+                      ) -> tuple[ValidationResult, pd.DataFrame]:
+    """Run the expectation suite on every row of the window, chunk by chunk on Dask, and take
+    the training sample (at most ``train.max_train_rows`` rows, ``sources.training_sample``)
+    from the rows the chunks read: the window is read once. Keep the result (MLflow + Prefect
+    artifact); fail on errors. The window is also the MLflow run's training dataset input,
+    logged first: a run that fails validation shows what it read too."""
+    if run_id is not None:
         name = config.source.uri.rstrip("/").rsplit("/", 1)[-1] or "source"
         log_datasets(config.tracking_uri(), run_id,
                      [(window_dataset(scan.lineage, name), TRAINING)])
     with dask_client(config.compute) as client:
-        result = scoring.validate_scan(client, scan, config)
-    publish_validation(result, config, run_id, key)
-    return validation.check(result)
+        result, sample = scoring.validate_and_sample(client, scan, config)
+    publish_validation(result, config, run_id, "validation")
+    return validation.check(result), sample
 
 
 def publish_validation(result: ValidationResult, config: PipelineConfig, run_id: str | None,

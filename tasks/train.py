@@ -10,8 +10,6 @@ from prefect.cache_policies import NO_CACHE
 
 from decflow import DeepEmbeddedClustering
 from decflow.config import PipelineConfig
-from decflow.data import sources
-from decflow.data.sources import WindowScan
 from decflow.engine import centroids
 from decflow.engine.compute import dask_client
 from decflow.insight import evaluation
@@ -28,14 +26,6 @@ from .tracking import client, log_dict, log_figure, log_metrics
 def _callbacks(config: PipelineConfig, run_id: str, progress: bool) -> list:
     cbs = [MlflowCallback(client(config), run_id), LogProgress()]
     return cbs + [ProgressBar()] if progress else cbs
-
-
-@task(name="sample_training_rows", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-@redact_errors
-def sample_training_rows(window: WindowScan, config: PipelineConfig) -> pd.DataFrame:
-    """Bound the training set: a uniform sample of at most train.max_train_rows rows of the
-    window, spread over its partitions by their row counts, read row group by row group."""
-    return sources.training_sample(window, config)
 
 
 @task(name="embed_features", cache_policy=NO_CACHE)

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from decflow.errors import PartitionsFailed
 from decflow.flows.cli.app import app
 from decflow.flows.cli.options import (
                                        ConfigOpt,
@@ -21,6 +22,14 @@ from decflow.flows.cli.options import (
                                        setup,
                                        state,
                                        )
+
+
+def run_cluster(config):
+    """The command's one Dask cluster (``engine.compute.run_cluster``), started now: its
+    workers start and warm up while the flow starts Prefect's server; the flow joins it."""
+    from decflow.engine.compute import run_cluster as shared
+
+    return shared(config.compute)
 
 
 @app.command()
@@ -54,8 +63,9 @@ def demo(home: HomeOpt = Path(".decflow"),
 
     last_words: list[str] = []
     atexit.register(lambda: last_words and typer.echo(last_words[-1]))
-    print_run(recluster(config=config, run_date=day, progress=sys.stderr.isatty()), config,
-            last_words)
+    with run_cluster(config):  # starts while the flow starts Prefect's server
+        out = recluster(config=config, run_date=day, progress=sys.stderr.isatty())
+    print_run(out, config, last_words)
 
 
 @app.command()
@@ -65,11 +75,12 @@ def run(config: ConfigOpt,
         sets: SetOpt = None):
     """Run the nightly `recluster` flow once: validate, train, register, write labels."""
     cfg = setup(config, sets)
+    day = date_option(run_date, "--run-date")
+    with run_cluster(cfg):  # starts while the flow is imported and starts Prefect's server
+        from decflow.flows.recluster import recluster
 
-    from decflow.flows.recluster import recluster
-
-    print_run(recluster(config=cfg, run_date=date_option(run_date, "--run-date"),
-                      progress=sys.stderr.isatty()), cfg)
+        out = recluster(config=cfg, run_date=day, progress=sys.stderr.isatty())
+    print_run(out, cfg)
 
 
 @app.command()
@@ -108,11 +119,13 @@ def score(config: ConfigOpt,
           sets: SetOpt = None):
     """Label one partition with a registered model (write-back only, no training)."""
     cfg = setup(config, sets)
-    require_model(cfg, model)
+    day = date_option(run_date, "--run-date")
+    with run_cluster(cfg):  # starts while the flow is imported and starts Prefect's server
+        require_model(cfg, model)
 
-    from decflow.flows.score import score as score_flow
+        from decflow.flows.score import score as score_flow
 
-    out = score_flow(config=cfg, run_date=date_option(run_date, "--run-date"), model=model)
+        out = score_flow(config=cfg, run_date=day, model=model)
     typer.echo(f"wrote {out['rows']} labels to {out['path']} with model version "
                f"{out['model_version']}")
 
@@ -135,22 +148,25 @@ def backfill(config: ConfigOpt,
     Partitions already labelled by the same model version are skipped unless --force; a failed
     partition does not stop the others and is reported with its cause (exit code 1)."""
     cfg = setup(config, sets)
-
-    from decflow.flows.backfill import BackfillFailed
-    from decflow.flows.backfill import backfill as backfill_flow
-
     d1, d2 = date_option(start, "--start"), date_option(end, "--end")
     if d2 < d1:
         raise typer.BadParameter(f"--end {d2} is before --start {d1}", param_hint="--end")
     if retrain and (model != "champion" or force):
         raise typer.BadParameter("--retrain trains a new model for each date and always runs; "
                                  "--model and --force do not apply", param_hint="--retrain")
-    if not retrain:
-        require_model(cfg, model)
     try:
-        rows = backfill_flow(config=cfg, start=d1, end=d2, model=model, force=force,
-                             retrain=retrain)
-    except BackfillFailed as exc:
+        # the cluster starts while the flow is imported and starts Prefect's server
+        with run_cluster(cfg):
+            if not retrain:
+                require_model(cfg, model)
+
+            from decflow.flows.backfill import backfill as backfill_flow
+
+            rows = backfill_flow(config=cfg, start=d1, end=d2, model=model, force=force,
+                                 retrain=retrain)
+    except PartitionsFailed as exc:  # the flow's BackfillFailed, with one row per date
+        if not hasattr(exc, "rows"):
+            raise
         typer.echo(str(exc))
         failed = [r for r in exc.rows if r["status"] == "failed"]
         # only nights another run is writing: a conflict (5), retry later; else data (1)

@@ -330,3 +330,31 @@ def test_files_of_one_window_must_agree_on_the_columns(tmp_path, model, change, 
     scan = sources.scan_window(config.source, DAYS[-1])
     with pytest.raises(DataError, match=r"column 'y' is missing from ds=2026-11-20/"):
         scan.check_columns(["id", "y", "v"])
+
+
+@pytest.mark.slow  # a Dask cluster
+@pytest.mark.parametrize("n", [140, 5000], ids=["a sample", "every row"])
+def test_validation_takes_the_training_sample_from_the_rows_it_reads(tmp_path, monkeypatch, n):
+    """The nightly reads its window once: the chunks that validate it return the sampled rows,
+    the same rows, columns and order as ``sources.sample_window``; no row group is read
+    again for them."""
+    _write_source(tmp_path / "source")
+    (tmp_path / "source" / f"ds={DAYS[0]}" / "part-0.parquet").unlink()
+    pq.write_table(pa.table({"id": np.arange(200) + 10_000, "x": np.zeros(200),
+                             "y": np.zeros(200), "v": [[0.0] * 3] * 200,
+                             "unused": np.zeros(200)}),
+                   tmp_path / "source" / f"ds={DAYS[0]}" / "part-0.parquet", row_group_size=GROUP)
+    config = _config(tmp_path).model_copy(update={"train": PipelineConfig().train.model_copy(
+        update={"max_train_rows": n, "random_state": 3})})
+    scan = sources.scan_window(config.source, DAYS[-1])
+    expected = sources.training_sample(scan, config)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a row group was read again for the sample")
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", refuse)
+    with dask_client(config.compute) as client:
+        report, sample = scoring.validate_and_sample(client, scan, config)
+    assert report.success and report.n_rows == scan.n_rows
+    assert len(sample) == min(n, scan.n_rows)
+    pd.testing.assert_frame_equal(sample, expected)

@@ -425,26 +425,15 @@ def sample_window(scan: WindowScan, n: int, columns: list[str] | None = None,
         fresh RangeIndex.
     """
     scan.check_columns(columns)
-    rng = np.random.default_rng(random_state)
-    total = scan.n_rows
-    files = [f for f in scan.files if f.n_rows]
-    if not files:
+    positions = sample_positions(scan, n, random_state)
+    if not positions:
         return _empty_frame(columns, scan.date_column)
-    sizes = np.array([f.n_rows for f in files])
-    if total <= n:
-        take = sizes
-    else:
-        quota = sizes * (n / total)
-        take = np.floor(quota).astype(np.int64)
-        rest = n - int(take.sum())
-        take[np.argsort(-(quota - take), kind="stable")[:rest]] += 1
     frames = []
     fs, _ = filesystem(scan.source_uri)
-    for f, k in zip(files, take):
-        if k == 0:
+    for f in scan.files:
+        rows = positions.get(f.path)
+        if rows is None:
             continue
-        rows = np.sort(rng.choice(f.n_rows, size=int(k), replace=False)) if k < f.n_rows \
-            else np.arange(f.n_rows)
         bounds = np.concatenate([[0], np.cumsum(f.group_rows)])
         with fs.open_input_file(f.path) as fh:
             pf = pq.ParquetFile(fh)
@@ -455,6 +444,31 @@ def sample_window(scan: WindowScan, n: int, columns: list[str] | None = None,
                 frames.append(table.take(pa.array(local)).to_pandas())
                 frames[-1][scan.date_column] = f.day
     return pd.concat(frames, ignore_index=True)
+
+
+def sample_positions(scan: WindowScan, n: int, random_state: int | None = 0
+                     ) -> dict[str, np.ndarray]:
+    """Which rows ``sample_window`` takes: per file path, the sorted positions of its sampled
+    rows (files with none are left out). From row counts alone, so a pass that reads every
+    row anyway (the nightly's validation) can take the same sample on the way."""
+    rng = np.random.default_rng(random_state)
+    files = [f for f in scan.files if f.n_rows]
+    if not files:
+        return {}
+    sizes = np.array([f.n_rows for f in files])
+    if scan.n_rows <= n:
+        take = sizes
+    else:
+        quota = sizes * (n / scan.n_rows)
+        take = np.floor(quota).astype(np.int64)
+        rest = n - int(take.sum())
+        take[np.argsort(-(quota - take), kind="stable")[:rest]] += 1
+    positions = {}
+    for f, k in zip(files, take):
+        if k:
+            positions[f.path] = (np.sort(rng.choice(f.n_rows, size=int(k), replace=False))
+                                 if k < f.n_rows else np.arange(f.n_rows))
+    return positions
 
 
 def _wanted(pf: pq.ParquetFile, columns: list[str] | None, date_column: str) -> list[str] | None:

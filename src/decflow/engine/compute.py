@@ -1,10 +1,13 @@
 """Where distributed work runs: a Dask client for an existing scheduler or an embedded
-LocalCluster."""
+LocalCluster, and one cluster shared by every step of a command (``run_cluster``)."""
 
 import ctypes
 import functools
+import importlib
 import importlib.util
+import json
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,11 +26,13 @@ _log = logging.getLogger(__name__)
 def dask_client(compute: ComputeConfig, *, timeout: float = 15.0) -> Iterator[distributed.Client]:
     """A Dask client, closed (with its embedded cluster, if any) on exit.
 
-    ``compute.dask_address`` set: connect to that scheduler. Otherwise start an embedded
-    ``LocalCluster(n_workers, threads_per_worker, processes)`` on loopback, its dashboard on a
-    free loopback port. Either way the cluster and its dashboard address are logged (INFO,
+    Inside ``run_cluster`` with the same settings: the run's shared client, left open on exit
+    (its first user waits for it to start). Otherwise, ``compute.dask_address`` set: connect
+    to that scheduler; not set: start an embedded ``LocalCluster(n_workers,
+    threads_per_worker, processes)`` on loopback, its dashboard on a free loopback port.
+    Either way the cluster and its dashboard address are logged (INFO,
     ``decflow.engine.compute``: printed by every command). The client becomes the default Dask
-    scheduler inside the ``with`` block.
+    scheduler.
 
     Args:
         compute: the compute section of the pipeline config.
@@ -37,6 +42,161 @@ def dask_client(compute: ComputeConfig, *, timeout: float = 15.0) -> Iterator[di
         ConnectionError: the scheduler at ``compute.dask_address`` could not be reached
             (the message names the address).
     """
+    shared = _SHARED.get(_cluster_key(compute))
+    if shared is not None:
+        yield shared.wait()
+        return
+    with _open_client(compute, timeout=timeout) as client:
+        yield client
+
+
+@contextmanager
+def run_cluster(compute: ComputeConfig, *, warm: tuple[str, ...] = ("validation", "scoring"),
+                timeout: float = 15.0) -> Iterator[None]:
+    """One Dask cluster for every step of a command: each ``dask_client(compute)`` inside
+    (from any thread) gets the same client, and the cluster closes when the outermost
+    ``run_cluster`` of these settings exits.
+
+    The cluster starts in a background thread at entry, so the caller goes on meanwhile (the
+    CLI starts Prefect's server while the workers start); the first ``dask_client`` waits for
+    it, and gets its start-up error, if any (``ConnectionError`` for an unreachable
+    ``compute.dask_address``). Once up, each worker runs one warm-up task before any other:
+    it imports what the run's tasks use (``warm``: "validation" the expectation suite's
+    libraries and its Great Expectations context, "scoring" torch and the model code) so no
+    chunk task pays for it. Nested ``run_cluster`` calls with the same settings share it.
+    """
+    key = _cluster_key(compute)
+    with _SHARED_LOCK:
+        shared = _SHARED.get(key)
+        if shared is None:
+            shared = _SHARED[key] = _Shared(compute, timeout, warm)
+        shared.users += 1
+    shared.spawned.wait()  # see _Shared._hold: this process's environment is its own again
+    try:
+        yield
+    finally:
+        with _SHARED_LOCK:
+            shared.users -= 1
+            last = shared.users == 0
+            if last:
+                del _SHARED[key]
+        if last:
+            shared.close()
+
+
+class _Shared:
+    """A cluster being started (or running) for ``run_cluster``: its own thread opens it,
+    holds it and closes it (a Dask client is closed in the context it was opened in)."""
+
+    def __init__(self, compute: ComputeConfig, timeout: float, warm: tuple[str, ...]):
+        self.users = 0
+        self.line: str | None = None  # the cluster line, logged by the first user
+        self.warm_ups: list = []  # held while the cluster lives: a released future cancels
+        self.client: distributed.Client | None = None
+        self.error: BaseException | None = None
+        self._ready, self._closing = threading.Event(), threading.Event()
+        self.spawned = threading.Event()  # the worker processes are started
+        self._thread = threading.Thread(target=self._hold, args=(compute, timeout, warm),
+                                        name="decflow-dask", daemon=True)
+        self._thread.start()
+
+    def _hold(self, compute: ComputeConfig, timeout: float, warm: tuple[str, ...]) -> None:
+        # Dask's nannies set OMP_NUM_THREADS=1 (and the like) in this process's environment to
+        # spawn their workers, and leave them: torch, imported here afterwards, would train on
+        # one thread (measured: pretraining 50 s an epoch instead of 33). The caller waits for
+        # the spawn (``spawned``), which restores them, before it goes on.
+        saved = {k: os.environ.get(k) for k in _spawn_environ_keys()}
+        try:
+            with _open_client(compute, timeout=timeout, announce=False) as client:
+                _restore_environ(saved)
+                self.spawned.set()
+                self.line = describe_cluster(compute, client)
+                self.warm_ups = [client.submit(warm_worker, warm, workers=[w],
+                                               allow_other_workers=False, pure=False,
+                                               priority=100)
+                                 for w in client.scheduler_info()["workers"]] if warm else []
+                self.client = client
+                self._ready.set()
+                self._closing.wait()
+                self.warm_ups = []
+        except BaseException as exc:  # noqa: BLE001 - handed to the first user
+            self.error = exc
+        finally:
+            _restore_environ(saved)
+            self.spawned.set()
+            self._ready.set()
+
+    def wait(self) -> distributed.Client:
+        """The client, once started; the first caller logs the cluster line (in its own
+        thread: a run's task, whose logs Prefect keeps; the start thread's would be lost)."""
+        self._ready.wait()
+        if self.client is None:
+            raise self.error
+        with _SHARED_LOCK:
+            line, self.line = self.line, None
+        if line:
+            _log.info("%s", line)
+        return self.client
+
+    def close(self) -> None:
+        self._closing.set()
+        self._thread.join()
+        if self.error is not None and self.client is not None:  # closing failed
+            _log.warning("closing the Dask cluster: %s: %s", type(self.error).__name__,
+                         self.error)
+
+
+def _spawn_environ_keys() -> set[str]:
+    return set(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}) | {
+        "PYTHONHASHSEED"}
+
+
+def _restore_environ(saved: dict[str, str | None]) -> None:
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+_SHARED: dict[str, _Shared] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _cluster_key(compute: ComputeConfig) -> str:
+    """What makes two compute sections the same cluster (chunk and batch sizes do not)."""
+    return json.dumps(compute.model_dump(mode="json", exclude={"chunk_rows", "batch_rows"}),
+                      sort_keys=True)
+
+
+_WARM_MODULES = {
+    "validation": ("decflow.data.validation", "decflow.data.sources",
+                   "decflow.data.partitioned"),
+    "scoring": ("decflow.model.scoring", "decflow.model.estimator", "decflow.model.features"),
+}
+
+
+def warm_worker(what: tuple[str, ...]) -> list[str]:
+    """A worker's warm-up task: import the modules ``what`` needs ("validation", "scoring")
+    and build the Great Expectations context once. Returns the modules imported."""
+    done = []
+    for kind in what:
+        for name in _WARM_MODULES[kind]:
+            importlib.import_module(name)
+            done.append(name)
+    if "validation" in what:
+        from decflow.data.validation.gx import warm_context
+        warm_context()
+    if "scoring" in what:
+        keep_large_allocations()
+    return done
+
+
+@contextmanager
+def _open_client(compute: ComputeConfig, *, timeout: float, announce: bool = True
+                 ) -> Iterator[distributed.Client]:
+    """A client of the scheduler at ``compute.dask_address`` or of a new embedded cluster;
+    ``announce``: log the cluster line now (else ``describe_cluster`` gives it)."""
     if compute.dask_address:
         address = compute.dask_address
         try:
@@ -46,9 +206,8 @@ def dask_client(compute: ComputeConfig, *, timeout: float = 15.0) -> Iterator[di
                 f"could not connect to the Dask scheduler at compute.dask_address={address!r} "
                 f"within {timeout:g} s: {type(exc).__name__}: {exc}") from exc
         try:
-            workers = len(client.scheduler_info().get("workers") or {})
-            _log.info("Dask: the scheduler %s with %d worker%s, %s", redact(address), workers,
-                      "" if workers == 1 else "s", _dashboard(client, None))
+            if announce:
+                _log.info("%s", describe_cluster(compute, client))
             yield client
         finally:
             client.close()
@@ -82,11 +241,21 @@ def dask_client(compute: ComputeConfig, *, timeout: float = 15.0) -> Iterator[di
     with dask.config.set({"distributed.deploy.lost-worker-timeout": _NEVER}), \
             distributed.LocalCluster(**cluster_kwargs) as cluster, \
             distributed.Client(cluster, timeout=timeout) as client:
-        _log.info("Dask: an embedded cluster of %d worker%s x %d thread%s, %s",
-                  compute.n_workers, "" if compute.n_workers == 1 else "s",
-                  compute.threads_per_worker, "" if compute.threads_per_worker == 1 else "s",
-                  _dashboard(client, "127.0.0.1"))
+        if announce:
+            _log.info("%s", describe_cluster(compute, client))
         yield client
+
+
+def describe_cluster(compute: ComputeConfig, client: distributed.Client) -> str:
+    """The log line naming the cluster and where its dashboard is."""
+    if compute.dask_address:
+        workers = len(client.scheduler_info().get("workers") or {})
+        return (f"Dask: the scheduler {redact(compute.dask_address)} with {workers} "
+                f"worker{'' if workers == 1 else 's'}, {_dashboard(client, None)}")
+    return (f"Dask: an embedded cluster of {compute.n_workers} "
+            f"worker{'' if compute.n_workers == 1 else 's'} x {compute.threads_per_worker} "
+            f"thread{'' if compute.threads_per_worker == 1 else 's'}, "
+            f"{_dashboard(client, '127.0.0.1')}")
 
 
 def _dashboard(client: distributed.Client, host: str | None) -> str:

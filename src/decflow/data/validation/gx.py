@@ -36,6 +36,12 @@ def _batch_definition():
     return _BATCH_DEFINITION
 
 
+def warm_context() -> None:
+    """Build the context now (a Dask worker's warm-up), not in the first batch's validation."""
+    with _LOCK:
+        _batch_definition()
+
+
 def run_expectations(frame: pd.DataFrame, expectations: list) -> list:
     """GX validation results for ``expectations`` on ``frame``, in the order given."""
     if not expectations:

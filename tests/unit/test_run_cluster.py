@@ -1,0 +1,110 @@
+"""One Dask cluster per command (``engine.compute.run_cluster``): every ``dask_client`` inside
+shares it, its workers are warmed once, and a start-up failure reaches the step that needed it."""
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from decflow.config import ComputeConfig
+from decflow.engine import compute
+from decflow.engine.compute import dask_client, run_cluster
+from decflow.engine.partitions import balanced_chunk_rows
+
+THREADS = ComputeConfig(n_workers=1, threads_per_worker=2, processes=False)
+
+
+def test_every_client_inside_a_run_shares_one_cluster_which_closes_at_the_end(caplog):
+    caplog.set_level(logging.INFO, logger="decflow.engine.compute")
+    seen = []
+    with run_cluster(THREADS):
+        with dask_client(THREADS) as first:
+            seen.append(first)
+        assert first.status == "running"  # leaving a step's client leaves the cluster up
+
+        def step():  # a task of the flow runs in another thread
+            with dask_client(THREADS) as client:
+                seen.append(client)
+        worker = threading.Thread(target=step)
+        worker.start()
+        worker.join()
+        with run_cluster(THREADS), dask_client(THREADS) as nested:  # a subflow joins it
+            seen.append(nested)
+        assert first.status == "running"
+        scheduler = first.scheduler.address
+    assert [c is first for c in seen] == [True, True, True]
+    assert first.status == "closed"
+    lines = [r.getMessage() for r in caplog.records if r.name == "decflow.engine.compute"]
+    assert len(lines) == 1 and lines[0].startswith("Dask: an embedded cluster of 1 worker x 2 "
+                                                   "threads, dashboard http://127.0.0.1:")
+    # other settings (or none) still get a cluster of their own
+    with run_cluster(THREADS), dask_client(THREADS.model_copy(update={"n_workers": 2})) as other:
+        assert other.scheduler.address != scheduler
+
+
+def test_chunk_and_batch_sizes_do_not_make_another_cluster():
+    with run_cluster(THREADS), dask_client(THREADS) as a, \
+            dask_client(THREADS.model_copy(update={"chunk_rows": 10, "batch_rows": 5})) as b:
+        assert a is b
+
+
+def test_workers_are_warmed_once_with_what_the_run_needs_and_nothing_else(monkeypatch):
+    """Each worker process runs one warm-up task first: the validation modules and the Great
+    Expectations context; torch only when the run scores. The workers get one thread each for
+    BLAS and torch; this process keeps its own setting (torch trains here, after the start)."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    two = ComputeConfig(n_workers=2, threads_per_worker=1)
+
+    def modules(client):
+        def loaded():  # on a worker: heavy libraries imported? the GX context built?
+            from decflow.data.validation import gx
+
+            return ({m for m in ("torch", "great_expectations") if m in sys.modules},
+                    gx._BATCH_DEFINITION is not None)
+        return list(client.run(loaded).values())
+
+    with run_cluster(two, warm=("validation",)), dask_client(two) as client:
+        client.gather(compute._SHARED[compute._cluster_key(two)].warm_ups)
+        assert modules(client) == [({"great_expectations"}, True)] * 2
+        assert set(client.run(os.getenv, "OMP_NUM_THREADS").values()) == {"1"}
+        assert "OMP_NUM_THREADS" not in os.environ
+    with run_cluster(two), dask_client(two) as client:
+        client.gather(compute._SHARED[compute._cluster_key(two)].warm_ups)
+        assert modules(client) == [({"great_expectations", "torch"}, True)] * 2
+
+
+def test_importing_the_partition_engine_does_not_load_torch():
+    """A worker that only validates never imports torch (it loads with the model)."""
+    out = subprocess.run([sys.executable, "-c", "import sys, decflow.engine.partitions; "
+                          "print('torch' in sys.modules)"], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert out.stdout.strip() == "False"
+
+
+def test_a_scheduler_that_cannot_be_reached_fails_the_step_that_needs_it():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    down = ComputeConfig(dask_address=f"tcp://127.0.0.1:{port}")
+    with run_cluster(down, timeout=2):
+        with pytest.raises(ConnectionError, match=rf"compute.dask_address='tcp://127.0.0.1:"
+                                                  rf"{port}' within 2 s"):
+            with dask_client(down):
+                pass
+    assert compute._cluster_key(down) not in compute._SHARED
+
+
+@pytest.mark.parametrize("chunk_rows, total, threads, expected", [
+    (200_000, 1_000_000, 2, 125_000),  # 5 chunks on 2 threads would idle one; 8 do not
+    (200_000, 10_000_000, 2, 200_000),  # enough chunks already
+    (200_000, 60_000, 2, 25_000),  # never below the floor
+    (10_000, 1_000_000, 2, 10_000),  # smaller chunks asked for are kept
+    (200_000, 1_000_000, 16, 25_000),
+])
+def test_chunks_are_cut_so_every_thread_has_work_until_the_end(chunk_rows, total, threads,
+                                                                 expected):
+    assert balanced_chunk_rows(chunk_rows, total, threads) == expected
