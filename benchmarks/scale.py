@@ -16,6 +16,11 @@ Parts (``--parts``, comma list; all by default):
              labelling phase and of the whole CLI run against the forward pass on the same
              rows; peak RSS of every process.
   recluster  ``decflow run`` as a subprocess at both sizes: wall time large/small, peak RSS.
+  nightly    ``decflow run`` with the *default* config (only the source, model name and home
+             set) on one-partition tables of ``--nightly-rows`` rows: wall time and its phases
+             from the flow's log (validation + sample, embedding, pretrain, init, fine-tune,
+             evaluation and profiles, registration and gate, labelling, drift and report);
+             the largest under 15 minutes, largest / smallest <= 1.3.
   writer     the single writer: labels tables (200,000 rows, the labels schema) written by
              ``PartitionWriter`` in one process (rows/s, MiB/s of the file), and the same
              tables made on the cluster's workers and gathered and written by the client, as
@@ -56,16 +61,17 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 GiB = 2**30
 END_DATE = dt.date(2026, 11, 21)  # last partition of the generated tables (fixed: reproducible)
-PARTS = ("kmeans", "forward", "writer", "score", "recluster")
+PARTS = ("kmeans", "forward", "writer", "score", "recluster", "nightly")
 
 # Defaults: the full benchmark and --quick. An option given on the command line wins over both.
 FULL = {"rows_small": 1_000_000, "rows_large": 10_000_000, "days": 10, "writer_rows": 20_000_000,
+        "nightly_rows": "1000000,10000000",
         "rows_per_group": 100_000, "kmeans_rows": 10_000_000, "kmeans_huge_rows": 50_000_000,
         "kmeans_chunk_rows": 1_000_000, "kmeans_huge_chunk_rows": 250_000,
         "kmeans_max_iter": 300, "forward_rows": 500_000,
         "max_train_rows": 20_000, "pretrain_epochs": 5, "finetune_max_iter": 500}
 QUICK = {"rows_small": 20_000, "rows_large": 60_000, "days": 10, "rows_per_group": 2_000,
-         "writer_rows": 400_000,
+         "writer_rows": 400_000, "nightly_rows": "20000,60000",
          "kmeans_rows": 200_000, "kmeans_huge_rows": 1_000_000, "kmeans_chunk_rows": 50_000,
          "kmeans_huge_chunk_rows": 50_000,
          "kmeans_max_iter": 100, "forward_rows": 20_000, "max_train_rows": 2_000,
@@ -228,7 +234,7 @@ class Results:
             target = f"ratio {op} {bound:g}"
         self.rows.append({"figure": figure, "value": value, "unit": unit, "ratio": ratio,
                           "target": target, "passed": passed, "machine": self.machine,
-                          "detail": detail})
+                          "detail": detail, "part": _part_of(figure)})
         print(f"  {figure}: {_fmt(value, unit)}"
               + (f", ratio {ratio:.3f}" if ratio is not None else "")
               + (f" ({target}: {'pass' if passed else 'MISS'})" if target else ""), flush=True)
@@ -405,6 +411,10 @@ def writer_table(n: int, seed: int):
                         labeled_at=dt.datetime(2026, 11, 22, tzinfo=dt.timezone.utc))
 
 
+def _noop(i):
+    return i
+
+
 def bench_writer(args, res: Results) -> None:
     """Labels through one process: written alone, then gathered from the workers and written."""
     from decflow.config import ComputeConfig
@@ -444,7 +454,17 @@ def bench_writer(args, res: Results) -> None:
             for fut in in_flight:
                 w.write(fut.result())
         gathered_s = time.perf_counter() - t0
+        # the scheduler's cost per task: no-op tasks, submitted and gathered as chunks are
+        n_tasks = 2_000 if args.quick else 10_000
+        t0 = time.perf_counter()
+        client.gather(client.map(_noop, range(n_tasks), pure=False))
+        tasks_s = time.perf_counter() - t0
     res.details["writer"]["gathered_s"] = gathered_s
+    res.details["scheduler"] = {"tasks": n_tasks, "seconds": tasks_s}
+    res.add(f"scheduler: {n_tasks:,} no-op tasks submitted and gathered ({args.workers} "
+            f"workers)", n_tasks / tasks_s, "tasks/s",
+            detail=f"{1e3 * tasks_s / n_tasks:.2f} ms a task; a chunk of 200,000 rows is 4 "
+                   f"tasks and one more per id bucket")
     res.add(f"single writer, labels made on {args.workers} workers, gathered and written by the "
             f"client: {rows:,} rows", rows / gathered_s, "rows/s",
             detail=f"{size / 2**20 / gathered_s:,.1f} MiB/s of Parquet; {gathered_s:.1f} s "
@@ -501,13 +521,14 @@ def pipeline_config(args, source_uri: str, labels_uri: str):
     return PipelineConfig.model_validate(data)
 
 
-def _source(args, size: str, rows: int) -> dict:
+def _source(args, size: str, rows: int, days: int | None = None) -> dict:
     """Generate (or reuse, when the same settings made it) the ``size`` table."""
     from decflow.data.synthetic import generate_source
 
     base = Path(args.workdir) / "sources"
     uri = str(base / size)
-    spec = {"rows": rows, "days": args.days, "end_date": END_DATE.isoformat(),
+    days = days or args.days
+    spec = {"rows": rows, "days": days, "end_date": END_DATE.isoformat(),
             "n_clusters": args.clusters, "rows_per_group": args.rows_per_group,
             "seed": args.seed}
     marker = base / f"{size}.json"
@@ -516,7 +537,7 @@ def _source(args, size: str, rows: int) -> dict:
         shutil.rmtree(uri, ignore_errors=True)
         t0 = time.perf_counter()
         generate_source(uri, **{**spec, "end_date": END_DATE})
-        print(f"generated {rows:,} rows in {args.days} partitions at {uri} "
+        print(f"generated {rows:,} rows in {days} partitions at {uri} "
               f"({time.perf_counter() - t0:.1f} s)", flush=True)
         marker.write_text(json.dumps(spec))
     part = Path(uri) / f"ds={END_DATE.isoformat()}" / "part-0.parquet"
@@ -607,16 +628,39 @@ def bench_pipeline(args, res: Results, parts: list[str]) -> None:
             rps = r["rows_per_s"] = n / r["labelling_s"] if r["labelling_s"] else 0.0
             res.add(f"score + write-back, {n:,} rows in {args.days} partitions ({size}): "
                     f"labelling rows/s / forward pass", rps, "rows/s", ratio=rps / fwd,
-                    op=">=", bound=0.70,
+                    op=">=", bound=0.75 if size == "small" else 0.85,
                     detail=f"forward {fwd:,.0f} rows/s on {rows:,} of the rows; labelling "
                            f"{r['labelling_s']:.1f} s (Dask cluster start, validation, "
                            f"scoring, write-back); labels written {r['labels_written']:,}")
             cli = n / r["wall_s"]
             res.add(f"score + write-back, {n:,} rows ({size}): whole CLI run rows/s / forward "
-                    f"pass", cli, "rows/s", ratio=cli / fwd, op=">=", bound=0.70,
+                    f"pass", cli, "rows/s", ratio=cli / fwd, op=">=",
+                    bound=0.60 if size == "small" else 0.80,
                     detail=f"wall {r['wall_s']:.1f} s incl. process start, Prefect's "
                            f"ephemeral server and model download")
         _memory_rows(res, runs, "score")
+        # the same model on one partition of rows_small rows, as `decflow score` labels a night
+        night = _source(args, f"night-{args.rows_small}", args.rows_small, days=1)
+        config = pipeline_config(args, night["uri"], str(work / "home" / "labels-night"))
+        cfg = work / "config-night.yaml"
+        cfg.write_text(dump_config(config.model_copy(update={"source": config.source.model_copy(
+            update={"window_days": 1})})))
+        r = runs["score-night"] = run_measured(
+            [decflow, "score", "-c", str(cfg), "--run-date", day, "--model", version],
+            work / "logs" / "score-night.log", env)
+        fwd = runs.get("score-small", {}).get("forward_rows_per_s")
+        if r["returncode"]:
+            res.error("score (one partition)", f"exit {r['returncode']}; see {r['log']}")
+        elif fwd:
+            cli = args.rows_small / r["wall_s"]
+            res.add(f"decflow score of one {args.rows_small:,}-row partition: whole CLI rows/s "
+                    f"/ forward pass", cli, "rows/s", ratio=cli / fwd, op=">=", bound=0.60,
+                    detail=f"wall {r['wall_s']:.1f} s incl. process start, Prefect's ephemeral "
+                           f"server and model download; forward {fwd:,.0f} rows/s")
+            res.add(f"decflow score of one {args.rows_small:,}-row partition / the "
+                    f"single-process scorer before the scale-out (25,500 rows/s, measured on "
+                    f"this machine type, not re-run here)", cli, "rows/s", ratio=cli / 25_500,
+                    op=">", bound=1.0)
 
     if "recluster" in parts:
         large = recluster("large")
@@ -632,6 +676,81 @@ def bench_pipeline(args, res: Results, parts: list[str]) -> None:
                     "s", ratio=train_l / train_s, op="<=", bound=1.5,
                     detail=f"small {train_s:.1f} s; large phases "
                            + ", ".join(f"{k} {v:.1f} s" for k, v in pl.items()))
+
+
+# The nightly's phases: each ends when its last task finishes (the flow's log).
+NIGHT_PHASES = (("validation + sample", "validate_features"), ("embedding", "embed_features"),
+                ("pretrain", "pretrain_autoencoder"), ("init", "init_centroids"),
+                ("fine-tune", "fit_dec"), ("evaluation + profiles", "profile_clusters"),
+                ("registration + gate", "snapshot_night"), ("labelling", "label_partition"),
+                ("drift + report", "publish_report"))
+
+
+def night_phases(log: str) -> dict[str, float]:
+    """Seconds of each phase of a nightly run, from its log's task lines; "start" is from the
+    flow run's first line to the first task, "end" the rest to the last line."""
+    stamp = r"^(\d\d):(\d\d):(\d\d\.\d+) \| "
+
+    def seconds(m):
+        return int(m[0]) * 3600 + int(m[1]) * 60 + float(m[2])
+    begin = re.search(stamp + r".*Beginning flow run", log, re.M)
+    done = {name: seconds(m) for m, name in (
+        (m.groups()[:3], m.group(4)) for m in re.finditer(
+            stamp + r".*Task run '(\w+)-\w+' - Finished in state Completed", log, re.M))}
+    end = re.search(stamp + r".*Flow run .* - Finished in state", log, re.M)
+    if not (begin and end and all(task in done for _, task in NIGHT_PHASES)):
+        return {}
+    t = seconds(begin.groups())
+    prev = done.get("scan_night", t)
+    phases = {"start": prev - t}
+    for name, task in NIGHT_PHASES:
+        phases[name] = done[task] - prev
+        prev = done[task]
+    phases["end"] = seconds(end.groups()) - prev
+    return {k: round(v, 1) for k, v in phases.items()}
+
+
+def bench_nightly(args, res: Results) -> None:
+    """``decflow run`` with the default config at each of ``--nightly-rows`` (one partition)."""
+    from decflow.config import dump_config
+    from decflow.data.synthetic import synthetic_config
+
+    work = Path(args.workdir) / "nightly"
+    decflow = str(Path(sys.executable).with_name("decflow"))
+    sizes = [int(x) for x in str(args.nightly_rows).split(",") if x.strip()]
+    runs = res.details.setdefault("nightly", {})
+    for rows in sizes:
+        src = _source(args, f"night-{rows}", rows, days=1)
+        home = work / f"home-{rows}"
+        shutil.rmtree(home, ignore_errors=True)
+        (home / "prefect").mkdir(parents=True)
+        config = synthetic_config(src["uri"], home=str(home), n_clusters=args.clusters,
+                                  window_days=1, registry={"model_name": "nightly"})
+        path = work / f"config-{rows}.yaml"
+        path.write_text(dump_config(config))
+        env = {**_cli_env(args), "PREFECT_HOME": str(home / "prefect")}
+        r = runs[str(rows)] = run_measured(
+            [decflow, "run", "-c", str(path), "--run-date", END_DATE.isoformat()],
+            work / "logs" / f"nightly-{rows}.log", env)
+        if r["returncode"]:
+            res.error(f"nightly ({rows:,} rows)", f"exit {r['returncode']}; see {r['log']}")
+            continue
+        r["phases_s"] = night_phases(Path(r["log"]).read_text())
+        res.add(f"default nightly, {rows:,} rows in one partition (defaults: max_train_rows "
+                f"{config.train.max_train_rows:,}, {config.model.init_views} views on "
+                f"{config.model.init_view_rows:,} rows): wall", r["wall_s"] / 60, "min",
+                detail="phases s: " + ", ".join(f"{k} {v:.0f}" for k, v in
+                                                r["phases_s"].items()))
+    done = [rows for rows in sizes if not runs[str(rows)]["returncode"]]
+    if len(done) >= 2:
+        small, large = runs[str(done[0])], runs[str(done[-1])]
+        res.add(f"default nightly, {done[-1]:,} rows: wall / 15 minutes", large["wall_s"] / 60,
+                "min", ratio=large["wall_s"] / 900, op="<=", bound=1.0,
+                detail=f"2 CPU cores, peak RSS max per process "
+                       f"{large['peak_max_process_bytes'] / GiB:.2f} GiB")
+        res.add(f"default nightly wall, {done[-1]:,} / {done[0]:,} rows", large["wall_s"], "s",
+                ratio=large["wall_s"] / small["wall_s"], op="<=", bound=1.3,
+                detail=f"{done[0]:,} rows {small['wall_s']:.1f} s")
 
 
 def _training_phases(tracking_uri: str) -> dict:
@@ -704,6 +823,8 @@ def to_markdown(out: dict) -> str:
         result = "info" if r["passed"] is None else ("pass" if r["passed"] else "**miss**")
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.3f}"
         detail = f" ({r['detail']})" if r["detail"] else ""
+        if r.get("measured"):
+            detail += f" [measured {r['measured']}, an earlier run]"
         lines.append(f"| {r['figure']}{detail} | {_fmt(r['value'], r['unit'])} | "
                      f"{r['target'] or '-'} | {ratio} | {r['machine']} | {result} |")
     runs = out["details"].get("runs", {})
@@ -750,6 +871,9 @@ def parse_args(argv=None):
                         ("finetune_max_iter", "train.max_iter of the recluster runs")):
         size.add_argument("--" + name.replace("_", "-"), type=int, default=None,
                           help=f"{help_} (default {FULL[name]:,}; quick {QUICK[name]:,})")
+    ap.add_argument("--nightly-rows", default=None,
+                    help=f"comma list: rows of the default-config nightly tables (default "
+                         f"{FULL['nightly_rows']}; quick {QUICK['nightly_rows']})")
     ap.add_argument("--kmeans-dims", type=int, default=10)
     ap.add_argument("--kmeans-clusters", type=int, default=10)
     ap.add_argument("--kmeans-n-init", type=int, default=3)
@@ -787,6 +911,27 @@ def parse_args(argv=None):
     return args
 
 
+_PART_PREFIXES = (("k-means", "kmeans"), ("forward pass", "forward"), ("single writer", "writer"),
+                  ("scheduler", "writer"), ("score", "score"), ("decflow score", "score"),
+                  ("recluster", "recluster"), ("default nightly", "nightly"))
+
+
+def _part_of(figure: str) -> str:
+    return next((part for prefix, part in _PART_PREFIXES if figure.startswith(prefix)), "other")
+
+
+def keep_other_parts(path: Path, out: dict, parts: list[str]) -> None:
+    """Rows of the parts not run now, carried over from the results file already at ``path``
+    (each marked with the date it was measured), so one file holds every part's latest rows."""
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    kept = [{**r, "measured": r.get("measured") or old["date_utc"]} for r in old["rows"]
+            if (r.get("part") or _part_of(r["figure"])) not in parts]
+    out["rows"] = kept + out["rows"]
+    out["carried_over"] = sorted({r["measured"] for r in kept})
+
+
 def _guarded(name: str, bench, *args) -> None:
     """Run one part; a failure is reported as a row and the other parts still run."""
     res = args[1]
@@ -809,7 +954,8 @@ def main(argv=None) -> int:
     print(f"scale benchmark: {', '.join(args.parts)}{' (quick)' if args.quick else ''}; "
           f"work dir {args.workdir}", flush=True)
     t0 = time.perf_counter()
-    steps = [("kmeans", bench_kmeans), ("forward", bench_forward), ("writer", bench_writer)]
+    steps = [("kmeans", bench_kmeans), ("forward", bench_forward), ("writer", bench_writer),
+             ("nightly", bench_nightly)]
     for name, bench in steps:
         if name in args.parts:
             _guarded(name, bench, args, res)
@@ -822,6 +968,7 @@ def main(argv=None) -> int:
            "errors": res.errors}
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
+    keep_other_parts(path.with_suffix(".json"), out, args.parts)
     path.with_suffix(".json").write_text(json.dumps(out, indent=2, default=str))
     md = to_markdown(out)
     path.with_suffix(".md").write_text(md)
