@@ -108,3 +108,16 @@ def test_a_scheduler_that_cannot_be_reached_fails_the_step_that_needs_it():
 def test_chunks_are_cut_so_every_thread_has_work_until_the_end(chunk_rows, total, threads,
                                                                  expected):
     assert balanced_chunk_rows(chunk_rows, total, threads) == expected
+
+
+def test_a_cluster_leaves_this_processes_thread_settings_alone(monkeypatch):
+    """Dask's nannies put the workers' settings (one BLAS/OpenMP thread, a low malloc trim
+    threshold) into the starting process's environment; torch imported later here, and every
+    process started from here, would get them too."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_"):
+        monkeypatch.delenv(name, raising=False)
+    with dask_client(ComputeConfig(n_workers=1, threads_per_worker=1)) as client:
+        assert set(client.run(os.getenv, "OMP_NUM_THREADS").values()) == {"1"}
+        assert set(client.run(os.getenv, "MALLOC_TRIM_THRESHOLD_").values()) == {"65536"}
+        assert {"OMP_NUM_THREADS", "MKL_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_"}.isdisjoint(
+            os.environ)

@@ -101,14 +101,10 @@ class _Shared:
         self._thread.start()
 
     def _hold(self, compute: ComputeConfig, timeout: float, warm: tuple[str, ...]) -> None:
-        # Dask's nannies set OMP_NUM_THREADS=1 (and the like) in this process's environment to
-        # spawn their workers, and leave them: torch, imported here afterwards, would train on
-        # one thread (measured: pretraining 50 s an epoch instead of 33). The caller waits for
-        # the spawn (``spawned``), which restores them, before it goes on.
-        saved = {k: os.environ.get(k) for k in _spawn_environ_keys()}
+        # The caller waits for the workers' spawn (``spawned``): until then this process's
+        # environment holds the workers' thread settings (see _open_client).
         try:
             with _open_client(compute, timeout=timeout, announce=False) as client:
-                _restore_environ(saved)
                 self.spawned.set()
                 self.line = describe_cluster(compute, client)
                 self.warm_ups = [client.submit(warm_worker, warm, workers=[w],
@@ -122,7 +118,6 @@ class _Shared:
         except BaseException as exc:  # noqa: BLE001 - handed to the first user
             self.error = exc
         finally:
-            _restore_environ(saved)
             self.spawned.set()
             self._ready.set()
 
@@ -146,17 +141,27 @@ class _Shared:
                          self.error)
 
 
-def _spawn_environ_keys() -> set[str]:
-    return set(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}) | {
-        "PYTHONHASHSEED"}
+@contextmanager
+def _own_environ() -> Iterator[None]:
+    """This process's environment back as it was once the workers are spawned.
 
-
-def _restore_environ(saved: dict[str, str | None]) -> None:
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    Dask's nannies set ``OMP_NUM_THREADS=1`` (MKL, OpenBLAS, ``MALLOC_TRIM_THRESHOLD_``, ...)
+    in this process's environment to spawn their workers with them, and leave them there:
+    torch imported here afterwards trained on one thread of two (measured: a pretraining epoch
+    over 200,000 rows took 50 s instead of 30), and every process started later (a
+    benchmark's CLI runs) inherited them. Restored after the cluster has started; the workers
+    keep theirs.
+    """
+    keys = set(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
+    saved = {k: os.environ.get(k) for k in keys | {"PYTHONHASHSEED"}}
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 _SHARED: dict[str, _Shared] = {}
@@ -238,12 +243,13 @@ def _open_client(compute: ComputeConfig, *, timeout: float, announce: bool = Tru
         **({"memory_limit": compute.memory_limit} if compute.memory_limit else {}),
         **network,
     )
-    with dask.config.set({"distributed.deploy.lost-worker-timeout": _NEVER}), \
-            distributed.LocalCluster(**cluster_kwargs) as cluster, \
-            distributed.Client(cluster, timeout=timeout) as client:
-        if announce:
-            _log.info("%s", describe_cluster(compute, client))
-        yield client
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": _NEVER}):
+        with _own_environ():
+            cluster = distributed.LocalCluster(**cluster_kwargs)
+        with cluster, distributed.Client(cluster, timeout=timeout) as client:
+            if announce:
+                _log.info("%s", describe_cluster(compute, client))
+            yield client
 
 
 def describe_cluster(compute: ComputeConfig, client: distributed.Client) -> str:
