@@ -34,7 +34,7 @@ TEST_ENV := MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTIC
 # Every tier (unit, data, flows, integration): the CI command. The stack tier (containers) runs
 # on its own: `make stack-test`. Two pytest workers (pytest-xdist), one module per worker at a
 # time (module fixtures are built once), the longest modules first (tests/conftest.py): about
-# 16 minutes on 2 cores (961 s of tests measured). TEST_WORKERS=0 runs in one process;
+# 20 minutes on 2 cores (1204 s of tests measured in a fresh clone). TEST_WORKERS=0 runs in one process;
 # more workers need more cores and about 2 GiB of memory each.
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed
