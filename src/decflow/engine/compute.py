@@ -57,10 +57,12 @@ def run_cluster(compute: ComputeConfig, *, warm: tuple[str, ...] = ("validation"
     (from any thread) gets the same client, and the cluster closes when the outermost
     ``run_cluster`` of these settings exits.
 
-    The cluster starts in a background thread at entry, so the caller goes on meanwhile (the
-    CLI starts Prefect's server while the workers start); the first ``dask_client`` waits for
-    it, and gets its start-up error, if any (``ConnectionError`` for an unreachable
-    ``compute.dask_address``). Once up, each worker runs one warm-up task before any other:
+    The cluster starts in a background thread; entry returns once its worker processes are
+    spawned (this process's environment is its own again, see ``_own_environ``), and their
+    warm-up runs while the caller goes on (the CLI imports the flow and Prefect starts its
+    server meanwhile). A start-up error, if any (``ConnectionError`` for an unreachable
+    ``compute.dask_address``), is raised by the first ``dask_client``, in the step that needed
+    the cluster. Once up, each worker runs one warm-up task before any other:
     it imports what the run's tasks use (``warm``: "validation" the expectation suite's
     libraries and its Great Expectations context, "scoring" torch and the model code) so no
     chunk task pays for it. Nested ``run_cluster`` calls with the same settings share it.
