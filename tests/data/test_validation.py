@@ -122,6 +122,55 @@ def test_non_finite_vector_element_fails():
     assert '{"id": 1, "non_finite_elements": 2}' in msg
 
 
+def _decoded(vectors: list[list[float]], n_keep: int | None = None) -> pd.DataFrame:
+    """A frame as a Parquet/Arrow list column decodes: every vector a view of one array."""
+    import pyarrow as pa
+
+    n = len(vectors)
+    table = pa.table({"id": np.arange(1, n + 1), "x": np.linspace(0.0, 10.0, n),
+                      "c": ["a"] * n, "pixels": pa.array(vectors, type=pa.list_(pa.float32()))})
+    df = table.to_pandas()
+    assert len({id(v.base) for v in df["pixels"]}) == 1  # what the fast path relies on
+    return df.iloc[:n_keep] if n_keep is not None else df
+
+
+def test_decoded_vectors_are_checked_element_by_element():
+    good = [[0.0, 1.0, 2.0, float(i)] for i in range(6)]
+    assert validate_frame(_decoded(good), SOURCE, FEATURES, VALIDATION).success
+
+    bad = [list(v) for v in good]
+    bad[4][1] = float("nan")
+    msg = failure_message(_decoded(bad))
+    assert "on column 'pixels': 1 of 6 vectors hold NaN, infinite or non-numeric elements" in msg
+    assert '{"id": 5, "non_finite_elements": 1}' in msg
+
+    # The shared array holds a NaN, but only in a row this frame does not have.
+    assert validate_frame(_decoded(bad, n_keep=4), SOURCE, FEATURES, VALIDATION).success
+
+    short = [list(v) for v in good]
+    short[2] = short[2][:3]
+    msg = failure_message(_decoded(short))
+    assert "on column 'pixels': expected list length 4, found lengths [3] in 1 of 6 rows" in msg
+
+
+def test_a_column_of_the_wrong_type_blocks_only_its_own_checks():
+    df = make_frame()
+    df["x"] = df["x"].astype(object)
+    df.loc[1, "x"] = "abc"
+    df.at[3, "pixels"] = np.zeros(5)
+    df.loc[0, "c"] = None
+    report = validate_frame(df, SOURCE, FEATURES, VALIDATION)
+    failed = {(r.expectation, r.column) for r in report.failures()}
+    assert failed == {("expect_column_values_to_be_in_set", "x"),
+                      ("expect_column_values_to_be_in_set", "pixels")}, failed
+    msg = failure_message(df)
+    assert "found str in 1 of 5 rows" in msg and "3 dependent check(s)" in msg
+    assert "expected list length 4, found lengths [5] in 1 of 5 rows" in msg
+    evaluated = {(r.expectation, r.column) for r in report.results}
+    assert ("expect_column_values_to_be_between", "x") not in evaluated  # blocked, not run
+    assert ("expect_column_values_to_not_be_null", "pixels") in evaluated
+
+
 def test_empty_frame_fails_on_row_count():
     msg = failure_message(make_frame().iloc[:0])
     assert "expect_table_row_count_to_be_between: found 0 rows, expected at least 3" in msg

@@ -87,33 +87,28 @@ def validate_batch(df: pd.DataFrame, source: SourceConfig, features: FeaturesCon
     specs = [expectation_spec(e) for e in expectations]
     present = set(frame.columns)
     partials: dict[int, Partial] = {}
-    table_wide = {i for i, s in enumerate(specs) if s["check"] in ("row_count", "unique")}
 
     # Phase 1: existence and value types; later checks depend on their outcome.
     phase1 = [i for i, s in enumerate(specs)
               if s["check"] == "exists" or (s["check"] == "type" and s["column"] in present)]
-    for i, r in zip(phase1, run_expectations(frame, [expectations[i] for i in phase1])):
+    missing = {s["column"] for s in specs
+               if s["check"] != "user" and s["column"] is not None and s["column"] not in present}
+    # Phase 2: values, on columns that exist and hold the right kind of values. It runs in the
+    # same GX pass as phase 1 (one batch load, one metric graph); when a phase-1 check fails,
+    # phase 2 runs again without the columns that check blocks.
+    decided, skipped = {}, {}
+    phase2 = _value_checks(specs, set(phase1), missing, decided, skipped, present, partition)
+    first = run_expectations(frame, [expectations[i] for i in phase1 + phase2])
+    for i, r in zip(phase1, first):
         partials[i] = partial_result(specs[i], r, ctx)
-    blocked = {s["column"] for i, s in enumerate(specs)
-               if i in partials and s["check"] in ("exists", "type") and not partials[i].success}
-    blocked |= {s["column"] for s in specs
-                if s["check"] != "user" and s["column"] is not None and s["column"] not in present}
-
-    # Phase 2: values, on columns that exist and hold the right kind of values.
-    phase2, skipped = [], {}
-    for i, s in enumerate(specs):
-        if i in partials or s["check"] == "row_count":
-            continue
-        if s["column"] in blocked:
-            skipped[s["column"]] = skipped.get(s["column"], 0) + 1
-        elif i in table_wide:
-            partials[i] = Partial(success=True)  # evaluated by merge_batches
-        elif s["check"] == "user" and s["column"] is not None and s["column"] not in present:
-            partials[i] = Partial(success=False, error=f"column '{s['column']}' is missing",
-                                   partitions=[partition] if partition else [])
-        else:
-            phase2.append(i)
-    for i, r in zip(phase2, run_expectations(frame, [expectations[i] for i in phase2])):
+    blocked = missing | {specs[i]["column"] for i in phase1 if not partials[i].success}
+    results = first[len(phase1):]
+    if blocked != missing:
+        decided, skipped = {}, {}
+        phase2 = _value_checks(specs, set(phase1), blocked, decided, skipped, present, partition)
+        results = run_expectations(frame, [expectations[i] for i in phase2])
+    partials.update(decided)
+    for i, r in zip(phase2, results):
         partials[i] = partial_result(specs[i], r, ctx)
 
     # The failed existence/type check says what it blocked, so a missing column is reported once.
@@ -122,6 +117,29 @@ def validate_batch(df: pd.DataFrame, source: SourceConfig, features: FeaturesCon
         if p is not None and not p.success and s["check"] in ("exists", "type"):
             p.skipped = skipped.pop(s["column"], 0)
     return BatchValidation(len(df), partials, [str(c) for c in data.columns])
+
+
+def _value_checks(specs: list[dict], phase1: set, blocked: set, decided: dict, skipped: dict,
+                  present: set, partition: str | None) -> list[int]:
+    """Suite positions of the value checks GX evaluates when ``blocked`` columns are skipped.
+
+    Fills ``decided`` with the checks settled without GX (table-wide ones, user checks on a
+    missing column) and counts the ``skipped`` checks per blocked column.
+    """
+    out = []
+    for i, s in enumerate(specs):
+        if i in phase1 or s["check"] == "row_count":
+            continue
+        if s["column"] in blocked:
+            skipped[s["column"]] = skipped.get(s["column"], 0) + 1
+        elif s["check"] == "unique":
+            decided[i] = Partial(success=True)  # evaluated by merge_batches
+        elif s["check"] == "user" and s["column"] is not None and s["column"] not in present:
+            decided[i] = Partial(success=False, error=f"column '{s['column']}' is missing",
+                                 partitions=[partition] if partition else [])
+        else:
+            out.append(i)
+    return out
 
 
 def merge_batches(batches: list[BatchValidation], duplicates: Duplicates | None,

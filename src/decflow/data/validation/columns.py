@@ -82,34 +82,52 @@ def _dtype_kind(dtype) -> str | None:
 
 
 def _value_kinds(s: pd.Series) -> pd.Series:
-    """Per-row value kind ("int", "float", "bool", "str", "list" or a type name); None if null."""
-    if isinstance(s.dtype, pd.CategoricalDtype):
-        cats = _value_kinds(pd.Series(s.dtype.categories)).to_numpy(dtype=object)
+    """Per-row value kind ("int", "float", "bool", "str", "list" or a type name); null if null.
+
+    Categorical: GX's null, set and hashing passes then work on integer codes, where object
+    strings cost a Python-level pass each (about half of a batch's validation time).
+    """
+    if isinstance(s.dtype, pd.CategoricalDtype):  # the kinds of its categories, by code
+        per_category = _value_kinds(pd.Series(s.dtype.categories))
         codes = s.cat.codes.to_numpy()
-        out = np.full(len(s), None, dtype=object)
-        out[codes >= 0] = cats[codes[codes >= 0]]
-        return pd.Series(out, index=s.index, dtype=object)
+        lookup = np.append(per_category.cat.codes.to_numpy(), -1)  # code -1 (null) stays null
+        return _categorical(lookup[codes], list(per_category.cat.categories), s.index)
     kind = _dtype_kind(s.dtype)
     if kind is not None:
-        out = np.full(len(s), kind, dtype=object)
+        kinds, codes = [kind], np.zeros(len(s), dtype=np.int16)
     else:
-        out = np.empty(len(s), dtype=object)
-        out[:] = [_cached_kind(v) for v in s.to_numpy(dtype=object)]
-    out[s.isna().to_numpy()] = None
-    return pd.Series(out, index=s.index, dtype=object)
+        index_of: dict[str, int] = {}
+        codes = np.fromiter((index_of.setdefault(_cached_kind(v), len(index_of))
+                             for v in s.to_numpy(dtype=object)), dtype=np.int16, count=len(s))
+        kinds = list(index_of)
+    codes[s.isna().to_numpy()] = -1
+    return _categorical(codes, kinds, s.index)
+
+
+def _categorical(codes: np.ndarray, kinds: list[str], index: pd.Index) -> pd.Series:
+    return pd.Series(pd.Categorical.from_codes(codes, categories=pd.Index(kinds, dtype=object)),
+                     index=index)
 
 
 def _vector_stats(s: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Per-row list length and count of non-finite/non-numeric elements; <NA> for non-lists.
 
     Numeric 1-d arrays (what Parquet list columns become) of the most common length are
-    checked in one vectorised pass; other values one by one.
+    checked in one vectorised pass; other values one by one. When every value is a view of one
+    finite array (a decoded Parquet or Arrow list column), no element is looked at again.
     """
     n = len(s)
+    values = s.to_numpy(dtype=object)
+    base = _shared_base(values)
+    if base is not None and np.isfinite(base).all():  # then so is every view of it
+        lengths = np.fromiter(map(len, values), dtype=np.int64, count=n)
+        present = np.zeros(n, dtype=bool)
+        return (pd.Series(pd.arrays.IntegerArray(lengths, present), index=s.index),
+                pd.Series(pd.arrays.IntegerArray(np.zeros(n, dtype=np.int64), present.copy()),
+                          index=s.index))
     lengths = np.zeros(n, dtype=np.int64)
     bad = np.zeros(n, dtype=np.int64)
     missing = np.ones(n, dtype=bool)
-    values = s.to_numpy(dtype=object)
     fast = np.fromiter((type(v) is np.ndarray and v.ndim == 1 and v.dtype.kind in "iuf"
                         for v in values), dtype=bool, count=n)
     if fast.any():
@@ -129,6 +147,19 @@ def _vector_stats(s: pd.Series) -> tuple[pd.Series, pd.Series]:
             lengths[i], bad[i], missing[i] = len(v), _n_bad_elements(v), False
     return (pd.Series(pd.arrays.IntegerArray(lengths, missing.copy()), index=s.index),
             pd.Series(pd.arrays.IntegerArray(bad, missing), index=s.index))
+
+
+def _shared_base(values: np.ndarray) -> np.ndarray | None:
+    """The numeric array every value is a 1-d view of (same dtype), or None."""
+    if not len(values) or type(values[0]) is not np.ndarray:
+        return None
+    base, dtype = values[0].base, values[0].dtype
+    if type(base) is not np.ndarray or base.dtype != dtype or dtype.kind not in "iuf":
+        return None
+    if all(type(v) is np.ndarray and v.base is base and v.ndim == 1 and v.dtype == dtype
+           for v in values):
+        return base
+    return None
 
 
 def _n_bad_elements(v) -> int:
