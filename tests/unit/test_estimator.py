@@ -222,3 +222,35 @@ def test_warm_start_weights_only_for_the_same_layout_and_architecture(fitted, bl
     assert compatible_weights(encoder, fitted, fewer, hidden, k) is None  # another layout
     assert compatible_weights(encoder, fitted, same, hidden + [8], k) is None
     assert compatible_weights(encoder, fitted, same, hidden, k + 1) is None
+
+
+_ENCODE_MEMORY = """
+import resource, sys
+import torch
+from decflow.engine.compute import keep_large_allocations
+from decflow.model.nn import Autoencoder
+from decflow.model.training import encode
+
+keep_large_allocations()  # as on a scoring worker: 32-MB activations come from the heap
+torch.manual_seed(0)
+torch.set_num_threads(1)
+ae = Autoencoder(78, [500, 500, 2000], 10)
+X = torch.randn(65_536, 78)
+small = encode(ae, X[:4096], torch.device("cpu"))  # one batch: the allocator's working set
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+z = encode(ae, X, torch.device("cpu"))
+grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+assert z.shape == (65_536, 10) and torch.equal(z[:4096], small), "wrong embedding"
+print(f"{grown:.0f}")
+"""
+
+
+@pytest.mark.slow  # a new interpreter with torch: about 5 s
+def test_embedding_many_batches_does_not_grow_memory_per_batch():
+    """16 batches of 4,096 rows through a 2,000-wide layer (32 MB of activations each): the
+    process keeps about one batch's working set, not one per batch (it grew by 0.5 GB)."""
+    out = subprocess.run([sys.executable, "-c", _ENCODE_MEMORY], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    grown_mib = float(out.stdout.strip().splitlines()[-1])
+    assert grown_mib < 128, f"peak RSS grew by {grown_mib:.0f} MiB embedding 65,536 rows"
