@@ -180,7 +180,7 @@ def bench_scoring(args, rows: list) -> None:
         n = 0
         for chunk in scan.chunks(config.compute.chunk_rows):
             for batch in sources.read_chunk(chunk, config.source.date_column,
-                                            config.source_columns(), config.compute.batch_rows):
+                                            config.source_columns(), config.batch_rows()):
                 scoring.score_table(batch, (encoder, est), scoring.make_plan(config, 1, spec))
                 n += len(batch)
         score_s = time.perf_counter() - t0

@@ -60,6 +60,8 @@ def base_file(tmp_path):
     # the estimator stops when fewer than this share of labels change: a share in (0, 1)
     ("train.tol", 0, r"train\.tol: .*greater than 0.*found 0"),
     ("train.tol", 1, r"train\.tol: .*less than 1.*found 1"),
+    ("compute.batch_rows", 0, r"compute\.batch_rows: expected an integer >= 1 or 'auto', "
+                              r"found 0"),
 ])
 def test_bad_values_name_the_key_expected_and_found(base_file, key, value, match):
     with pytest.raises(ConfigError, match=match) as err:
@@ -74,6 +76,7 @@ def test_bad_values_name_the_key_expected_and_found(base_file, key, value, match
     ("source.date_column", "dt-utc"), ("source.id_column", "customer id.v2"),
     ("features.bounds", {"x": [1, 1]}), ("features.bounds", {"x": [None, -3]}),
     ("model.hidden", [1]), ("model.init_view_rows", None), ("model.init_view_rows", 11),
+    ("compute.batch_rows", "auto"), ("compute.batch_rows", 1000),
 ])
 def test_good_values_are_kept(base_file, key, value):
     config = load_config(base_file, {key: value}, env={})
@@ -184,3 +187,20 @@ def test_typos_of_real_keys_stay_errors(base_file, env, message):
 def test_a_top_level_key_is_config(base_file, tmp_path):
     config = load_config(base_file, env={"DECFLOW_HOME": str(tmp_path / "h")})
     assert config.home == str(tmp_path / "h")
+
+
+@pytest.mark.parametrize("features, rows", [
+    ({"numeric": ["a", "b", "c", "d"], "categorical": ["e", "f"], "vector": {"v": 56}}, 262_144),
+    ({"vector": {"pixels": 256}}, 65_536),  # USPS
+    ({"vector": {"pixels": 784}}, 16_384),  # MNIST
+    ({"numeric": ["x"]}, 262_144),  # narrow rows: the cap
+    ({"vector": {"emb": 100_000}}, 8_192),  # very wide rows: the floor
+    ({"vector": {"a": 300, "b": 300}, "text": ["t"]}, 16_384),  # 601 values: 27,915 -> 16,384
+])
+def test_auto_batch_rows_follow_the_width_of_a_row(features, rows):
+    config = PipelineConfig.model_validate({"features": features})
+    assert config.compute.batch_rows == "auto"
+    assert config.batch_rows() == rows
+    fixed = config.model_copy(update={"compute": config.compute.model_copy(
+        update={"batch_rows": 1000})})
+    assert fixed.batch_rows() == 1000

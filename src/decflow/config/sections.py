@@ -291,6 +291,9 @@ class LabelsConfig(_Section):
     uri: str | None = None  # None: <home>/labels
 
 
+_AUTO_BATCH_VALUES = 1 << 24  # input values per batch under compute.batch_rows: auto
+
+
 class ComputeConfig(_Section):
     """Where distributed work runs."""
 
@@ -300,7 +303,10 @@ class ComputeConfig(_Section):
     processes: bool = True  # embedded cluster only
     memory_limit: str | None = None  # per embedded worker, e.g. "2GiB" (None: Dask's default)
     chunk_rows: int = Field(default=200_000, ge=1)  # rows per Dask task (whole row groups)
-    batch_rows: int = Field(default=65_536, ge=1)  # rows decoded, validated, scored at a time
+    # Rows decoded, validated and scored at a time in a task; "auto": 2**24 input values (about
+    # 64 MB as float32) over the row's width, a power of two in 8,192..262,144
+    # (PipelineConfig.batch_rows): 262,144 rows of 62 values, 65,536 of 256, 16,384 of 784.
+    batch_rows: CountOrAuto = "auto"
 
 
 class PipelineConfig(_Section):
@@ -359,6 +365,21 @@ class PipelineConfig(_Section):
         """The columns a run reads: the id, the features and (when set) the label column."""
         cols = [self.source.id_column, *self.features.columns()]
         return cols + [self.source.label_column] if self.source.label_column else cols
+
+    def batch_rows(self) -> int:
+        """``compute.batch_rows``, with "auto" resolved from the width of a row of input.
+
+        The width counts the values a row brings: one per numeric, categorical or text column
+        and each vector's length. A batch's memory in a task (the decoded frame, the encoded
+        and scaled copies) grows with rows x width, so wide rows get shorter batches; GX's
+        fixed cost per batch (about 0.15 s) favours long ones.
+        """
+        rows = self.compute.batch_rows
+        if rows != "auto":
+            return rows
+        f = self.features
+        width = max(1, len(f.numeric) + len(f.categorical) + len(f.text) + sum(f.vector.values()))
+        return 1 << min(18, max(13, (_AUTO_BATCH_VALUES // width).bit_length() - 1))
 
     def labels_uri(self) -> str:
         return self.labels.uri or str(Path(self.home) / "labels")

@@ -436,7 +436,7 @@ def bucket_count(n_rows: int) -> int:
 def make_plan(config: PipelineConfig, n_rows: int, labels: LabelsSpec | None = None) -> Plan:
     """The chunk tasks' plan for a scan of ``n_rows`` rows under ``config``."""
     return Plan(config.source, config.features, config.validation,
-                config.source_columns(), config.compute.batch_rows,
+                config.source_columns(), config.batch_rows(),
                 bucket_count(n_rows), labels)
 
 
