@@ -48,3 +48,28 @@ def test_initial_centroids_separate_the_blobs(three_blobs, init):
         assert got.metrics["init_candidate"] >= 0 and got.metrics["init_view_rows"] == 300
     else:
         assert got.target is None and got.view_space is None
+
+
+def test_views_fitted_on_the_workers_are_the_views_fitted_here(three_blobs):
+    """``fit_views_on``: each view is a task on a worker process, and the candidates, the
+    choice and the placed rows are exactly those of the views fitted in this process."""
+    import functools
+
+    import distributed
+
+    from decflow.model.initialization import select_manifold_init
+
+    X, _ = three_blobs
+    kwargs = dict(n_views=3, n_init=2, random_state=0, view_rows=300, view_dims=3)
+    here = select_manifold_init(X, 3, **kwargs)
+    with dask_client(ComputeConfig(n_workers=2, threads_per_worker=1)) as client:
+        with distributed.get_task_stream(client) as stream:
+            there = select_manifold_init(
+                X, 3, fit_views=functools.partial(centroids.fit_views_on, client), **kwargs)
+        fits = [t for t in stream.data if str(t["key"]).startswith("umap-view-")]
+        workers = {w for w in client.scheduler_info()["workers"]}
+    assert len(fits) == 3 and {t["worker"] for t in fits} <= workers
+    assert there.silhouettes == here.silhouettes and there.chosen == here.chosen
+    assert there.chosen_view == here.chosen_view and there.view_rows == 300
+    np.testing.assert_array_equal(there.resp, here.resp)  # the 300 placed rows included
+    np.testing.assert_array_equal(there.centers, here.centers)

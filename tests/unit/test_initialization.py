@@ -42,7 +42,7 @@ def test_the_candidate_with_the_highest_silhouette_is_kept(monkeypatch):
     clean, truth = _blobs(rng, 0)
     views = {0: rng.normal(size=(160, 2)), 1: clean, 2: rng.normal(size=(160, 2))}
     seeds = view_seeds(3, 3)
-    monkeypatch.setattr(init_module, "_fit_view",
+    monkeypatch.setattr(init_module, "fit_view",
                         lambda Z, k, seed, n_neighbors=20: (None, views[seeds.index(seed)]))
     calls = []
 
@@ -67,13 +67,13 @@ def test_the_candidate_with_the_highest_silhouette_is_kept(monkeypatch):
 
 def _spy_views(monkeypatch):
     """Record the rows each UMAP view is fitted on (the real fit runs)."""
-    fitted, real = [], init_module._fit_view
+    fitted, real = [], init_module.fit_view
 
     def spy(Z, k, seed, n_neighbors=20):
         fitted.append(len(Z))
         return real(Z, k, seed, n_neighbors)
 
-    monkeypatch.setattr(init_module, "_fit_view", spy)
+    monkeypatch.setattr(init_module, "fit_view", spy)
     return fitted
 
 
@@ -151,13 +151,13 @@ def test_views_of_other_rows_give_centroids_in_z(monkeypatch):
     clean, truth = _blobs(rng, 0)
     Z = rng.normal(size=(160, 5)).astype(np.float32) + 3 * truth[:, None]
     fitted = []
-    real = init_module._fit_view
+    real = init_module.fit_view
 
     def spy(rows, k, seed, n_neighbors=20):
         fitted.append((rows.shape, k))
         return real(rows, k, seed, n_neighbors)
 
-    monkeypatch.setattr(init_module, "_fit_view", spy)
+    monkeypatch.setattr(init_module, "fit_view", spy)
     chosen = select_manifold_init(Z, 4, n_views=2, n_init=2, random_state=0,
                                   views_of=clean, view_dims=3)
     assert fitted == [((160, 2), 3), ((160, 2), 3)]
@@ -220,3 +220,15 @@ def test_a_kept_target_runs_every_step_and_reports_whether_labels_settled():
     assert dec.converged and len(dec.history) == 2
     unsettled, _ = _fine_tune(None, tol=0.0)  # "fewer than none" never holds
     assert unsettled.n_iter == 600 and not unsettled.converged
+
+
+def test_a_view_fitter_that_stops_early_is_an_error():
+    rng = np.random.default_rng(0)
+    Z = rng.normal(size=(60, 3)).astype(np.float32)
+
+    def two_views(S, k, seeds, n_neighbors):
+        for _ in seeds[:2]:
+            yield rng.normal(size=(len(S), k)).astype(np.float32), (lambda: None)
+
+    with pytest.raises(RuntimeError, match="fit_views gave 2 views for 3 seeds"):
+        select_manifold_init(Z, 3, n_views=3, n_init=1, random_state=0, fit_views=two_views)

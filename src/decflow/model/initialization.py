@@ -46,7 +46,7 @@ Views of a sample, every row placed in the chosen one
 """
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -196,7 +196,8 @@ def select_manifold_init(Z: np.ndarray, n_clusters: int, *, n_views: int = 1, n_
                          random_state: int | None = None, n_neighbors: int = 20,
                          external_means: Callable[[np.ndarray], np.ndarray] | None = None,
                          view_rows: int | None = None, views_of: np.ndarray | None = None,
-                         view_dims: int | None = None) -> ManifoldInit:
+                         view_dims: int | None = None,
+                         fit_views: "ViewFitter | None" = None) -> ManifoldInit:
     """Gaussian mixtures on ``n_views`` UMAP views of z (or of ``views_of``); the candidate
     with the highest silhouette in its own view wins (label-free).
 
@@ -212,6 +213,9 @@ def select_manifold_init(Z: np.ndarray, n_clusters: int, *, n_views: int = 1, n_
             Dask; the mixture started from them is one more candidate per view.
         view_rows: fit the views and candidates on a seeded sample of at most this many rows
             and place the others in the chosen view (None: all rows).
+        fit_views: how the UMAP views are fitted (default ``fit_views_here``: one after
+            another in this process); e.g. on Dask workers, all at once
+            (``engine.centroids.fit_views_on``). The views are the same either way.
 
     Returns:
         ``ManifoldInit``; ``centers`` and ``resp`` cover all n rows.
@@ -232,8 +236,10 @@ def select_manifold_init(Z: np.ndarray, n_clusters: int, *, n_views: int = 1, n_
     Zv = S if sample is None else S[sample]
     seeds = view_seeds(random_state, n_views)
     best, sils, chosen, chosen_view = None, [], 0, 0
-    for view, seed in enumerate(seeds):
-        reducer, M = _fit_view(Zv, view_dims or n_clusters, seed, n_neighbors)
+    views = (fit_views or fit_views_here)(Zv, view_dims or n_clusters, seeds, n_neighbors)
+    n_fitted = 0
+    for view, (M, reducer) in enumerate(views):  # in seed order, each as it is ready
+        seed, n_fitted = seeds[view], view + 1
         starts = [None] + ([external_means(M)] if external_means is not None else [])
         for means in starts:
             gmm, resp = _fit_mixture(M, n_clusters, means, n_init, seed)
@@ -241,17 +247,34 @@ def select_manifold_init(Z: np.ndarray, n_clusters: int, *, n_views: int = 1, n_
             if best is None or sil > max(sils):
                 best, chosen, chosen_view = (reducer, M, gmm, resp), len(sils), view
             sils.append(sil)
-    reducer, M, gmm, resp = best
+    if n_fitted != len(seeds):
+        raise RuntimeError(f"fit_views gave {n_fitted} views for {len(seeds)} seeds")
+    get_reducer, M, gmm, resp = best
     if sample is not None:  # place the other rows in the chosen view, keep the sample's own
         rest = np.setdiff1d(np.arange(n), sample, assume_unique=True)
         M_all = np.empty((n, M.shape[1]), dtype=np.float32)
         M_all[sample] = M
+        reducer = get_reducer()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # UMAP's transform warns about its random_state too
             M_all[rest] = reducer.transform(S[rest])
         resp = gmm.predict_proba(M_all)
     return ManifoldInit(_weighted_means(resp, Z), resp.astype(np.float32), sils, chosen, seeds,
                         len(Zv), chosen_view)
+
+
+# fit_views(S, n_components, seeds, n_neighbors) -> iterable over the seeds, in order, of
+# (coordinates (n, n_components) float32, a callable returning the fitted UMAP)
+ViewFitter = Callable[[np.ndarray, int, list, int],
+                      Iterable[tuple[np.ndarray, Callable[[], object]]]]
+
+
+def fit_views_here(S: np.ndarray, n_components: int, seeds: list, n_neighbors: int
+                   ) -> Iterator[tuple[np.ndarray, Callable[[], object]]]:
+    """The UMAP views of ``S``, one seed after another in this process (a ``ViewFitter``)."""
+    for seed in seeds:
+        reducer, M = fit_view(S, n_components, seed, n_neighbors)
+        yield M, (lambda r=reducer: r)
 
 
 def manifold_view(Z: np.ndarray, n_components: int, random_state: int | None,
@@ -264,10 +287,10 @@ def manifold_view(Z: np.ndarray, n_components: int, random_state: int | None,
     Returns:
         (n, n_components) float32 manifold coordinates.
     """
-    return _fit_view(Z, n_components, random_state, n_neighbors)[1]
+    return fit_view(Z, n_components, random_state, n_neighbors)[1]
 
 
-def _fit_view(Z: np.ndarray, n_components: int, random_state: int | None, n_neighbors: int):
+def fit_view(Z: np.ndarray, n_components: int, random_state: int | None, n_neighbors: int):
     """(fitted UMAP, (n, n_components) float32 coordinates of Z); see ``manifold_view``."""
     umap = load_umap()  # here: only this path needs UMAP (numba, see model.compiled)
 
