@@ -73,3 +73,23 @@ def test_views_fitted_on_the_workers_are_the_views_fitted_here(three_blobs):
     assert there.chosen_view == here.chosen_view and there.view_rows == 300
     np.testing.assert_array_equal(there.resp, here.resp)  # the 300 placed rows included
     np.testing.assert_array_equal(there.centers, here.centers)
+
+
+def test_two_views_on_one_worker_process_do_not_kill_it(three_blobs, monkeypatch):
+    """A worker with 2 threads runs 2 view fits at once. numba's "workqueue" threading layer
+    (the one left where neither TBB nor OpenMP is installed, as in a slim image) aborts the
+    process when two threads enter parallel compiled code at once: every attempt killed its
+    worker (KilledWorker). UMAP calls in one process take turns."""
+    import functools
+
+    from decflow.model.initialization import select_manifold_init
+
+    monkeypatch.setenv("NUMBA_THREADING_LAYER", "workqueue")  # inherited by the workers
+    X, _ = three_blobs
+    kwargs = dict(n_views=2, n_init=1, random_state=0, view_dims=3)
+    with dask_client(ComputeConfig(n_workers=1, threads_per_worker=2)) as client:
+        layer = client.run(lambda: __import__("os").environ["NUMBA_THREADING_LAYER"])
+        there = select_manifold_init(
+            X, 3, fit_views=functools.partial(centroids.fit_views_on, client), **kwargs)
+    assert list(layer.values()) == ["workqueue"]
+    assert there.silhouettes == select_manifold_init(X, 3, **kwargs).silhouettes

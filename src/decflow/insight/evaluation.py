@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from decflow.model.compiled import load_umap
+from decflow.model.compiled import UMAP_LOCK, load_umap
 from decflow.model.metrics import cluster_size_summary, silhouette_sample, supervised_scores
 
 
@@ -242,7 +242,8 @@ def _umap2(Z: np.ndarray, random_state: int) -> np.ndarray:
     # before, at less than half the time.
     reducer = umap.UMAP(n_components=2, n_neighbors=min(15, len(Z) - 1), min_dist=0.1,
                         n_epochs=200, random_state=random_state, n_jobs=1)
-    return reducer.fit_transform(Z.astype(np.float32))
+    with UMAP_LOCK:
+        return reducer.fit_transform(Z.astype(np.float32))
 
 
 def plot_confidence(confidence, labels, n_clusters: int):

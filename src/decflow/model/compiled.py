@@ -15,6 +15,10 @@ import threading
 
 PACKAGES = ("umap", "pynndescent")
 _LOCK = threading.Lock()
+# Hold it around every UMAP fit or transform: numba's "workqueue" threading layer (the one left
+# where neither TBB nor OpenMP is installed, as in a slim image) aborts the whole process when
+# two threads enter parallel compiled code at once, e.g. two view fits on a 2-thread Dask worker.
+UMAP_LOCK = threading.Lock()
 _CACHED: set[int] = set()  # ids of the dispatchers whose cache is on
 
 

@@ -54,7 +54,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 from sklearn.mixture import GaussianMixture
 
-from decflow.model.compiled import load_umap
+from decflow.model.compiled import UMAP_LOCK, load_umap
 
 # Rows the silhouette of a candidate is computed on (a fixed sample keeps it O(n)).
 SILHOUETTE_ROWS = 5000
@@ -255,7 +255,7 @@ def select_manifold_init(Z: np.ndarray, n_clusters: int, *, n_views: int = 1, n_
         M_all = np.empty((n, M.shape[1]), dtype=np.float32)
         M_all[sample] = M
         reducer = get_reducer()
-        with warnings.catch_warnings():
+        with UMAP_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # UMAP's transform warns about its random_state too
             M_all[rest] = reducer.transform(S[rest])
         resp = gmm.predict_proba(M_all)
@@ -298,7 +298,7 @@ def fit_view(Z: np.ndarray, n_components: int, random_state: int | None, n_neigh
     reducer = umap.UMAP(n_components=n_components, n_neighbors=min(n_neighbors, n - 1),
                         min_dist=0.0, metric="euclidean", random_state=random_state,
                         n_jobs=1 if random_state is not None else -1)
-    with warnings.catch_warnings():
+    with UMAP_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # UMAP warns that random_state disables parallelism
         return reducer, reducer.fit_transform(Z).astype(np.float32)
 
