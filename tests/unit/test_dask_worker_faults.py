@@ -67,11 +67,12 @@ class KillAtStart(distributed.WorkerPlugin):
 
 
 class KillHolderAtFetch(distributed.WorkerPlugin):
-    """SIGKILL the worker this one starts fetching ``key`` from: at that moment the only
-    holder of it (this worker has no copy, or it would not fetch one)."""
+    """SIGKILL ``holder``, the one worker holding the model payload ``key``, as the first chunk
+    task starts on another worker: that task has no model yet (the caches were cleared), so it
+    is about to fetch the payload from the holder."""
 
-    def __init__(self, marker: str, key: str):
-        self.marker, self.key = marker, key
+    def __init__(self, marker: str, key: str, holder: str):
+        self.marker, self.key, self.holder = marker, key, holder
 
     def setup(self, worker):
         self.worker = worker
@@ -81,10 +82,11 @@ class KillHolderAtFetch(distributed.WorkerPlugin):
         return f"{self.marker}.pid-{address.replace('/', '').replace(':', '-')}"
 
     def transition(self, key, start, finish, **kwargs):
-        if key == self.key and finish == "flight":
-            holder = self.worker.state.tasks[key].coming_from
-            pid = int(Path(self._pid_file(holder)).read_text())
-            if _claim(self.marker, f"{pid} fetch of {key} from {holder}"):
+        name = str(key[0] if isinstance(key, tuple) else key)
+        if (finish == "executing" and name.startswith("process_chunk")
+                and self.worker.address != self.holder):
+            pid = int(Path(self._pid_file(self.holder)).read_text())
+            if _claim(self.marker, f"{pid} fetch of {self.key} from {self.holder}"):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -242,9 +244,10 @@ def labels_reference(client, model, tmp_path_factory):
 def test_scoring_with_a_worker_killed_writes_the_same_labels(client, tmp_path, model,
                                                              labels_reference, kill, moment):
     """chunk-start: killed as its 2nd chunk starts on a worker, some labels already written.
-    model-fetch: the model held by one worker only (Dask's active memory manager leaves one
-    copy of data no task waits for, within 2 s; ``run_once`` stands in for that timer) and
-    that worker killed as the other one starts fetching it: a scattered model was lost then.
+    model-fetch: the model held by one worker only (chunk tasks fetch it themselves when their
+    worker has not built it yet; Dask's active memory manager would leave one copy anyway) and
+    that worker killed as the other one starts a chunk and so fetches it: a scattered model was
+    lost then; the payload task is recomputed.
     Either way the labels (id, cluster, confidence, distance) equal those of a run without
     the kill, row for row."""
     killed = None
@@ -256,8 +259,10 @@ def test_scoring_with_a_worker_killed_writes_the_same_labels(client, tmp_path, m
             return
         distributed.wait(payload)
         client.amm.run_once()
-        assert len(client.who_has([payload])[payload.key]) == 1
-        killed = kill(KillHolderAtFetch, payload.key)
+        holders = client.who_has([payload])[payload.key]
+        assert len(holders) == 1
+        client.run(scoring._MODELS.clear)  # every worker fetches the payload
+        killed = kill(KillHolderAtFetch, payload.key, holders[0])
 
     labels = _label(client, tmp_path, model, before_scoring=arm)
     killed()

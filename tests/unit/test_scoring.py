@@ -4,6 +4,9 @@ every row validated, labels replaced old-or-new at several row groups per partit
 import datetime as dt
 import logging
 import os
+import pickle
+import subprocess
+import sys
 import threading
 
 import duckdb
@@ -358,3 +361,71 @@ def test_validation_takes_the_training_sample_from_the_rows_it_reads(tmp_path, m
     assert report.success and report.n_rows == scan.n_rows
     assert len(sample) == min(n, scan.n_rows)
     pd.testing.assert_frame_equal(sample, expected)
+
+
+
+# Run in a fresh process (the client's imports are the point); its scheduler runs there too.
+_LABEL_SCRIPT = """
+import pickle, sys
+import distributed
+from decflow.engine import partitions as scoring
+from decflow.engine.compute import dask_client
+
+
+class ChunksPerWorker(distributed.diagnostics.plugin.SchedulerPlugin):
+    # the most chunk tasks assigned to one worker at once, and the worker of each chunk
+    def __init__(self):
+        self.now, self.most, self.ran = {}, 0, []
+
+    async def start(self, scheduler):
+        self.scheduler = scheduler
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        if not str(key).startswith("process_chunk"):
+            return
+        if finish == "processing":
+            worker = self.scheduler.tasks[key].processing_on.address
+            self.now[key] = worker
+            self.ran.append(worker)
+            self.most = max(self.most, sum(w == worker for w in self.now.values()))
+        elif start == "processing":
+            self.now.pop(key, None)
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1], "rb") as f:
+        config, scan, model, spec = pickle.load(f)
+    with dask_client(config.compute) as client:
+        client.register_plugin(ChunksPerWorker(), name="chunks")
+        payload = scoring.scatter_model(client, *model)
+        out = scoring.label_partition(client, scan, config, payload, spec)
+        most, ran = client.run_on_scheduler(
+            lambda dask_scheduler: (dask_scheduler.plugins["chunks"].most,
+                                    dask_scheduler.plugins["chunks"].ran))
+    gx = sorted(m for m in sys.modules if m.startswith("great_expectations"))
+    print("RESULT", out.validation_result.success, out.rows_written, most, len(set(ran)),
+          len(ran), gx[:3])
+"""
+
+
+@pytest.mark.slow  # a Dask cluster of two worker processes, in a fresh process
+def test_each_worker_runs_one_chunk_at_a_time_and_the_client_never_imports_gx(tmp_path, model):
+    """A chunk queued on a busy one-thread worker holds up the small tasks that hand the
+    previous chunk's results to the client, and Dask placed new chunks on busy workers while
+    another stood idle: each worker gets one chunk at a time. The client merges the batches
+    with the suite's specs built on a worker: labelling a partition does not import Great
+    Expectations in the client's process (about 2 s on the critical path)."""
+    _write_source(tmp_path / "source")
+    config = _config(tmp_path, n_workers=2, threads_per_worker=1, processes=True,
+                     chunk_rows=100)
+    scan = sources.scan_window(config.source, DAYS[1], 1)
+    assert len(scan.chunks(100)) == 6
+    (tmp_path / "inputs.pkl").write_bytes(pickle.dumps((config, scan, model, _spec())))
+    (tmp_path / "label.py").write_text(_LABEL_SCRIPT)
+    done = subprocess.run([sys.executable, str(tmp_path / "label.py"),
+                           str(tmp_path / "inputs.pkl")], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT")]
+    assert lines, done.stdout[-2000:] + done.stderr[-4000:]
+    # passed, all rows labelled, at most 1 chunk per worker at once, both workers, 6 chunks
+    assert lines[0] == f"RESULT True {ROWS} 1 2 6 []", lines[0]

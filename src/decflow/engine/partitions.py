@@ -6,9 +6,9 @@ suite on each batch (``validation.validate_batch``) and, when scoring, encodes, 
 scores the batch with the model and builds its labels rows. The client keeps only small
 things: the batch results, added up into one ``ValidationResult``, and the labels tables,
 streamed one chunk at a time into the partition's file (``partitioned.PartitionWriter``), which
-replaces the old partition only when the whole partition passed validation. At most
-``2 x (worker threads)`` chunks are in flight, so neither the workers nor the client hold a
-partition.
+replaces the old partition only when the whole partition passed validation. One chunk per
+worker thread runs at a time (at most 4 per thread are waiting to be taken in), so neither the
+workers nor the client hold a partition.
 
 Id uniqueness stays exact across a whole window: each chunk task also splits its ids by hash
 into buckets; one task per bucket then finds the duplicates among the ids of every chunk.
@@ -24,9 +24,11 @@ import hashlib
 import logging
 import tempfile
 import threading
+import uuid
 import zlib
 from collections import deque
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -71,15 +73,46 @@ class ModelPayload:
         return cls(key, enc, est)
 
 
+@dataclass(frozen=True)
+class PayloadRef:
+    """How a chunk task finds the model: the cache key of a ``ModelPayload`` and the name of
+    the Dask ``Variable`` holding its future (``run_partitions`` sets it), fetched by a worker
+    only when its cache misses.
+
+    Chunk tasks carry this, not the payload future: a task that depends on the payload is
+    placed where the payload is, and Dask's active memory manager drops the copy on every
+    other worker while no task waits on it (between two chunks), so the next chunks queued
+    behind a busy worker while another stood idle (measured: 1.1 s of 19 lost at 1M rows).
+    """
+
+    key: str
+    variable: str
+
+    def fetch(self) -> ModelPayload:
+        """The payload, from whichever worker holds it. The task leaves its thread slot while it
+        waits (``worker_client`` secedes): the payload task itself may still need one (it is
+        recomputed after a worker holding it died), and every slot may be a waiting chunk."""
+        with distributed.worker_client() as client:
+            return distributed.Variable(self.variable, client=client).get().result()
+
+
 _MODELS: dict[tuple[str, str], tuple[FeatureEncoder, "DeepEmbeddedClustering"]] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def worker_model(payload: ModelPayload, device: str = "auto"
+def worker_model(payload: "ModelPayload | PayloadRef", device: str = "auto"
                  ) -> tuple[FeatureEncoder, "DeepEmbeddedClustering"]:
-    """The payload's model, built once per process and device (later calls hit the cache)."""
+    """The payload's model, built once per process and device (later calls hit the cache;
+    a ``PayloadRef`` is fetched only on a miss)."""
     from decflow.model.estimator import DeepEmbeddedClustering
 
+    if isinstance(payload, PayloadRef):
+        # Fetched outside the lock: the fetch leaves its task slot, another chunk task may
+        # take it and wait for the lock, and the fetch could then not take a slot back.
+        with _MODELS_LOCK:
+            cached = (payload.key, device) in _MODELS
+        if not cached:
+            payload = payload.fetch()
     with _MODELS_LOCK:
         model = _MODELS.get((payload.key, device))
         if model is None:
@@ -132,7 +165,8 @@ def partition_name(date_column: str, day: str) -> str:
 
 
 @one_blas_thread
-def process_chunk(chunk: Chunk, plan: Plan, payload: ModelPayload | None = None,
+def process_chunk(chunk: Chunk, plan: Plan,
+                  payload: "ModelPayload | PayloadRef | None" = None,
                   sample_rows: np.ndarray | None = None) -> ChunkResult:
     """Validate (and score) one chunk batch by batch; runs on a worker. ``sample_rows``
     (sorted positions in the chunk's file): those rows are also returned, as read."""
@@ -254,8 +288,12 @@ def run_partitions(client: distributed.Client, scans: list[WindowScan], plans: l
                    ) -> Iterator[PartitionOutcome]:
     """Validate every row of each scan and, with a model, label it; one outcome per scan.
 
-    Chunks of all scans form one queue with at most ``in_flight`` (default: twice the cluster's
-    threads) running, so small partitions keep every worker busy too. With ``payload`` (the
+    Chunks of all scans form one queue with at most ``in_flight`` (default: one per worker
+    thread) running, refilled as each finishes, so small partitions keep every worker busy
+    too. No chunk waits on a worker behind another: the small tasks that hand a finished
+    chunk's results to the client would queue behind it on a one-thread worker, and the client
+    would see each chunk a whole chunk late (measured: 3 s of 20 idle on one of 2 workers).
+    With ``payload`` (the
     ``ModelPayload`` future from ``scatter_model``) and ``labels_uri`` each scan must be one
     partition: its labels file is written chunk by chunk as results arrive and put in place
     only when every expectation passed on every row and no task failed; otherwise the old
@@ -272,10 +310,32 @@ def run_partitions(client: distributed.Client, scans: list[WindowScan], plans: l
     if scoring and any(len(s.lineage.partitions) != 1 for s in scans):
         raise ValueError("labels are written per partition; got scans over "
                          f"{[s.lineage.partitions for s in scans]}")
+    if not scoring:
+        yield from _run_partitions(client, scans, plans, (), labels_uri, chunk_rows, in_flight,
+                                   samples)
+        return
+    with payload_ref(client, payload) as ref:
+        yield from _run_partitions(client, scans, plans, (ref,), labels_uri, chunk_rows,
+                                   in_flight, samples)
+
+
+def _run_partitions(client: distributed.Client, scans: list[WindowScan], plans: list[Plan],
+                    args: tuple, labels_uri: str | None, chunk_rows: int, in_flight: int | None,
+                    samples: list[dict[str, np.ndarray] | None] | None
+                    ) -> Iterator[PartitionOutcome]:
+    scoring = bool(args)
     threads = sum(client.nthreads().values())
-    limit = in_flight or max(2, 2 * threads)
+    limit = in_flight or max(1, threads)
+    window = 4 * limit  # chunks submitted and not yet taken in: bounds what waits on workers
     chunk_rows = balanced_chunk_rows(chunk_rows, sum(s.n_rows for s in scans), threads)
-    args = (payload,) if scoring else ()
+    # The suite's specs for merging each scan's batches, built on a worker before the first
+    # chunk: this process then never imports Great Expectations (about 2 s, on the critical
+    # path once the last chunk is in).
+    specs = {}
+    for p in plans:
+        if _suite_key(p) not in specs:
+            specs[_suite_key(p)] = client.submit(validation.suite_specs, p.source, p.features,
+                                                 p.validation, pure=False, priority=10)
     states = [_Pending(s, 0, buckets=[[] for _ in range(p.n_buckets)])
               for s, p in zip(scans, plans)]
     jobs = []
@@ -293,14 +353,18 @@ def run_partitions(client: distributed.Client, scans: list[WindowScan], plans: l
     def submit(i: int, c: Chunk | None):
         st, plan = states[i], plans[i]
         if c is None:
-            return i, None, None, None, 0
+            return i, None, None, None, 0, None
         wanted = (samples[i] or {}).get(c.path) if samples else None
         if wanted is not None:
             lo, hi = np.searchsorted(wanted, [c.first_row, c.first_row + c.n_rows])
             wanted = wanted[lo:hi] if hi > lo else None
-        fut = client.submit(process_chunk, c, plan, *args, sample_rows=wanted, pure=False)
-        for b in range(plan.n_buckets):
-            st.buckets[b].append(client.submit(_pick_bucket, fut, b, pure=False))
+        where = ({"workers": [freed.popleft()], "allow_other_workers": True} if freed else {})
+        fut = client.submit(process_chunk, c, plan, *args, sample_rows=wanted, pure=False,
+                            **where)
+        parts = [client.submit(_pick_bucket, fut, b, pure=False, **near)
+                 for b in range(plan.n_buckets)]
+        for b, part in enumerate(parts):
+            st.buckets[b].append(part)
         st.codes.append(st.scan.lineage.partitions.index(c.day))
         st.submitted += 1
         if st.submitted == st.n_chunks:  # the last chunk: look for duplicates meanwhile
@@ -310,23 +374,65 @@ def run_partitions(client: distributed.Client, scans: list[WindowScan], plans: l
                                            plan.validation.unique_ids == "partition", *futs,
                                            pure=False)
                              for futs in st.buckets]
-        return (i, client.submit(_pick, fut, "batches", pure=False),
-                client.submit(_pick, fut, "labels", pure=False) if scoring else None,
-                client.submit(_pick, fut, "sample", pure=False) if wanted is not None else None,
-                c.n_rows)
+        picks = (client.submit(_pick, fut, "batches", pure=False, **near),
+                 client.submit(_pick, fut, "labels", pure=False, **near) if scoring else None,
+                 client.submit(_pick, fut, "sample", pure=False, **near)
+                 if wanted is not None else None)
+        parts += [f for f in picks if f is not None]
+        outstanding[fut.key] = len(parts)
+        for f in parts:
+            of[f.key] = fut.key
+            ac.add(f)
+        return (i, *picks, c.n_rows, fut.key)
+
+    # Chunks are taken in (and written) in order; another is submitted as soon as one is done:
+    # its task and the small tasks that take its results apart (which run on its worker at
+    # once, as nothing else waits there; submitted before they ran, the next chunk would go
+    # to a busy worker, whose task slots look freer than those of the one running them).
+    ac = distributed.as_completed()
+    pending, todo = deque(), iter(jobs)
+    # Result tasks run where their chunk's result is. Unrestricted, Dask takes a group of many
+    # small tasks with few dependencies for "root-ish" and queues them on the scheduler until
+    # some worker has a free slot, which need not be the one holding the data (measured: a
+    # chunk's results reached this process 3 s late). Any worker may still run them.
+    near = {"workers": list(client.scheduler_info()["workers"]), "allow_other_workers": True}
+    outstanding: dict = {}  # chunk task key -> its result tasks not yet done
+    of: dict = {}  # result task key -> chunk task key
+    finished: set = set()
+    running = 0
+    # Each worker thread gets the first chunks, then the worker a chunk just left gets the
+    # next one. Left to Dask, a small group of tasks without dependencies went by estimated
+    # occupancy: the first two chunks on one of two workers, or 3 of 10 chunks behind a busy
+    # worker while the other stood idle (3 s each). Any worker may still run them.
+    freed: deque = deque(w for w, n in client.nthreads().items() for _ in range(n))
+
+    def refill(block: bool) -> None:
+        nonlocal running
+        if block or ac.has_ready():
+            for f in ac.next_batch(block=True):
+                chunk = of.pop(f.key)
+                outstanding[chunk] -= 1
+                if not outstanding[chunk]:
+                    del outstanding[chunk]
+                    finished.add(chunk)
+                    running -= 1
+                    freed.extend(client.who_has([f]).get(f.key, ())[:1])
+        while running < limit and len(pending) < window:
+            job = next(todo, None)
+            if job is None:
+                return
+            pending.append(submit(*job))
+            running += pending[-1][1] is not None
 
     what = "labels" if scoring else "validate"
     shown = progress.begin(what, sum(s.n_rows for s in scans), "rows")
-    pending, todo = deque(), iter(jobs)
-    for job in todo:
-        pending.append(submit(*job))
-        if len(pending) >= limit:
-            break
+    refill(False)
     while pending:
-        i, fb, fl, fs, rows = pending.popleft()
-        nxt = next(todo, None)
-        if nxt is not None:
-            pending.append(submit(*nxt))
+        while pending[0][1] is not None and pending[0][5] not in finished:
+            refill(True)
+        i, fb, fl, fs, rows, key = pending.popleft()
+        finished.discard(key)
+        refill(False)
         st = states[i]
         if fb is not None:
             st.remaining -= 1
@@ -348,16 +454,22 @@ def run_partitions(client: distributed.Client, scans: list[WindowScan], plans: l
                     st.error = exc
         shown.advance(rows)
         if st.remaining <= 0:
-            yield _finish(client, st, plans[i])
+            yield _finish(client, st, plans[i], specs[_suite_key(plans[i])])
     shown.end()
 
 
-def _finish(client: distributed.Client, st: _Pending, plan: Plan) -> PartitionOutcome:
+def _suite_key(plan: Plan) -> tuple[str, str, str]:
+    return (plan.source.model_dump_json(), plan.features.model_dump_json(),
+            plan.validation.model_dump_json())
+
+
+def _finish(client: distributed.Client, st: _Pending, plan: Plan,
+            specs: distributed.Future) -> PartitionOutcome:
     day = st.scan.lineage.partitions[0] if st.scan.lineage.partitions else ""
     out = PartitionOutcome(day)
     try:
         if st.error is None:
-            out.validation_result = _validation_result(client, st, plan)
+            out.validation_result = _validation_result(client, st, plan, specs.result())
     except Exception as exc:
         st.error = exc
     out.error = st.error
@@ -394,14 +506,14 @@ def _describe(scan: WindowScan) -> str:
     return f"{scan.date_column}={parts[0]}..{parts[-1]} ({len(parts)} partitions)"
 
 
-def _validation_result(client: distributed.Client, st: _Pending, plan: Plan
-                       ) -> validation.ValidationResult:
+def _validation_result(client: distributed.Client, st: _Pending, plan: Plan,
+                       specs: list[dict]) -> validation.ValidationResult:
     dups = None
     if any(plan.source.id_column in b.columns for b in st.batches):
         dups = validation.merge_duplicates(client.gather(st.duplicates),
                                            plan.validation.sample_size)
     return validation.merge_batches(st.batches, dups, plan.source, plan.features,
-                                    plan.validation)
+                                    plan.validation, specs)
 
 
 class _Invalid(Exception):
@@ -470,7 +582,24 @@ def scatter_model(client: distributed.Client, encoder: FeatureEncoder,
     keeps one copy of data no task is waiting for, and scattered data lost with its worker
     is lost for good (every chunk then fails), while the scheduler reruns this task.
     """
-    return client.submit(_identity, ModelPayload.from_model(encoder, estimator), pure=False)
+    payload = ModelPayload.from_model(encoder, estimator)
+    return client.submit(_identity, payload, key=f"model-payload-{payload.key}", pure=False)
+
+
+@contextmanager
+def payload_ref(client: distributed.Client, payload: distributed.Future) -> Iterator[PayloadRef]:
+    """What chunk tasks carry instead of ``scatter_model``'s future (see ``PayloadRef``): a
+    Dask ``Variable`` holds the future while the context lasts."""
+    key = str(payload.key).removeprefix("model-payload-")
+    var = distributed.Variable(f"decflow-model-{key}-{uuid.uuid4().hex[:12]}", client=client)
+    var.set(payload)
+    try:
+        yield PayloadRef(key, var.name)
+    finally:
+        try:
+            var.delete()
+        except Exception as exc:  # the cluster went away: nothing is left to release
+            _log.debug("releasing the model variable %s: %s", var.name, exc)
 
 
 def _identity(obj):

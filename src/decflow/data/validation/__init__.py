@@ -44,8 +44,8 @@ wrong type, are not evaluated: the one failed existence/type check says how many
 GX is imported lazily (it takes seconds) and its context is created once, on first use.
 """
 
-from decflow.data.validation.batches import (BatchValidation, merge_batches, validate_batch,
-                                             validate_frame)
+from decflow.data.validation.batches import (BatchValidation, merge_batches, suite_specs,
+                                             validate_batch, validate_frame)
 from decflow.data.validation.duplicates import Duplicates, find_duplicates, merge_duplicates
 from decflow.data.validation.results import (DataValidationError, ExpectationResult,
                                              ValidationResult, check)
@@ -53,5 +53,5 @@ from decflow.data.validation.suite import ALLOWED_KINDS, META_KEY, build_suite
 
 __all__ = ["ALLOWED_KINDS", "BatchValidation", "DataValidationError", "Duplicates",
            "ExpectationResult", "META_KEY", "ValidationResult", "build_suite", "check",
-           "find_duplicates", "merge_batches", "merge_duplicates", "validate_batch",
-           "validate_frame"]
+           "find_duplicates", "merge_batches", "merge_duplicates", "suite_specs",
+           "validate_batch", "validate_frame"]

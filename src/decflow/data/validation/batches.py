@@ -142,18 +142,28 @@ def _value_checks(specs: list[dict], phase1: set, blocked: set, decided: dict, s
     return out
 
 
+def suite_specs(source: SourceConfig, features: FeaturesConfig,
+                validation: ValidationConfig) -> list[dict]:
+    """The suite's expectations as plain dicts (type, kwargs, check, column, meta): what
+    ``merge_batches`` needs, small and picklable, so a process that only merges (a run's
+    client) can take them from a worker and never import Great Expectations."""
+    return [expectation_spec(e) for e in suite_expectations(source, features, validation)]
+
+
 def merge_batches(batches: list[BatchValidation], duplicates: Duplicates | None,
                   source: SourceConfig, features: FeaturesConfig,
-                  validation: ValidationConfig) -> ValidationResult:
+                  validation: ValidationConfig, specs: list[dict] | None = None
+                  ) -> ValidationResult:
     """One result for all batches: counts add up, samples fill up to ``sample_size``.
 
     The row count is checked on the total; id uniqueness on ``duplicates`` (exact, from
     ``find_duplicates`` over every batch's ids; None when the id column is missing). A user
     expectation on an aggregate (a column's max, mean, ...) is checked on each batch and
-    passes when it passes on every batch.
+    passes when it passes on every batch. ``specs``: ``suite_specs`` of these settings, when
+    already at hand (built here otherwise).
     """
-    expectations = suite_expectations(source, features, validation)
-    specs = [expectation_spec(e) for e in expectations]
+    if specs is None:
+        specs = suite_specs(source, features, validation)
     size = validation.sample_size
     n_rows = sum(b.n_rows for b in batches)
     merged: dict[int, Partial] = {}
