@@ -358,9 +358,12 @@ def _run_partitions(client: distributed.Client, scans: list[WindowScan], plans: 
         if wanted is not None:
             lo, hi = np.searchsorted(wanted, [c.first_row, c.first_row + c.n_rows])
             wanted = wanted[lo:hi] if hi > lo else None
-        where = ({"workers": [freed.popleft()], "allow_other_workers": True} if freed else {})
+        info = client.scheduler_info()["workers"]  # kept up to date by the client
+        worker = min(info, key=lambda w: (load.get(w, 0) / max(1, info[w]["nthreads"]), w))
         fut = client.submit(process_chunk, c, plan, *args, sample_rows=wanted, pure=False,
-                            **where)
+                            workers=[worker], allow_other_workers=True)
+        load[worker] = load.get(worker, 0) + 1
+        placed[fut.key] = worker
         parts = [client.submit(_pick_bucket, fut, b, pure=False, **near)
                  for b in range(plan.n_buckets)]
         for b, part in enumerate(parts):
@@ -400,11 +403,13 @@ def _run_partitions(client: distributed.Client, scans: list[WindowScan], plans: 
     of: dict = {}  # result task key -> chunk task key
     finished: set = set()
     running = 0
-    # Each worker thread gets the first chunks, then the worker a chunk just left gets the
-    # next one. Left to Dask, a small group of tasks without dependencies went by estimated
-    # occupancy: the first two chunks on one of two workers, or 3 of 10 chunks behind a busy
-    # worker while the other stood idle (3 s each). Any worker may still run them.
-    freed: deque = deque(w for w, n in client.nthreads().items() for _ in range(n))
+    # Each chunk goes to the worker with the fewest of this run's chunks per thread (the one a
+    # chunk just left). Left to Dask, a small group of tasks without dependencies went by
+    # estimated occupancy: the first two chunks on one of two workers, or 3 of 10 chunks behind
+    # a busy worker while the other stood idle (3 s each). Any worker may still run them (a
+    # worker that restarted has a new address).
+    load: dict[str, int] = {}  # worker -> chunks placed there and not yet done
+    placed: dict = {}  # chunk task key -> worker
 
     def refill(block: bool) -> None:
         nonlocal running
@@ -416,7 +421,8 @@ def _run_partitions(client: distributed.Client, scans: list[WindowScan], plans: 
                     del outstanding[chunk]
                     finished.add(chunk)
                     running -= 1
-                    freed.extend(client.who_has([f]).get(f.key, ())[:1])
+                    load[placed[chunk]] -= 1
+                    del placed[chunk]
         while running < limit and len(pending) < window:
             job = next(todo, None)
             if job is None:
