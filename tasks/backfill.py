@@ -13,6 +13,7 @@ from decflow.data import validation
 from decflow.data.resume import plan_day
 from decflow.engine import partitions as scoring
 from decflow.engine.compute import dask_client
+from decflow.engine.payload import scatter_model
 from decflow.errors import Conflict
 
 from .labels import labels_spec
@@ -53,7 +54,7 @@ def _label(config: PipelineConfig, planned: list, version, model) -> None:
         return
     t0 = time.perf_counter()
     with dask_client(config.compute) as client:
-        payload = scoring.scatter_model(client, model.encoder, model.estimator)
+        payload = scatter_model(client, model.encoder, model.estimator)
         outcomes = scoring.label_partitions(client, scans, config, payload,
                                             labels_spec(config, version))
         for row, out in zip(todo, outcomes):

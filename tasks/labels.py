@@ -10,6 +10,7 @@ from decflow.data import validation
 from decflow.data.sources import WindowScan
 from decflow.engine import partitions as scoring
 from decflow.engine.compute import dask_client
+from decflow.engine.payload import scatter_model
 from decflow.registry.datasets import LABELS, labels_dataset, log_datasets
 
 from .data import publish_validation
@@ -31,7 +32,7 @@ def label_partition(scan: WindowScan, version, model, config: PipelineConfig,
     source row of the scanned files), chunk-wise on the cluster; nothing is written when a row
     fails validation. ``unlabelled_files`` (files that landed after the scan) are reported."""
     with dask_client(config.compute) as client:
-        payload = scoring.scatter_model(client, model.encoder, model.estimator)
+        payload = scatter_model(client, model.encoder, model.estimator)
         outcome = scoring.label_partition(client, scan, config, payload,
                                           labels_spec(config, version))
     publish_validation(outcome.validation_result, config, run_id, key="labels-validation")

@@ -32,6 +32,7 @@ from decflow.data import partitioned, sources
 from decflow.data import validation
 from decflow.engine import partitions as scoring
 from decflow.engine.compute import dask_client
+from decflow.engine.payload import scatter_model
 from decflow.errors import DataError
 from decflow.model.features import FeatureEncoder
 
@@ -117,7 +118,7 @@ def world(tmp_path_factory):
         n_init=2, batch_size=64, init="k-means", device="cpu", random_state=0,
     ).fit(encoder.fit_transform(train))
     with dask_client(config.compute) as client:
-        payload = scoring.scatter_model(client, encoder, estimator)
+        payload = scatter_model(client, encoder, estimator)
         first = _label(client, payload, config)
         assert first.rows_written == len(FILES) * ROWS
         shutil.copytree(labels / f"ds={DAY}", labels / f"ds={OTHER}")

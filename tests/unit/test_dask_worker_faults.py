@@ -26,6 +26,7 @@ from decflow.data import partitioned, sources
 from decflow.engine import kmeans as dask_kmeans
 from decflow.engine import partitions as scoring
 from decflow.engine.compute import dask_client
+from decflow.engine.payload import _MODELS as payload_cache, scatter_model
 from decflow.engine.kmeans import kmeans_dask, predict_dask
 from decflow.model.features import FeatureEncoder
 from testkit import DEC_FAST_KMEANS
@@ -68,8 +69,8 @@ class KillAtStart(distributed.WorkerPlugin):
 
 class KillHolderAtFetch(distributed.WorkerPlugin):
     """SIGKILL ``holder``, the one worker holding the model payload ``key``, as the first chunk
-    task starts on another worker: that task has no model yet (the caches were cleared), so it
-    is about to fetch the payload from the holder."""
+    task starts on any worker: no worker has the model yet (the caches were cleared), so every
+    chunk must fetch the payload, which only its task's rerun can give."""
 
     def __init__(self, marker: str, key: str, holder: str):
         self.marker, self.key, self.holder = marker, key, holder
@@ -83,8 +84,7 @@ class KillHolderAtFetch(distributed.WorkerPlugin):
 
     def transition(self, key, start, finish, **kwargs):
         name = str(key[0] if isinstance(key, tuple) else key)
-        if (finish == "executing" and name.startswith("process_chunk")
-                and self.worker.address != self.holder):
+        if finish == "executing" and name.startswith("process_chunk"):
             pid = int(Path(self._pid_file(self.holder)).read_text())
             if _claim(self.marker, f"{pid} fetch of {self.key} from {self.holder}"):
                 os.kill(pid, signal.SIGKILL)
@@ -226,7 +226,7 @@ def _label(client, root, model, before_scoring=lambda payload: None) -> pd.DataF
     scan = sources.scan_window(config.source, DAY)
     assert len(scan.chunks(config.compute.chunk_rows)) == SCORE_ROWS // (2 * GROUP)
     spec = scoring.LabelsSpec("m", "1", "run", dt.datetime(2026, 11, 25, tzinfo=dt.timezone.utc))
-    payload = scoring.scatter_model(client, *model)
+    payload = scatter_model(client, *model)
     before_scoring(payload)
     out = scoring.label_partition(client, scan, config, payload, spec)
     assert out.validation_result.success and out.rows_written == SCORE_ROWS
@@ -246,8 +246,8 @@ def test_scoring_with_a_worker_killed_writes_the_same_labels(client, tmp_path, m
     """chunk-start: killed as its 2nd chunk starts on a worker, some labels already written.
     model-fetch: the model held by one worker only (chunk tasks fetch it themselves when their
     worker has not built it yet; Dask's active memory manager would leave one copy anyway) and
-    that worker killed as the other one starts a chunk and so fetches it: a scattered model was
-    lost then; the payload task is recomputed.
+    that worker killed as the first chunk starts, before any worker has built the model: a
+    scattered model was lost then; the payload task is recomputed.
     Either way the labels (id, cluster, confidence, distance) equal those of a run without
     the kill, row for row."""
     killed = None
@@ -261,7 +261,7 @@ def test_scoring_with_a_worker_killed_writes_the_same_labels(client, tmp_path, m
         client.amm.run_once()
         holders = client.who_has([payload])[payload.key]
         assert len(holders) == 1
-        client.run(scoring._MODELS.clear)  # every worker fetches the payload
+        client.run(payload_cache.clear)  # every worker fetches the payload
         killed = kill(KillHolderAtFetch, payload.key, holders[0])
 
     labels = _label(client, tmp_path, model, before_scoring=arm)

@@ -23,6 +23,7 @@ from decflow.data import partitioned, sources
 from decflow.data.validation import DataValidationError, check
 from decflow.engine import partitions as scoring
 from decflow.engine.compute import dask_client
+from decflow.engine.payload import scatter_model
 from decflow.errors import DataError
 from decflow.model.features import FeatureEncoder
 from decflow.model.scoring import score_frame
@@ -79,7 +80,7 @@ def _spec() -> scoring.LabelsSpec:
 def _label(config, model, day) -> scoring.PartitionOutcome:
     scan = sources.scan_window(config.source, day, 1)
     with dask_client(config.compute) as client:
-        payload = scoring.scatter_model(client, *model)
+        payload = scatter_model(client, *model)
         return scoring.label_partition(client, scan, config, payload, _spec())
 
 
@@ -222,7 +223,7 @@ def test_labels_are_replaced_old_or_new_at_several_row_groups(tmp_path, model, m
     def rewrite():
         scan = sources.scan_window(config.source, DAYS[0], 1)
         with dask_client(config.compute) as client:
-            payload = scoring.scatter_model(client, *model)
+            payload = scatter_model(client, *model)
             result["out"] = scoring.label_partition(client, scan, config, payload, spec)
 
     worker = threading.Thread(target=rewrite)
@@ -370,6 +371,7 @@ import pickle, sys
 import distributed
 from decflow.engine import partitions as scoring
 from decflow.engine.compute import dask_client
+from decflow.engine.payload import scatter_model
 
 
 class ChunksPerWorker(distributed.diagnostics.plugin.SchedulerPlugin):
@@ -397,7 +399,7 @@ if __name__ == "__main__":
         config, scan, model, spec = pickle.load(f)
     with dask_client(config.compute) as client:
         client.register_plugin(ChunksPerWorker(), name="chunks")
-        payload = scoring.scatter_model(client, *model)
+        payload = scatter_model(client, *model)
         out = scoring.label_partition(client, scan, config, payload, spec)
         most, ran = client.run_on_scheduler(
             lambda dask_scheduler: (dask_scheduler.plugins["chunks"].most,

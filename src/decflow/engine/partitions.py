@@ -13,25 +13,17 @@ workers nor the client hold a partition.
 Id uniqueness stays exact across a whole window: each chunk task also splits its ids by hash
 into buckets; one task per bucket then finds the duplicates among the ids of every chunk.
 
-The model travels once per worker: its files go to the cluster as bytes (``ModelPayload``),
+The model travels once per worker (``engine.payload``): its files go to the cluster as bytes,
 each worker fetches them once, and each worker process rebuilds it once, on its own device
-(CUDA when present and ``device`` allows), keeping it in a per-process cache keyed by the
-payload.
+(CUDA when present and ``device`` allows).
 """
 
 import datetime as dt
-import hashlib
 import logging
-import tempfile
-import threading
-import uuid
 import zlib
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import distributed
 import numpy as np
@@ -44,88 +36,12 @@ from decflow.data import validation
 from decflow.data.sources import Chunk, WindowScan
 from decflow import progress
 from decflow.engine.compute import keep_large_allocations, one_blas_thread
+from decflow.engine.payload import ModelPayload, PayloadRef, payload_ref, worker_model
 from decflow.errors import DataError
-from decflow.model.features import FeatureEncoder
-
-if TYPE_CHECKING:  # torch loads with the model, on workers that score: not to validate
-    from decflow.model.estimator import DeepEmbeddedClustering
 
 _log = logging.getLogger(__name__)
 
 _BUCKET_ROWS = 2_000_000  # ids per uniqueness bucket (about 16-50 MB in one task)
-
-
-@dataclass(frozen=True)
-class ModelPayload:
-    """A fitted encoder + estimator as file bytes, shipped to each worker once."""
-
-    key: str  # content hash: the per-worker cache key
-    encoder: bytes  # FeatureEncoder.save JSON
-    estimator: bytes  # DeepEmbeddedClustering.save safetensors
-
-    @classmethod
-    def from_model(cls, encoder: FeatureEncoder, estimator: "DeepEmbeddedClustering"
-                   ) -> "ModelPayload":
-        with tempfile.TemporaryDirectory(prefix="decflow-payload-") as tmp:
-            enc = encoder.save(Path(tmp) / "encoder.json").read_bytes()
-            est = estimator.save(Path(tmp) / "estimator.safetensors").read_bytes()
-        key = hashlib.sha256(enc + est).hexdigest()[:16]
-        return cls(key, enc, est)
-
-
-@dataclass(frozen=True)
-class PayloadRef:
-    """How a chunk task finds the model: the cache key of a ``ModelPayload`` and the name of
-    the Dask ``Variable`` holding its future (``run_partitions`` sets it), fetched by a worker
-    only when its cache misses.
-
-    Chunk tasks carry this, not the payload future: a task that depends on the payload is
-    placed where the payload is, and Dask's active memory manager drops the copy on every
-    other worker while no task waits on it (between two chunks), so the next chunks queued
-    behind a busy worker while another stood idle (measured: 1.1 s of 19 lost at 1M rows).
-    """
-
-    key: str
-    variable: str
-
-    def fetch(self) -> ModelPayload:
-        """The payload, from whichever worker holds it. The task leaves its thread slot while it
-        waits (``worker_client`` secedes): the payload task itself may still need one (it is
-        recomputed after a worker holding it died), and every slot may be a waiting chunk."""
-        with distributed.worker_client() as client:
-            return distributed.Variable(self.variable, client=client).get().result()
-
-
-_MODELS: dict[tuple[str, str], tuple[FeatureEncoder, "DeepEmbeddedClustering"]] = {}
-_MODELS_LOCK = threading.Lock()
-
-
-def worker_model(payload: "ModelPayload | PayloadRef", device: str = "auto"
-                 ) -> tuple[FeatureEncoder, "DeepEmbeddedClustering"]:
-    """The payload's model, built once per process and device (later calls hit the cache;
-    a ``PayloadRef`` is fetched only on a miss)."""
-    from decflow.model.estimator import DeepEmbeddedClustering
-
-    if isinstance(payload, PayloadRef):
-        # Fetched outside the lock: the fetch leaves its task slot, another chunk task may
-        # take it and wait for the lock, and the fetch could then not take a slot back.
-        with _MODELS_LOCK:
-            cached = (payload.key, device) in _MODELS
-        if not cached:
-            payload = payload.fetch()
-    with _MODELS_LOCK:
-        model = _MODELS.get((payload.key, device))
-        if model is None:
-            with tempfile.TemporaryDirectory(prefix="decflow-model-") as tmp:
-                (Path(tmp) / "encoder.json").write_bytes(payload.encoder)
-                (Path(tmp) / "estimator.safetensors").write_bytes(payload.estimator)
-                model = (FeatureEncoder.load(Path(tmp) / "encoder.json"),
-                         DeepEmbeddedClustering.load(Path(tmp) / "estimator.safetensors",
-                                                     device=device))
-            if len(_MODELS) >= 4:  # a long-lived worker serves a few models at most at once
-                _MODELS.pop(next(iter(_MODELS)))
-            _MODELS[(payload.key, device)] = model
-        return model
 
 
 @dataclass(frozen=True)
@@ -358,12 +274,11 @@ def _run_partitions(client: distributed.Client, scans: list[WindowScan], plans: 
         if wanted is not None:
             lo, hi = np.searchsorted(wanted, [c.first_row, c.first_row + c.n_rows])
             wanted = wanted[lo:hi] if hi > lo else None
-        info = client.scheduler_info()["workers"]  # kept up to date by the client
-        worker = min(info, key=lambda w: (load.get(w, 0) / max(1, info[w]["nthreads"]), w))
+        slots = client.nthreads()
+        load = Counter(w for w, _ in live.values())
+        worker = min(slots, key=lambda w: (load[w] / max(1, slots[w]), w))
         fut = client.submit(process_chunk, c, plan, *args, sample_rows=wanted, pure=False,
                             workers=[worker], allow_other_workers=True)
-        load[worker] = load.get(worker, 0) + 1
-        placed[fut.key] = worker
         parts = [client.submit(_pick_bucket, fut, b, pure=False, **near)
                  for b in range(plan.n_buckets)]
         for b, part in enumerate(parts):
@@ -382,7 +297,7 @@ def _run_partitions(client: distributed.Client, scans: list[WindowScan], plans: 
                  client.submit(_pick, fut, "sample", pure=False, **near)
                  if wanted is not None else None)
         parts += [f for f in picks if f is not None]
-        outstanding[fut.key] = len(parts)
+        live[fut.key] = [worker, len(parts)]
         for f in parts:
             of[f.key] = fut.key
             ac.add(f)
@@ -398,46 +313,35 @@ def _run_partitions(client: distributed.Client, scans: list[WindowScan], plans: 
     # small tasks with few dependencies for "root-ish" and queues them on the scheduler until
     # some worker has a free slot, which need not be the one holding the data (measured: a
     # chunk's results reached this process 3 s late). Any worker may still run them.
-    near = {"workers": list(client.scheduler_info()["workers"]), "allow_other_workers": True}
-    outstanding: dict = {}  # chunk task key -> its result tasks not yet done
-    of: dict = {}  # result task key -> chunk task key
-    finished: set = set()
-    running = 0
+    near = {"workers": list(client.nthreads()), "allow_other_workers": True}
     # Each chunk goes to the worker with the fewest of this run's chunks per thread (the one a
     # chunk just left). Left to Dask, a small group of tasks without dependencies went by
     # estimated occupancy: the first two chunks on one of two workers, or 3 of 10 chunks behind
     # a busy worker while the other stood idle (3 s each). Any worker may still run them (a
     # worker that restarted has a new address).
-    load: dict[str, int] = {}  # worker -> chunks placed there and not yet done
-    placed: dict = {}  # chunk task key -> worker
+    live: dict = {}  # chunk task key -> [its worker, its result tasks not yet done]
+    of: dict = {}  # result task key -> chunk task key
 
     def refill(block: bool) -> None:
-        nonlocal running
         if block or ac.has_ready():
             for f in ac.next_batch(block=True):
                 chunk = of.pop(f.key)
-                outstanding[chunk] -= 1
-                if not outstanding[chunk]:
-                    del outstanding[chunk]
-                    finished.add(chunk)
-                    running -= 1
-                    load[placed[chunk]] -= 1
-                    del placed[chunk]
-        while running < limit and len(pending) < window:
+                live[chunk][1] -= 1
+                if not live[chunk][1]:
+                    del live[chunk]
+        while len(live) < limit and len(pending) < window:
             job = next(todo, None)
             if job is None:
                 return
             pending.append(submit(*job))
-            running += pending[-1][1] is not None
 
     what = "labels" if scoring else "validate"
     shown = progress.begin(what, sum(s.n_rows for s in scans), "rows")
     refill(False)
     while pending:
-        while pending[0][1] is not None and pending[0][5] not in finished:
+        while pending[0][5] in live:
             refill(True)
-        i, fb, fl, fs, rows, key = pending.popleft()
-        finished.discard(key)
+        i, fb, fl, fs, rows, _ = pending.popleft()
         refill(False)
         st = states[i]
         if fb is not None:
@@ -578,38 +482,6 @@ def validate_and_sample(client: distributed.Client, scan: WindowScan, config: Pi
     if sample is None:  # no rows to sample: the empty frame with the run's columns
         sample = sources.training_sample(scan, config)
     return out.validation_result, sample
-
-
-def scatter_model(client: distributed.Client, encoder: FeatureEncoder,
-                  estimator: "DeepEmbeddedClustering") -> distributed.Future:
-    """Put the model on the cluster once; tasks take the returned future.
-
-    A task that returns the payload, not ``client.scatter``: Dask's active memory manager
-    keeps one copy of data no task is waiting for, and scattered data lost with its worker
-    is lost for good (every chunk then fails), while the scheduler reruns this task.
-    """
-    payload = ModelPayload.from_model(encoder, estimator)
-    return client.submit(_identity, payload, key=f"model-payload-{payload.key}", pure=False)
-
-
-@contextmanager
-def payload_ref(client: distributed.Client, payload: distributed.Future) -> Iterator[PayloadRef]:
-    """What chunk tasks carry instead of ``scatter_model``'s future (see ``PayloadRef``): a
-    Dask ``Variable`` holds the future while the context lasts."""
-    key = str(payload.key).removeprefix("model-payload-")
-    var = distributed.Variable(f"decflow-model-{key}-{uuid.uuid4().hex[:12]}", client=client)
-    var.set(payload)
-    try:
-        yield PayloadRef(key, var.name)
-    finally:
-        try:
-            var.delete()
-        except Exception as exc:  # the cluster went away: nothing is left to release
-            _log.debug("releasing the model variable %s: %s", var.name, exc)
-
-
-def _identity(obj):
-    return obj
 
 
 def label_partition(client: distributed.Client, scan: WindowScan, config: PipelineConfig,
