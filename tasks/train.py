@@ -1,5 +1,6 @@
 """Feature embedding, pretraining, Dask centroid initialisation, DEC fine-tuning, evaluation."""
 
+import functools
 import re
 
 import numpy as np
@@ -44,6 +45,10 @@ def embed_features(frame: pd.DataFrame, config: PipelineConfig, run_id: str | No
         log_metrics(config, run_id, {f"feature_weight.{_metric_name(c)}": w
                                      for c, w in encoder.weights_.items()})
     return encoder, X
+
+
+def _project_on(dask, Z: np.ndarray, random_state: int) -> np.ndarray:
+    return dask.submit(evaluation.umap_2d, Z, random_state, pure=False).result()
 
 
 def _metric_name(column: str) -> str:
@@ -108,8 +113,12 @@ def evaluate_model(est: DeepEmbeddedClustering, X: np.ndarray, frame: pd.DataFra
     metrics = evaluation.evaluate(Z, ids, conf, config.model.n_clusters, history=est.history_,
                                   y_true=y, random_state=config.train.random_state or 0)
     log_metrics(config, run_id, metrics)
-    for name, fig in evaluation.figures(est.history_, Z, ids, conf, config.model.n_clusters,
-                                        random_state=config.train.random_state or 0).items():
+    # the 2-D map on a worker of the run's cluster: UMAP's code is compiled there (the views)
+    with dask_client(config.compute) as dask:
+        figures = evaluation.figures(est.history_, Z, ids, conf, config.model.n_clusters,
+                                     random_state=config.train.random_state or 0,
+                                     project=functools.partial(_project_on, dask))
+    for name, fig in figures.items():
         log_figure(config, run_id, fig, f"{Artifact.PLOTS}/{name}.png")
     rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in metrics.items())
     create_markdown_artifact(key="recluster-metrics", description="Model quality",

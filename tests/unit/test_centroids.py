@@ -93,3 +93,52 @@ def test_two_views_on_one_worker_process_do_not_kill_it(three_blobs, monkeypatch
             X, 3, fit_views=functools.partial(centroids.fit_views_on, client), **kwargs)
     assert list(layer.values()) == ["workqueue"]
     assert there.silhouettes == select_manifold_init(X, 3, **kwargs).silhouettes
+
+
+def test_the_rows_outside_the_sample_are_placed_in_blocks_on_every_worker(three_blobs,
+                                                                          monkeypatch):
+    """The chosen view places the other rows block by block (``initialization.place_rows``);
+    on a cluster the blocks run on all workers, and every placed row equals the one placed
+    here."""
+    import functools
+
+    import distributed
+
+    from decflow.model import initialization
+    from decflow.model.initialization import select_manifold_init
+
+    monkeypatch.setattr(initialization, "PLACE_ROWS", 60)  # 300 rows outside: 5 blocks
+    X, _ = three_blobs
+    kwargs = dict(n_views=2, n_init=1, random_state=0, view_rows=300, view_dims=3)
+    here = select_manifold_init(X, 3, **kwargs)
+    with dask_client(ComputeConfig(n_workers=2, threads_per_worker=1)) as client:
+        with distributed.get_task_stream(client) as stream:
+            there = select_manifold_init(
+                X, 3, fit_views=functools.partial(centroids.fit_views_on, client), **kwargs)
+    blocks = [t for t in stream.data if str(t["key"]).startswith("_transform_block")]
+    assert len(blocks) == 5 and len({t["worker"] for t in blocks}) == 2
+    np.testing.assert_array_equal(there.resp, here.resp)
+    np.testing.assert_array_equal(there.centers, here.centers)
+
+
+def test_each_view_s_kmeans_finds_a_free_worker(three_blobs, monkeypatch):
+    """One view fits per worker at a time, and the next starts only once the last view's Dask
+    k-means has run: with every view submitted at once, both workers went from one fit to the
+    next, and each k-means (and the coordinates) waited behind a whole view."""
+    X, _ = three_blobs
+    est, config = _fit(X, "manifold")
+    config = config.model_copy(update={"model": config.model.model_copy(
+        update={"init_views": 4})})
+    busy, kmeans = [], centroids.kmeans_dask
+
+    def recording(space, k, *, client, **kwargs):
+        views = [key for keys in client.processing().values() for key in keys
+                 if str(key).startswith("umap-view-")]
+        busy.append(len(views))
+        return kmeans(space, k, client=client, **kwargs)
+
+    monkeypatch.setattr(centroids, "kmeans_dask", recording)
+    with dask_client(ComputeConfig(n_workers=2, threads_per_worker=1)) as client:
+        got = centroids.init_centroids(est, X, config, client)
+    assert len(busy) == 4 and max(busy) <= 1, busy  # a worker always free for the k-means
+    assert got.target.shape == (600, 3) and got.metrics["init_candidate"] >= 0

@@ -110,6 +110,27 @@ def test_map_is_umap_with_pca_only_where_umap_cannot_run(tiny):
         plot_projection(blobs, labels, method="tsne")
 
 
+def test_the_map_is_drawn_from_coordinates_computed_where_the_caller_says(tiny):
+    """``project``: e.g. a Dask worker computes the UMAP map (its compiled code is warm
+    there); the figure draws the sample's coordinates it returns, in the sample's order."""
+    from decflow.insight.evaluation import umap_2d
+
+    rng = np.random.default_rng(1)
+    blobs = np.repeat(np.eye(3) * 20, 40, axis=0) + rng.normal(size=(120, 3))
+    labels = np.repeat(np.arange(3), 40)
+    calls = []
+
+    def project(Z, seed):
+        calls.append((Z.dtype, Z.shape, seed))
+        return umap_2d(Z, seed) + 1000.0
+
+    fig = plot_projection(blobs, labels, sample_size=90, random_state=3, project=project)
+    assert calls == [(np.float32, (90, 3), 3)]
+    drawn = np.concatenate([c.get_offsets() for c in fig.axes[0].collections])
+    assert len(drawn) == 90 and drawn.min() > 900  # its coordinates, not a map made here
+    assert fig.axes[0].get_title() == "embedding, UMAP of 90 rows"
+
+
 def test_confidence_panels_show_the_per_cluster_means(tiny):
     _, labels, conf = tiny
     fig = plot_confidence(conf, labels, 4)

@@ -5,6 +5,7 @@ GUI backend or global pyplot state is involved; matplotlib is imported only when
 """
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -103,12 +104,15 @@ def _check_labels(labels, n_clusters: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------- figures
 def figures(history: dict, Z: np.ndarray, labels: np.ndarray, confidence: np.ndarray,
-            n_clusters: int, *, random_state: int = 0) -> dict:
+            n_clusters: int, *, random_state: int = 0, project: "Projector | None" = None
+            ) -> dict:
     """The run's pictures by name: ``training_curves``, ``cluster_sizes``, ``embedding_2d``,
-    ``confidence`` (matplotlib figures; the run report shows them in this order)."""
+    ``confidence`` (matplotlib figures; the run report shows them in this order); ``project``
+    as in ``plot_projection``."""
     return {"training_curves": plot_training_curves(history),
             "cluster_sizes": plot_cluster_sizes(labels, n_clusters),
-            "embedding_2d": plot_projection(Z, labels, random_state=random_state),
+            "embedding_2d": plot_projection(Z, labels, random_state=random_state,
+                                            project=project),
             "confidence": plot_confidence(confidence, labels, n_clusters)}
 
 
@@ -173,10 +177,12 @@ def plot_cluster_sizes(labels, n_clusters: int):
 
 
 UMAP_MIN_ROWS = 20  # fewer rows than this: a PCA (UMAP's neighbour graph needs some rows)
+# project(Z (m, d) float32, random_state) -> (m, 2) coordinates, as ``umap_2d`` gives them
+Projector = Callable[[np.ndarray, int], np.ndarray]
 
 
 def plot_projection(Z, labels, *, method: str = "umap", sample_size: int = 5000,
-                    random_state: int = 0):
+                    random_state: int = 0, project: Projector | None = None):
     """2-D map of the embedding on a random sample of rows, coloured by cluster.
 
     UMAP (``n_neighbors=15``, ``min_dist=0.1``) shows the neighbourhoods DEC clusters, which
@@ -190,6 +196,9 @@ def plot_projection(Z, labels, *, method: str = "umap", sample_size: int = 5000,
         method: "umap" (with the fallback) or "pca".
         sample_size: at most this many rows are drawn.
         random_state: seed of the sample and of UMAP.
+        project: where the UMAP map is computed (default ``umap_2d`` here); e.g. on a Dask
+            worker, where UMAP's code is already compiled (numba compiles its neighbour search
+            once per process, about 10 s, and cannot keep it on disk).
 
     Returns:
         ``matplotlib.figure.Figure`` (legend for up to 20 clusters, a colour bar beyond).
@@ -208,7 +217,7 @@ def plot_projection(Z, labels, *, method: str = "umap", sample_size: int = 5000,
         idx = np.sort(rng.choice(len(Z), size=sample_size, replace=False))
         Z, labels = Z[idx], labels[idx]
     if method == "umap" and len(Z) >= UMAP_MIN_ROWS and Z.shape[1] >= 2:
-        P = _umap2(Z, random_state)
+        P = (project or umap_2d)(Z.astype(np.float32), random_state)
         xlabel, ylabel, what = "UMAP 1", "UMAP 2", "UMAP"
     else:
         P, ratio = _pca2(Z)
@@ -235,7 +244,8 @@ def plot_projection(Z, labels, *, method: str = "umap", sample_size: int = 5000,
     return fig
 
 
-def _umap2(Z: np.ndarray, random_state: int) -> np.ndarray:
+def umap_2d(Z: np.ndarray, random_state: int) -> np.ndarray:
+    """(m, 2) UMAP map of Z for ``plot_projection`` (a ``Projector``)."""
     umap = load_umap()  # here: only this path needs UMAP (numba, see model.compiled)
 
     # 200 layout epochs (UMAP's default is 500 below 10k rows): the picture settles well
@@ -243,7 +253,7 @@ def _umap2(Z: np.ndarray, random_state: int) -> np.ndarray:
     reducer = umap.UMAP(n_components=2, n_neighbors=min(15, len(Z) - 1), min_dist=0.1,
                         n_epochs=200, random_state=random_state, n_jobs=1)
     with UMAP_LOCK:
-        return reducer.fit_transform(Z.astype(np.float32))
+        return reducer.fit_transform(np.asarray(Z, dtype=np.float32))
 
 
 def plot_confidence(confidence, labels, n_clusters: int):
