@@ -20,6 +20,7 @@ from decflow.flows.cli.options import (
                                        quiet_environment,
                                        require_model,
                                        setup,
+                                       start_prefect_server,
                                        state,
                                        )
 
@@ -76,9 +77,11 @@ def run(config: ConfigOpt,
     """Run the nightly `recluster` flow once: validate, train, register, write labels."""
     cfg = setup(config, sets)
     day = date_option(run_date, "--run-date")
-    with run_cluster(cfg):  # starts while the flow is imported and starts Prefect's server
+    with run_cluster(cfg):  # starts while Prefect's server starts and the flow is imported
+        server = start_prefect_server()
         from decflow.flows.recluster import recluster
 
+        server()
         out = recluster(config=cfg, run_date=day, progress=sys.stderr.isatty())
     print_run(out, cfg)
 
@@ -120,11 +123,13 @@ def score(config: ConfigOpt,
     """Label one partition with a registered model (write-back only, no training)."""
     cfg = setup(config, sets)
     day = date_option(run_date, "--run-date")
-    with run_cluster(cfg):  # starts while the flow is imported and starts Prefect's server
+    with run_cluster(cfg):  # starts while Prefect's server starts and the flow is imported
+        server = start_prefect_server()
         require_model(cfg, model)
 
         from decflow.flows.score import score as score_flow
 
+        server()
         out = score_flow(config=cfg, run_date=day, model=model)
     typer.echo(f"wrote {out['rows']} labels to {out['path']} with model version "
                f"{out['model_version']}")
@@ -155,13 +160,15 @@ def backfill(config: ConfigOpt,
         raise typer.BadParameter("--retrain trains a new model for each date and always runs; "
                                  "--model and --force do not apply", param_hint="--retrain")
     try:
-        # the cluster starts while the flow is imported and starts Prefect's server
+        # the cluster starts while Prefect's server starts and the flow is imported
         with run_cluster(cfg):
+            server = start_prefect_server()
             if not retrain:
                 require_model(cfg, model)
 
             from decflow.flows.backfill import backfill as backfill_flow
 
+            server()
             rows = backfill_flow(config=cfg, start=d1, end=d2, model=model, force=force,
                                  retrain=retrain)
     except PartitionsFailed as exc:  # the flow's BackfillFailed, with one row per date

@@ -142,3 +142,24 @@ def test_each_view_s_kmeans_finds_a_free_worker(three_blobs, monkeypatch):
         got = centroids.init_centroids(est, X, config, client)
     assert len(busy) == 4 and max(busy) <= 1, busy  # a worker always free for the k-means
     assert got.target.shape == (600, 3) and got.metrics["init_candidate"] >= 0
+
+
+def test_a_fitted_view_is_not_changed_by_pickling_it_for_another_worker():
+    """The chosen view's fit is sent to the other workers to place their blocks while its
+    own worker places one. pynndescent builds its search index in place on the first
+    transform, or when pickled: a copy pickled while the holder transformed was half-built
+    (AttributeError: 'NNDescent' object has no attribute '_rp_forest', the nightly hung). A
+    fit that comes out of the task is already built, so pickling it changes nothing."""
+    import pickle
+
+    rng = np.random.default_rng(0)
+    # from 4,096 rows UMAP builds a pynndescent index (below: exact neighbours, no index)
+    S = (rng.normal(size=(5, 4))[rng.integers(0, 5, 4200)] * 4
+         + rng.normal(size=(4200, 4))).astype(np.float32)
+    reducer, M = centroids._fit_view(S, 3, 0, 10)
+    index = reducer._knn_search_index
+    before = set(vars(index))
+    pickle.dumps(reducer)
+    assert set(vars(index)) == before
+    copy = pickle.loads(pickle.dumps(reducer))
+    np.testing.assert_array_equal(copy.transform(S[:50]), reducer.transform(S[:50]))

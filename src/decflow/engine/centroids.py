@@ -160,7 +160,13 @@ def _identity(obj):
 
 @one_blas_thread
 def _fit_view(S: np.ndarray, n_components: int, seed, n_neighbors: int):
-    return fit_view(S, n_components, seed, n_neighbors)
+    reducer, M = fit_view(S, n_components, seed, n_neighbors)
+    # Build the search structures of UMAP's neighbour index here, before the fit is shared:
+    # its first transform builds them in place, and a copy pickled for another worker in the
+    # meantime was half-built (pynndescent: 'NNDescent' object has no attribute
+    # '_rp_forest'). Built, the fit is no longer changed by transforms or by pickling.
+    transform_block(reducer, S[:1])
+    return reducer, M
 
 
 def _coordinates(fitted) -> np.ndarray:
