@@ -119,6 +119,7 @@ def start_prefect_server() -> Callable[[], None]:
     thread.start()
     return thread.join
 
+
 def require_model(cfg, ref: str) -> None:
     """Every command given a model reference checks it first, the same way (``ConfigError``:
     exit code 2 naming the model, the reference and the store), before any flow starts."""

@@ -220,7 +220,7 @@ def select_manifold_init(Z: np.ndarray, n_clusters: int, *, n_views: int = 1, n_
         view_rows: fit the views and candidates on a seeded sample of at most this many rows
             and place the others in the chosen view (None: all rows).
         fit_views: how the UMAP views are fitted (default ``fit_views_here``: one after
-            another in this process); e.g. on Dask workers, all at once
+            another in this process); e.g. on Dask workers, one per worker at a time
             (``engine.centroids.fit_views_on``). The views are the same either way.
 
     Returns:
