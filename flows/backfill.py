@@ -7,7 +7,7 @@ from prefect import flow
 
 from decflow.config import PipelineConfig
 from decflow.data import partitioned
-from decflow.engine.compute import run_cluster
+from decflow.engine.compute import WARM_ALL, WARM_SCORING, run_cluster
 from decflow.errors import PartitionsFailed
 from decflow.registry.versions import CHAMPION
 from decflow.flows.recluster import recluster
@@ -43,7 +43,8 @@ def backfill(config: PipelineConfig, start: dt.date, end: dt.date, model: str = 
     if retrain and (model != CHAMPION or force):
         raise ValueError("retrain trains a new model per date and always runs: "
                          f"model={model!r} and force={force} do not apply")
-    with run_cluster(config.compute):  # every date's work on one Dask cluster
+    # every date's work on one Dask cluster
+    with run_cluster(config.compute, warm=WARM_ALL if retrain else WARM_SCORING):
         if retrain:
             rows = [retrain_day(config, day) for day in days]
         else:

@@ -5,7 +5,7 @@ import datetime as dt
 from prefect import flow
 
 from decflow.config import PipelineConfig
-from decflow.engine.compute import run_cluster
+from decflow.engine.compute import WARM_SCORING, run_cluster
 from decflow.tasks.data import scan_night
 from decflow.tasks.labels import label_partition
 from decflow.tasks.runtime import night_lock, prepare_run, redact_errors
@@ -18,7 +18,7 @@ def score(config: PipelineConfig, run_date: dt.date, model: str = "champion") ->
     """Validate run_date's partition and label it with `model` (alias or version), chunk-wise
     on the Dask cluster."""
     config = prepare_run(config)
-    with run_cluster(config.compute), night_lock(config, run_date):
+    with run_cluster(config.compute, warm=WARM_SCORING), night_lock(config, run_date):
         return _score(config, run_date, model)
 
 

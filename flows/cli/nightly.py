@@ -25,12 +25,13 @@ from decflow.flows.cli.options import (
                                        )
 
 
-def run_cluster(config):
+def run_cluster(config, *, training: bool = True):
     """The command's one Dask cluster (``engine.compute.run_cluster``), started now: its
-    workers start and warm up while the flow starts Prefect's server; the flow joins it."""
-    from decflow.engine.compute import run_cluster as shared
+    workers start and warm up (for scoring only, unless ``training``) while the flow starts
+    Prefect's server; the flow joins it."""
+    from decflow.engine.compute import WARM_ALL, WARM_SCORING, run_cluster as shared
 
-    return shared(config.compute)
+    return shared(config.compute, warm=WARM_ALL if training else WARM_SCORING)
 
 
 @app.command()
@@ -123,7 +124,8 @@ def score(config: ConfigOpt,
     """Label one partition with a registered model (write-back only, no training)."""
     cfg = setup(config, sets)
     day = date_option(run_date, "--run-date")
-    with run_cluster(cfg):  # starts while Prefect's server starts and the flow is imported
+    # starts while Prefect's server starts and the flow is imported
+    with run_cluster(cfg, training=False):
         server = start_prefect_server()
         require_model(cfg, model)
 
@@ -161,7 +163,7 @@ def backfill(config: ConfigOpt,
                                  "--model and --force do not apply", param_hint="--retrain")
     try:
         # the cluster starts while Prefect's server starts and the flow is imported
-        with run_cluster(cfg):
+        with run_cluster(cfg, training=retrain):
             server = start_prefect_server()
             if not retrain:
                 require_model(cfg, model)

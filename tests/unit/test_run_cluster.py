@@ -52,29 +52,84 @@ def test_chunk_and_batch_sizes_do_not_make_another_cluster():
         assert a is b
 
 
-def test_workers_are_warmed_once_with_what_the_run_needs_and_nothing_else(monkeypatch):
-    """Each worker process runs one warm-up task first: the validation modules and the Great
-    Expectations context; torch only when the run scores. The workers get one thread each for
-    BLAS and torch; this process keeps its own setting (torch trains here, after the start)."""
+def _at_task_start(_=None):
+    """On a worker, as a task starts: the heavy libraries already imported, and whether the
+    Great Expectations context is built (read without importing anything)."""
+    gx = sys.modules.get("decflow.data.validation.gx")
+    return (sorted(m for m in ("torch", "great_expectations", "umap") if m in sys.modules),
+            getattr(gx, "_BATCH_DEFINITION", None) is not None)
+
+
+def _first_tasks(client, workers=None):
+    """``_at_task_start`` of one task per worker thread, submitted at once (each thread of a
+    worker takes one: they start together)."""
+    threads = client.nthreads()
+    futures = [client.submit(_at_task_start, (w, i), workers=[w], allow_other_workers=False,
+                             pure=False)
+               for w in (workers or threads) for i in range(threads[w])]
+    return client.gather(futures)
+
+
+def test_every_worker_imports_what_the_run_needs_before_its_first_task(monkeypatch):
+    """The validation modules and the Great Expectations context; torch only when the run
+    scores. Every thread's first task finds them: no two threads import at once (a package
+    importing its own submodules deadlocks against a thread importing one of them). The
+    workers get one thread each for BLAS and torch; this process keeps its own setting."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    two = ComputeConfig(n_workers=2, threads_per_worker=1)
-
-    def modules(client):
-        def loaded():  # on a worker: heavy libraries imported? the GX context built?
-            from decflow.data.validation import gx
-
-            return ({m for m in ("torch", "great_expectations") if m in sys.modules},
-                    gx._BATCH_DEFINITION is not None)
-        return list(client.run(loaded).values())
-
+    two = ComputeConfig(n_workers=2, threads_per_worker=2)
     with run_cluster(two, warm=("validation",)), dask_client(two) as client:
-        client.gather(compute._SHARED[compute._cluster_key(two)].warm_ups)
-        assert modules(client) == [({"great_expectations"}, True)] * 2
+        assert _first_tasks(client) == [(["great_expectations"], True)] * 4
         assert set(client.run(os.getenv, "OMP_NUM_THREADS").values()) == {"1"}
         assert "OMP_NUM_THREADS" not in os.environ
+
+
+def test_a_worker_that_restarts_imports_everything_again_before_its_first_task():
+    """The scheduler keeps the warm-up for workers that join later: a worker killed and
+    restarted by its nanny (an out-of-memory kill mid-run) warms up before it takes a task.
+    By default a run warms for validation, scoring and training."""
+    two = ComputeConfig(n_workers=2, threads_per_worker=2)
+    everything = (["great_expectations", "torch", "umap"], True)
     with run_cluster(two), dask_client(two) as client:
-        client.gather(compute._SHARED[compute._cluster_key(two)].warm_ups)
-        assert modules(client) == [({"great_expectations", "torch"}, True)] * 2
+        assert _first_tasks(client) == [everything] * 4
+        before = set(client.nthreads())
+        restarted = sorted(before)[0]
+        client.restart_workers([restarted])
+        new = set(client.nthreads()) - (before - {restarted})  # a new process, a new address
+        assert len(new) == 1 and len(client.nthreads()) == 2
+        assert _first_tasks(client, new) == [everything] * 2
+
+
+def test_a_worker_whose_imports_fail_fails_the_step_that_needs_the_cluster(monkeypatch):
+    monkeypatch.setitem(compute._WARM_MODULES, "validation", ("decflow.no_such_module",))
+    one = ComputeConfig(n_workers=1, threads_per_worker=2, processes=False)
+    with run_cluster(one, warm=("validation",)):
+        with pytest.raises(ModuleNotFoundError, match="decflow.no_such_module"):
+            with dask_client(one):
+                pass
+
+
+@pytest.mark.parametrize("processes", [True, False], ids=["processes", "threads"])
+def test_the_cluster_starts_in_its_own_thread_without_importing_anything_there(processes):
+    """The command imports its flow while the cluster starts: only one thread may import.
+    Python's audit hook sees every first import and the thread that made it (the scheduler's
+    own tries of optional modules that are not installed are harmless)."""
+    code = """if True:
+        import sys, threading
+        from decflow.config import ComputeConfig
+        from decflow.engine.compute import dask_client, run_cluster
+        elsewhere = []
+        def hook(event, args):
+            if event == "import" and threading.current_thread() is not threading.main_thread():
+                elsewhere.append((threading.current_thread().name, args[0]))
+        sys.addaudithook(hook)
+        two = ComputeConfig(n_workers=2, threads_per_worker=1, processes=%s)
+        with run_cluster(two, warm=("validation",)), dask_client(two) as client:
+            assert client.submit(sum, [1, 2]).result() == 3
+        print([f"{t}: {m}" for t, m in elsewhere if m in sys.modules])  # not tries that failed
+    """ % processes
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_importing_the_partition_engine_does_not_load_torch():

@@ -1,6 +1,7 @@
 """Where distributed work runs: a Dask client for an existing scheduler or an embedded
 LocalCluster, and one cluster shared by every step of a command (``run_cluster``)."""
 
+import asyncio
 import ctypes
 import functools
 import importlib
@@ -20,6 +21,9 @@ from decflow.config import ComputeConfig
 from decflow.redaction import redact
 
 _log = logging.getLogger(__name__)
+# what a worker imports before its first task (see WarmUp); every kind unless a command says
+WARM_ALL = ("validation", "scoring", "training")
+WARM_SCORING = ("validation", "scoring")  # a run that labels with a registered model
 
 
 @contextmanager
@@ -31,8 +35,9 @@ def dask_client(compute: ComputeConfig, *, timeout: float = 15.0) -> Iterator[di
     to that scheduler; not set: start an embedded ``LocalCluster(n_workers,
     threads_per_worker, processes)`` on loopback, its dashboard on a free loopback port.
     Either way the cluster and its dashboard address are logged (INFO,
-    ``decflow.engine.compute``: printed by every command). The client becomes the default Dask
-    scheduler.
+    ``decflow.engine.compute``: printed by every command), and every worker, one that joins
+    or restarts later included, imports what decflow's tasks use before its first task
+    (``WarmUp``). The client becomes the default Dask scheduler.
 
     Args:
         compute: the compute section of the pipeline config.
@@ -47,11 +52,12 @@ def dask_client(compute: ComputeConfig, *, timeout: float = 15.0) -> Iterator[di
         yield shared.wait()
         return
     with _open_client(compute, timeout=timeout) as client:
+        warm_workers(client, WARM_ALL)
         yield client
 
 
 @contextmanager
-def run_cluster(compute: ComputeConfig, *, warm: tuple[str, ...] = ("validation", "scoring"),
+def run_cluster(compute: ComputeConfig, *, warm: tuple[str, ...] = WARM_ALL,
                 timeout: float = 15.0) -> Iterator[None]:
     """One Dask cluster for every step of a command: each ``dask_client(compute)`` inside
     (from any thread) gets the same client, and the cluster closes when the outermost
@@ -61,16 +67,24 @@ def run_cluster(compute: ComputeConfig, *, warm: tuple[str, ...] = ("validation"
     spawned (this process's environment is its own again, see ``_own_environ``), and their
     warm-up runs while the caller goes on (the CLI imports the flow and Prefect starts its
     server meanwhile). A start-up error, if any (``ConnectionError`` for an unreachable
-    ``compute.dask_address``), is raised by the first ``dask_client``, in the step that needed
-    the cluster. Once up, each worker runs one warm-up task before any other:
-    it imports what the run's tasks use (``warm``: "validation" the expectation suite's
-    libraries and its Great Expectations context, "scoring" torch and the model code) so no
-    chunk task pays for it. Nested ``run_cluster`` calls with the same settings share it.
+    ``compute.dask_address``, the error of a worker that failed to warm up), is raised by the
+    first ``dask_client``, in the step that needed the cluster. Before any task runs, every
+    worker imports what the run's tasks use (``warm``, see ``WarmUp``: "validation" the
+    expectation suite's libraries and its Great Expectations context, "scoring" torch and the
+    model code, "training" k-means and UMAP), so no task pays for it and no two threads of a
+    worker import at once. Nested ``run_cluster`` calls with the same settings share it.
     """
     key = _cluster_key(compute)
     with _SHARED_LOCK:
         shared = _SHARED.get(key)
         if shared is None:
+            if not compute.dask_address:  # what the cluster's start imports, imported here
+                _import_cluster_modules()
+                if not compute.processes:  # its workers are this process's threads
+                    try:
+                        warm_worker(warm)
+                    except ImportError:  # the workers' warm-up fails the same way, where
+                        pass             # a step needs the cluster (see the docstring)
             shared = _SHARED[key] = _Shared(compute, timeout, warm)
         shared.users += 1
     shared.spawned.wait()  # see _Shared._hold: this process's environment is its own again
@@ -93,7 +107,6 @@ class _Shared:
     def __init__(self, compute: ComputeConfig, timeout: float, warm: tuple[str, ...]):
         self.users = 0
         self.line: str | None = None  # the cluster line, logged by the first user
-        self.warm_ups: list = []  # held while the cluster lives: a released future cancels
         self.client: distributed.Client | None = None
         self.error: BaseException | None = None
         self._ready, self._closing = threading.Event(), threading.Event()
@@ -109,14 +122,10 @@ class _Shared:
             with _open_client(compute, timeout=timeout, announce=False) as client:
                 self.spawned.set()
                 self.line = describe_cluster(compute, client)
-                self.warm_ups = [client.submit(warm_worker, warm, workers=[w],
-                                               allow_other_workers=False, pure=False,
-                                               priority=100)
-                                 for w in client.scheduler_info()["workers"]] if warm else []
+                warm_workers(client, warm)
                 self.client = client
                 self._ready.set()
                 self._closing.wait()
-                self.warm_ups = []
         except BaseException as exc:  # noqa: BLE001 - handed to the first user
             self.error = exc
         finally:
@@ -180,22 +189,61 @@ _WARM_MODULES = {
     "validation": ("decflow.data.validation", "decflow.data.sources",
                    "decflow.data.partitioned"),
     "scoring": ("decflow.model.scoring", "decflow.model.estimator", "decflow.model.features"),
+    "training": ("decflow.engine.kmeans", "decflow.engine.centroids",
+                 "decflow.model.initialization", "decflow.insight.evaluation"),
 }
+_WARM_LOCK = threading.Lock()  # one import at a time in a process (threaded workers share one)
+
+
+class WarmUp(distributed.WorkerPlugin):
+    """Every worker imports what a run's tasks use before it runs any task (``warm_worker``).
+
+    Python's imports are not safe to start from two threads at once: a package whose
+    ``__init__`` imports its own submodules deadlocks against a thread importing one of them
+    directly (each holds the lock the other waits for). On a Dask worker with two threads the
+    expectation suite imports Great Expectations, whose charts import ``narwhals.stable``,
+    while k-means imports scikit-learn, which imports ``narwhals.stable.v2``: the nightly
+    failed with ``_DeadlockError`` on a worker that had restarted. A worker plugin runs on the
+    workers there are and, kept by the scheduler, on every worker that joins or restarts later,
+    before that worker takes a task.
+    """
+
+    idempotent = True  # a scheduler that holds it already (a long-lived cluster) keeps its own
+
+    def __init__(self, what: tuple[str, ...]):
+        self.what = tuple(what)
+
+    async def setup(self, worker) -> None:
+        # In a thread: the worker's event loop keeps answering the scheduler meanwhile.
+        await asyncio.get_running_loop().run_in_executor(None, warm_worker, self.what)
+
+
+def warm_workers(client: distributed.Client, what: tuple[str, ...]) -> None:
+    """Registers ``WarmUp(what)`` with the cluster of ``client`` (once per cluster: a
+    scheduler that already holds it keeps its own); returns once every worker has warmed up.
+    Raises the error of a worker whose imports failed."""
+    if what:
+        client.register_plugin(WarmUp(what), name=f"decflow-warm-up-{'-'.join(what)}")
 
 
 def warm_worker(what: tuple[str, ...]) -> list[str]:
-    """A worker's warm-up task: import the modules ``what`` needs ("validation", "scoring")
-    and build the Great Expectations context once. Returns the modules imported."""
+    """Import the modules ``what`` needs ("validation", "scoring", "training") and build the
+    Great Expectations context, once per process, one thread at a time. Returns the modules
+    imported."""
     done = []
-    for kind in what:
-        for name in _WARM_MODULES[kind]:
-            importlib.import_module(name)
-            done.append(name)
-    if "validation" in what:
-        from decflow.data.validation.gx import warm_context
-        warm_context()
-    if "scoring" in what:
-        keep_large_allocations()
+    with _WARM_LOCK:
+        for kind in what:
+            for name in _WARM_MODULES[kind]:
+                importlib.import_module(name)
+                done.append(name)
+        if "validation" in what:
+            from decflow.data.validation.gx import warm_context
+            warm_context()
+        if "scoring" in what:
+            keep_large_allocations()
+        if "training" in what:
+            from decflow.model.compiled import load_umap
+            load_umap()
     return done
 
 
@@ -285,6 +333,22 @@ _LOOPBACK = "127.0.0.1:0"  # a free port on loopback
 
 
 @functools.cache
+def _import_cluster_modules() -> None:
+    """Imports, in the calling thread, what starting an embedded cluster imports (the
+    dashboard, about 300 modules of bokeh and Dask, the nannies' process machinery): the
+    cluster then starts in its own thread while this one imports the flow, and no two threads
+    import at once (see ``WarmUp``)."""
+    modules = ["multiprocessing.synchronize", "multiprocessing.resource_tracker",
+               "tornado.platform.asyncio",
+               *dask.config.get("distributed.scheduler.http.routes"),
+               *dask.config.get("distributed.worker.http.routes")]
+    if _has_bokeh():
+        modules += ["distributed.dashboard.scheduler",
+                    "bokeh.application.handlers.document_lifecycle"]
+    for name in modules:
+        importlib.import_module(name)
+
+
 def _has_bokeh() -> bool:
     return importlib.util.find_spec("bokeh") is not None
 
