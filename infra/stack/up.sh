@@ -20,10 +20,29 @@ PYTHON="${STACK_PYTHON:-/usr/bin/python3}"  # Debian's, with PyYAML (a docker-co
 [ -x "$PYTHON" ] || PYTHON=python3
 
 env_file="${STACK_ENV_FILE:-$root/infra/.env}"
+new_env=0
+[ -f "$env_file" ] || new_env=1
 "$here/env.sh" "$env_file"
 export STACK_ENV_FILE="$env_file"  # compose.sh
 project="${COMPOSE_PROJECT_NAME:-$(sed -n 's/^COMPOSE_PROJECT_NAME=//p' "$env_file" | tail -n 1)}"
 project="${project:-infra}"
+
+# Fresh secrets with volumes of an earlier stack of this project: their databases keep the
+# passwords of that stack's env file, so PostgreSQL would refuse the new ones and the Prefect
+# server restart forever ("password authentication failed"). Refuse before anything starts,
+# and take back the env file just written.
+if [ "$new_env" = 1 ]; then
+  volumes="$("$DOCKER" volume ls -q --filter "label=com.docker.compose.project=$project" \
+             2>/dev/null | sort | tr '\n' ' ')"
+  if [ -n "${volumes// /}" ]; then
+    rm -f "$env_file"
+    echo "stack-up: $env_file did not exist, but project $project has volumes of an earlier" \
+      "stack: ${volumes% }. Their databases keep that stack's passwords: put its env file back" \
+      "at $env_file, or remove them (every database, bucket and run is lost:" \
+      "docker volume rm ${volumes% }). Nothing was started." >&2
+    exit 1
+  fi
+fi
 
 config="$(mktemp)"
 trap 'rm -f "$config"' EXIT
