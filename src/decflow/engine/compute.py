@@ -226,16 +226,13 @@ def warm_workers(client: distributed.Client, what: tuple[str, ...]) -> None:
         client.register_plugin(WarmUp(what), name=f"decflow-warm-up-{'-'.join(what)}")
 
 
-def warm_worker(what: tuple[str, ...]) -> list[str]:
+def warm_worker(what: tuple[str, ...]) -> None:
     """Import the modules ``what`` needs ("validation", "scoring", "training") and build the
-    Great Expectations context, once per process, one thread at a time. Returns the modules
-    imported."""
-    done = []
+    Great Expectations context, once per process, one thread at a time."""
     with _WARM_LOCK:
         for kind in what:
             for name in _WARM_MODULES[kind]:
                 importlib.import_module(name)
-                done.append(name)
         if "validation" in what:
             from decflow.data.validation.gx import warm_context
             warm_context()
@@ -244,7 +241,6 @@ def warm_worker(what: tuple[str, ...]) -> list[str]:
         if "training" in what:
             from decflow.model.compiled import load_umap
             load_umap()
-    return done
 
 
 @contextmanager
