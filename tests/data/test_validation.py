@@ -1,5 +1,6 @@
 """Data layer: the GX expectation suite on small fixture frames, error messages asserted."""
 
+import dataclasses
 import json
 import pickle
 import re
@@ -151,6 +152,41 @@ def test_decoded_vectors_are_checked_element_by_element():
     short[2] = short[2][:3]
     msg = failure_message(_decoded(short))
     assert "on column 'pixels': expected list length 4, found lengths [3] in 1 of 6 rows" in msg
+
+
+@pytest.mark.parametrize("value_type", ["float32", "float64", "int64"])
+def test_arrow_backed_vectors_give_the_same_outcome_as_decoded_ones(value_type):
+    """Partition tasks read list columns as Arrow arrays (``read_chunk(arrow_lists=True)``):
+    every finding must be the one the same rows give as numpy arrays, including nulls inside
+    vectors, null rows, empty and wrong-length vectors, and a frame that is a slice."""
+    import pyarrow as pa
+
+    floats = value_type.startswith("float")
+    nan, inf = (float("nan"), float("inf")) if floats else (None, None)
+    vectors = [[0.0, 1.0, 2.0, 3.0], [1.0, nan, inf, 3.0], [1.0, None, 2.0, 3.0], None,
+               [1.0, 2.0, 3.0], [], [4.0, 5.0, 6.0, 7.0], [1.0, 2.0, 3.0, 4.0, 5.0]]
+    if not floats:
+        vectors = [None if v is None else [None if x is None else int(x) for x in v]
+                   for v in vectors]
+    n = len(vectors)
+    table = pa.table({"id": np.arange(1, n + 1), "x": np.linspace(0.0, 10.0, n),
+                      "c": ["a"] * n, "pixels": pa.array(vectors, pa.list_(pa.type_for_alias(value_type)))})
+    arrow = table.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if pa.types.is_list(t)
+                            else None)
+    decoded = table.to_pandas()
+    assert isinstance(arrow["pixels"].dtype, pd.ArrowDtype)
+    for rows in (slice(None), slice(1, None), slice(0, 1)):
+        a, d = arrow.iloc[rows], decoded.iloc[rows]
+        results = [validate_frame(f, SOURCE, FEATURES, ValidationConfig(min_rows=1))
+                   for f in (a, d)]
+        a_results, d_results = ([dataclasses.replace(  # the frame's dtype is named: it differs
+            r, details=re.sub(r" \(dtype [^)]*\)", "", r.details)) for r in res.results]
+            for res in results)
+        assert results[0].success == results[1].success and a_results == d_results
+    msg = failure_message(arrow)
+    assert "on column 'pixels': 2 of 8 vectors hold NaN, infinite or non-numeric elements" in msg
+    assert '{"id": 2, "non_finite_elements": 2}, {"id": 3, "non_finite_elements": 1}' in msg
+    assert "expected list length 4, found lengths [0, 3, 5] in 3 of 8 rows" in msg
 
 
 def test_a_column_of_the_wrong_type_blocks_only_its_own_checks():

@@ -119,6 +119,11 @@ def test_scoring_over_a_cluster_matches_in_process_scoring(tmp_path, model):
     np.testing.assert_allclose(labels["confidence"], expected["confidence"], rtol=1e-5)
     np.testing.assert_allclose(labels["distance"], expected["distance"], rtol=1e-5)
     assert set(labels["model_version"]) == {"7"} and set(labels["run_id"]) == {"run"}
+    # few distinct values: dictionary pages; ids and scores: plain pages, no dictionary tried
+    meta = pq.ParquetFile(out.path).metadata
+    encoded = {meta.schema.column(j).name for j in range(meta.num_columns)
+               if "RLE_DICTIONARY" in meta.row_group(0).column(j).encodings}
+    assert encoded == {"cluster_id", "model_name", "model_version", "run_id", "labeled_at"}
 
 
 @pytest.mark.slow  # a Dask cluster

@@ -15,6 +15,7 @@ into place (a copy of a complete object: readers see it whole or not at all).
 import datetime as dt
 import os
 import uuid
+from collections.abc import Sequence
 
 import pandas as pd
 import pyarrow as pa
@@ -105,12 +106,16 @@ class PartitionWriter:
     """
 
     def __init__(self, uri: str, date_column: str, day, schema: pa.Schema | None = None,
-                 metadata: dict[str, str] | None = None):
+                 metadata: dict[str, str] | None = None,
+                 dictionary: Sequence[str] | None = None):
+        """``dictionary``: the columns to dictionary-encode (None: every column, pyarrow's
+        default); name the columns with few distinct values."""
         self.fs, root = filesystem(uri)
         self.dir = partition_dir(root, date_column, day)
         self.path = f"{self.dir}/{PART_FILE}"
         self.schema = schema
         self.metadata = metadata or {}  # kept in the file's schema metadata
+        self.dictionary = True if dictionary is None else list(dictionary)
         self.rows = 0
         self._tmp = f"{self.dir}/.{PART_FILE}.{uuid.uuid4().hex}.tmp"
         self._writer: pq.ParquetWriter | None = None
@@ -130,7 +135,8 @@ class PartitionWriter:
                 self.schema = self.schema.with_metadata(
                     {**(self.schema.metadata or {}), **{k.encode(): str(v).encode()
                                                        for k, v in self.metadata.items()}})
-            self._writer = pq.ParquetWriter(self._tmp, self.schema, filesystem=self.fs)
+            self._writer = pq.ParquetWriter(self._tmp, self.schema, filesystem=self.fs,
+                                            use_dictionary=self.dictionary)
         try:
             table = table.cast(self.schema)
         except pa.ArrowInvalid as exc:  # e.g. integer ids in one source file, 0.5 in another

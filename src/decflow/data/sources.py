@@ -351,13 +351,16 @@ def check_locations(source_uri: str, labels_uri: str) -> None:
 
 
 def read_chunk(chunk: Chunk, date_column: str, columns: list[str] | None = None,
-               batch_rows: int = 65_536) -> Iterator[pd.DataFrame]:
+               batch_rows: int = 65_536, arrow_lists: bool = False) -> Iterator[pd.DataFrame]:
     """The rows of ``chunk`` as frames of at most ``batch_rows`` rows, in file order.
 
     Only ``columns`` that the file has are read (all when None); a string column
     ``<date_column>`` holds the partition date. Each frame's index is the rows' positions in
-    their file, so messages can point at a row.
+    their file, so messages can point at a row. ``arrow_lists``: list columns stay Arrow
+    arrays (``pd.ArrowDtype``) instead of one numpy array per row (``plain_lists`` turns them
+    back); the validation and the encoder read them without per-row Python work.
     """
+    types = _arrow_lists if arrow_lists else None
     fs, _ = filesystem(chunk.source_uri)
     with fs.open_input_file(chunk.path) as fh:
         pf = pq.ParquetFile(fh)
@@ -373,11 +376,30 @@ def read_chunk(chunk: Chunk, date_column: str, columns: list[str] | None = None,
             if batch is None:
                 return
             _check_batch(batch, chunk, start)
-            frame = batch.to_pandas()
+            frame = batch.to_pandas(types_mapper=types)
             frame.index = pd.RangeIndex(start, start + len(frame))
             start += len(frame)
             frame[date_column] = chunk.day
             yield frame
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def _arrow_lists(t: pa.DataType) -> pd.ArrowDtype | None:
+    return pd.ArrowDtype(t) if _is_list(t) else None
+
+
+def plain_lists(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its Arrow list columns as ``read_chunk`` gives them by default: one
+    numpy array per row (what Parquet readers give pandas)."""
+    arrow = [c for c, t in frame.dtypes.items()
+             if isinstance(t, pd.ArrowDtype) and _is_list(t.pyarrow_dtype)]
+    if not arrow:
+        return frame
+    return frame.assign(**{c: pd.Series(frame[c].array.__arrow_array__().to_pandas().array,
+                                        index=frame.index, name=c) for c in arrow})
 
 
 def _corrupt_page(exc: OSError, fs, chunk: Chunk) -> Exception:

@@ -92,11 +92,12 @@ def process_chunk(chunk: Chunk, plan: Plan,
     if payload is not None:
         keep_large_allocations()
     model = worker_model(payload, plan.labels.device) if payload is not None else None
-    for frame in sources.read_chunk(chunk, src.date_column, plan.columns, plan.batch_rows):
+    for frame in sources.read_chunk(chunk, src.date_column, plan.columns, plan.batch_rows,
+                                    arrow_lists=True):
         if sample_rows is not None and len(frame):
             lo, hi = np.searchsorted(sample_rows, [frame.index[0], frame.index[-1] + 1])
-            if hi > lo:
-                sampled.append(frame.loc[sample_rows[lo:hi]])
+            if hi > lo:  # as ``sources.training_sample`` reads them
+                sampled.append(sources.plain_lists(frame.loc[sample_rows[lo:hi]]))
         batches.append(validation.validate_batch(frame, src, plan.features, plan.validation,
                                                  partition=name, first_row=int(frame.index[0])
                                                  if len(frame) else 0))
@@ -357,7 +358,8 @@ def _run_partitions(client: distributed.Client, scans: list[WindowScan], plans: 
                             st.writer = partitioned.PartitionWriter(
                                 labels_uri, st.scan.date_column, st.scan.lineage.partitions[0],
                                 metadata={label_store.SOURCE_DIGEST_KEY: st.scan.lineage.digest,
-                                          label_store.SOURCE_ROWS_KEY: st.scan.n_rows})
+                                          label_store.SOURCE_ROWS_KEY: st.scan.n_rows},
+                                dictionary=label_store.DICTIONARY_COLUMNS)
                             st.writer.__enter__()
                         st.writer.write(table)
                 except Exception as exc:  # the task's or the writer's; reported per scan

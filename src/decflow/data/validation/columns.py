@@ -5,6 +5,8 @@ import math
 from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from decflow.config import FeaturesConfig
 if TYPE_CHECKING:
     pass
@@ -92,7 +94,7 @@ def _value_kinds(s: pd.Series) -> pd.Series:
         codes = s.cat.codes.to_numpy()
         lookup = np.append(per_category.cat.codes.to_numpy(), -1)  # code -1 (null) stays null
         return _categorical(lookup[codes], list(per_category.cat.categories), s.index)
-    kind = _dtype_kind(s.dtype)
+    kind = _dtype_kind(s.dtype) or _arrow_kind(s.dtype)
     if kind is not None:
         kinds, codes = [kind], np.zeros(len(s), dtype=np.int16)
     else:
@@ -102,6 +104,20 @@ def _value_kinds(s: pd.Series) -> pd.Series:
         kinds = list(index_of)
     codes[s.isna().to_numpy()] = -1
     return _categorical(codes, kinds, s.index)
+
+
+def _arrow_list_type(dtype) -> "pa.DataType | None":
+    """The list type of an Arrow-backed list column (``sources.read_chunk(arrow_lists=True)``)."""
+    if not isinstance(dtype, pd.ArrowDtype):
+        return None
+    t = dtype.pyarrow_dtype
+    is_list = pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+    return t if is_list else None
+
+
+def _arrow_kind(dtype) -> str | None:
+    """"list" for an Arrow list column: every non-null value is a list, known from the type."""
+    return "list" if _arrow_list_type(dtype) is not None else None
 
 
 def _categorical(codes: np.ndarray, kinds: list[str], index: pd.Index) -> pd.Series:
@@ -116,6 +132,9 @@ def _vector_stats(s: pd.Series) -> tuple[pd.Series, pd.Series]:
     checked in one vectorised pass; other values one by one. When every value is a view of one
     finite array (a decoded Parquet or Arrow list column), no element is looked at again.
     """
+    t = _arrow_list_type(s.dtype)
+    if t is not None and (pa.types.is_floating(t.value_type) or pa.types.is_integer(t.value_type)):
+        return _arrow_vector_stats(s)
     n = len(s)
     values = s.to_numpy(dtype=object)
     base = _shared_base(values)
@@ -145,6 +164,27 @@ def _vector_stats(s: pd.Series) -> tuple[pd.Series, pd.Series]:
         v = values[i]
         if isinstance(v, (list, tuple, np.ndarray)):
             lengths[i], bad[i], missing[i] = len(v), _n_bad_elements(v), False
+    return (pd.Series(pd.arrays.IntegerArray(lengths, missing.copy()), index=s.index),
+            pd.Series(pd.arrays.IntegerArray(bad, missing), index=s.index))
+
+
+def _arrow_vector_stats(s: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """``_vector_stats`` of an Arrow list column of numbers, without per-row Python work: a
+    null element counts as non-finite, like NaN."""
+    arr = s.array.__arrow_array__()
+    if isinstance(arr, pa.ChunkedArray):  # parent indices count from each chunk's start
+        arr = arr.combine_chunks()
+    missing = arr.is_null().to_numpy(zero_copy_only=False)
+    lengths = pc.list_value_length(arr).fill_null(0).to_numpy().astype(np.int64)
+    flat = pc.list_flatten(arr)  # the elements of the non-null lists, in row order
+    if pa.types.is_floating(flat.type):
+        ok = pc.fill_null(pc.is_finite(flat), False)
+    else:
+        ok = pc.is_valid(flat)
+    where = np.flatnonzero(~ok.to_numpy(zero_copy_only=False))
+    bad = np.zeros(len(s), dtype=np.int64)
+    if where.size:  # rare: find the rows of the bad elements only then
+        np.add.at(bad, pc.list_parent_indices(arr).to_numpy()[where], 1)
     return (pd.Series(pd.arrays.IntegerArray(lengths, missing.copy()), index=s.index),
             pd.Series(pd.arrays.IntegerArray(bad, missing), index=s.index))
 
