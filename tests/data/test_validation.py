@@ -169,8 +169,9 @@ def test_arrow_backed_vectors_give_the_same_outcome_as_decoded_ones(value_type):
         vectors = [None if v is None else [None if x is None else int(x) for x in v]
                    for v in vectors]
     n = len(vectors)
+    pixels = pa.array(vectors, pa.list_(pa.type_for_alias(value_type)))
     table = pa.table({"id": np.arange(1, n + 1), "x": np.linspace(0.0, 10.0, n),
-                      "c": ["a"] * n, "pixels": pa.array(vectors, pa.list_(pa.type_for_alias(value_type)))})
+                      "c": ["a"] * n, "pixels": pixels})
     arrow = table.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if pa.types.is_list(t)
                             else None)
     decoded = table.to_pandas()
