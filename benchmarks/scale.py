@@ -425,8 +425,12 @@ def _noop(i):
 def bench_writer(args, res: Results) -> None:
     """Labels through one process: written alone, then gathered from the workers and written."""
     from decflow.config import ComputeConfig
-    from decflow.data.partitioned import PartitionWriter
+    from decflow.data import partitioned
+    from decflow.data.label_store import DICTIONARY_COLUMNS
     from decflow.engine.compute import dask_client
+
+    def labels_writer(*a):  # as scoring writes labels
+        return partitioned.PartitionWriter(*a, dictionary=DICTIONARY_COLUMNS)
 
     n_tables = max(1, args.writer_rows // _WRITER_TABLE_ROWS)
     rows = n_tables * _WRITER_TABLE_ROWS
@@ -434,7 +438,7 @@ def bench_writer(args, res: Results) -> None:
     shutil.rmtree(root, ignore_errors=True)
     tables = [writer_table(_WRITER_TABLE_ROWS, i) for i in range(4)]
     t0 = time.perf_counter()
-    with PartitionWriter(str(root / "alone"), "ds", END_DATE) as w:
+    with labels_writer(str(root / "alone"), "ds", END_DATE) as w:
         for i in range(n_tables):
             w.write(tables[i % len(tables)])
     alone_s = time.perf_counter() - t0
@@ -452,7 +456,7 @@ def bench_writer(args, res: Results) -> None:
         client.submit(writer_table, 10, 0).result()  # workers started and imported
         t0 = time.perf_counter()
         in_flight, done = [], 0
-        with PartitionWriter(str(root / "gathered"), "ds", END_DATE) as w:
+        with labels_writer(str(root / "gathered"), "ds", END_DATE) as w:
             for i in range(n_tables):
                 in_flight.append(client.submit(writer_table, _WRITER_TABLE_ROWS, i, pure=False))
                 if len(in_flight) >= 2 * args.workers:
