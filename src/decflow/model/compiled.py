@@ -36,10 +36,13 @@ def load_umap():
     from numba.core.registry import CPUDispatcher
 
     with _LOCK:
-        for name, module in list(sys.modules.items()):
+        # Copies taken in one step: another thread may import meanwhile (a worker warms up
+        # while the flow imports), and walking the live dicts failed ("dictionary changed size
+        # during iteration") when a garbage collection mid-walk let that thread run.
+        for name, module in sys.modules.copy().items():
             if module is None or name.split(".")[0] not in PACKAGES:
                 continue
-            for value in list(vars(module).values()):
+            for value in vars(module).copy().values():
                 if isinstance(value, CPUDispatcher) and id(value) not in _CACHED:
                     value.enable_caching()
                     _save_only_reusable(value._cache)
