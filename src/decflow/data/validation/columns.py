@@ -172,7 +172,7 @@ def _arrow_vector_stats(s: pd.Series) -> tuple[pd.Series, pd.Series]:
     """``_vector_stats`` of an Arrow list column of numbers, without per-row Python work: a
     null element counts as non-finite, like NaN."""
     arr = s.array.__arrow_array__()
-    if isinstance(arr, pa.ChunkedArray):  # parent indices count from each chunk's start
+    if isinstance(arr, pa.ChunkedArray):  # one array: the lookups below then line up
         arr = arr.combine_chunks()
     missing = arr.is_null().to_numpy(zero_copy_only=False)
     lengths = pc.list_value_length(arr).fill_null(0).to_numpy().astype(np.int64)
