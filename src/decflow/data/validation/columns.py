@@ -8,6 +8,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from decflow.config import FeaturesConfig
+from decflow.data.arrow_lists import list_type
 if TYPE_CHECKING:
     pass
 
@@ -106,18 +107,9 @@ def _value_kinds(s: pd.Series) -> pd.Series:
     return _categorical(codes, kinds, s.index)
 
 
-def _arrow_list_type(dtype) -> "pa.DataType | None":
-    """The list type of an Arrow-backed list column (``sources.read_chunk(arrow_lists=True)``)."""
-    if not isinstance(dtype, pd.ArrowDtype):
-        return None
-    t = dtype.pyarrow_dtype
-    is_list = pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
-    return t if is_list else None
-
-
 def _arrow_kind(dtype) -> str | None:
     """"list" for an Arrow list column: every non-null value is a list, known from the type."""
-    return "list" if _arrow_list_type(dtype) is not None else None
+    return "list" if list_type(dtype) is not None else None
 
 
 def _categorical(codes: np.ndarray, kinds: list[str], index: pd.Index) -> pd.Series:
@@ -132,7 +124,7 @@ def _vector_stats(s: pd.Series) -> tuple[pd.Series, pd.Series]:
     checked in one vectorised pass; other values one by one. When every value is a view of one
     finite array (a decoded Parquet or Arrow list column), no element is looked at again.
     """
-    t = _arrow_list_type(s.dtype)
+    t = list_type(s.dtype)
     if t is not None and (pa.types.is_floating(t.value_type) or pa.types.is_integer(t.value_type)):
         return _arrow_vector_stats(s)
     n = len(s)
