@@ -151,8 +151,7 @@ def night_lock(config: PipelineConfig, day: dt.date):
     the same labels dataset are refused too."""
     from .server_locks import night_slot
 
-    with locks.hold(config.home, f"labels-{config.source.date_column}={day.isoformat()}",
-                    f"a run writing the labels of {day.isoformat()}"), \
+    with locks.hold(config.home, *locks.night(config.source.date_column, day.isoformat())), \
             night_slot(config, day):
         yield
 

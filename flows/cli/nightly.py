@@ -25,6 +25,18 @@ from decflow.flows.cli.options import (
                                        )
 
 
+def refuse_if_night_held(config, day: dt.date | None) -> None:
+    """``Conflict`` (exit 5) before anything starts when another run of this home is writing the
+    night's labels (its lock, see ``tasks.runtime.night_lock``): the refused run starts no Dask
+    cluster, whose workers it would only stop again. ``day`` None: yesterday, the flow's default
+    outside a deployment. The flow takes the lock itself (and the Prefect server's slot, which
+    refuses runs of other homes) when it starts."""
+    from decflow import locks
+
+    day = day or dt.date.today() - dt.timedelta(days=1)
+    locks.refuse_if_held(config.home, *locks.night(config.source.date_column, day.isoformat()))
+
+
 def run_cluster(config, *, training: bool = True):
     """The command's one Dask cluster (``engine.compute.run_cluster``), started now: its
     workers start and warm up (for scoring only, unless ``training``) while the flow starts
@@ -78,6 +90,7 @@ def run(config: ConfigOpt,
     """Run the nightly `recluster` flow once: validate, train, register, write labels."""
     cfg = setup(config, sets)
     day = date_option(run_date, "--run-date")
+    refuse_if_night_held(cfg, day)
     with run_cluster(cfg):  # starts while Prefect's server starts and the flow is imported
         server = start_prefect_server()
         from decflow.flows.recluster import recluster
@@ -124,6 +137,7 @@ def score(config: ConfigOpt,
     """Label one partition with a registered model (write-back only, no training)."""
     cfg = setup(config, sets)
     day = date_option(run_date, "--run-date")
+    refuse_if_night_held(cfg, day)
     # starts while Prefect's server starts and the flow is imported
     with run_cluster(cfg, training=False):
         server = start_prefect_server()

@@ -32,6 +32,12 @@ def lock_path(home: str | Path, name: str) -> Path:
     return Path(home) / "locks" / (re.sub(r"[^A-Za-z0-9._-]", "_", name) + ".lock")
 
 
+def night(date_column: str, day: str) -> tuple[str, str]:
+    """The lock of one night's labels (``day`` as YYYY-MM-DD): its name and, for the refusal,
+    what it protects."""
+    return f"labels-{date_column}={day}", f"a run writing the labels of {day}"
+
+
 def _holder(path: Path) -> str:
     try:
         info = json.loads(path.read_text() or "{}")
@@ -49,7 +55,8 @@ def hold(home: str | Path, name: str, what: str, *, wait_s: float = 0.0) -> Iter
 
     Args:
         what: what the lock protects, for the refusal message ("the nightly run for 2026-11-21").
-        wait_s: how long to wait for a holder to finish; 0 refuses at once.
+        wait_s: how long to wait for a holder to finish; 0 refuses at once, unless the lock is
+            free again within one poll (0.2 s): ``refuse_if_held`` holds it for an instant.
 
     Raises:
         Conflict: the lock is still held after ``wait_s`` (the message names the holder).
@@ -58,7 +65,7 @@ def hold(home: str | Path, name: str, what: str, *, wait_s: float = 0.0) -> Iter
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        deadline = time.monotonic() + max(wait_s, 0.0)
+        deadline = time.monotonic() + max(wait_s, _POLL_S)
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -80,5 +87,27 @@ def hold(home: str | Path, name: str, what: str, *, wait_s: float = 0.0) -> Iter
         finally:
             os.ftruncate(fd, 0)  # the next reader finds no stale holder
             fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def refuse_if_held(home: str | Path, name: str, what: str) -> None:
+    """Raise ``Conflict`` (the message of ``hold``) when the lock ``name`` of ``home`` is held
+    now; take nothing. A command checks before it starts what it needs (a Dask cluster), so a
+    refused run is refused at once; the run still takes the lock with ``hold`` when it starts,
+    and one that wins the lock in between is refused there."""
+    path = lock_path(home, name)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return  # never held
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Conflict(f"{what} is in progress elsewhere: {path} is held by "
+                           f"{_holder(path)}; nothing was done, retry when it is "
+                           f"finished") from None
+        fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)

@@ -112,6 +112,28 @@ def test_run_then_score_with_a_chosen_version(tmp_path):
     assert "config error: model 'tiny' has no version or alias '7'" in out.output
 
 
+@pytest.mark.parametrize("args", [["run", "--run-date", "2026-11-21"], ["run"],
+                                  ["score", "--run-date", "2026-11-21"]],
+                         ids=["run", "run-yesterday", "score"])
+def test_a_night_another_run_writes_is_refused_before_the_cluster_starts(config_file, args,
+                                                                        monkeypatch):
+    """Refused at once (exit 5, the holder named), without a Dask cluster whose workers it
+    would only stop again; run without --run-date checks yesterday, the flow's default."""
+    from decflow import locks
+    from decflow.flows.cli import nightly
+
+    cfg = load_config(config_file)
+    day = "2026-11-21" if "--run-date" in args else str(dt.date.today() - dt.timedelta(days=1))
+    started = []
+    monkeypatch.setattr(nightly, "run_cluster", lambda *a, **kw: started.append(a))
+    with locks.hold(cfg.home, *locks.night(cfg.source.date_column, day)):
+        out = runner.invoke(app, [args[0], "--config", str(config_file), *args[1:]])
+    assert out.exit_code == 5, out.output
+    assert (f"conflict: a run writing the labels of {day} is in progress elsewhere" in
+            " ".join(out.output.split()))
+    assert started == []
+
+
 class _Server:
     """Stands in for a server process started by `decflow ui` (records its command)."""
 

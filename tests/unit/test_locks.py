@@ -1,6 +1,7 @@
 """Run locks: a second holder is refused with a message naming the first; a killed holder
 leaves no stale lock; a waiter gets the lock once the holder is done."""
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -91,3 +92,54 @@ def test_a_waiter_is_refused_after_its_wait(tmp_path, monkeypatch):
         with pytest.raises(Conflict, match="an alias move is in progress elsewhere after "
                                            "waiting 5 s"):
             _acquire(tmp_path, wait_s=5)
+
+
+def test_a_check_refuses_while_held_and_takes_nothing(tmp_path):
+    locks.refuse_if_held(tmp_path, "labels-ds=2026-11-21", "the night")  # never held: no file
+    assert not (tmp_path / "locks").exists()
+    with locks.hold(tmp_path, "labels-ds=2026-11-21", "the night") as path:
+        with pytest.raises(Conflict, match=rf"the night is in progress elsewhere: {path} is held "
+                                           rf"by pid {os.getpid()} on "):
+            locks.refuse_if_held(tmp_path, "labels-ds=2026-11-21", "the night")
+        locks.refuse_if_held(tmp_path, "labels-ds=2026-11-22", "another night")
+    locks.refuse_if_held(tmp_path, "labels-ds=2026-11-21", "the night")  # released: passes
+    with locks.hold(tmp_path, "labels-ds=2026-11-21", "the night"):
+        pass  # the checks left the lock free
+
+
+def test_a_run_starting_during_another_s_check_is_not_refused(tmp_path, monkeypatch):
+    """A check holds the lock for an instant (shared): a run taking it then polls once more
+    instead of being refused, even with no wait."""
+    checking = locks.lock_path(tmp_path, "labels-ds=2026-11-21")
+    checking.parent.mkdir(parents=True)
+    fd = os.open(checking, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # the check, caught in its instant
+    polled, check_done = threading.Event(), threading.Event()
+
+    def poll(seconds):
+        polled.set()
+        assert check_done.wait(timeout=60)
+
+    monkeypatch.setattr(locks.time, "sleep", poll)
+    got = []
+
+    def run():
+        try:
+            got.append(_take(tmp_path))
+        except Conflict as exc:  # refused without polling: the failure under test
+            got.append(exc)
+            polled.set()
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    assert polled.wait(timeout=60)
+    fcntl.flock(fd, fcntl.LOCK_UN)  # the check ends
+    os.close(fd)
+    check_done.set()
+    runner.join(timeout=60)
+    assert got == ["held"]
+
+
+def _take(home):
+    with locks.hold(home, "labels-ds=2026-11-21", "the night"):
+        return "held"
