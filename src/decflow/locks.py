@@ -38,6 +38,12 @@ def night(date_column: str, day: str) -> tuple[str, str]:
     return f"labels-{date_column}={day}", f"a run writing the labels of {day}"
 
 
+def _refused(what: str, path: Path, waited: str = "") -> Conflict:
+    """The refusal of a held lock, naming its holder."""
+    return Conflict(f"{what} is in progress elsewhere{waited}: {path} is held by "
+                    f"{_holder(path)}; nothing was done, retry when it is finished")
+
+
 def _holder(path: Path) -> str:
     try:
         info = json.loads(path.read_text() or "{}")
@@ -72,10 +78,8 @@ def hold(home: str | Path, name: str, what: str, *, wait_s: float = 0.0) -> Iter
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    waited = f" after waiting {wait_s:g} s" if wait_s > 0 else ""
-                    raise Conflict(f"{what} is in progress elsewhere{waited}: {path} is held by "
-                                   f"{_holder(path)}; nothing was done, retry when it is "
-                                   f"finished") from None
+                    raise _refused(what, path, f" after waiting {wait_s:g} s" if wait_s > 0
+                                   else "") from None
                 time.sleep(_POLL_S)
         info = {"pid": os.getpid(), "host": socket.gethostname(),
                 "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -105,9 +109,7 @@ def refuse_if_held(home: str | Path, name: str, what: str) -> None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise Conflict(f"{what} is in progress elsewhere: {path} is held by "
-                           f"{_holder(path)}; nothing was done, retry when it is "
-                           f"finished") from None
+            raise _refused(what, path) from None
         fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
