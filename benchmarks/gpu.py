@@ -165,7 +165,7 @@ def bench_scoring(args, rows: list) -> None:
                                   args.device)
         compute = ComputeConfig(n_workers=1, threads_per_worker=args.threads, processes=False)
         with dask_client(compute) as client:
-            payload = scatter_model(client, encoder, est)
+            payload = scatter_model(client, (encoder, est))
             scoring.label_partition(client, scan, config, payload, spec)  # warm: CUDA, GX
             t0 = time.perf_counter()
             out = scoring.label_partition(client, scan, config, payload, spec)

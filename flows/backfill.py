@@ -48,8 +48,8 @@ def backfill(config: PipelineConfig, start: dt.date, end: dt.date, model: str = 
         if retrain:
             rows = [retrain_day(config, day) for day in days]
         else:
-            version, scorer = load_model(config, model, required=True)
-            rows = backfill_partitions(config, days, version, scorer, force)
+            version, files = load_model(config, model, required=True, as_files=True)
+            rows = backfill_partitions(config, days, version, files, force)
     summary = publish_backfill_summary(rows)
     if any(r["status"] == "failed" for r in rows):
         raise BackfillFailed(summary, rows)

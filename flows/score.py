@@ -24,5 +24,5 @@ def score(config: PipelineConfig, run_date: dt.date, model: str = "champion") ->
 
 def _score(config: PipelineConfig, run_date: dt.date, model: str) -> dict:
     partition = scan_night(config.source, run_date, 1)
-    version, scorer = load_model(config, model, required=True)
-    return label_partition(partition, version, scorer, config)
+    version, files = load_model(config, model, required=True, as_files=True)
+    return label_partition(partition, version, files, config)

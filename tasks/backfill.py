@@ -54,7 +54,7 @@ def _label(config: PipelineConfig, planned: list, version, model) -> None:
         return
     t0 = time.perf_counter()
     with dask_client(config.compute) as client:
-        payload = scatter_model(client, model.encoder, model.estimator)
+        payload = scatter_model(client, model)
         outcomes = scoring.label_partitions(client, scans, config, payload,
                                             labels_spec(config, version))
         for row, out in zip(todo, outcomes):

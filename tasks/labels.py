@@ -32,7 +32,7 @@ def label_partition(scan: WindowScan, version, model, config: PipelineConfig,
     source row of the scanned files), chunk-wise on the cluster; nothing is written when a row
     fails validation. ``unlabelled_files`` (files that landed after the scan) are reported."""
     with dask_client(config.compute) as client:
-        payload = scatter_model(client, model.encoder, model.estimator)
+        payload = scatter_model(client, model)
         outcome = scoring.label_partition(client, scan, config, payload,
                                           labels_spec(config, version))
     publish_validation(outcome.validation_result, config, run_id, key="labels-validation")

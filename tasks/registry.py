@@ -14,7 +14,6 @@ from prefect.cache_policies import NO_CACHE
 from decflow.config import PipelineConfig
 from decflow.data.sources import Lineage
 from decflow.data.validation import ValidationResult
-from decflow.model.building import compatible_weights
 from decflow.model.features import FeatureEncoder
 from decflow.registry import packaging
 from decflow.registry import versions
@@ -24,10 +23,12 @@ from .runtime import redact_errors
 
 @task(name="load_model", cache_policy=NO_CACHE)
 @redact_errors
-def load_model(config: PipelineConfig, ref: str = versions.CHAMPION, required: bool = False):
+def load_model(config: PipelineConfig, ref: str = versions.CHAMPION, required: bool = False,
+               as_files: bool = False):
     """(ModelVersion, LoadedModel(encoder, estimator)) behind an alias or version number, or
     (None, None) when there is none (``ConfigError`` when ``required``); its files are checked
-    against their recorded digests."""
+    against their recorded digests. ``as_files``: ``ModelFiles`` (their bytes) instead, for a
+    run that only ships the model to its workers (no torch in the flow's process)."""
     uri, name = config.tracking_uri(), config.registry.model_name
     if required:
         version = versions.require_version(uri, name, ref)
@@ -35,7 +36,8 @@ def load_model(config: PipelineConfig, ref: str = versions.CHAMPION, required: b
         version = versions.get_version(uri, name, ref)
     if version is None:
         return None, None
-    return version, versions.load_components(uri, name, str(version.version))
+    load = versions.load_files if as_files else versions.load_components
+    return version, load(uri, name, str(version.version))
 
 
 @task(name="champion_weights", cache_policy=NO_CACHE)
@@ -44,6 +46,8 @@ def champion_weights(champion, encoder: FeatureEncoder, config: PipelineConfig) 
     """Autoencoder weights of the champion when its feature schema and architecture match."""
     if champion is None or not config.train.warm_start:
         return None
+    from decflow.model.building import compatible_weights  # torch: not for scoring-only runs
+
     return compatible_weights(champion.encoder, champion.estimator, encoder,
                               config.model.hidden, config.model.n_components)
 

@@ -118,7 +118,7 @@ def world(tmp_path_factory):
         n_init=2, batch_size=64, init="k-means", device="cpu", random_state=0,
     ).fit(encoder.fit_transform(train))
     with dask_client(config.compute) as client:
-        payload = scatter_model(client, encoder, estimator)
+        payload = scatter_model(client, (encoder, estimator))
         first = _label(client, payload, config)
         assert first.rows_written == len(FILES) * ROWS
         shutil.copytree(labels / f"ds={DAY}", labels / f"ds={OTHER}")

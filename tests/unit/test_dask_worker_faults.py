@@ -226,7 +226,7 @@ def _label(client, root, model, before_scoring=lambda payload: None) -> pd.DataF
     scan = sources.scan_window(config.source, DAY)
     assert len(scan.chunks(config.compute.chunk_rows)) == SCORE_ROWS // (2 * GROUP)
     spec = scoring.LabelsSpec("m", "1", "run", dt.datetime(2026, 11, 25, tzinfo=dt.timezone.utc))
-    payload = scatter_model(client, *model)
+    payload = scatter_model(client, model)
     before_scoring(payload)
     out = scoring.label_partition(client, scan, config, payload, spec)
     assert out.validation_result.success and out.rows_written == SCORE_ROWS

@@ -135,3 +135,19 @@ def test_importing_decflow_or_its_command_line_does_not_load_torch():
             "import pytest; pytest.raises(AttributeError, getattr, decflow, 'Nope')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_score_command_s_process_loads_neither_torch_nor_scikit_learn():
+    """`decflow score` and backfill ship the registered files to the workers that score
+    (``registry.versions.load_files``): their own process imports the flow, the model check
+    and the engine without torch or scikit-learn (about 3 s of CPU on two cores, while the
+    workers start beside it)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, decflow.flows.cli.nightly, decflow.flows.score, "
+            "decflow.registry.versions, decflow.engine.payload; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'sklearn'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

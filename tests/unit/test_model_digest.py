@@ -107,7 +107,26 @@ def test_untampered_model_loads_and_the_safe_loader_predicts_like_the_pyfunc(sto
     pd.testing.assert_frame_equal(scoring.score_frame(encoder, est, df), expected)
 
 
-@pytest.mark.parametrize("loader", ["load_components", "load_scorer", "load_model_safely"])
+def test_the_files_of_a_version_are_its_logged_parts_and_workers_score_them_alike(store):
+    """``load_files`` (what `decflow score` ships to its workers, no torch in its process)
+    gives the logged files' bytes, and the model the workers rebuild from them labels rows as
+    the fitted one does."""
+    from decflow.engine.payload import ModelPayload, worker_model
+    from decflow.registry.names import Artifact
+
+    files = versions.load_files(store.uri, MODEL, "1")
+    assert files == ((store.root / Artifact.MODEL_ENCODER).read_bytes(),
+                     (store.root / Artifact.MODEL_ESTIMATOR).read_bytes())
+    payload = ModelPayload.of(files)
+    assert (payload.encoder, payload.estimator) == files
+    assert ModelPayload.of(payload) is payload
+    df = make_frame(n_per=10, seed=1)
+    pd.testing.assert_frame_equal(scoring.score_frame(*worker_model(payload, "cpu"), df),
+                                  scoring.score_frame(store.encoder, store.est, df))
+
+
+@pytest.mark.parametrize("loader", ["load_components", "load_files", "load_scorer",
+                                    "load_model_safely"])
 def test_changed_weights_are_refused_naming_the_file(store, restore, loader):
     path = restore / "artifacts" / "estimator.safetensors"
     data = bytearray(path.read_bytes())

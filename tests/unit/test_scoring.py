@@ -80,8 +80,32 @@ def _spec() -> scoring.LabelsSpec:
 def _label(config, model, day) -> scoring.PartitionOutcome:
     scan = sources.scan_window(config.source, day, 1)
     with dask_client(config.compute) as client:
-        payload = scatter_model(client, *model)
+        payload = scatter_model(client, model)
         return scoring.label_partition(client, scan, config, payload, _spec())
+
+
+@pytest.mark.slow  # a Dask cluster
+def test_a_model_larger_than_dask_s_large_graph_size_is_sent_without_its_warning(tmp_path):
+    """The model travels in its task's graph once, by design (``scatter_model``): a model with
+    wide layers (10 MB and more) used to print Dask's "Sending large graph" warning on every
+    `decflow score`. The size is raised for that one submit only."""
+    import warnings
+
+    import dask
+
+    from decflow.engine.payload import ModelPayload
+
+    big = ModelPayload.of((b"{}", os.urandom(12 * 2**20)))
+    config = _config(tmp_path)
+    with dask_client(config.compute) as client:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            future = scatter_model(client, big)
+            assert future.result() == big
+        assert [str(w.message) for w in caught if "large graph" in str(w.message)] == []
+        assert dask.config.get("distributed.admin.large-graph-warning-threshold") == "10MB"
+        with pytest.warns(UserWarning, match="Sending large graph of size 12"):
+            client.submit(len, big.estimator).result()  # Dask's own warning, elsewhere
 
 
 def test_sample_window_is_proportional_and_reads_only_named_columns(tmp_path):
@@ -228,7 +252,7 @@ def test_labels_are_replaced_old_or_new_at_several_row_groups(tmp_path, model, m
     def rewrite():
         scan = sources.scan_window(config.source, DAYS[0], 1)
         with dask_client(config.compute) as client:
-            payload = scatter_model(client, *model)
+            payload = scatter_model(client, model)
             result["out"] = scoring.label_partition(client, scan, config, payload, spec)
 
     worker = threading.Thread(target=rewrite)
@@ -404,7 +428,7 @@ if __name__ == "__main__":
         config, scan, model, spec = pickle.load(f)
     with dask_client(config.compute) as client:
         client.register_plugin(ChunksPerWorker(), name="chunks")
-        payload = scatter_model(client, *model)
+        payload = scatter_model(client, model)
         out = scoring.label_partition(client, scan, config, payload, spec)
         most, ran = client.run_on_scheduler(
             lambda dask_scheduler: (dask_scheduler.plugins["chunks"].most,

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import dask
 import distributed
+from dask.utils import parse_bytes
 
 from decflow.model.features import FeatureEncoder
 
@@ -38,13 +40,20 @@ class ModelPayload:
     estimator: bytes  # DeepEmbeddedClustering.save safetensors
 
     @classmethod
-    def from_model(cls, encoder: FeatureEncoder, estimator: "DeepEmbeddedClustering"
-                   ) -> "ModelPayload":
-        with tempfile.TemporaryDirectory(prefix="decflow-payload-") as tmp:
-            enc = encoder.save(Path(tmp) / "encoder.json").read_bytes()
-            est = estimator.save(Path(tmp) / "estimator.safetensors").read_bytes()
-        key = hashlib.sha256(enc + est).hexdigest()[:16]
-        return cls(key, enc, est)
+    def of(cls, model: "ModelPayload | tuple") -> "ModelPayload":
+        """The payload of ``model``: the fitted ``(encoder, estimator)``, or the bytes of their
+        files (``registry.versions.ModelFiles``: a process that only ships a registered
+        version needs neither torch nor the estimator)."""
+        if isinstance(model, ModelPayload):
+            return model
+        encoder, estimator = model
+        if isinstance(encoder, bytes) and isinstance(estimator, bytes):
+            enc, est = encoder, estimator
+        else:
+            with tempfile.TemporaryDirectory(prefix="decflow-payload-") as tmp:
+                enc = encoder.save(Path(tmp) / "encoder.json").read_bytes()
+                est = estimator.save(Path(tmp) / "estimator.safetensors").read_bytes()
+        return cls(hashlib.sha256(enc + est).hexdigest()[:16], enc, est)
 
 
 @dataclass(frozen=True)
@@ -102,16 +111,24 @@ def worker_model(payload: "ModelPayload | PayloadRef", device: str = "auto"
         return model
 
 
-def scatter_model(client: distributed.Client, encoder: FeatureEncoder,
-                  estimator: "DeepEmbeddedClustering") -> distributed.Future:
-    """Put the model on the cluster once; tasks take the returned future.
+def scatter_model(client: distributed.Client, model: "ModelPayload | tuple"
+                  ) -> distributed.Future:
+    """Put ``model`` (see ``ModelPayload.of``) on the cluster once; tasks take the returned
+    future.
 
     A task that returns the payload, not ``client.scatter``: Dask's active memory manager
     keeps one copy of data no task is waiting for, and scattered data lost with its worker
     is lost for good (every chunk then fails), while the scheduler reruns this task.
+
+    The payload travels in the task's graph, once, by design: for this one submit, the size
+    at which Dask warns of a large graph (10 MB; a model with wide layers is larger) is raised
+    above the payload's, so a run does not print that warning about its model.
     """
-    payload = ModelPayload.from_model(encoder, estimator)
-    return client.submit(_identity, payload, key=f"{_KEY_PREFIX}{payload.key}", pure=False)
+    payload = ModelPayload.of(model)
+    limit = max(parse_bytes(dask.config.get("distributed.admin.large-graph-warning-threshold")),
+                2 * (len(payload.encoder) + len(payload.estimator)))
+    with dask.config.set({"distributed.admin.large-graph-warning-threshold": limit}):
+        return client.submit(_identity, payload, key=f"{_KEY_PREFIX}{payload.key}", pure=False)
 
 
 @contextmanager

@@ -17,6 +17,9 @@ class Artifact:
     PLOTS = "plots"  # every picture of the run report, as plots/<name>.png
     SIZES_VS_LAST_NIGHT = "plots/sizes_vs_last_night.png"
     DRIFT_HISTORY = "plots/drift_history.png"
+    # inside a logged model's directory: its fitted parts, the files workers rebuild it from
+    MODEL_ENCODER = "artifacts/encoder.json"
+    MODEL_ESTIMATOR = "artifacts/estimator.safetensors"
 
 
 class Tag:

@@ -25,7 +25,7 @@ from decflow.data.validation import ValidationResult
 from decflow.model.scoring import as_model_input, score_frame
 from decflow.registry.client import mlflow_client
 from decflow.registry.integrity import MANIFEST_TAG, stored_manifest_digest, write_manifest
-from decflow.registry.names import Tag
+from decflow.registry.names import Artifact, Tag
 from decflow.registry.versions import DECISION_TAG, PENDING
 
 # What a scoring environment needs besides mlflow itself; the decflow package travels with
@@ -116,8 +116,8 @@ def log_model(run_id: str, tracking_uri: str, estimator, encoder, input_example:
         with tempfile.TemporaryDirectory(prefix="decflow-model-") as tmp:
             tmp = Path(tmp)
             artifacts = {
-                "encoder": str(encoder.save(tmp / "artifacts" / "encoder.json")),
-                "estimator": str(estimator.save(tmp / "artifacts" / "estimator.safetensors"))}
+                "encoder": str(encoder.save(tmp / Artifact.MODEL_ENCODER)),
+                "estimator": str(estimator.save(tmp / Artifact.MODEL_ESTIMATOR))}
             example = as_model_input(encoder, input_example)
             signature = model_signature(encoder, example,
                                         score_frame(encoder, estimator, example))
