@@ -275,3 +275,26 @@ def test_prefect_s_temporary_server_starts_beside_the_command_not_before_the_flo
     with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
         start_prefect_server()()
     assert calls == ["prefect-server-start"]
+
+
+def test_a_command_s_process_ends_without_the_interpreter_s_last_collections(tmp_path):
+    """Every command, once per process, freezes the heap at exit, after the exit handlers
+    registered since it began (``app.end_without_a_final_collection``): the interpreter's
+    teardown then no longer collects the ~600,000 objects of a flow run several times over.
+    Not before exit: the command itself runs with the collector as it was."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "c.yaml"
+    config.write_text(dump_config(tiny_config(tmp_path / "home", str(tmp_path / "src"))))
+    code = ("import atexit, gc\n"
+            "atexit.register(lambda: print('at exit, frozen:', gc.get_freeze_count() > 0))\n"
+            "from typer.testing import CliRunner\n"
+            "from decflow.flows.cli import app\n"
+            "for _ in range(2):\n"
+            f"    r = CliRunner().invoke(app, ['show-config', '--config', {str(config)!r}])\n"
+            "    print('exit', r.exit_code, 'frozen:', gc.get_freeze_count() > 0)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["exit 0 frozen: False", "exit 0 frozen: False",
+                                        "at exit, frozen: True"]
