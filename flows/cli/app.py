@@ -30,10 +30,8 @@ reaches the CLI and is mapped by its type):
 Every message printed goes through ``decflow.redaction.redact`` (no passwords from URIs).
 """
 
-import atexit
 import contextlib
 import datetime as dt
-import gc
 import logging
 import os
 import traceback as tb
@@ -123,6 +121,8 @@ class _ExitCodes(TyperGroup):
     def invoke(self, ctx):
         from decflow.errors import Stopped
 
+        from decflow.environment import end_without_a_final_collection
+
         state["home"] = None
         end_without_a_final_collection()
         stop_on_signals()
@@ -138,24 +138,6 @@ class _ExitCodes(TyperGroup):
             raise typer.Exit(128 + exc.signum) from None
         except Exception as exc:
             raise typer.Exit(_fail(exc, bool(ctx.params.get("traceback")))) from None
-
-
-_FREEZE_AT_EXIT: list[bool] = []
-
-
-def end_without_a_final_collection() -> None:
-    """The process ends without the interpreter's last garbage collections (once per process).
-
-    A command that ran a flow holds about 600,000 objects (Prefect, MLflow, Dask, pandas) when
-    it ends, and the interpreter's teardown collected them all several times over: 1.5-2 s
-    of every `decflow score` after its last line (measured, 1M rows on 2 cores). The objects
-    are moved out of the collector's reach (``gc.freeze``) at exit, after every exit handler
-    registered since the command began (stopping Prefect's temporary server, ending the MLflow
-    run, closing Dask clients): those still run, and memory is still freed.
-    """
-    if not _FREEZE_AT_EXIT:
-        _FREEZE_AT_EXIT.append(True)
-        atexit.register(gc.freeze)
 
 
 def show_library_lines() -> None:

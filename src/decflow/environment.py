@@ -1,7 +1,10 @@
-"""Quiet, local defaults for the servers' client libraries, set before Prefect or MLflow is
-imported: no telemetry, no analytics, and time for an embedded Prefect server to start on a
-loaded laptop. A value the user set always wins."""
+"""The process's setup: quiet, local defaults for the servers' client libraries, set before
+Prefect or MLflow is imported (no telemetry, no analytics, and time for an embedded Prefect
+server to start on a loaded laptop; a value the user set always wins), and an end without the
+interpreter's last garbage collections (``end_without_a_final_collection``)."""
 
+import atexit
+import gc
 import os
 from collections.abc import MutableMapping
 
@@ -38,3 +41,24 @@ def _stderr_is_terminal() -> bool:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):  # replaced or closed
         return False
+
+
+_FREEZE_AT_EXIT: list[bool] = []
+
+
+def end_without_a_final_collection() -> None:
+    """This process ends without the interpreter's last garbage collections (once per process):
+    called by every command and by every Dask worker as it warms up.
+
+    A command that ran a flow holds about 600,000 objects (Prefect, MLflow, Dask, pandas) when
+    it ends, a worker that scored holds torch's and Great Expectations', and the interpreter's
+    teardown collected them all several times over: 1.5-2 s after a `decflow score` printed
+    its last line, and 1-1.5 s of closing its cluster, whose worker processes end the same way
+    (measured: 1M rows, 2 cores). The objects are moved out of the collector's reach
+    (``gc.freeze``) at exit, after every exit handler registered since this call (stopping
+    Prefect's temporary server, ending the MLflow run, closing Dask clients): those still run,
+    and memory is still freed.
+    """
+    if not _FREEZE_AT_EXIT:
+        _FREEZE_AT_EXIT.append(True)
+        atexit.register(gc.freeze)

@@ -279,9 +279,9 @@ def test_prefect_s_temporary_server_starts_beside_the_command_not_before_the_flo
 
 def test_a_command_s_process_ends_without_the_interpreter_s_last_collections(tmp_path):
     """Every command, once per process, freezes the heap at exit, after the exit handlers
-    registered since it began (``app.end_without_a_final_collection``): the interpreter's
-    teardown then no longer collects the ~600,000 objects of a flow run several times over.
-    Not before exit: the command itself runs with the collector as it was."""
+    registered since it began (``decflow.environment.end_without_a_final_collection``): the
+    interpreter's teardown then no longer collects the ~600,000 objects of a flow run several
+    times over. Not before exit: the command itself runs with the collector as it was."""
     import subprocess
     import sys
 

@@ -18,6 +18,7 @@ import distributed
 from threadpoolctl import ThreadpoolController
 
 from decflow.config import ComputeConfig
+from decflow.environment import end_without_a_final_collection
 from decflow.redaction import redact
 
 _log = logging.getLogger(__name__)
@@ -230,6 +231,7 @@ def warm_worker(what: tuple[str, ...]) -> None:
     """Import the modules ``what`` needs ("validation", "scoring", "training") and build the
     Great Expectations context, once per process, one thread at a time."""
     with _WARM_LOCK:
+        end_without_a_final_collection()  # a worker's end: its nanny waits for it
         for kind in what:
             for name in _WARM_MODULES[kind]:
                 importlib.import_module(name)
