@@ -119,9 +119,8 @@ class _ExitCodes(TyperGroup):
         return name, command, rename_options(name, rest)
 
     def invoke(self, ctx):
-        from decflow.errors import Stopped
-
         from decflow.environment import end_without_a_final_collection
+        from decflow.errors import Stopped
 
         state["home"] = None
         end_without_a_final_collection()

@@ -53,8 +53,8 @@ def end_without_a_final_collection() -> None:
     A command that ran a flow holds about 600,000 objects (Prefect, MLflow, Dask, pandas) when
     it ends, a worker that scored holds torch's and Great Expectations', and the interpreter's
     teardown collected them all several times over: 1.5-2 s after a `decflow score` printed
-    its last line, and 1-1.5 s of closing its cluster, whose worker processes end the same way
-    (measured: 1M rows, 2 cores). The objects are moved out of the collector's reach
+    its last line, and 1.6-2.2 s of closing its cluster, whose worker processes end the same
+    way (measured: 1M rows, 2 cores). The objects are moved out of the collector's reach
     (``gc.freeze``) at exit, after every exit handler registered since this call (stopping
     Prefect's temporary server, ending the MLflow run, closing Dask clients): those still run,
     and memory is still freed.

@@ -181,7 +181,7 @@ def test_a_cluster_leaves_this_processes_thread_settings_alone(monkeypatch):
 def test_a_worker_that_warmed_up_ends_without_the_interpreter_s_last_collections():
     """A worker's nanny waits for its process to end: that process (torch, Great
     Expectations, a model) freezes its heap at exit, after its other exit handlers, instead of
-    the teardown collecting it several times over (1-1.5 s of closing a scoring cluster)."""
+    the teardown collecting it several times over (1.6-2.2 s of closing a scoring cluster)."""
     code = ("import atexit, gc\n"
             "atexit.register(lambda: print('at exit, frozen:', gc.get_freeze_count() > 0))\n"
             "from decflow.engine.compute import warm_worker\n"
