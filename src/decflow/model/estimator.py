@@ -24,7 +24,8 @@ from decflow.model.initialization import (INIT_CHOICES, VIEW_SPACES, effective_d
                                           kmeans_init, manifold_init, view_dimensions)
 from decflow.model.initialization import view_space as choose_view_space
 from decflow.model.nn import Autoencoder, ClusteringLayer
-from decflow.model.training import encode, dec_loop, pretrain_loop
+from decflow.model.training import (TRAINING_ENCODE_BATCH_ROWS, dec_loop, encode,
+                                    pretrain_loop)
 
 _FORMAT = "decflow.dec/1"
 _log = logging.getLogger(__name__)
@@ -255,7 +256,8 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
             if init is not None:
                 centers = _check_centers(init, self.n_clusters, self.n_components)
             else:
-                Z = encode(self.autoencoder_, Xt, device).cpu().numpy()
+                Z = encode(self.autoencoder_, Xt, device,
+                           TRAINING_ENCODE_BATCH_ROWS).cpu().numpy()
                 centers, target = self._initial_centers(Z, seed, X)
                 if target is None:  # a target (the mixture's posteriors) defines its clusters
                     centers = reseed_degenerate(Z, centers, self.min_cluster_size)
@@ -320,9 +322,14 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         return self.fit(X).labels_
 
     # --------------------------------------------------------------- inference
-    def transform(self, X):
-        """Embedding z of shape (n_samples, n_components)."""
-        return self._embed(X).cpu().numpy()
+    def transform(self, X, *, batch_rows: int | None = None):
+        """Embedding z of shape (n_samples, n_components).
+
+        ``batch_rows``: rows per forward call; by default the device's scoring size
+        (``decflow.model.training.encode``). Training's own embeddings (the views and the
+        k-means of the initialisation) pass ``TRAINING_ENCODE_BATCH_ROWS``.
+        """
+        return self._embed(X, batch_rows).cpu().numpy()
 
     def predict_proba(self, X):
         """Soft assignment q of shape (n_samples, n_clusters); rows sum to 1."""
@@ -520,7 +527,9 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
                                              self.view_space)
         if self.view_space_ == "input":
             return Xs, self.view_space_
-        return (self.transform(X) if Z is None else Z), self.view_space_
+        if Z is None:
+            Z = self.transform(X, batch_rows=TRAINING_ENCODE_BATCH_ROWS)
+        return Z, self.view_space_
 
     def _initial_centers(self, Z, seed, X):
         self.view_space_ = "none"
@@ -556,14 +565,14 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
             return t.pin_memory()
         return t
 
-    def _embed(self, X) -> torch.Tensor:
+    def _embed(self, X, batch_rows: int | None = None) -> torch.Tensor:
         check_is_fitted(self, "autoencoder_")  # transform works after pretrain alone
         X = _check_array(X, "X")
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {X.shape[1]} features, but DeepEmbeddedClustering is "
                              f"expecting {self.n_features_in_} features as input")
         device = next(self.autoencoder_.parameters()).device
-        return encode(self.autoencoder_, self._to_tensor(X, device), device)
+        return encode(self.autoencoder_, self._to_tensor(X, device), device, batch_rows)
 
 
 def _check_array(X, name: str) -> np.ndarray:
