@@ -306,3 +306,52 @@ def test_error_pickles_with_its_report():
     copy = pickle.loads(pickle.dumps(err))
     assert isinstance(copy.result, ValidationResult) and str(copy) == str(err)
     assert str(err).startswith("data validation failed: ")
+
+
+def _bad_frame() -> pd.DataFrame:
+    df = make_frame(8)
+    df.loc[1, "x"] = np.nan  # null
+    df.loc[2, "x"] = 11.0  # out of bounds
+    df.at[3, "pixels"] = np.arange(3, dtype=np.float64)  # wrong length
+    df.loc[4, "c"] = None
+    return df
+
+
+def test_gx_evaluates_again_only_what_failed_and_reports_as_with_complete_results(
+        monkeypatch, tmp_path):
+    """Counts first (GX's ``BASIC`` results), then ``COMPLETE`` results (row positions, for
+    the samples of offending rows) for the expectations that failed only: the report is the
+    one every expectation evaluated with ``COMPLETE`` gives, and clean data is validated once."""
+    import great_expectations.expectations as gxe
+
+    from decflow.data.validation import gx
+
+    validation = ValidationConfig(min_rows=3, sample_size=3, suite_path=_write_suite(
+        tmp_path / "suite.json", [gxe.ExpectColumnValuesToBeInSet(column="c", value_set=["a"]),
+                                  gxe.ExpectColumnMaxToBeBetween(column="x", max_value=100)]))
+    validate = gx._validate
+    calls = []
+
+    def spy(frame, expectations, result_format):
+        calls.append((len(expectations), result_format))
+        return validate(frame, expectations, result_format)
+
+    monkeypatch.setattr(gx, "_validate", spy)
+    assert validate_frame(make_frame(8), SOURCE, FEATURES, validation).success is False  # "c"
+    n = calls[0][0]
+    assert calls == [(n, "BASIC"), (1, "COMPLETE")]
+    calls.clear()
+    assert check(validate_frame(make_frame(8), SOURCE, FEATURES, ValidationConfig(min_rows=3)))
+    assert [f for _, f in calls] == ["BASIC"]
+    calls.clear()
+    report = validate_frame(_bad_frame(), SOURCE, FEATURES, validation)
+    failed = [r for r in report.results if not r.success]
+    assert calls[-1] == (len(failed), "COMPLETE") and len(failed) == 4  # the null, the bound,
+    # the length and the user set (a null category is allowed; the user max passed)
+
+    monkeypatch.setattr(gx, "_validate", lambda frame, expectations, result_format: validate(
+        frame, expectations, "COMPLETE"))
+    reference = validate_frame(_bad_frame(), SOURCE, FEATURES, validation)
+    assert report.to_dict() == reference.to_dict()
+    assert [r.sample for r in failed] == [[{"id": 2, "value": "nan"}], [{"id": 3, "value": 11.0}],
+                                          [{"id": 4, "length": 3}], ["b", "c"]]

