@@ -36,10 +36,11 @@ TEST_ENV := MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTIC
 # time (module fixtures are built once), the longest modules first (tests/conftest.py): about
 # 20 minutes on 2 cores (1204 s of tests measured in a fresh clone). TEST_WORKERS=0 runs in one process;
 # more workers need more cores and about 2 GiB of memory each.
+# A worker ended by a test's timeout (pyproject.toml) is replaced once; a second ends the run.
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed
 	$(TEST_ENV) $(BIN)/python -m pytest tests --ignore=tests/stack --durations=15 \
-		-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
+		-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --max-worker-restart 1
 
 # The edit-test loop: unit and data tests not marked `slow` (no servers, flows, process kills,
 # Dask clusters or MLflow stores; see the marker in pyproject.toml): under a minute on 2 idle

@@ -1,4 +1,6 @@
+import faulthandler
 import os
+import signal
 import warnings
 from pathlib import Path
 
@@ -47,6 +49,14 @@ LONGEST_FIRST = [
 def _rank(item) -> int:
     path = item.path.relative_to(HERE).as_posix() if HERE in item.path.parents else ""
     return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
+def pytest_configure(config):
+    # SIGUSR1 dumps every thread's stack, in pytest's process and in each xdist worker:
+    # .ci/watch.py sends it when `make test` outlives its limit, so a hang outside any one
+    # test's timeout still says where each process stood (C-level: it works while Python is
+    # blocked). Output capture is suspended here, so fd 2 is the real stderr, not a test's.
+    faulthandler.register(signal.SIGUSR1, file=os.dup(2), all_threads=True)
 
 
 def pytest_collection_modifyitems(items):
