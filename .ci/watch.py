@@ -5,7 +5,8 @@
 CI shows only the last lines of a run. A test run that hangs used to end there with progress
 dots and the CI's own kill, and a failure with a summary far above the tail. This wrapper:
 
-- streams the step's output and keeps a copy in ``--log``;
+- streams the step's output, each line led by the minutes and seconds since the start (a slow
+  run and a hung one look alike in progress dots), and keeps a copy in ``--log``;
 - past ``--limit`` seconds, sends SIGUSR1 to each of the step's processes that handles it
   (tests/conftest.py registers a ``faulthandler`` dump of all threads on it, in pytest's main
   process and in each xdist worker), waits for the dumps, then ends the step's process group;
@@ -24,6 +25,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 DUMP_SIGNAL = signal.SIGUSR1
@@ -110,6 +112,7 @@ def main(argv=None) -> int:
     parser.add_argument("cmd", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    started = time.monotonic()
     # unbuffered: what the step printed before it is ended reaches the log
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -149,7 +152,8 @@ def main(argv=None) -> int:
                 lines.append(line)
                 log.write(line)
                 log.flush()
-                sys.stdout.write(line)
+                minutes, seconds = divmod(int(time.monotonic() - started), 60)
+                sys.stdout.write(f"[{minutes:02d}:{seconds:02d}] {line}")
                 sys.stdout.flush()
 
     reader = threading.Thread(target=copy, daemon=True)

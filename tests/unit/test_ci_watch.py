@@ -3,6 +3,7 @@ failed and where a hung test stood."""
 
 import importlib.util
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -82,7 +83,9 @@ def test_a_run_past_its_limit_ends_with_the_stack_of_the_waiting_test(tmp_path):
     assert "past its 15 s limit" in tail[end]
     assert tail[end + 1].startswith("stack of a test thread")
     assert 'test_waits.py", line 4 in test_waits_forever' in "\n".join(tail[end + 2:])
-    assert log.read_text() in done.stdout  # the log holds the step's own output
+    # every line of the step's output, led by the time since the start; the log holds it bare
+    stamped = [line[8:] for line in tail if re.match(r"\[\d\d:\d\d\] ", line)]
+    assert stamped and stamped == log.read_text().splitlines()
 
 
 @pytest.mark.slow  # waits out the 10 s it gives a pipe left open
@@ -99,4 +102,4 @@ def test_a_step_that_succeeds_leaving_a_process_on_the_pipe_ends_with_its_status
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
     assert done.returncode == 0, done.stdout
-    assert done.stdout == "step done\n"  # no digest for a step that passed
+    assert done.stdout == "[00:00] step done\n"  # no digest for a step that passed
