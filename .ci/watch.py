@@ -1,6 +1,6 @@
 """Run a CI step with a deadline, and end its output with what a reader of the log's tail needs.
 
-    python3 .ci/watch.py --limit 3300 --log test.log -- make test
+    python3 .ci/watch.py --limit 3900 --log test.log -- make test
 
 CI shows only the last lines of a run. A test run that hangs used to end there with progress
 dots and the CI's own kill, and a failure with a summary far above the tail. This wrapper:
@@ -10,12 +10,12 @@ dots and the CI's own kill, and a failure with a summary far above the tail. Thi
 - past ``--limit`` seconds, sends SIGUSR1 to each of the step's processes that handles it
   (tests/conftest.py registers a ``faulthandler`` dump of all threads on it, in pytest's main
   process and in each xdist worker), waits for the dumps, then ends the step's process group;
-- when the step fails, prints a digest last: the failed and crashed tests, and for every stack
-  dump in the log (pytest's ``faulthandler_timeout`` or the dumps above) the innermost frames
-  of the thread that was running a test.
+- when the step fails, prints a digest last: for every stack dump in the log (pytest's
+  ``faulthandler_timeout`` or the dumps above), the innermost frames of each thread that was
+  running a test; then the failed and crashed tests, at the very end.
 
-Exit status: the step's, or 124 past the limit. Standard library only (it runs before and
-outside the venv's interpreter is known to work).
+Exit status: the step's, or 124 past the limit. Standard library only: it runs on the
+system's python3, outside the venv.
 """
 
 import argparse
