@@ -666,7 +666,7 @@ def bench_pipeline(args, res: Results, parts: list[str]) -> None:
             update={"window_days": 1})})))
         # Twice, the faster counting (as the forward reference is the fastest of its passes),
         # taking turns with the scorer before the scale-out when it is given (--old-scorer).
-        old = OldScorer(args, night, day, env) if args.old_scorer else None
+        old = OldScorer(args, config, night, day, env) if args.old_scorer else None
         tries, old_tries = [], []
         for i in range(2):
             tries.append(run_measured(
@@ -674,9 +674,7 @@ def bench_pipeline(args, res: Results, parts: list[str]) -> None:
                 work / "logs" / f"score-night-{i + 1}.log", env))
             if old and old.ready():
                 old_tries.append(old.score(i + 1))
-        ok = [t for t in tries if not t["returncode"]]
-        r = runs["score-night"] = min(ok, key=lambda t: t["wall_s"]) if ok else tries[0]
-        r["walls_s"] = [t["wall_s"] for t in tries]
+        r = runs["score-night"] = _fastest(tries) or tries[0]
         fwd = runs.get("score-small", {}).get("forward_rows_per_s")
         if fwd:  # and once more after these runs
             fwd = r["forward_rows_per_s"] = max(fwd, forward_rows_per_s(
@@ -685,25 +683,22 @@ def bench_pipeline(args, res: Results, parts: list[str]) -> None:
             res.error("score (one partition)", f"exit {r['returncode']}; see {r['log']}")
         elif fwd:
             cli = args.rows_small / r["wall_s"]
-            walls = " and ".join(f"{w:.1f}" for w in r["walls_s"])
             res.add(f"decflow score of one {args.rows_small:,}-row partition: whole CLI rows/s "
                     f"/ forward pass", cli, "rows/s", ratio=cli / fwd, op=">=", bound=0.60,
-                    detail=f"wall {r['wall_s']:.1f} s, the faster of {walls} s, incl. process "
+                    detail=f"wall {r['wall_s']:.1f} s, the faster of {_walls(r)} s, incl. process "
                            f"start, Prefect's ephemeral server and model download; forward "
                            f"{fwd:,.0f} rows/s")
-            old_ok = [t for t in old_tries if not t["returncode"]]
-            if old_ok:
-                best = runs["score-night-old"] = min(old_ok, key=lambda t: t["wall_s"])
-                best["walls_s"] = [t["wall_s"] for t in old_tries]
+            best = _fastest(old_tries)
+            if best:
+                runs["score-night-old"] = best
                 old_rps = args.rows_small / best["wall_s"]
                 res.add(f"decflow score of one {args.rows_small:,}-row partition / the "
                         f"single-process scorer before the scale-out ({OLD_SCORER_COMMIT}), "
                         f"whole commands in this run", cli, "rows/s", ratio=cli / old_rps,
                         op=">", bound=1.0,
                         detail=f"before the scale-out {old_rps:,.0f} rows/s (wall "
-                               f"{best['wall_s']:.1f} s, the faster of "
-                               + " and ".join(f"{t['wall_s']:.1f}" for t in old_tries)
-                               + f" s, taking turns with today's; peak RSS "
+                               f"{best['wall_s']:.1f} s, the faster of {_walls(best)} s, "
+                               f"taking turns with today's; peak RSS "
                                f"{best['peak_max_process_bytes'] / GiB:.2f} GiB per process)")
             elif old:
                 res.error("score before the scale-out", old.failure(old_tries))
@@ -729,6 +724,20 @@ def bench_pipeline(args, res: Results, parts: list[str]) -> None:
                            + ", ".join(f"{k} {v:.1f} s" for k, v in pl.items()))
 
 
+def _fastest(tries: list[dict]) -> dict | None:
+    """The fastest of ``tries`` that succeeded (None: none did), with every try's wall."""
+    ok = [t for t in tries if not t["returncode"]]
+    if not ok:
+        return None
+    best = min(ok, key=lambda t: t["wall_s"])
+    best["walls_s"] = [t["wall_s"] for t in tries]
+    return best
+
+
+def _walls(run: dict) -> str:
+    return " and ".join(f"{w:.1f}" for w in run["walls_s"])
+
+
 OLD_SCORER_COMMIT = "07ee55f"  # the last commit before scoring moved onto Dask (2b8d238)
 
 
@@ -746,7 +755,7 @@ class OldScorer:
     today's model; not measured). Scoring costs do not depend on how the model was trained.
     """
 
-    def __init__(self, args, night: dict, day: str, env: dict):
+    def __init__(self, args, config, night: dict, day: str, env: dict):
         self.exe, self.day = args.old_scorer, day
         self.work = Path(args.workdir) / "old"
         self.config = self.work / "config.yaml"
@@ -759,8 +768,9 @@ class OldScorer:
             return
         shutil.rmtree(self.work, ignore_errors=True)
         (self.work / "home" / "prefect").mkdir(parents=True)
-        features = {"numeric": [f"x{i}" for i in range(4)], "categorical": ["c0", "c1"],
-                    "vector": {"v": 56}, "scale_vectors": False}
+        # the columns of today's config; the settings added since 07ee55f left out
+        features = config.features.model_dump(
+            mode="json", include={"numeric", "categorical", "vector", "scale_vectors"})
         self.config.write_text(json.dumps({  # YAML's subset: the old loader reads it
             "home": str(self.work / "home"),
             "source": {"uri": night["uri"], "date_column": "ds", "id_column": "id",
@@ -786,7 +796,7 @@ class OldScorer:
     def score(self, i: int) -> dict:
         return run_measured([self.exe, "score", "-c", str(self.config), "--date", self.day,
                              "--model-version", "champion"],
-                            Path(self.work).parent / "logs" / f"score-night-old-{i}.log",
+                            self.work.parent / "logs" / f"score-night-old-{i}.log",
                             self.env)
 
     def failure(self, tries: list[dict]) -> str:
