@@ -20,9 +20,9 @@ from decflow.flows.cli.options import (
                                        quiet_environment,
                                        require_model,
                                        setup,
-                                       start_prefect_server,
                                        state,
                                        )
+from decflow.flows.cli.prefect_server import start_prefect_server
 
 
 def refuse_if_night_held(config, day: dt.date | None) -> None:
@@ -91,8 +91,8 @@ def run(config: ConfigOpt,
     cfg = setup(config, sets)
     day = date_option(run_date, "--run-date")
     refuse_if_night_held(cfg, day)
-    with run_cluster(cfg):  # starts while Prefect's server starts and the flow is imported
-        server = start_prefect_server()
+    server = start_prefect_server()  # first: it starts beside all that follows
+    with run_cluster(cfg):  # starts while the flow is imported
         from decflow.flows.recluster import recluster
 
         server()
@@ -138,9 +138,8 @@ def score(config: ConfigOpt,
     cfg = setup(config, sets)
     day = date_option(run_date, "--run-date")
     refuse_if_night_held(cfg, day)
-    # starts while Prefect's server starts and the flow is imported
-    with run_cluster(cfg, training=False):
-        server = start_prefect_server()
+    server = start_prefect_server()  # first: it starts beside all that follows
+    with run_cluster(cfg, training=False):  # starts while the model is checked
         require_model(cfg, model)
 
         from decflow.flows.score import score as score_flow
@@ -176,9 +175,8 @@ def backfill(config: ConfigOpt,
         raise typer.BadParameter("--retrain trains a new model for each date and always runs; "
                                  "--model and --force do not apply", param_hint="--retrain")
     try:
-        # the cluster starts while Prefect's server starts and the flow is imported
-        with run_cluster(cfg, training=retrain):
-            server = start_prefect_server()
+        server = start_prefect_server()  # first: it starts beside all that follows
+        with run_cluster(cfg, training=retrain):  # starts while the flow is imported
             if not retrain:
                 require_model(cfg, model)
 

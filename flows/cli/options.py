@@ -4,7 +4,6 @@ model reference, the schedule; loading a config and the quiet environment before
 
 import datetime as dt
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -85,39 +84,6 @@ def setup(config: Path, sets: list[str] | None = None):
     cfg = load(config, sets)
     quiet_environment(cfg.home)
     return cfg
-
-
-def start_prefect_server() -> Callable[[], None]:
-    """Prefect's temporary server, started now in a thread where this command's flow would
-    start it (no ``PREFECT_API_URL``): it starts while the command imports the flow, checks
-    the model and starts its Dask cluster, not after (about 3.5 s of a `decflow score`, 13 s
-    with a new home, whose database the server first creates).
-
-    Returns:
-        ``wait``: call it before the flow. Until the server answers, Prefect already marks it
-        running, and a flow started then would not wait for it. If the server did not start,
-        the flow starts it again and reports why it cannot.
-    """
-    import logging
-    import threading
-
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
-
-    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-        return lambda: None
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()  # the one the flow's client starts: one per process
-
-    def start() -> None:
-        try:
-            server.start()
-        except Exception as exc:  # the flow's own start raises it, where it is reported
-            logging.getLogger(__name__).debug("Prefect's server did not start early: %s", exc)
-
-    thread = threading.Thread(target=start, name="prefect-server-start", daemon=True)
-    thread.start()
-    return thread.join
 
 
 def require_model(cfg, ref: str) -> None:

@@ -246,37 +246,6 @@ def test_old_spellings_are_renamed_up_to_a_double_dash():
     assert rename_options("run", ["--date", "x"]) == ["--date", "x"]  # run never had --date
 
 
-def test_prefect_s_temporary_server_starts_beside_the_command_not_before_the_flow(monkeypatch):
-    """Without ``PREFECT_API_URL`` the flow would start Prefect's temporary server when it
-    begins (3.5 s of a `decflow score`, 13 s with a new home). The command starts it first,
-    in a thread, and goes on (imports, the model check, the Dask cluster); ``wait`` joins it
-    before the flow. With a server given, nothing starts."""
-    import threading
-
-    from prefect.server.api import server as prefect_server
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from decflow.flows.cli.options import start_prefect_server
-
-    began, release, calls = threading.Event(), threading.Event(), []
-
-    def start(self, timeout=None):
-        calls.append(threading.current_thread().name)
-        began.set()
-        assert release.wait(30)
-
-    monkeypatch.setattr(prefect_server.SubprocessASGIServer, "start", start)
-    with temporary_settings(updates={PREFECT_API_URL: None}):  # the tests' harness sets one
-        wait = start_prefect_server()  # returns while the server is still starting
-        assert began.wait(30)
-        release.set()
-        wait()
-    assert calls == ["prefect-server-start"]
-    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
-        start_prefect_server()()
-    assert calls == ["prefect-server-start"]
-
-
 def test_a_command_s_process_ends_without_the_interpreter_s_last_collections(tmp_path):
     """Every command, once per process, freezes the heap at exit, after the exit handlers
     registered since it began (``decflow.environment.end_without_a_final_collection``): the
