@@ -1,5 +1,6 @@
 """Data layer: the GX expectation suite on small fixture frames, error messages asserted."""
 
+import contextlib
 import dataclasses
 import json
 import pickle
@@ -315,6 +316,56 @@ def _bad_frame() -> pd.DataFrame:
     df.at[3, "pixels"] = np.arange(3, dtype=np.float64)  # wrong length
     df.loc[4, "c"] = None
     return df
+
+
+def test_an_expectation_builds_its_gx_configuration_once_per_validation_and_reports_the_same(
+        monkeypatch, tmp_path):
+    """GX rebuilds ``Expectation.configuration`` on every read, about 50 reads per expectation
+    and call; inside ``configurations_kept`` (every validation) the first one built is kept.
+    The report of a frame with every kind of failure is the one GX's own property gives, and
+    outside the block (or in another thread) each read builds a new configuration again."""
+    import threading
+
+    import great_expectations.expectations as gxe
+    from great_expectations.expectations.expectation import Expectation
+
+    from decflow.data.validation import gx
+
+    validation = ValidationConfig(min_rows=3, sample_size=3, suite_path=_write_suite(
+        tmp_path / "suite.json", [gxe.ExpectColumnValuesToBeInSet(column="c", value_set=["a"]),
+                                  gxe.ExpectColumnMaxToBeBetween(column="x", max_value=100)]))
+    validate_frame(make_frame(8), SOURCE, FEATURES, validation)  # GX's property is replaced
+    build, built = Expectation.configuration.fget, []
+
+    def counted(self):
+        built.append(self)
+        return build(self)
+
+    monkeypatch.setattr(Expectation, "configuration", gx.kept_property(counted))
+    kept = validate_frame(_bad_frame(), SOURCE, FEATURES, validation)
+    builds = len(built)
+    built.clear()
+    monkeypatch.setattr(gx, "configurations_kept", contextlib.nullcontext)  # GX's own reads
+    reference = validate_frame(_bad_frame(), SOURCE, FEATURES, validation)
+    assert 0 < 4 * builds < len(built)  # built once per expectation object, read many times
+    assert kept.to_dict() == reference.to_dict()
+    assert [r.sample for r in kept.results if not r.success] == [
+        r.sample for r in reference.results if not r.success] and not kept.success
+
+    monkeypatch.undo()
+    expectation = gxe.ExpectColumnMaxToBeBetween(column="x", max_value=100)
+    assert expectation.configuration is not expectation.configuration
+    seen = {}
+    with gx.configurations_kept():
+        first = expectation.configuration
+        assert expectation.configuration is first
+        other = threading.Thread(target=lambda: seen.update(
+            other=expectation.configuration is expectation.configuration))
+        other.start()
+        other.join()
+    assert seen == {"other": False}
+    assert expectation.configuration is not first
+    assert expectation.configuration.to_json_dict() == first.to_json_dict()
 
 
 def test_gx_evaluates_again_only_what_failed_and_reports_as_with_complete_results(
