@@ -129,7 +129,7 @@ def kept_property(build) -> property:
         if kept is None:
             return build(self)
         entry = kept.get(id(self))
-        if entry is None or entry[0] is not self:  # the reference keeps its id from reuse
+        if entry is None:  # kept with a reference to ``self``: its id cannot be reused meanwhile
             entry = kept[id(self)] = (self, build(self))
         return entry[1]
 
