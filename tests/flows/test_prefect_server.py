@@ -1,6 +1,9 @@
 """Prefect's temporary server, launched by a command before its imports and handed to Prefect
 before its flow (``decflow.flows.cli.prefect_server``)."""
 
+import json
+import os
+import subprocess
 import sys
 
 import pytest
@@ -66,36 +69,78 @@ def test_the_server_is_prefect_s_own_command_environment_and_ports(monkeypatch):
     assert prefect_server.free_port() in SubprocessASGIServer._port_range
 
 
-def test_the_server_starts_first_and_is_handed_to_prefect_before_the_flow(monkeypatch,
-                                                                          no_server):
+# A command's process, without the flows' test harness: launches the stand-in, waits for it,
+# and prints what Prefect then sees, before and after the server's exit handler.
+COMMAND = r"""
+import json, os, sys
+from decflow.flows.cli import prefect_server
+fake, marker = sys.argv[1], sys.argv[2]
+ports = []
+def command(port):
+    ports.append(port)
+    return [sys.executable, "-c", fake, str(port), marker], None
+prefect_server.server_command = command
+wait = prefect_server.start_prefect_server()
+early = wait.__self__
+seen = {"running_before_wait": early.process.poll() is None}
+wait()
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL
+from prefect.utilities.urls import url_for
+process = early.process
+with get_client(sync_client=True) as client:
+    seen.update(ports=ports, port=early.port, api_url=PREFECT_API_URL.value(),
+                client_url=str(client.api_url),
+                view_at=url_for("flow-run", obj_id="e4e53bfc-01fa-4026-bb4b-827e2cd433a1"),
+                server_modules="prefect.server.api.server" in sys.modules)
+early.stop()  # its exit handler
+seen.update(exited=process.poll() is not None, api_url_after=PREFECT_API_URL.value(),
+            env_after=[k for k in ("PREFECT_API_URL", "PREFECT_UI_URL") if k in os.environ])
+print(json.dumps(seen))
+"""
+
+
+def _command(tmp_path, marker: str = "-") -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PREFECT_API_URL", "PREFECT_UI_URL")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    out = subprocess.run([sys.executable, "-c", COMMAND, FAKE, marker], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_server_starts_first_and_is_prefects_api_before_the_flow(tmp_path):
     """``start_prefect_server`` launches the server and returns at once; ``wait`` returns once
-    it answers, with the server made Prefect's: the flow's client uses it, and Prefect's
-    ``stop`` (at exit, with its line) ends it."""
-    ports = _fake(monkeypatch)
+    it answers, with the server made this process's Prefect API: the flow's client uses it,
+    without Prefect's server modules in the command's process, and no "View at" link to a UI
+    it does not have. Its exit handler stops it and leaves no API URL behind."""
+    seen = _command(tmp_path)
+    address = f"http://127.0.0.1:{seen['port']}/api"
+    assert seen["running_before_wait"] and seen["ports"] == [seen["port"]]
+    assert seen["api_url"] == address and seen["client_url"].rstrip("/") == address
+    assert seen["view_at"] is None and not seen["server_modules"]
+    assert seen["exited"] and seen["api_url_after"] is None and seen["env_after"] == []
+
+
+def test_a_taken_port_is_given_up_for_another_as_prefect_does(tmp_path):
+    seen = _command(tmp_path, marker=str(tmp_path / "taken-once"))
+    assert len(seen["ports"]) == 2 and seen["port"] == seen["ports"][-1]
+    assert seen["api_url"] == f"http://127.0.0.1:{seen['ports'][-1]}/api"
+
+
+def test_a_settings_context_of_its_own_keeps_its_api_and_the_server_is_stopped(monkeypatch,
+                                                                               no_server):
+    """Code that runs a command inside its own Prefect settings context (tests, a caller's
+    ``temporary_settings``) would not see the server: it is stopped, and the flow's client
+    starts Prefect's own as without it."""
+    _fake(monkeypatch)
     wait = prefect_server.start_prefect_server()
     early = wait.__self__
-    assert early.process.poll() is None and not SubprocessASGIServer().running
-    wait()
-    prefects = SubprocessASGIServer()
-    assert ports == [early.port] and early.handed_over
-    assert (prefects.running, prefects.port, prefects.server_process) == (
-        True, early.port, early.process)
     process = early.process
-    early.stop()  # at exit: Prefect's now, left to Prefect's stop
-    assert process.poll() is None
-    prefects.stop()
-    assert process.poll() is not None
-
-
-def test_a_taken_port_is_given_up_for_another_as_prefect_does(monkeypatch, no_server, tmp_path):
-    ports = _fake(monkeypatch, marker=str(tmp_path / "taken-once"))
-    wait = prefect_server.start_prefect_server()
     wait()
-    prefects = SubprocessASGIServer()
-    try:
-        assert len(ports) == 2 and prefects.running and prefects.port == ports[-1]
-    finally:
-        prefects.stop()
+    assert process.poll() is not None and early.process is None and not early.handed_over
+    assert PREFECT_API_URL.value() is None and "PREFECT_API_URL" not in os.environ
 
 
 def test_a_server_that_does_not_start_is_stopped_and_left_to_the_flow(monkeypatch, no_server):
