@@ -24,6 +24,7 @@ import threading
 import uuid
 
 from decflow.config import PipelineConfig
+from decflow.environment import TEMPORARY_PREFECT_API_ENV
 from decflow.errors import Conflict, ServiceUnavailable
 from decflow.redaction import redact
 
@@ -39,10 +40,14 @@ def night_limit_name(config: PipelineConfig, day: dt.date) -> str:
 
 
 def server_api() -> str | None:
-    """The Prefect server's API URL, None when runs use Prefect's temporary local server."""
+    """The Prefect server's API URL, None when runs use a temporary local server: Prefect's
+    own, or the one a command started for itself (``TEMPORARY_PREFECT_API_ENV``)."""
     from prefect.settings import get_current_settings
 
-    return get_current_settings().api.url or None
+    url = get_current_settings().api.url
+    if not url or url == os.environ.get(TEMPORARY_PREFECT_API_ENV):
+        return None
+    return url
 
 
 @contextlib.contextmanager

@@ -25,6 +25,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 
+from decflow.environment import TEMPORARY_PREFECT_API_ENV
+
 _log = logging.getLogger(__name__)
 
 # As Prefect's SubprocessASGIServer: its ports, its command and its server-side environment
@@ -147,18 +149,21 @@ def use_api_url(url: str | None) -> None:
     workers. Unlike Prefect's own temporary server, this needs none of Prefect's server
     modules in this process (about 2 s of imports, on the command's way to its flow).
 
-    The server has no UI, so unless ``PREFECT_UI_URL`` names one, it is set empty: Prefect
+    It stays this command's own server (``TEMPORARY_PREFECT_API_ENV``): what needs a server
+    that other runs share, such as the night's slot, is skipped as without one. The server has
+    no UI, so unless ``PREFECT_UI_URL`` names one, it is set empty: Prefect
     would otherwise print a "View at" link to the API's address for each flow run.
     """
     from prefect.context import refresh_global_settings_context
 
     if url is None:
         os.environ.pop("PREFECT_API_URL", None)
+        os.environ.pop(TEMPORARY_PREFECT_API_ENV, None)
         if _SET_UI_URL:
             os.environ.pop("PREFECT_UI_URL", None)
             _SET_UI_URL.clear()
     else:
-        os.environ["PREFECT_API_URL"] = url
+        os.environ["PREFECT_API_URL"] = os.environ[TEMPORARY_PREFECT_API_ENV] = url
         if "PREFECT_UI_URL" not in os.environ:
             os.environ["PREFECT_UI_URL"] = ""
             _SET_UI_URL.append(True)

@@ -20,6 +20,11 @@ QUIET_DEFAULTS = {
     "DASK_LOGGING__DISTRIBUTED": "warning",
 }
 
+# Set by a command to the API URL of the temporary Prefect server it started for itself
+# (``PREFECT_API_URL`` then points there too): no server that other runs share, so nothing that
+# needs one (the night's slot on the server, ``tasks.server_locks``) uses it.
+TEMPORARY_PREFECT_API_ENV = "DECFLOW_TEMPORARY_PREFECT_API_URL"
+
 
 def quiet_defaults(env: MutableMapping[str, str] | None = None) -> MutableMapping[str, str]:
     """Set ``QUIET_DEFAULTS`` in ``env`` (default: this process's environment) where unset;

@@ -10,7 +10,9 @@ import pytest
 from prefect.server.api.server import SubprocessASGIServer
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from decflow.environment import TEMPORARY_PREFECT_API_ENV
 from decflow.flows.cli import prefect_server
+from decflow.tasks.server_locks import server_api
 
 # A stand-in for Prefect's server: answers 200 on /api/health; with a marker file that does not
 # exist yet, creates it and exits 3 first (uvicorn's status when its port was taken).
@@ -87,17 +89,20 @@ wait()
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
 from prefect.utilities.urls import url_for
+from decflow.tasks.server_locks import server_api
 process = early.process
 with get_client(sync_client=True) as client:
     seen.update(ports=ports, port=early.port, api_url=PREFECT_API_URL.value(),
                 client_url=str(client.api_url),
                 view_at=url_for("flow-run", obj_id="e4e53bfc-01fa-4026-bb4b-827e2cd433a1"),
-                server_modules="prefect.server.api.server" in sys.modules)
+                server_modules="prefect.server.api.server" in sys.modules,
+                shared_server=server_api())
 early.stop()  # its exit handler
 seen.update(exited=process.poll() is not None, api_url_after=PREFECT_API_URL.value(),
-            env_after=[k for k in ("PREFECT_API_URL", "PREFECT_UI_URL") if k in os.environ])
+            env_after=[k for k in ("PREFECT_API_URL", "PREFECT_UI_URL", "{marker}")
+                       if k in os.environ])
 print(json.dumps(seen))
-"""
+""".replace("{marker}", TEMPORARY_PREFECT_API_ENV)
 
 
 def _command(tmp_path, marker: str = "-") -> dict:
@@ -114,13 +119,26 @@ def test_the_server_starts_first_and_is_prefects_api_before_the_flow(tmp_path):
     """``start_prefect_server`` launches the server and returns at once; ``wait`` returns once
     it answers, with the server made this process's Prefect API: the flow's client uses it,
     without Prefect's server modules in the command's process, and no "View at" link to a UI
-    it does not have. Its exit handler stops it and leaves no API URL behind."""
+    it does not have. It is no server that other runs share: the night's slot is not taken on
+    it. Its exit handler stops it and leaves no API URL behind."""
     seen = _command(tmp_path)
     address = f"http://127.0.0.1:{seen['port']}/api"
     assert seen["running_before_wait"] and seen["ports"] == [seen["port"]]
     assert seen["api_url"] == address and seen["client_url"].rstrip("/") == address
     assert seen["view_at"] is None and not seen["server_modules"]
+    assert seen["shared_server"] is None
     assert seen["exited"] and seen["api_url_after"] is None and seen["env_after"] == []
+
+
+def test_a_server_given_is_shared_and_a_commands_own_is_not(monkeypatch):
+    """``server_locks.server_api``: the night's slot is taken on a server given by
+    ``PREFECT_API_URL``, not on the temporary one a command points Prefect at."""
+    url = "http://127.0.0.1:8123/api"
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        monkeypatch.setenv(TEMPORARY_PREFECT_API_ENV, "http://127.0.0.1:8124/api")
+        assert server_api() == url
+        monkeypatch.setenv(TEMPORARY_PREFECT_API_ENV, url)
+        assert server_api() is None
 
 
 def test_a_taken_port_is_given_up_for_another_as_prefect_does(tmp_path):
