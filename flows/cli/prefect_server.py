@@ -110,15 +110,15 @@ class EarlyServer:
         it if it did not start."""
         if self.process is None or self.handed_over:
             return
-        from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+        from prefect.settings import (PREFECT_API_URL,
+                                      PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)
 
         if not self.answers(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()):
             self.stop()
             return
-        from prefect.settings import PREFECT_API_URL
-
-        use_api_url(f"{self.address}/api")
-        if PREFECT_API_URL.value() != f"{self.address}/api":  # a settings context of its own
+        url = f"{self.address}/api"
+        use_api_url(url)
+        if PREFECT_API_URL.value() != url:  # a settings context of its own
             use_api_url(None)
             self.stop()
             return
@@ -157,20 +157,23 @@ def use_api_url(url: str | None) -> None:
     from prefect.context import refresh_global_settings_context
 
     if url is None:
-        os.environ.pop("PREFECT_API_URL", None)
-        os.environ.pop(TEMPORARY_PREFECT_API_ENV, None)
-        if _SET_UI_URL:
-            os.environ.pop("PREFECT_UI_URL", None)
-            _SET_UI_URL.clear()
+        for key, before in _REPLACED.items():
+            if before is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = before
+        _REPLACED.clear()
     else:
-        os.environ["PREFECT_API_URL"] = os.environ[TEMPORARY_PREFECT_API_ENV] = url
+        values = {"PREFECT_API_URL": url, TEMPORARY_PREFECT_API_ENV: url}
         if "PREFECT_UI_URL" not in os.environ:
-            os.environ["PREFECT_UI_URL"] = ""
-            _SET_UI_URL.append(True)
+            values["PREFECT_UI_URL"] = ""
+        for key, value in values.items():
+            _REPLACED.setdefault(key, os.environ.get(key))
+            os.environ[key] = value
     refresh_global_settings_context()
 
 
-_SET_UI_URL: list[bool] = []  # this module set PREFECT_UI_URL (and removes it again)
+_REPLACED: dict[str, str | None] = {}  # what use_api_url set, with the value it had before
 
 
 def free_port() -> int:

@@ -75,6 +75,7 @@ def test_the_server_is_prefect_s_own_command_environment_and_ports(monkeypatch):
 # and prints what Prefect then sees, before and after the server's exit handler.
 COMMAND = r"""
 import json, os, sys
+from decflow.environment import TEMPORARY_PREFECT_API_ENV
 from decflow.flows.cli import prefect_server
 fake, marker = sys.argv[1], sys.argv[2]
 ports = []
@@ -99,10 +100,10 @@ with get_client(sync_client=True) as client:
                 shared_server=server_api())
 early.stop()  # its exit handler
 seen.update(exited=process.poll() is not None, api_url_after=PREFECT_API_URL.value(),
-            env_after=[k for k in ("PREFECT_API_URL", "PREFECT_UI_URL", "{marker}")
+            env_after=[k for k in ("PREFECT_API_URL", "PREFECT_UI_URL", TEMPORARY_PREFECT_API_ENV)
                        if k in os.environ])
 print(json.dumps(seen))
-""".replace("{marker}", TEMPORARY_PREFECT_API_ENV)
+"""
 
 
 def _command(tmp_path, marker: str = "-") -> dict:
