@@ -280,3 +280,25 @@ def test_embedding_many_batches_does_not_grow_memory_per_batch():
     assert out.returncode == 0, out.stderr[-2000:]
     grown_mib = float(out.stdout.strip().splitlines()[-1])
     assert grown_mib < 128, f"peak RSS grew by {grown_mib:.0f} MiB embedding 65,536 rows"
+
+
+def test_on_a_cpu_pretraining_and_fine_tuning_step_with_fused_adam(blobs, monkeypatch):
+    """Both training optimizers use torch's fused kernel on a CPU (a quarter of the training
+    time of a nightly on 2 cores), and the fit still finds the blobs."""
+    import torch
+
+    made = []
+
+    def recording(cls):
+        class Recording(cls):
+            def __init__(self, params, **kwargs):
+                super().__init__(params, **kwargs)
+                made.append((cls.__name__, self.defaults["fused"]))
+        return Recording
+
+    monkeypatch.setattr(torch.optim, "AdamW", recording(torch.optim.AdamW))
+    monkeypatch.setattr(torch.optim, "Adam", recording(torch.optim.Adam))
+    X, y = blobs
+    est = DeepEmbeddedClustering(4, random_state=0, device="cpu", **DEC_FAST_KMEANS).fit(X)
+    assert made == [("AdamW", True), ("Adam", True)]
+    assert cluster_accuracy(y, est.labels_) > 0.95
