@@ -70,9 +70,10 @@ def adam_options(device: torch.device) -> dict:
     """Options of the training optimizers (Adam, AdamW) on ``device``.
 
     On a CPU, torch's fused kernel updates each parameter in one pass instead of one pass per
-    step of the update: measured on the 2-core Xeon (default layers, 78 features, batches of
-    256), a pretraining step took 19.0 ms against 25.5 ms (AdamW) and a fine-tuning step 19.6
-    against 28.5 ms (Adam), about a quarter of the nightly's training time. It rounds in
+    element-wise operation of the update: measured on the 2-core Xeon (default layers, 78
+    features, batches of 256), a pretraining step took 19.0 ms against 25.5 ms (AdamW) and a
+    fine-tuning step 19.6 against 28.5 ms (Adam), a quarter less per step (the initialisation
+    has no optimizer and is unchanged). It rounds in
     another order, so weights differ from the per-step kernels' in the last bits, and
     training amplifies that like any reordering: the quality results were measured again with
     it (``benchmarks/results/quality.md``). Other devices keep torch's default (the GPU
