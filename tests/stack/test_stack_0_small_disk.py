@@ -101,4 +101,3 @@ def test_both_buckets_take_objects_on_a_4_gib_disk(small_disk_s3):
         assert s3.get_object(Bucket=bucket, Key="model/weights.bin")["Body"].read() == body
     listed = {b["Name"] for b in s3.list_buckets()["Buckets"]}
     assert set(BUCKETS) <= listed, json.dumps(sorted(listed))
-

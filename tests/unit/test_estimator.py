@@ -283,8 +283,8 @@ def test_embedding_many_batches_does_not_grow_memory_per_batch():
 
 
 def test_on_a_cpu_pretraining_and_fine_tuning_step_with_fused_adam(blobs, monkeypatch):
-    """Both training optimizers use torch's fused kernel on a CPU (a quarter of the training
-    time of a nightly on 2 cores), and the fit still finds the blobs."""
+    """Both training optimizers use torch's fused kernel on a CPU (a quarter less per
+    pretraining and fine-tuning step on 2 cores), and the fit still finds the blobs."""
     import torch
 
     made = []
