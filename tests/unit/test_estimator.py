@@ -173,6 +173,33 @@ def test_fit_equals_pretrain_then_fine_tune(blobs, fitted):
     np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
 
 
+@pytest.mark.parametrize("rows, kept, steps", [
+    (1_797, True, 500),  # digits: 10 passes of 8 steps, raised to 500
+    (9_298, True, 500),  # USPS: 10 passes of 37 steps
+    (20_000, True, 790),  # Letter: 10 passes of 79 steps
+    (51_200, True, 2_000),  # the bound binds from here up
+    (200_000, True, 2_000),  # a nightly's default training sample (5,000 before)
+    (200_000, False, 20_000),  # DEC's own target: 30 passes, at most 20,000
+    (5_000, False, 600),
+])
+def test_auto_fine_tuning_steps_by_rows(rows, kept, steps):
+    assert DeepEmbeddedClustering(10).finetune_steps_for(rows, kept_target=kept) == steps
+    assert DeepEmbeddedClustering(10, max_iter=7).finetune_steps_for(rows, kept) == 7
+
+
+def test_fine_tuning_with_a_kept_target_runs_the_auto_steps(blobs):
+    # batches of one row: a pass is 240 steps, so the kept target's 10 passes meet its upper
+    # bound (2,000), and DEC's own target would run 30 passes (7,200)
+    X, y = blobs
+    target = np.eye(4, dtype=np.float32)[y]  # the truth as the kept initial target
+    settings = {**DEC_FAST_KMEANS, "max_iter": "auto", "pretrain_epochs": 1, "batch_size": 1}
+    est = DeepEmbeddedClustering(4, random_state=0, **settings).pretrain(X)
+    centers = np.stack([est.transform(X)[y == j].mean(0) for j in range(4)])
+    est.fine_tune(X, init=centers, target=target)
+    assert est.n_iter_ == 2_000
+    assert est.finetune_steps_for(len(X), kept_target=False) == 7_200
+
+
 def test_fine_tune_before_pretrain_is_an_error(blobs):
     with pytest.raises(ValueError, match="call pretrain"):
         DeepEmbeddedClustering(4, **DEC_FAST).fine_tune(blobs[0])
