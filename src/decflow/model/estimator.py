@@ -511,7 +511,8 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         The kept target's upper bound binds above 51,200 rows (batches of 256), so digits,
         USPS, Dry Bean and Letter (at most 790 steps) run as before it was lowered from 5,000;
         a nightly's 200,000-row sample runs 2,000 steps instead of 5,000, 2.6 passes instead
-        of 6.4, about 2.5 minutes less of a 10M-row night on 2 CPU cores. Measured there
+        of 6.4: fine-tuning took 87 s instead of 253 in a 10M-row night on 2 CPU cores
+        (``benchmarks/results/scale.md``). Measured on such samples
         (``benchmarks/finetune_steps.py``, seeds 0 and 1, 100,000 held-out rows): on a
         generated table every pass after the first lowered ACC (0.9465 after one pass, 0.9432
         after 2,346 steps, 0.9409 after 5,000); on KDD Cup 99 ACC rose slowly (0.7755 after
