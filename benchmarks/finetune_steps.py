@@ -100,9 +100,6 @@ class LabelAtUpdates:
         if phase == "finetune":
             self._score(int(logs["step"]), logs.get("delta_label"))
 
-    def on_phase_end(self, phase, logs):
-        pass
-
     def _score(self, step: int, delta=None) -> None:
         import torch
 
