@@ -141,7 +141,9 @@ def forward_rows_per_s(model, X, *, batch_size: int | tuple[int, ...] = (512, 40
 # --- memory sampling ------------------------------------------------------------------------------
 
 class RssSampler:
-    """Peak RSS of a process and all its descendants, sampled every ``interval`` seconds."""
+    """Peak RSS of a process and all its descendants, sampled every ``interval`` seconds, and
+    the CPU seconds (user + system) each used, as of its last sample (a process that exits
+    between two samples loses at most ``interval`` seconds of its count)."""
 
     def __init__(self, pid: int, interval: float = 0.2):
         import psutil
@@ -149,7 +151,7 @@ class RssSampler:
         self._psutil = psutil
         self.root = psutil.Process(pid)
         self.interval = interval
-        self.peaks: dict[int, dict] = {}  # pid -> {"role", "cmd", "peak_bytes"}
+        self.peaks: dict[int, dict] = {}  # pid -> {"role", "cmd", "peak_bytes", "cpu_s"}
         self.peak_sum = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -176,12 +178,15 @@ class RssSampler:
         total = 0
         for p in procs:
             try:
-                rss = p.memory_info().rss
+                with p.oneshot():
+                    rss, cpu = p.memory_info().rss, p.cpu_times()
             except ps.Error:  # exited between listing and reading
                 continue
             total += rss
-            entry = self.peaks.setdefault(p.pid, {"role": "", "cmd": "", "peak_bytes": 0})
+            entry = self.peaks.setdefault(p.pid, {"role": "", "cmd": "", "peak_bytes": 0,
+                                                  "cpu_s": 0.0})
             entry["peak_bytes"] = max(entry["peak_bytes"], rss)
+            entry["cpu_s"] = cpu.user + cpu.system
             if not entry["cmd"]:  # empty while a process starts: read again next time
                 try:
                     entry["cmd"] = " ".join(p.cmdline())[:160]
@@ -192,9 +197,12 @@ class RssSampler:
 
     def summary(self) -> dict:
         procs = sorted(self.peaks.items(), key=lambda kv: -kv[1]["peak_bytes"])
+        cpu: dict[str, float] = {}
+        for _, p in procs:
+            cpu[p["role"]] = cpu.get(p["role"], 0.0) + p["cpu_s"]
         return {"peak_max_process_bytes": max((p["peak_bytes"] for _, p in procs), default=0),
                 "peak_sum_bytes": self.peak_sum, "n_processes": len(procs),
-                "processes": [{"pid": pid, **p} for pid, p in procs]}
+                "cpu_s_by_role": cpu, "processes": [{"pid": pid, **p} for pid, p in procs]}
 
 
 def _role(cmd: str, root: bool) -> str:
@@ -659,6 +667,7 @@ def bench_pipeline(args, res: Results, parts: list[str]) -> None:
                     bound=0.60 if size == "small" else 0.80,
                     detail=f"wall {r['wall_s']:.1f} s incl. process start, Prefect's "
                            f"ephemeral server and model download")
+            _cpu_row(res, f"score + write-back, {n:,} rows ({size})", r, n, fwd)
         _memory_rows(res, runs, "score")
         # the same model on one partition of rows_small rows, as `decflow score` labels a night
         night = _source(args, f"night-{args.rows_small}", args.rows_small, days=1)
@@ -690,6 +699,8 @@ def bench_pipeline(args, res: Results, parts: list[str]) -> None:
                     detail=f"wall {r['wall_s']:.1f} s, the faster of {_walls(r)} s, incl. process "
                            f"start, Prefect's ephemeral server and model download; forward "
                            f"{fwd:,.0f} rows/s")
+            _cpu_row(res, f"decflow score of one {args.rows_small:,}-row partition", r,
+                     args.rows_small, fwd)
             best = _fastest(old_tries)
             if best:
                 runs["score-night-old"] = best
@@ -917,6 +928,32 @@ def _training_phases(tracking_uri: str) -> dict:
         order_by=["attributes.start_time DESC"], max_results=1)[0]
     return {k.removeprefix("seconds_"): v for k, v in run.data.metrics.items()
             if k in ("seconds_pretrain", "seconds_init", "seconds_finetune")}
+
+
+_ROLE_NAMES = {"multiprocessing child (Dask worker)": "Dask workers", "main": "the command",
+               "Prefect server (ephemeral)": "Prefect's server", "other": "other"}
+
+
+def _cpu_row(res: Results, what: str, run: dict, rows: int, fwd: float) -> None:
+    """Where the cores went in ``run``: the forward pass's share of every CPU second the
+    command's processes used, beside how busy the cores were. The whole command's rate over
+    the forward pass's is the product of the two: a miss from idle cores shows in the second,
+    one from work besides the forward pass (start-up, validation, I/O, Dask, Prefect) in the
+    first."""
+    cpu = run.get("cpu_s_by_role")
+    if not cpu or not fwd:
+        return
+    cores = len(os.sched_getaffinity(0))  # the forward reference ran on all of them
+    forward_s = rows / fwd * cores
+    total = sum(cpu.values())
+    busy = total / (run["wall_s"] * cores)
+    parts = ", ".join(f"{_ROLE_NAMES.get(k, k)} {v:.1f}" for k, v in
+                      sorted(cpu.items(), key=lambda kv: -kv[1]) if v >= 0.05)
+    res.add(f"{what}: forward-pass work / CPU seconds used by the whole command", forward_s,
+            "CPU s", ratio=forward_s / total,
+            detail=f"{rows:,} rows at the forward reference ({fwd:,.0f} rows/s on {cores} "
+                   f"cores); {total:.1f} CPU s used ({parts}) in {run['wall_s']:.1f} s of "
+                   f"wall: the cores {busy:.0%} busy")
 
 
 def _memory_rows(res: Results, runs: dict, kind: str) -> None:
