@@ -931,7 +931,7 @@ def _training_phases(tracking_uri: str) -> dict:
 
 
 _ROLE_NAMES = {"multiprocessing child (Dask worker)": "Dask workers", "main": "the command",
-               "Prefect server (ephemeral)": "Prefect's server", "other": "other"}
+               "Prefect server (ephemeral)": "Prefect's server"}  # other roles: as named
 
 
 def _cpu_row(res: Results, what: str, run: dict, rows: int, fwd: float) -> None:
