@@ -87,7 +87,8 @@ def forward_rows_per_s(model, X, *, batch_size: int | tuple[int, ...] = (512, 40
                        device: str = "cpu", repeats: int = 3) -> float:
     """Rows per second of a bare forward pass: scaling, encoder, soft assignment, argmax.
 
-    What ``DeepEmbeddedClustering.assign`` computes (cluster id, confidence, distance),
+    What ``DeepEmbeddedClustering.assign`` computes (cluster id, confidence, distance), in the
+    model's ``inference_precision`` (bf16 where ``uses_bf16`` says scoring runs in it),
     without input checks, feature encoding, I/O or any framework: the limit scoring can reach
     in one process.
 
@@ -108,11 +109,13 @@ def forward_rows_per_s(model, X, *, batch_size: int | tuple[int, ...] = (512, 40
 
     from decflow.model.estimator import DeepEmbeddedClustering
     from decflow.model.losses import soft_assignment
+    from decflow.model.training import autocast
 
     est = (DeepEmbeddedClustering.load(model, device=device)
            if isinstance(model, (str, os.PathLike)) else model)
     encoder = est.autoencoder_.encoder.eval()
     dev = next(encoder.parameters()).device
+    bf16 = _torch_info(est)["precision"] == "bfloat16"
     centers = torch.as_tensor(est.cluster_centers_, dtype=torch.float32, device=dev)
     mean = torch.as_tensor(est.scaler_mean_, dtype=torch.float32, device=dev)
     scale = float(est.scaler_scale_)
@@ -120,7 +123,9 @@ def forward_rows_per_s(model, X, *, batch_size: int | tuple[int, ...] = (512, 40
 
     def run(rows, size):
         for start in range(0, len(rows), size):
-            z = encoder((rows[start:start + size].to(dev) - mean) / scale)
+            with autocast(dev, bf16):
+                z = encoder((rows[start:start + size].to(dev) - mean) / scale)
+            z = z.float()
             conf, ids = soft_assignment(z, centers, est.alpha).max(dim=1)
             dist = (z - centers[ids]).norm(dim=1)
             ids.cpu(), conf.cpu(), dist.cpu()  # results leave the device, as in scoring
@@ -408,7 +413,14 @@ def bench_forward(args, res: Results) -> None:
     res.details["forward"] = {"rows": n, "features": int(X.shape[1]), "rows_per_s": rps,
                               "batch_size": args.batch_size, **info}
     res.add(f"forward pass, {n:,} x {X.shape[1]} rows in memory, one process "
-            f"({info['device']}, {info['torch_threads']} torch threads)", rps, "rows/s")
+            f"({info['device']}, {info['torch_threads']} torch threads, {info['precision']}, "
+            f"the default inference_precision)", rps, "rows/s")
+    if info["precision"] != "float32":  # what the default gains over float32, same run
+        f32 = forward_rows_per_s(est.set_params(inference_precision="float32"), X,
+                                 batch_size=args.batch_size)
+        res.details["forward"]["float32_rows_per_s"] = f32
+        res.add(f"forward pass, same rows, float32 (inference_precision: float32): "
+                f"{info['precision']} / float32", rps / f32, "x")
 
 
 # --- the single writer ----------------------------------------------------------------------------
@@ -505,8 +517,33 @@ def _device(args) -> str:
 def _torch_info(est) -> dict:
     import torch
 
-    return {"device": str(next(est.autoencoder_.parameters()).device),
-            "torch_threads": torch.get_num_threads()}
+    from decflow.model.training import uses_bf16
+
+    dev = next(est.autoencoder_.parameters()).device
+    return {"device": str(dev), "torch_threads": torch.get_num_threads(),
+            "precision": "bfloat16" if uses_bf16(dev, est.inference_precision) else "float32"}
+
+
+def _label_agreement(res: "Results", est, X) -> None:
+    """The share of rows whose label the model's scoring precision moves against float32
+    (the trained model of the score runs, rows of the small table)."""
+    import copy
+
+    precision = _torch_info(est)["precision"]
+    if precision == "float32":
+        return
+    ids, _, dist = est.assign(X)
+    ids32, _, dist32 = copy.deepcopy(est).set_params(inference_precision="float32").assign(X)
+    moved = float(np.mean(ids != ids32))
+    rel = np.abs(dist - dist32) / np.maximum(dist32, 1e-12)
+    res.details["label_agreement"] = {"rows": len(X), "precision": precision,
+                                      "labels_moved": moved,
+                                      "distance_rel_diff_median": float(np.median(rel)),
+                                      "distance_rel_diff_p99": float(np.quantile(rel, 0.99))}
+    res.add(f"labels moved by {precision} scoring against float32, {len(X):,} rows of the "
+            f"small table, trained model (distance to the centroid: relative difference "
+            f"median {np.median(rel):.2%}, 99th percentile {np.quantile(rel, 0.99):.2%})",
+            moved, "share")
 
 
 # --- parts c: score and recluster through the CLI -------------------------------------------------
@@ -640,6 +677,7 @@ def bench_pipeline(args, res: Results, parts: list[str]) -> None:
             after = forward_rows_per_s(est, X, batch_size=args.batch_size)
             if size == "small":
                 X_small = X
+                _label_agreement(res, est, X)
             del X
             r["forward_rows_per_s_before_after"] = [before, after]
             if r["returncode"]:

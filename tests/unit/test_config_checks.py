@@ -38,6 +38,8 @@ def base_file(tmp_path):
     ("train.device", "quantum", r"train\.device: expected 'auto', 'cpu', 'cuda', 'cuda:N' or "
                                 r"'mps', found 'quantum'"),
     ("train.device", "cuda:x", r"train\.device: .*found 'cuda:x'"),
+    ("train.inference_precision", "fp16", r"train\.inference_precision: .*'auto', "
+                                          r"'float32' or 'bfloat16'.*found 'fp16'"),
     ("source.date_column", "../ds", r"source\.date_column: expected a plain name .*"
                                     r"found '\.\./ds'"),
     ("source.date_column", "a/b", r"source\.date_column: .*found 'a/b'"),

@@ -276,11 +276,12 @@ print(f"{grown:.0f}")
 def test_on_a_cpu_rows_are_embedded_in_cache_sized_batches_with_the_same_result(fitted, blobs):
     """Scoring on a CPU forwards ``CPU_ENCODE_BATCH_ROWS`` rows at a time (a 512 x 2000
     activation stays in cache; 4,096 rows ran 18% slower a thread), and the labels are those
-    of one forward over all rows."""
+    of one forward over all rows (in float32; bf16 is compared in test_inference_precision)."""
     import torch
 
     from decflow.model.training import CPU_ENCODE_BATCH_ROWS
 
+    fitted = copy.deepcopy(fitted).set_params(inference_precision="float32")
     X = np.tile(blobs[0], (6, 1))  # 1,440 rows: two full batches and one of 416
     sizes = []
     hook = fitted.autoencoder_.encoder.register_forward_hook(

@@ -206,6 +206,9 @@ class TrainConfig(_Section):
     batch_size: int = Field(default=256, ge=1)
     max_train_rows: int = Field(default=200_000, ge=1)  # training sample bound; scoring uses all
     device: str = "auto"  # auto (CUDA when available), cpu, cuda, cuda:N or mps
+    # forward pass when scoring, saved with the model version: auto (bf16 on CUDA and on CPUs
+    # with bf16 instructions), float32, bfloat16 (DeepEmbeddedClustering.inference_precision)
+    inference_precision: Literal["auto", "float32", "bfloat16"] = "auto"
     random_state: int | None = 0
 
     @field_validator("device")

@@ -16,7 +16,6 @@ from decflow.engine.kmeans import kmeans_dask
 from decflow.model.estimator import DeepEmbeddedClustering
 from decflow.model.initialization import (fit_view, place_blocks, select_manifold_init,
                                           transform_block, view_dimensions)
-from decflow.model.training import TRAINING_ENCODE_BATCH_ROWS
 
 
 @dataclass
@@ -49,7 +48,7 @@ def init_centroids(est: DeepEmbeddedClustering, X: np.ndarray, config: PipelineC
     """
     t0 = time.perf_counter()
     k, seed = config.model.n_clusters, config.train.random_state
-    Z = est.transform(X, batch_rows=TRAINING_ENCODE_BATCH_ROWS)
+    Z = est.transform(X, training=True)
     runs = []
     handover = Handover()
 

@@ -356,7 +356,6 @@ def run_sweep(config, ks: Sequence[int], *, run_date=None, seeds: int = 3,
     from decflow.errors import DataError
     from decflow.model.building import pretrain_from_config
     from decflow.model.features import FeatureEncoder
-    from decflow.model.training import TRAINING_ENCODE_BATCH_ROWS
     from decflow.redaction import redact
 
     say = progress or _log.info
@@ -388,7 +387,7 @@ def run_sweep(config, ks: Sequence[int], *, run_date=None, seeds: int = 3,
     timings["pretrain"] = est.timings_["pretrain"]
     # the views of the space the nightly run would draw its clusters in (model.view_space)
     S, space = (est.view_data(X) if config.model.init == "manifold" else
-                (est.transform(X, batch_rows=TRAINING_ENCODE_BATCH_ROWS), "embedding"))
+                (est.transform(X, training=True), "embedding"))
     say(f"views of the {'scaled input' if space == 'input' else 'embedding z'} "
         f"(effective input dimension {est.input_dimension_:.1f})"
         if config.model.init == "manifold" else "k-means on the embedding z")

@@ -26,7 +26,8 @@ def estimator_from_config(config, callbacks=None) -> DeepEmbeddedClustering:
         init_views=m.init_views,
         init_view_rows=m.init_view_rows,
         anchor_updates=t.anchor_updates, device=t.device,
-        random_state=t.random_state, callbacks=callbacks)
+        inference_precision=t.inference_precision, random_state=t.random_state,
+        callbacks=callbacks)
 
 
 def pretrain_from_config(config, X: np.ndarray, callbacks=None, warm_start: dict | None = None,
