@@ -137,6 +137,56 @@ def test_changed_weights_are_refused_naming_the_file(store, restore, loader):
         getattr(versions, loader)(store.uri, MODEL, "1")
 
 
+@pytest.fixture
+def scratch(tmp_path, monkeypatch):
+    """The folder ``tempfile`` creates temporary folders in, for this test."""
+    import tempfile
+
+    path = tmp_path / "scratch"
+    path.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    return path
+
+
+def test_a_scorer_copy_goes_with_the_scorer(store, scratch):
+    """``load_scorer`` copies the version into a temporary folder the pyfunc imports from;
+    the folder is removed once the scorer is collected (it was left behind at every load)."""
+    import gc
+
+    scorer = versions.load_scorer(store.uri, MODEL, "1")
+    [copy] = scratch.glob("decflow-scorer-*")
+    df = make_frame(n_per=5, seed=2)
+    assert len(scorer.predict(scoring.as_model_input(store.encoder, df))) == len(df)
+    del scorer
+    gc.collect()
+    assert not copy.exists()
+
+
+def test_a_scorer_copy_is_removed_when_loading_fails_or_the_process_exits(store, restore,
+                                                                          scratch):
+    import subprocess
+
+    path = restore / "artifacts" / "estimator.safetensors"
+    tampered = bytearray(path.read_bytes())
+    tampered[-1] ^= 0xFF
+    original = path.read_bytes()
+    path.write_bytes(bytes(tampered))
+    with pytest.raises(errors.ModelIntegrityError, match=r"estimator\.safetensors has sha256 "):
+        versions.load_scorer(store.uri, MODEL, "1")
+    assert list(scratch.iterdir()) == []
+    path.write_bytes(original)
+    code = ("import tempfile, sys\n"
+            f"tempfile.tempdir = {str(scratch)!r}\n"
+            "from decflow.registry import versions\n"
+            f"scorer = versions.load_scorer({store.uri!r}, {MODEL!r}, '1')\n"
+            "print(len(list(__import__('pathlib').Path(tempfile.tempdir).iterdir())))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "1"  # the copy existed while the scorer was loaded
+    assert list(scratch.iterdir()) == []
+
+
 def test_changed_code_is_refused_before_it_runs(store, restore, tmp_path):
     marker = tmp_path / "code-ran"
     with open(restore / "pyfunc_model.py", "a") as f:

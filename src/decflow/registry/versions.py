@@ -15,7 +15,9 @@ way. Every loader first checks each file against the manifest recorded at regist
 
 import datetime as dt
 import json
+import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -93,12 +95,23 @@ def load_scorer(tracking_uri: str, model_name: str, ref: str) -> mlflow.pyfunc.P
     executes code stored with the model (``pyfunc_model.py``, the bundled decflow package);
     ``load_model_safely`` executes none.
 
+    The version is copied into a temporary folder that the pyfunc imports from while it is in
+    use; the folder is removed when the scorer is garbage-collected or the process exits, and
+    at once when loading fails.
+
     Raises:
         ValueError: ``ref`` does not name a version of ``model_name``.
         ModelIntegrityError: a file differs from its recorded digest (nothing was executed).
     """
-    local = tempfile.mkdtemp(prefix="decflow-scorer-")  # the pyfunc may import from it later
-    return mlflow.pyfunc.load_model(str(download_verified(tracking_uri, model_name, ref, local)))
+    local = tempfile.mkdtemp(prefix="decflow-scorer-")
+    try:
+        scorer = mlflow.pyfunc.load_model(
+            str(download_verified(tracking_uri, model_name, ref, local)))
+    except BaseException:
+        shutil.rmtree(local, ignore_errors=True)
+        raise
+    weakref.finalize(scorer, shutil.rmtree, local, ignore_errors=True)
+    return scorer
 
 
 class LoadedModel(NamedTuple):
