@@ -41,6 +41,7 @@ overrides). Writes JSON + Markdown to benchmarks/results/scale.{json,md}.
 """
 
 import argparse
+import copy
 import datetime as dt
 import json
 import logging
@@ -416,8 +417,8 @@ def bench_forward(args, res: Results) -> None:
             f"({info['device']}, {info['torch_threads']} torch threads, {info['precision']}, "
             f"the default inference_precision)", rps, "rows/s")
     if info["precision"] != "float32":  # what the default gains over float32, same run
-        f32 = forward_rows_per_s(est.set_params(inference_precision="float32"), X,
-                                 batch_size=args.batch_size)
+        f32 = forward_rows_per_s(copy.deepcopy(est).set_params(inference_precision="float32"),
+                                 X, batch_size=args.batch_size)
         res.details["forward"]["float32_rows_per_s"] = f32
         res.add(f"forward pass, same rows, float32 (inference_precision: float32): "
                 f"{info['precision']} / float32", rps / f32, "x")
@@ -527,8 +528,6 @@ def _torch_info(est) -> dict:
 def _label_agreement(res: "Results", est, X) -> None:
     """The share of rows whose label the model's scoring precision moves against float32
     (the trained model of the score runs, rows of the small table)."""
-    import copy
-
     precision = _torch_info(est)["precision"]
     if precision == "float32":
         return

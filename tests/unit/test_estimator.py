@@ -81,7 +81,7 @@ def test_init_array_skips_internal_kmeans(blobs, dec_kmeans_on_blobs, monkeypatc
 def test_save_load_round_trip(fitted, blobs, tmp_path):
     X, _ = blobs
     path = fitted.save(tmp_path / "model.safetensors")
-    # same device as the fit: CUDA predicts under bf16 autocast, the CPU in float32
+    # same device as the fit: the model's inference_precision gives the same arithmetic
     device = str(next(fitted.autoencoder_.parameters()).device)
     loaded = DeepEmbeddedClustering.load(path, device=device)
     np.testing.assert_array_equal(loaded.predict(X), fitted.predict(X))

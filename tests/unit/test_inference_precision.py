@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from testkit import DEC_FAST_KMEANS
+from testkit import DEC_FAST, DEC_FAST_KMEANS
 from decflow import DeepEmbeddedClustering
 from decflow.model import training
 
@@ -63,25 +63,44 @@ def test_bf16_scoring_runs_in_bf16_stays_close_and_keeps_the_labels(dec_kmeans_o
     np.testing.assert_array_equal(bf16.predict(X), ids32)
 
 
-def test_training_does_not_follow_the_scoring_precision(blobs):
-    """Fitting embeds its rows for the initialisation and every target update; those stay in
-    training's precision (float32 on a CPU), so the setting leaves the fitted model alone."""
+@pytest.mark.parametrize("init", ["k-means", "manifold"])
+def test_training_does_not_follow_the_scoring_precision(blobs, monkeypatch, init):
+    """Fitting embeds its rows for the initialisation (its views and k-means) and at every
+    target update; all of it keeps training's precision, so the setting leaves the fitted
+    model alone, and scoring afterwards follows it."""
     X = blobs[0]
-    a = DeepEmbeddedClustering(4, random_state=5, inference_precision="float32",
-                               **DEC_FAST_KMEANS).fit(X)
-    b = DeepEmbeddedClustering(4, random_state=5, inference_precision="bfloat16",
-                               **DEC_FAST_KMEANS).fit(X)
+    seen = []
+    real = training.autocast
+
+    def recording(device, bf16=None):
+        seen.append(bf16)
+        return real(device, bf16)
+
+    monkeypatch.setattr(training, "autocast", recording)
+    kw = dict(DEC_FAST, init=init, view_space="embedding")
+    fitted = {}
+    for precision in ("float32", "bfloat16"):
+        seen.clear()
+        fitted[precision] = DeepEmbeddedClustering(4, random_state=5, inference_precision=precision,
+                                                   **kw).fit(X)
+        assert seen and set(seen) == {None}, precision  # training's rule at every forward
+    a, b = fitted["float32"], fitted["bfloat16"]
     np.testing.assert_array_equal(a.labels_, b.labels_)
     np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
     for name, weights in a.autoencoder_.state_dict().items():
         assert torch.equal(weights, b.autoencoder_.state_dict()[name]), name
+    seen.clear()
+    b.transform(X)
+    a.transform(X, training=True)
+    assert seen == [True, None]
 
 
-def test_the_setting_is_saved_with_the_model_and_older_files_load_as_auto(dec_kmeans_on_blobs,
-                                                                           tmp_path):
+def test_the_setting_is_saved_and_older_files_keep_their_arithmetic(dec_kmeans_on_blobs, blobs,
+                                                                    tmp_path):
     from safetensors import safe_open
     from safetensors.torch import save_file
 
+    X = blobs[0]
     est = copy.deepcopy(dec_kmeans_on_blobs).set_params(inference_precision="float32")
     path = est.save(tmp_path / "model.safetensors")
     assert DeepEmbeddedClustering.load(path).inference_precision == "float32"
@@ -92,7 +111,10 @@ def test_the_setting_is_saved_with_the_model_and_older_files_load_as_auto(dec_km
     del settings["inference_precision"]
     save_file(tensors, str(tmp_path / "older.safetensors"),
               metadata={**meta, "settings": json.dumps(settings)})
-    assert DeepEmbeddedClustering.load(tmp_path / "older.safetensors").inference_precision == "auto"
+    # it scored in float32 on a CPU then, and keeps doing so (bf16 on CUDA, as then)
+    older = DeepEmbeddedClustering.load(tmp_path / "older.safetensors")
+    assert older.inference_precision == "float32"
+    np.testing.assert_array_equal(older.transform(X), est.transform(X))
 
 
 def test_the_config_sets_the_estimators_precision(tmp_path):

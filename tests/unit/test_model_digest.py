@@ -157,9 +157,11 @@ def test_a_scorer_copy_goes_with_the_scorer(store, scratch):
     [copy] = scratch.glob("decflow-scorer-*")
     df = make_frame(n_per=5, seed=2)
     assert len(scorer.predict(scoring.as_model_input(store.encoder, df))) == len(df)
+    assert any(p.startswith(str(copy)) for p in sys.path)  # MLflow imports its code from it
     del scorer
     gc.collect()
     assert not copy.exists()
+    assert not any(p.startswith(str(copy)) for p in sys.path)
 
 
 def test_a_scorer_copy_is_removed_when_loading_fails_or_the_process_exits(store, restore,
@@ -173,18 +175,19 @@ def test_a_scorer_copy_is_removed_when_loading_fails_or_the_process_exits(store,
     path.write_bytes(bytes(tampered))
     with pytest.raises(errors.ModelIntegrityError, match=r"estimator\.safetensors has sha256 "):
         versions.load_scorer(store.uri, MODEL, "1")
-    assert list(scratch.iterdir()) == []
+    assert list(scratch.glob("decflow-scorer-*")) == []
     path.write_bytes(original)
     code = ("import tempfile, sys\n"
             f"tempfile.tempdir = {str(scratch)!r}\n"
             "from decflow.registry import versions\n"
             f"scorer = versions.load_scorer({store.uri!r}, {MODEL!r}, '1')\n"
-            "print(len(list(__import__('pathlib').Path(tempfile.tempdir).iterdir())))\n")
+            "import pathlib\n"
+            "print(len(list(pathlib.Path(tempfile.tempdir).glob('decflow-scorer-*'))))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "1"  # the copy existed while the scorer was loaded
-    assert list(scratch.iterdir()) == []
+    assert list(scratch.glob("decflow-scorer-*")) == []
 
 
 def test_changed_code_is_refused_before_it_runs(store, restore, tmp_path):

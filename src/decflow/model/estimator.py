@@ -114,10 +114,13 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
     inference_precision : {"auto", "float32", "bfloat16"}, default="auto"
         Arithmetic of the forward pass when scoring (``transform``, ``predict``,
         ``predict_proba``, ``assign``); training is unaffected. "auto" is bf16 on CUDA and on a
-        CPU with bf16 instructions (AVX512-BF16 or AMX), where the encoder runs about 3x faster
-        than in float32, and float32 elsewhere (``decflow.model.training.uses_bf16``); bf16
-        moves the labels of rows that lie almost exactly between two clusters (0.02-0.03% of
-        rows on the scale benchmark's models). "float32" gives the same labels on every CPU.
+        CPU with bf16 instructions (AVX512-BF16 or AMX), where the forward pass ran 2.2x as
+        fast as in float32 on 2 threads (2.8x on one), and float32 elsewhere
+        (``decflow.model.training.uses_bf16``); bf16 moves the labels of rows that lie almost
+        exactly between two clusters (0.02-0.03% of rows on the scale benchmark's models).
+        "float32" gives the same labels on every CPU. Saved with the model; a file written
+        before the setting existed loads with the arithmetic it was scored with then (float32
+        on a CPU, "auto" on CUDA).
     random_state : int or None, default=None
         Seed for weights, shuffling and initialisation; on CPU a fixed seed gives identical labels.
     callbacks : list of decflow.model.callbacks.Callback, default=None
@@ -427,6 +430,9 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
             settings["init"] = np.asarray(settings["init"], dtype=np.float32)
         settings["hidden"] = tuple(settings["hidden"])
         settings["device"] = device
+        # written before the setting existed: keep the arithmetic it scored with then
+        settings.setdefault("inference_precision",
+                            "auto" if _resolve_device(device).type == "cuda" else "float32")
         est = cls(**settings)
         fitted = json.loads(meta["fitted"])
         dev = _resolve_device(device)

@@ -96,9 +96,11 @@ def uses_bf16(device: torch.device, precision: str) -> bool:
     """Whether scoring on ``device`` with ``inference_precision=precision`` runs in bf16.
 
     ``auto``: bf16 on CUDA and on a CPU with bf16 instructions (``cpu_multiplies_bf16``),
-    float32 elsewhere; ``float32`` and ``bfloat16`` force one. bf16 rounds each layer's input
-    and weights to 8 significant bits (sums stay float32): on the scale benchmark's models it
-    moved 0.02-0.03% of the labels and no ARI by more than 0.0003 (``docs/SCALE.md``).
+    float32 elsewhere; ``float32`` and ``bfloat16`` force one. bf16 rounds each layer's
+    inputs, weights and outputs, the embedding included, to 8 significant bits (the sums
+    inside a matrix product are float32): on the scale benchmark's models it moved 0.02-0.03%
+    of the labels, no ARI by more than 0.0003, and the distance to the centroid by 0.3-0.5%
+    (median) (``docs/SCALE.md``).
     """
     if precision not in INFERENCE_PRECISIONS:
         raise ValueError(f"inference_precision must be one of {INFERENCE_PRECISIONS}, "

@@ -15,7 +15,9 @@ way. Every loader first checks each file against the manifest recorded at regist
 
 import datetime as dt
 import json
+import os
 import shutil
+import sys
 import tempfile
 import weakref
 from pathlib import Path
@@ -110,8 +112,14 @@ def load_scorer(tracking_uri: str, model_name: str, ref: str) -> mlflow.pyfunc.P
     except BaseException:
         shutil.rmtree(local, ignore_errors=True)
         raise
-    weakref.finalize(scorer, shutil.rmtree, local, ignore_errors=True)
+    weakref.finalize(scorer, _drop_copy, local)
     return scorer
+
+
+def _drop_copy(local: str) -> None:
+    """Remove a scorer's copy and the ``sys.path`` entries MLflow added for its code."""
+    sys.path[:] = [p for p in sys.path if not (p == local or p.startswith(local + os.sep))]
+    shutil.rmtree(local, ignore_errors=True)
 
 
 class LoadedModel(NamedTuple):
