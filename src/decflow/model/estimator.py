@@ -430,12 +430,11 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
             settings["init"] = np.asarray(settings["init"], dtype=np.float32)
         settings["hidden"] = tuple(settings["hidden"])
         settings["device"] = device
+        dev = _resolve_device(device)
         # written before the setting existed: keep the arithmetic it scored with then
-        settings.setdefault("inference_precision",
-                            "auto" if _resolve_device(device).type == "cuda" else "float32")
+        settings.setdefault("inference_precision", "auto" if dev.type == "cuda" else "float32")
         est = cls(**settings)
         fitted = json.loads(meta["fitted"])
-        dev = _resolve_device(device)
         est.n_features_in_ = fitted["n_features_in_"]
         est.scaler_scale_ = fitted["scaler_scale_"]
         est.scaler_mean_ = tensors["scaler.mean"].numpy()
@@ -612,10 +611,10 @@ class DeepEmbeddedClustering(ClusterMixin, TransformerMixin, BaseEstimator):
             raise ValueError(f"X has {X.shape[1]} features, but DeepEmbeddedClustering is "
                              f"expecting {self.n_features_in_} features as input")
         device = next(self.autoencoder_.parameters()).device
-        if training:
-            return encode(self.autoencoder_, self._to_tensor(X, device), device,
-                          TRAINING_ENCODE_BATCH_ROWS)
-        return encode(self.autoencoder_, self._to_tensor(X, device), device,
+        Xt = self._to_tensor(X, device)
+        if training:  # training's batch size and precision
+            return encode(self.autoencoder_, Xt, device, TRAINING_ENCODE_BATCH_ROWS)
+        return encode(self.autoencoder_, Xt, device,
                       bf16=uses_bf16(device, self.inference_precision))
 
 
