@@ -705,6 +705,7 @@ def bench_pipeline(args, res: Results, parts: list[str]) -> None:
                     detail=f"wall {r['wall_s']:.1f} s incl. process start, Prefect's "
                            f"ephemeral server and model download")
             _cpu_row(res, f"score + write-back, {n:,} rows ({size})", r, n, fwd)
+            _steps_row(res, f"score + write-back, {n:,} rows ({size})", r, n, fwd)
         _memory_rows(res, runs, "score")
         # the same model on one partition of rows_small rows, as `decflow score` labels a night
         night = _source(args, f"night-{args.rows_small}", args.rows_small, days=1)
@@ -738,6 +739,8 @@ def bench_pipeline(args, res: Results, parts: list[str]) -> None:
                            f"{fwd:,.0f} rows/s")
             _cpu_row(res, f"decflow score of one {args.rows_small:,}-row partition", r,
                      args.rows_small, fwd)
+            _steps_row(res, f"decflow score of one {args.rows_small:,}-row partition", r,
+                       args.rows_small, fwd)
             best = _fastest(old_tries)
             if best:
                 runs["score-night-old"] = best
@@ -991,6 +994,43 @@ def _cpu_row(res: Results, what: str, run: dict, rows: int, fwd: float) -> None:
             detail=f"{rows:,} rows at the forward reference ({fwd:,.0f} rows/s on {cores} "
                    f"cores); {total:.1f} CPU s used ({parts}) in {run['wall_s']:.1f} s of "
                    f"wall: the cores {busy:.0%} busy")
+
+
+_STEPS_LINE = re.compile(r"rows validated, \d+ labels written to \S+; tasks [\d.]+ s: (.*)$",
+                         re.M)
+
+
+def task_steps(log: str) -> dict[str, float]:
+    """The chunk tasks' seconds by step, added up over the partitions a run's log reports
+    (``decflow.engine.partitions.describe_steps``; the flow's log may repeat a line: each
+    partition's path counts once)."""
+    seen, steps = set(), {}
+    for m in _STEPS_LINE.finditer(log):
+        if m.group(0) in seen:
+            continue
+        seen.add(m.group(0))
+        for name, secs in re.findall(r"([a-z ]+?) ([\d.]+) s \(\d+%\)", m.group(1)):
+            steps[name.strip()] = steps.get(name.strip(), 0.0) + float(secs)
+    return steps
+
+
+def _steps_row(res: Results, what: str, run: dict, rows: int, fwd: float) -> None:
+    """Where the chunk tasks' time went (their own timing, logged per partition): the model's
+    share is the most labelling / forward can reach with the rest of the run free, on workers
+    whose forward pass runs as fast as the reference's."""
+    steps = run["task_steps"] = task_steps(Path(run["log"]).read_text())
+    total = sum(steps.values())
+    if not total:
+        return
+    threads = len(os.sched_getaffinity(0))
+    per_row = ", ".join(f"{k} {v / rows * 1e6:.2f}" for k, v in
+                        sorted(steps.items(), key=lambda kv: -kv[1]))
+    model = steps.get("model", 0.0)
+    res.add(f"{what}: the model's share of the chunk tasks' time", model, "s",
+            ratio=model / total,
+            detail=f"tasks {total:.1f} s on {threads} worker threads; µs a row: {per_row}; "
+                   f"the model step ran {rows / model * threads:,.0f} rows/s on {threads} "
+                   f"threads against the forward reference's {fwd:,.0f}")
 
 
 def _memory_rows(res: Results, runs: dict, kind: str) -> None:

@@ -8,6 +8,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import time
 
 import duckdb
 import numpy as np
@@ -204,6 +205,46 @@ def test_a_bad_row_in_the_last_batch_of_the_last_partition_fails(tmp_path, model
     assert not out.validation_result.success and out.rows_written == 0
     assert partitioned.read_partition(config.labels_uri(), "ds", DAYS[-1]) is None
     assert not os.path.exists(os.path.join(config.labels_uri(), f"ds={DAYS[-1]}"))
+
+
+@pytest.mark.slow  # a Dask cluster
+def test_each_partition_reports_where_its_tasks_time_went(tmp_path, model, caplog):
+    """Labelling times every step of its chunk tasks (the model's share is how near scoring
+    runs to the forward pass) and logs it with the partition; validation alone has two."""
+    _write_source(tmp_path / "source")
+    config = _config(tmp_path)
+    t0 = time.perf_counter()
+    with caplog.at_level(logging.INFO, logger="decflow.engine.partitions"):
+        out = _label(config, model, DAYS[0])
+    wall = time.perf_counter() - t0
+    assert out.validation_result.success and out.rows_written == ROWS
+    assert list(out.steps) == list(scoring.STEPS) and min(out.steps.values()) > 0
+    # two task threads: the steps cannot add up to more than both threads' time
+    assert sum(out.steps.values()) < 2 * wall
+    line = next(r.getMessage() for r in caplog.records if "rows validated" in r.getMessage())
+    assert line.endswith(f"labels written to {out.path}; {scoring.describe_steps(out.steps)}")
+
+    scan = sources.scan_window(config.source, DAYS[0], 1)
+    with dask_client(config.compute) as client:
+        checked = scoring.run_partition(client, scan, scoring.make_plan(config, scan.n_rows),
+                                        chunk_rows=120)
+    assert sorted(checked.steps) == ["read", "validate"] and min(checked.steps.values()) > 0
+
+
+def test_steps_are_described_by_share_largest_first():
+    assert (scoring.describe_steps({"read": 1.0, "model": 8.0, "validate": 1.0})
+            == "tasks 10.0 s: model 8.0 s (80%), read 1.0 s (10%), validate 1.0 s (10%)")
+
+
+def test_score_frame_times_its_two_steps_without_changing_the_scores(model):
+    encoder, est = model
+    rows = pd.DataFrame({"x": [0.0, 6.0, 0.0], "y": [0.0, 0.0, 6.0],
+                         "v": [[0.1, 0.2, 0.3]] * 3})
+    steps = {"model": 1.0}
+    timed = score_frame(encoder, est, rows, steps=steps)
+    pd.testing.assert_frame_equal(timed, score_frame(encoder, est, rows))
+    assert sorted(steps) == ["features", "model"]
+    assert steps["features"] > 0 and steps["model"] > 1.0  # added to what was there
 
 
 @pytest.mark.slow  # a Dask cluster

@@ -1,11 +1,14 @@
 """Scoring rows with a fitted model: the one function every path that labels rows calls (the
 partition engine, the logged pyfunc, the promotion comparison), so all give identical labels."""
 
+import time
+
 import numpy as np
 import pandas as pd
 
 
-def score_frame(encoder, estimator, df: pd.DataFrame) -> pd.DataFrame:
+def score_frame(encoder, estimator, df: pd.DataFrame, *,
+                steps: dict[str, float] | None = None) -> pd.DataFrame:
     """Score rows with a fitted feature encoder and DEC estimator.
 
     Used by the logged pyfunc and by the flows, so both give identical labels.
@@ -14,6 +17,8 @@ def score_frame(encoder, estimator, df: pd.DataFrame) -> pd.DataFrame:
         encoder: fitted ``decflow.model.features.FeatureEncoder``.
         estimator: fitted ``decflow.DeepEmbeddedClustering``.
         df: (n rows) with the source feature columns; other columns are ignored.
+        steps: seconds spent encoding the features and in the model (``assign``: the forward
+            pass and the soft assignment) are added to its "features" and "model".
 
     Returns:
         DataFrame (n rows, ``df``'s index) with ``cluster_id`` int32, ``confidence`` float32
@@ -23,7 +28,13 @@ def score_frame(encoder, estimator, df: pd.DataFrame) -> pd.DataFrame:
         ids = np.empty(0, np.int32)
         conf = dist = np.empty(0, np.float32)
     else:
-        ids, conf, dist = estimator.assign(encoder.transform(df))
+        t0 = time.perf_counter()
+        X = encoder.transform(df)
+        t1 = time.perf_counter()
+        ids, conf, dist = estimator.assign(X)
+        if steps is not None:
+            steps["features"] = steps.get("features", 0.0) + t1 - t0
+            steps["model"] = steps.get("model", 0.0) + time.perf_counter() - t1
     return pd.DataFrame({"cluster_id": np.asarray(ids, dtype=np.int32),
                          "confidence": np.asarray(conf, dtype=np.float32),
                          "distance": np.asarray(dist, dtype=np.float32)}, index=df.index)
