@@ -222,7 +222,8 @@ def test_each_partition_reports_where_its_tasks_time_went(tmp_path, model, caplo
     # two task threads: the steps cannot add up to more than both threads' time
     assert sum(out.steps.values()) < 2 * wall
     line = next(r.getMessage() for r in caplog.records if "rows validated" in r.getMessage())
-    assert line.endswith(f"labels written to {out.path}; {scoring.describe_steps(out.steps)}")
+    steps = scoring.describe_steps(out.steps)
+    assert line.endswith(f"labels written to {out.path}; {steps}")
 
     scan = sources.scan_window(config.source, DAYS[0], 1)
     with dask_client(config.compute) as client:
@@ -302,8 +303,8 @@ def test_labels_are_replaced_old_or_new_at_several_row_groups(tmp_path, model, m
         assert mid.wait(timeout=120)
         during = partitioned.read_dataset(config.labels_uri(), "ds")
         assert len(during) == ROWS and set(during["model_version"]) == {"7"}
-        pd.testing.assert_frame_equal(partitioned.read_partition(config.labels_uri(), "ds", DAYS[0]),
-                                      old)
+        pd.testing.assert_frame_equal(
+            partitioned.read_partition(config.labels_uri(), "ds", DAYS[0]), old)
     finally:
         go.set()
         worker.join()
