@@ -705,7 +705,8 @@ def bench_pipeline(args, res: Results, parts: list[str]) -> None:
                     detail=f"wall {r['wall_s']:.1f} s incl. process start, Prefect's "
                            f"ephemeral server and model download")
             _cpu_row(res, f"score + write-back, {n:,} rows ({size})", r, n, fwd)
-            _steps_row(res, f"score + write-back, {n:,} rows ({size})", r, n, fwd)
+            _steps_row(res, f"score + write-back, {n:,} rows ({size})", r, n, fwd,
+                       args.workers)
         _memory_rows(res, runs, "score")
         # the same model on one partition of rows_small rows, as `decflow score` labels a night
         night = _source(args, f"night-{args.rows_small}", args.rows_small, days=1)
@@ -740,7 +741,7 @@ def bench_pipeline(args, res: Results, parts: list[str]) -> None:
             _cpu_row(res, f"decflow score of one {args.rows_small:,}-row partition", r,
                      args.rows_small, fwd)
             _steps_row(res, f"decflow score of one {args.rows_small:,}-row partition", r,
-                       args.rows_small, fwd)
+                       args.rows_small, fwd, args.workers)
             best = _fastest(old_tries)
             if best:
                 runs["score-night-old"] = best
@@ -1002,8 +1003,8 @@ _STEPS_LINE = re.compile(r"rows validated, \d+ labels written to \S+; tasks [\d.
 
 def task_steps(log: str) -> dict[str, float]:
     """The chunk tasks' seconds by step, added up over the partitions a run's log reports
-    (``decflow.engine.partitions.describe_steps``; the flow's log may repeat a line: each
-    partition's path counts once)."""
+    (``decflow.engine.partitions.describe_steps``). The flow's log may print a line twice:
+    identical lines count once (each names its partition's path and its own timings)."""
     seen, steps = set(), {}
     for m in _STEPS_LINE.finditer(log):
         if m.group(0) in seen:
@@ -1014,15 +1015,16 @@ def task_steps(log: str) -> dict[str, float]:
     return steps
 
 
-def _steps_row(res: Results, what: str, run: dict, rows: int, fwd: float) -> None:
-    """Where the chunk tasks' time went (their own timing, logged per partition): the model's
-    share is the most labelling / forward can reach with the rest of the run free, on workers
-    whose forward pass runs as fast as the reference's."""
+def _steps_row(res: Results, what: str, run: dict, rows: int, fwd: float,
+               threads: int) -> None:
+    """Where the chunk tasks' time went (their own timing, logged per partition; ``threads``:
+    the cluster's worker threads): the model's share is the most labelling / forward can reach
+    with the rest of the run free, on workers whose forward pass runs as fast as the
+    reference's."""
     steps = run["task_steps"] = task_steps(Path(run["log"]).read_text())
     total = sum(steps.values())
-    if not total:
+    if not total or not steps.get("model"):
         return
-    threads = len(os.sched_getaffinity(0))
     per_row = ", ".join(f"{k} {v / rows * 1e6:.2f}" for k, v in
                         sorted(steps.items(), key=lambda kv: -kv[1]))
     model = steps.get("model", 0.0)

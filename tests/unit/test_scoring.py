@@ -4,6 +4,7 @@ every row validated, labels replaced old-or-new at several row groups per partit
 import datetime as dt
 import logging
 import os
+import pathlib
 import pickle
 import subprocess
 import sys
@@ -218,7 +219,7 @@ def test_each_partition_reports_where_its_tasks_time_went(tmp_path, model, caplo
         out = _label(config, model, DAYS[0])
     wall = time.perf_counter() - t0
     assert out.validation_result.success and out.rows_written == ROWS
-    assert list(out.steps) == list(scoring.STEPS) and min(out.steps.values()) > 0
+    assert sorted(out.steps) == sorted(scoring.STEPS) and min(out.steps.values()) > 0
     # two task threads: the steps cannot add up to more than both threads' time
     assert sum(out.steps.values()) < 2 * wall
     line = next(r.getMessage() for r in caplog.records if "rows validated" in r.getMessage())
@@ -229,12 +230,28 @@ def test_each_partition_reports_where_its_tasks_time_went(tmp_path, model, caplo
     with dask_client(config.compute) as client:
         checked = scoring.run_partition(client, scan, scoring.make_plan(config, scan.n_rows),
                                         chunk_rows=120)
-    assert sorted(checked.steps) == ["read", "validate"] and min(checked.steps.values()) > 0
+    assert sorted(checked.steps) == ["other", "read", "validate"]
+    assert min(checked.steps.values()) > 0
 
 
 def test_steps_are_described_by_share_largest_first():
     assert (scoring.describe_steps({"read": 1.0, "model": 8.0, "validate": 1.0})
-            == "tasks 10.0 s: model 8.0 s (80%), read 1.0 s (10%), validate 1.0 s (10%)")
+            == "tasks 10.00 s: model 8.00 s (80%), read 1.00 s (10%), validate 1.00 s (10%)")
+
+
+def test_score_table_counts_each_second_once(model):
+    """The labels rows' time is what score_table spent besides score_frame's two steps: the
+    three add up to no more than the call itself."""
+    frame = pd.DataFrame({"id": [1, 2, 3], "x": [0.0, 6.0, 0.0], "y": [0.0, 0.0, 6.0],
+                          "v": [[0.1, 0.2, 0.3]] * 3})
+    plan = scoring.make_plan(_config(pathlib.Path("unused")), 3, _spec())
+    steps = {}
+    t0 = time.perf_counter()
+    table = scoring.score_table(frame, model, plan, "ds=x", steps=steps)
+    elapsed = time.perf_counter() - t0
+    assert table.num_rows == 3
+    assert sorted(steps) == ["features", "labels rows", "model"]
+    assert min(steps.values()) > 0 and sum(steps.values()) <= elapsed
 
 
 def test_score_frame_times_its_two_steps_without_changing_the_scores(model):
