@@ -1022,12 +1022,11 @@ def _steps_row(res: Results, what: str, run: dict, rows: int, fwd: float,
     with the rest of the run free, on workers whose forward pass runs as fast as the
     reference's."""
     steps = run["task_steps"] = task_steps(Path(run["log"]).read_text())
-    total = sum(steps.values())
-    if not total or not steps.get("model"):
+    model, total = steps.get("model"), sum(steps.values())
+    if not model:
         return
     per_row = ", ".join(f"{k} {v / rows * 1e6:.2f}" for k, v in
                         sorted(steps.items(), key=lambda kv: -kv[1]))
-    model = steps.get("model", 0.0)
     res.add(f"{what}: the model's share of the chunk tasks' time", model, "s",
             ratio=model / total,
             detail=f"tasks {total:.1f} s on {threads} worker threads; µs a row: {per_row}; "

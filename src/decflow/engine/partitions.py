@@ -155,8 +155,8 @@ def score_table(frame: pd.DataFrame, model, plan: Plan, partition: str = "", *,
     id_column = plan.source.id_column
     advice = ("their feature values are too large for the model; bound the columns "
               "(features.bounds) or fix the rows")
-    t0, inner = time.perf_counter(), _scored(steps)
     scores = score_frame(encoder, estimator, frame, steps=steps)
+    t0 = time.perf_counter()
     bad = ~(np.isfinite(scores["confidence"].to_numpy())
             & np.isfinite(scores["distance"].to_numpy()))
     if bad.any():
@@ -170,16 +170,9 @@ def score_table(frame: pd.DataFrame, model, plan: Plan, partition: str = "", *,
                                      model_name=spec.model_name,
                                      model_version=spec.model_version, run_id=spec.run_id,
                                      labeled_at=spec.labeled_at)
-    if steps is not None:  # the rest: checking the scores, building the table
-        steps["labels rows"] = (steps.get("labels rows", 0.0) + time.perf_counter() - t0
-                                - (_scored(steps) - inner))
+    if steps is not None:  # after score_frame: checking the scores, building the table
+        steps["labels rows"] = steps.get("labels rows", 0.0) + time.perf_counter() - t0
     return table
-
-
-def _scored(steps: dict[str, float] | None) -> float:
-    if steps is None:
-        return 0.0
-    return steps.get("features", 0.0) + steps.get("model", 0.0)
 
 
 def _bucket_ids(ids: list[np.ndarray], n_buckets: int) -> list[np.ndarray]:
@@ -462,10 +455,10 @@ def _finish(client: distributed.Client, st: _Pending, plan: Plan,
 def describe_steps(steps: dict[str, float]) -> str:
     """``tasks 22.12 s: model 17.71 s (80%), validate 1.83 s (8%), ...``: where the chunk
     tasks' time went (wall seconds of their threads, summed over the workers), largest first."""
-    total = sum(steps.values())
-    shares = ", ".join(f"{k} {v:.2f} s ({v / total:.0%})" for k, v in
-                       sorted(steps.items(), key=lambda kv: -kv[1]) if total)
-    return f"tasks {total:.2f} s: {shares}"
+    total = sum(steps.values()) or 1.0
+    shares = ", ".join(f"{k} {v:.2f} s ({v / total:.0%})"
+                       for k, v in sorted(steps.items(), key=lambda kv: -kv[1]))
+    return f"tasks {sum(steps.values()):.2f} s: {shares}"
 
 
 def _describe(scan: WindowScan) -> str:
