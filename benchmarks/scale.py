@@ -26,9 +26,10 @@ Parts (``--parts``, comma list; all by default):
              every night is timed as a machine's second night and later ones run.
   writer     the single writer: labels tables (200,000 rows, the labels schema) written by
              ``PartitionWriter`` in one process (rows/s, MiB/s of the file), and the same
-             tables made on the cluster's workers and gathered and written by the client, as
-             scoring streams them (no model): the most labels one run can write, whatever
-             its workers' speed.
+             tables' own columns made on the cluster's workers, gathered, completed with the
+             model columns and written by the client, as scoring streams them (no model),
+             with the CPU seconds the client's process spent a row: the most labels one run
+             can write, whatever its workers' speed.
 
 RSS of a subprocess and all its descendants is sampled every 0.2 s. Every score/recluster run
 uses the config of ``pipeline_config`` (the one place to adjust settings; ``--set`` adds
@@ -429,18 +430,28 @@ def bench_forward(args, res: Results) -> None:
 _WRITER_TABLE_ROWS = 200_000  # one chunk's labels (compute.chunk_rows)
 
 
+_WRITER_SPEC = dict(model_name="scale", model_version="1", run_id="0" * 32,
+                    labeled_at=dt.datetime(2026, 11, 22, tzinfo=dt.timezone.utc))
+
+
 def writer_table(n: int, seed: int):
-    """A labels table of ``n`` rows as scoring makes one (ids, scores, model columns)."""
+    """A chunk task's labels rows of ``n`` rows as scoring sends them (ids and scores; the
+    flow's process adds the model columns, ``writer_rows``)."""
     import pandas as pd
 
-    from decflow.data.label_store import labels_table
+    from decflow.data.label_store import scores_table
 
     rng = np.random.default_rng(seed)
     ids = pd.Series(np.arange(seed * n, (seed + 1) * n, dtype=np.int64))
-    return labels_table(ids, rng.integers(0, 10, n), rng.random(n, dtype=np.float32),
-                        rng.random(n, dtype=np.float32) * 5, id_column="id",
-                        model_name="scale", model_version="1", run_id="0" * 32,
-                        labeled_at=dt.datetime(2026, 11, 22, tzinfo=dt.timezone.utc))
+    return scores_table(ids, rng.integers(0, 10, n), rng.random(n, dtype=np.float32),
+                        rng.random(n, dtype=np.float32) * 5, id_column="id")
+
+
+def writer_rows(table):
+    """``table`` from ``writer_table`` as the flow's process writes it: with the model columns."""
+    from decflow.data.label_store import with_model_columns
+
+    return with_model_columns(table, **_WRITER_SPEC)
 
 
 def _noop(i):
@@ -465,46 +476,51 @@ def bench_writer(args, res: Results) -> None:
     t0 = time.perf_counter()
     with labels_writer(str(root / "alone"), "ds", END_DATE) as w:
         for i in range(n_tables):
-            w.write(tables[i % len(tables)])
+            w.write(writer_rows(tables[i % len(tables)]))
     alone_s = time.perf_counter() - t0
     size = Path(w.path).stat().st_size
     del tables
     res.details["writer"] = {"rows": rows, "table_rows": _WRITER_TABLE_ROWS,
                              "file_bytes": size, "alone_s": alone_s}
     res.add(f"single writer alone: {rows:,} labels rows in {n_tables} tables of "
-            f"{_WRITER_TABLE_ROWS:,} (PartitionWriter, one process)", rows / alone_s, "rows/s",
+            f"{_WRITER_TABLE_ROWS:,}, model columns added and written (PartitionWriter, one "
+            f"process)", rows / alone_s, "rows/s",
             detail=f"{size / 2**20 / alone_s:,.1f} MiB/s of Parquet ({size / rows:.1f} bytes "
                    f"a row); {alone_s:.1f} s")
 
     compute = ComputeConfig(n_workers=args.workers, threads_per_worker=1)
     with dask_client(compute) as client:
         client.submit(writer_table, 10, 0).result()  # workers started and imported
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         in_flight, done = [], 0
         with labels_writer(str(root / "gathered"), "ds", END_DATE) as w:
             for i in range(n_tables):
                 in_flight.append(client.submit(writer_table, _WRITER_TABLE_ROWS, i, pure=False))
                 if len(in_flight) >= 2 * args.workers:
-                    w.write(in_flight.pop(0).result())
+                    w.write(writer_rows(in_flight.pop(0).result()))
                     done += 1
             for fut in in_flight:
-                w.write(fut.result())
-        gathered_s = time.perf_counter() - t0
+                w.write(writer_rows(fut.result()))
+        gathered_s, client_cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
         # the scheduler's cost per task: no-op tasks, submitted and gathered as chunks are
         n_tasks = 2_000 if args.quick else 10_000
         t0 = time.perf_counter()
         client.gather(client.map(_noop, range(n_tasks), pure=False))
         tasks_s = time.perf_counter() - t0
-    res.details["writer"]["gathered_s"] = gathered_s
+    res.details["writer"].update(gathered_s=gathered_s, client_cpu_s=client_cpu_s)
     res.details["scheduler"] = {"tasks": n_tasks, "seconds": tasks_s}
     res.add(f"scheduler: {n_tasks:,} no-op tasks submitted and gathered ({args.workers} "
             f"workers)", n_tasks / tasks_s, "tasks/s",
             detail=f"{1e3 * tasks_s / n_tasks:.2f} ms a task; a chunk of 200,000 rows is 4 "
                    f"tasks and one more per id bucket")
-    res.add(f"single writer, labels made on {args.workers} workers, gathered and written by the "
-            f"client: {rows:,} rows", rows / gathered_s, "rows/s",
+    res.add(f"single writer, labels rows' own columns made on {args.workers} workers, gathered, "
+            f"completed and written by the client: {rows:,} rows", rows / gathered_s, "rows/s",
             detail=f"{size / 2**20 / gathered_s:,.1f} MiB/s of Parquet; {gathered_s:.1f} s "
                    f"(workers make random labels: no model, no reading)")
+    res.add(f"single writer, CPU of the client's process a row while gathering, completing and "
+            f"writing {rows:,} rows (its Dask scheduler included)", client_cpu_s / rows * 1e6,
+            "us/row", detail=f"{client_cpu_s:.1f} CPU s in {gathered_s:.1f} s: with a core of "
+                             f"its own it takes in at most {rows / client_cpu_s:,.0f} rows/s")
 
 
 def _device(args) -> str:

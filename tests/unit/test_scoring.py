@@ -152,6 +152,39 @@ def test_scoring_over_a_cluster_matches_in_process_scoring(tmp_path, model):
     assert encoded == {"cluster_id", "model_name", "model_version", "run_id", "labeled_at"}
 
 
+def test_a_chunk_task_sends_only_the_rows_own_columns_and_the_file_has_them_all(tmp_path, model):
+    """The columns every labels row shares (model name and version, run, time) were three
+    quarters of the bytes a chunk task sent the flow's process; the task now sends id, cluster
+    id, confidence and distance, and the flow adds the rest: the file keeps DESIGN.md §4."""
+    from decflow.engine.payload import ModelPayload
+
+    _write_source(tmp_path / "source")
+    config = _config(tmp_path)
+    scan = sources.scan_window(config.source, DAYS[1], 1)
+    plan = scoring.make_plan(config, scan.n_rows, _spec())
+    chunk = scan.chunks(config.compute.chunk_rows)[0]
+    sent = scoring.process_chunk(chunk, plan, ModelPayload.of(model)).labels
+    assert sent.column_names == ["id", "cluster_id", "confidence", "distance"]
+    assert sent.num_rows == chunk.n_rows
+    whole = scoring.model_columns(sent, plan.labels)
+    frame = sources.load_window(config.source, DAYS[1], 1)[0].iloc[:chunk.n_rows]
+    in_process = scoring.score_table(frame, model, plan)
+    assert whole.schema == in_process.schema
+    for name in ("id", "cluster_id", "model_name", "model_version", "run_id", "labeled_at"):
+        assert whole[name].equals(in_process[name]), name
+    # batches of 40 rows vs one batch: float32 sums in another order, last bits differ
+    np.testing.assert_allclose(whole["distance"], in_process["distance"], rtol=1e-5)
+    out = _label(config, model, DAYS[1])
+    schema = pq.read_schema(out.path)
+    assert [(f.name, str(f.type)) for f in schema] == [
+        ("id", "int64"), ("cluster_id", "int32"), ("confidence", "float"),
+        ("distance", "float"), ("model_name", "string"), ("model_version", "string"),
+        ("run_id", "string"), ("labeled_at", "timestamp[us, tz=UTC]")]
+    written = pq.read_table(out.path)
+    assert set(written["model_name"].to_pylist()) == {"m"}
+    assert set(written["labeled_at"].to_pylist()) == {_spec().labeled_at}
+
+
 @pytest.mark.slow  # a Dask cluster
 def test_the_client_never_holds_the_window(tmp_path, model, monkeypatch):
     """Every frame read anywhere is at most one batch (40 rows) or one row group (50 rows),

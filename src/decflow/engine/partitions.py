@@ -3,9 +3,10 @@
 Each partition of the source is cut into row-group chunks (``sources.WindowScan.chunks``). One
 task per chunk reads the chunk's wanted columns in batches on a worker, runs the expectation
 suite on each batch (``validation.validate_batch``) and, when scoring, encodes, embeds and
-scores the batch with the model and builds its labels rows. The client keeps only small
-things: the batch results, added up into one ``ValidationResult``, and the labels tables,
-streamed one chunk at a time into the partition's file (``partitioned.PartitionWriter``), which
+scores the batch with the model and builds its labels rows' own columns (id, cluster id,
+confidence, distance: ``score_rows``). The client keeps only small things: the batch results,
+added up into one ``ValidationResult``, and the labels tables, completed with the columns
+every row shares (``model_columns``) and streamed one chunk at a time into the partition's file (``partitioned.PartitionWriter``), which
 replaces the old partition only when the whole partition passed validation. One chunk per
 worker thread runs at a time (at most 4 per thread are waiting to be taken in), so neither the
 workers nor the client hold a partition.
@@ -77,7 +78,7 @@ class Plan:
 @dataclass
 class ChunkResult:
     batches: list[validation.BatchValidation]
-    labels: pa.Table | None
+    labels: pa.Table | None  # ``score_rows``: the labels rows without the model columns
     buckets: list[np.ndarray] = field(default_factory=list)  # ids by hash bucket
     sample: pd.DataFrame | None = None  # the rows at ``sample_rows``, as read
     steps: dict[str, float] = field(default_factory=dict)  # the task's seconds by step (STEPS)
@@ -127,7 +128,7 @@ def process_chunk(chunk: Chunk, plan: Plan,
         if src.id_column in frame.columns:
             ids.append(frame[src.id_column].to_numpy())
         if model is not None and batches[-1].ok:
-            tables.append(score_table(frame, model, plan, name, steps=steps))
+            tables.append(score_rows(frame, model, plan, name, steps=steps))
     labels = None
     if model is not None and all(b.ok for b in batches):
         labels = pa.concat_tables(tables) if tables else None
@@ -140,7 +141,20 @@ def process_chunk(chunk: Chunk, plan: Plan,
 
 def score_table(frame: pd.DataFrame, model, plan: Plan, partition: str = "", *,
                 steps: dict[str, float] | None = None) -> pa.Table:
-    """Labels rows (DESIGN.md §4) of a validated frame.
+    """Labels rows (DESIGN.md §4) of a validated frame: ``score_rows`` with the columns every
+    row shares (``model_columns``).
+
+    Raises:
+        DataError: see ``score_rows``.
+    """
+    return model_columns(score_rows(frame, model, plan, partition, steps=steps), plan.labels)
+
+
+def score_rows(frame: pd.DataFrame, model, plan: Plan, partition: str = "", *,
+               steps: dict[str, float] | None = None) -> pa.Table:
+    """The labels rows' own columns (``label_store.scores_table``: id, cluster id, confidence,
+    distance) of a validated frame: what a chunk task sends to the flow's process, which adds
+    the rest with ``model_columns`` before writing.
 
     ``steps``: seconds spent here are added to its "features", "model" and "labels rows".
 
@@ -163,16 +177,20 @@ def score_table(frame: pd.DataFrame, model, plan: Plan, partition: str = "", *,
         ids = frame.loc[bad, id_column].head(5).tolist()
         raise DataError(f"{partition}: {int(bad.sum())} row(s) score to a non-finite "
                         f"confidence or distance (ids {ids}): {advice}")
-    spec = plan.labels
-    table = label_store.labels_table(frame[plan.source.id_column], scores["cluster_id"],
+    table = label_store.scores_table(frame[id_column], scores["cluster_id"],
                                      scores["confidence"], scores["distance"],
-                                     id_column=plan.source.id_column,
-                                     model_name=spec.model_name,
-                                     model_version=spec.model_version, run_id=spec.run_id,
-                                     labeled_at=spec.labeled_at)
+                                     id_column=id_column)
     if steps is not None:  # after score_frame: checking the scores, building the table
         steps["labels rows"] = steps.get("labels rows", 0.0) + time.perf_counter() - t0
     return table
+
+
+def model_columns(rows: pa.Table, spec: LabelsSpec) -> pa.Table:
+    """``rows`` from ``score_rows`` as whole labels rows: the model's name and version, its
+    run and the labelling time, the same on every row."""
+    return label_store.with_model_columns(rows, model_name=spec.model_name,
+                                          model_version=spec.model_version, run_id=spec.run_id,
+                                          labeled_at=spec.labeled_at)
 
 
 def _bucket_ids(ids: list[np.ndarray], n_buckets: int) -> list[np.ndarray]:
@@ -403,7 +421,7 @@ def _run_partitions(client: distributed.Client, scans: list[WindowScan], plans: 
                                           label_store.SOURCE_ROWS_KEY: st.scan.n_rows},
                                 dictionary=label_store.DICTIONARY_COLUMNS)
                             st.writer.__enter__()
-                        st.writer.write(table)
+                        st.writer.write(model_columns(table, plans[i].labels))
                 except Exception as exc:  # the task's or the writer's; reported per scan
                     st.error = exc
         shown.advance(rows)
