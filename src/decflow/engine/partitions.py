@@ -6,10 +6,10 @@ suite on each batch (``validation.validate_batch``) and, when scoring, encodes, 
 scores the batch with the model and builds its labels rows' own columns (id, cluster id,
 confidence, distance: ``score_rows``). The client keeps only small things: the batch results,
 added up into one ``ValidationResult``, and the labels tables, completed with the columns
-every row shares (``model_columns``) and streamed one chunk at a time into the partition's file (``partitioned.PartitionWriter``), which
-replaces the old partition only when the whole partition passed validation. One chunk per
-worker thread runs at a time (at most 4 per thread are waiting to be taken in), so neither the
-workers nor the client hold a partition.
+every row shares (``model_columns``) and streamed one chunk at a time into the partition's
+file (``partitioned.PartitionWriter``), which replaces the old partition only when the whole
+partition passed validation. One chunk per worker thread runs at a time (at most 4 per
+thread are waiting to be taken in), so neither the workers nor the client hold a partition.
 
 Id uniqueness stays exact across a whole window: each chunk task also splits its ids by hash
 into buckets; one task per bucket then finds the duplicates among the ids of every chunk.
@@ -19,7 +19,7 @@ each worker fetches them once, and each worker process rebuilds it once, on its 
 (CUDA when present and ``device`` allows).
 """
 
-# About 560 lines, one concern: the chunk tasks (with the timing of their steps) and the
+# About 575 lines, one concern: the chunk tasks (with the timing of their steps) and the
 # client loop that feeds, gathers and writes them; the loop's bookkeeping does not split apart
 # usefully.
 
