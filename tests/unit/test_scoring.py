@@ -145,6 +145,13 @@ def test_scoring_over_a_cluster_matches_in_process_scoring(tmp_path, model):
     np.testing.assert_allclose(labels["confidence"], expected["confidence"], rtol=1e-5)
     np.testing.assert_allclose(labels["distance"], expected["distance"], rtol=1e-5)
     assert set(labels["model_version"]) == {"7"} and set(labels["run_id"]) == {"run"}
+    # DESIGN.md §4's columns, types and order, though chunk tasks send only the first four
+    assert [(f.name, str(f.type)) for f in pq.read_schema(out.path)] == [
+        ("id", "int64"), ("cluster_id", "int32"), ("confidence", "float"),
+        ("distance", "float"), ("model_name", "string"), ("model_version", "string"),
+        ("run_id", "string"), ("labeled_at", "timestamp[us, tz=UTC]")]
+    assert set(labels["model_name"]) == {"m"}
+    assert set(pq.read_table(out.path)["labeled_at"].to_pylist()) == {_spec().labeled_at}
     # few distinct values: dictionary pages; ids and scores: plain pages, no dictionary tried
     meta = pq.ParquetFile(out.path).metadata
     encoded = {meta.schema.column(j).name for j in range(meta.num_columns)
@@ -152,10 +159,11 @@ def test_scoring_over_a_cluster_matches_in_process_scoring(tmp_path, model):
     assert encoded == {"cluster_id", "model_name", "model_version", "run_id", "labeled_at"}
 
 
-def test_a_chunk_task_sends_only_the_rows_own_columns_and_the_file_has_them_all(tmp_path, model):
+def test_a_chunk_task_sends_only_the_rows_own_columns(tmp_path, model):
     """The columns every labels row shares (model name and version, run, time) were three
     quarters of the bytes a chunk task sent the flow's process; the task now sends id, cluster
-    id, confidence and distance, and the flow adds the rest: the file keeps DESIGN.md §4."""
+    id, confidence and distance, and the flow adds the rest (the file keeps DESIGN.md §4:
+    ``test_scoring_over_a_cluster_matches_in_process_scoring``)."""
     from decflow.engine.payload import ModelPayload
 
     _write_source(tmp_path / "source")
@@ -174,15 +182,6 @@ def test_a_chunk_task_sends_only_the_rows_own_columns_and_the_file_has_them_all(
         assert whole[name].equals(in_process[name]), name
     # batches of 40 rows vs one batch: float32 sums in another order, last bits differ
     np.testing.assert_allclose(whole["distance"], in_process["distance"], rtol=1e-5)
-    out = _label(config, model, DAYS[1])
-    schema = pq.read_schema(out.path)
-    assert [(f.name, str(f.type)) for f in schema] == [
-        ("id", "int64"), ("cluster_id", "int32"), ("confidence", "float"),
-        ("distance", "float"), ("model_name", "string"), ("model_version", "string"),
-        ("run_id", "string"), ("labeled_at", "timestamp[us, tz=UTC]")]
-    written = pq.read_table(out.path)
-    assert set(written["model_name"].to_pylist()) == {"m"}
-    assert set(written["labeled_at"].to_pylist()) == {_spec().labeled_at}
 
 
 @pytest.mark.slow  # a Dask cluster
